@@ -1,0 +1,84 @@
+"""
+The seams between chatd's parts, as zope interfaces.
+
+Room state sits behind L{IRoomStore}, whose in-memory implementation is
+L{chatd.rooms.RoomRegistry}; a shared (Redis) store can replace it without
+touching the codecs or the protocols. Control operations return Deferreds
+because a shared store, and password hashing, take time; the datagram path's
+look-ups are synchronous because they run for every datagram and must be
+answered from local state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from chatd.payloads import Dialect, Notice, RoomRequest
+    from chatd.rooms import CloseReason, LeaveReason, Member, Room
+
+
+class IMemberConnection(Interface):
+    """A member's open TCP control connection: its presence and notice channel."""
+
+    def send_notice(notice: Notice) -> None:
+        """Send a system notice as a TCP frame."""
+
+    def close() -> None:
+        """Close the connection after what was sent is flushed."""
+
+
+class IRoomObserver(Interface):
+    """Told of every change of membership, to tell the people concerned."""
+
+    def member_joined(member: Member) -> None:
+        """C{member} has joined its room."""
+
+    def member_left(member: Member, reason: LeaveReason) -> None:
+        """C{member} is no longer in its room; the room goes on."""
+
+    def room_closed(room: Room, members: list[Member], reason: CloseReason) -> None:
+        """C{room} is gone; C{members} were in it and hold no token any more."""
+
+
+class IRoomStore(Interface):
+    """Rooms, members, tokens and invitations."""
+
+    observer = Attribute("The IRoomObserver told of membership changes, or None.")
+
+    def create_room(name: str, request: RoomRequest, dialect: Dialect) -> Deferred[Member]:
+        """Create C{name} with the requester as its host."""
+
+    def join_room(name: str, request: RoomRequest, dialect: Dialect) -> Deferred[Member]:
+        """Join C{name}, by password or invitation when it needs one."""
+
+    def mint_invitation(member: Member) -> str:
+        """A single-use token that lets one person join C{member}'s room without its password."""
+
+    def member_for_token(token: str) -> Member | None:
+        """The live member holding C{token}, if any."""
+
+    def bind_address(member: Member, address: tuple[str, int]) -> None:
+        """From now on C{member} sends and receives datagrams at C{address}."""
+
+    def touch(member: Member) -> None:
+        """C{member} has just shown activity."""
+
+    def leave(member: Member, reason: LeaveReason) -> None:
+        """Remove C{member}; if it is the host, close its room."""
+
+    def close_room(room: Room, reason: CloseReason) -> None:
+        """Close C{room}; every token of it stops working."""
+
+    def expire() -> None:
+        """Remove idle members and stale invitations."""
+
+    def rooms() -> list[Room]:
+        """Every open room."""
+
+    def member_count() -> int:
+        """How many members all rooms hold together."""

@@ -1,0 +1,223 @@
+"""
+What goes inside TCP frames: create/join requests, replies and notices.
+
+Pure, like the frame codec: the three dialects differ here, in payload form,
+and this module is the one place that knows how (docs/protocol.md,
+"Payloads"). Legacy dialects get plain text; native clients get JSON that
+carries the protocol version.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from chatd.errors import (
+    InvalidNameError,
+    InvalidUTF8Error,
+    MalformedFrameError,
+    ProtocolError,
+    Status,
+    UnsupportedVersionError,
+)
+
+NATIVE_VERSION = 1
+SUPPORTED_VERSIONS = (NATIVE_VERSION,)
+DEFAULT_MAX_ROOM_NAME = 64
+DEFAULT_MAX_USER_NAME = 32
+
+
+class Dialect(Enum):
+    MODEL = "model"
+    SEED = "seed"
+    NATIVE = "native"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRequest:
+    """A create or join request, whatever form its payload had."""
+
+    username: str
+    password: str | None = None
+    invite: str | None = None
+    version: int | None = None
+    """The native protocol version; None for the legacy dialects."""
+
+    @property
+    def native(self) -> bool:
+        return self.version is not None
+
+
+def validate_name(name: str, max_bytes: int, what: str) -> str:
+    """
+    Refuse names that would confuse the people reading them.
+
+    Not empty, at most C{max_bytes} of UTF-8, no control or format characters
+    (they can rewrite a terminal line), no leading or trailing white space.
+    """
+    size = len(name.encode("utf-8"))
+    if size == 0:
+        raise InvalidNameError(f"{what} is empty")
+    if size > max_bytes:
+        raise InvalidNameError(f"{what} is {size} bytes long; the limit is {max_bytes}")
+    if name != name.strip():
+        raise InvalidNameError(f"{what} starts or ends with white space")
+    if any(unicodedata.category(char).startswith("C") for char in name):
+        raise InvalidNameError(f"{what} holds a control character")
+    return name
+
+
+def validate_user_name(name: str, max_bytes: int) -> str:
+    """A name, and no ':' in it, so "name: text" always splits at the first ': '."""
+    validate_name(name, max_bytes, "user name")
+    if ":" in name:
+        raise InvalidNameError("user name holds ':'")
+    return name
+
+
+def decode_text(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidUTF8Error(f"{what} is not valid UTF-8") from None
+
+
+def _optional_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedFrameError(f"{key!r} must be a string")
+
+
+def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAME) -> RoomRequest:
+    """
+    Parse a create or join payload in any accepted form.
+
+    A JSON object C{{"username": ..., "password": ..., "invite": ...}} (the
+    model dialect; native clients add C{"chatd": version}), or the bare user
+    name as text (the seed dialect, and some model clients on create).
+    """
+    text = decode_text(payload, "request payload")
+    if not text.lstrip().startswith("{"):
+        return RoomRequest(validate_user_name(text.rstrip("\r\n"), max_user_name))
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        raise MalformedFrameError("request payload is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise MalformedFrameError("request payload is not a JSON object")
+    version = obj.get("chatd")
+    if version is not None:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise MalformedFrameError("'chatd' must be an integer protocol version")
+        if version not in SUPPORTED_VERSIONS:
+            raise UnsupportedVersionError(
+                f"protocol version {version} is not supported; this server speaks {list(SUPPORTED_VERSIONS)}"
+            )
+    username = obj.get("username")
+    if not isinstance(username, str):
+        raise MalformedFrameError("'username' is missing or not a string")
+    password = _optional_str(obj, "password")
+    invite = _optional_str(obj, "invite")
+    return RoomRequest(
+        validate_user_name(username, max_user_name),
+        password or None,
+        invite or None,
+        version,
+    )
+
+
+def parse_port(payload: bytes) -> int:
+    """The seed dialect's operation 3 payload: a UDP port as ASCII digits."""
+    text = decode_text(payload, "port").strip()
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
+        raise MalformedFrameError("port must be a decimal number from 1 to 65535")
+    return int(text)
+
+
+def acknowledge_payload(status: Status, dialect: Dialect, message: str = "") -> bytes:
+    """One status byte; native clients also get the reason as JSON after it."""
+    if dialect is not Dialect.NATIVE or status is Status.SUCCESS:
+        return bytes((status,))
+    detail = {"chatd": NATIVE_VERSION, "status": status.name.lower(), "message": message}
+    return bytes((status,)) + json.dumps(detail, ensure_ascii=False).encode("utf-8")
+
+
+def error_payload(error: ProtocolError, dialect: Dialect) -> bytes:
+    return acknowledge_payload(error.status, dialect, str(error))
+
+
+def encode_json(obj: dict[str, Any]) -> bytes:
+    return json.dumps({"chatd": NATIVE_VERSION, **obj}, ensure_ascii=False).encode("utf-8")
+
+
+def decode_json(payload: bytes) -> dict[str, Any]:
+    """Parse a native JSON payload (client side, and tests)."""
+    try:
+        obj = json.loads(decode_text(payload, "payload"))
+    except ValueError:
+        raise MalformedFrameError("payload is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise MalformedFrameError("payload is not a JSON object")
+    return obj
+
+
+class NoticeKind(Enum):
+    MEMBER_JOINED = "joined"
+    MEMBER_LEFT = "left"
+    TIMED_OUT = "timed_out"
+    ROOM_CLOSED = "room_closed"
+    SERVER_STOPPING = "server_stopping"
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """
+    A system message about a room: who came, who went, why it ended.
+
+    C{user} is the member the notice is about, if any. Legacy clients get
+    L{text_for} as plain text; native clients get L{to_json}.
+    """
+
+    kind: NoticeKind
+    room: str
+    user: str | None = None
+    reason: str = ""
+    idle_timeout: float = 0.0
+    members: tuple[str, ...] = field(default=())
+
+    def text_for(self, recipient: str) -> str:
+        about_you = recipient == self.user
+        if self.kind is NoticeKind.MEMBER_JOINED:
+            return f"* {self.user} joined {self.room}"
+        if self.kind is NoticeKind.MEMBER_LEFT:
+            return f"* {self.user} left {self.room}"
+        if self.kind is NoticeKind.TIMED_OUT:
+            seconds = f"{self.idle_timeout:g} s"
+            if about_you:
+                return f"* you were removed from {self.room} after {seconds} without activity"
+            return f"* {self.user} was removed from {self.room} after {seconds} without activity"
+        if self.kind is NoticeKind.ROOM_CLOSED:
+            return f"* room {self.room} was closed: {self.reason}"
+        return f"* the server is shutting down; room {self.room} is closed"
+
+    def to_json(self, recipient: str) -> bytes:
+        obj: dict[str, Any] = {
+            "event": self.kind.value,
+            "room": self.room,
+            "text": self.text_for(recipient),
+            "members": list(self.members),
+        }
+        if self.user is not None:
+            obj["user"] = self.user
+        if self.reason:
+            obj["reason"] = self.reason
+        return encode_json(obj)
+
+    def encode_for(self, recipient: str, dialect: Dialect) -> bytes:
+        if dialect is Dialect.NATIVE:
+            return self.to_json(recipient)
+        return self.text_for(recipient).encode("utf-8")

@@ -1,0 +1,160 @@
+"""
+Assembly: the MultiService that twistd runs.
+
+Children, in start order: the UDP relay, the TCP listener, the idle sweep (a
+TimerService) and the shutdown hook. MultiService stops them in reverse, so
+on SIGTERM members are told and TCP connections closed first, while the UDP
+port can still carry notices to members that only have UDP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorThreads, IReactorUDP
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
+from typing_extensions import override
+
+from chatd.datagrams import MAX_DATAGRAM
+from chatd.rooms import HashRunner
+from chatd.server import ChatServer
+from chatd.settings import Settings
+
+
+class ListeningService(Service):
+    """
+    Listens on a port while running.
+
+    Unlike StreamServerEndpointService it keeps the IListeningPort it got, so
+    the bound port number is known when the settings asked for port 0 (tests,
+    and anyone who wants the OS to pick).
+    """
+
+    def __init__(self, listen: Callable[[], IListeningPort]) -> None:
+        self._listen = listen
+        self.port: IListeningPort | None = None
+
+    @override
+    def startService(self) -> None:
+        # Listen first: if the port is taken, twistd reports it and exits.
+        self.port = self._listen()
+        super().startService()
+
+    @override
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        return None if port is None else port.stopListening()
+
+    @property
+    def port_number(self) -> int:
+        assert self.port is not None
+        number: int = self.port.getHost().port  # type: ignore[attr-defined]
+        return number
+
+
+class ChatService(MultiService):
+    """The daemon: a MultiService that also knows its ChatServer."""
+
+    _log = Logger()
+
+    def __init__(self, server: ChatServer, log_observer: ILogObserver | None = None) -> None:
+        super().__init__()
+        self.server = server
+        self._log_observer = log_observer
+
+    @property
+    def tcp_port(self) -> int:
+        return self._listener("tcp").port_number
+
+    @property
+    def udp_port(self) -> int:
+        return self._listener("udp").port_number
+
+    def _listener(self, name: str) -> ListeningService:
+        service = self.getServiceNamed(name)
+        assert isinstance(service, ListeningService)
+        return service
+
+    @override
+    def startService(self) -> None:
+        if self._log_observer is not None:
+            globalLogPublisher.addObserver(self._log_observer)
+        super().startService()
+        self._log.info(
+            "chatd listening on {interface}: TCP port {tcp_port}, UDP port {udp_port}",
+            interface=self.server.settings.interface,
+            tcp_port=self.tcp_port,
+            udp_port=self.udp_port,
+        )
+
+    @override
+    def stopService(self) -> Deferred[Any]:
+        self._log.info("chatd stopping")
+        stopped: Deferred[Any] = super().stopService()
+        observer = self._log_observer
+        if observer is not None:
+
+            def stop_logging(result: object) -> object:
+                globalLogPublisher.removeObserver(observer)
+                return result
+
+            stopped.addBoth(stop_logging)
+        return stopped
+
+
+class _ShutdownHook(Service):
+    def __init__(self, server: ChatServer) -> None:
+        self._server = server
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._server.stop()
+
+
+def thread_runner(reactor: IReactorThreads) -> HashRunner:
+    """Password hashing on the reactor's thread pool, so relaying never waits for it."""
+
+    def run(work: Callable[[], Any]) -> Deferred[Any]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), work)
+
+    return run
+
+
+def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObserver | None = None) -> ChatService:
+    if reactor is None:
+        from twisted.internet import reactor
+    server = ChatServer(reactor, settings, run_hash=thread_runner(reactor))
+    top = ChatService(server, log_observer)
+
+    def listen_udp() -> IListeningPort:
+        # One byte more than the limit, so an oversized datagram shows as
+        # oversized instead of arriving cut to a plausible length.
+        return IReactorUDP(reactor).listenUDP(
+            settings.udp_port, server.relay, settings.interface, maxPacketSize=MAX_DATAGRAM + 1
+        )
+
+    def listen_tcp() -> IListeningPort:
+        return IReactorTCP(reactor).listenTCP(settings.tcp_port, server.tcp_factory, 1024, settings.interface)
+
+    for name, child in (
+        ("udp", ListeningService(listen_udp)),
+        ("tcp", ListeningService(listen_tcp)),
+        ("sweeper", _sweeper(server, reactor)),
+        ("shutdown", _ShutdownHook(server)),
+    ):
+        child.setName(name)
+        child.setServiceParent(top)
+    return top
+
+
+def _sweeper(server: ChatServer, clock: Any) -> TimerService:
+    sweeper = TimerService(server.settings.sweep_interval, server.sweep)
+    sweeper.clock = clock
+    return sweeper

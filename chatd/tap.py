@@ -1,0 +1,125 @@
+"""
+The twistd plugin's two names: Options and makeService.
+
+C{twistd -n chatd --help} lists every option. Values are checked in
+postOptions, so a bad one is a one-line usage error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.python import usage
+from typing_extensions import override
+
+from chatd.logs import json_observer
+from chatd.service import ChatService, make_service
+from chatd.settings import Settings
+
+_DEFAULTS = Settings()
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{port} is not a port number")
+    return port
+
+
+_port.coerceDoc = "From 0 to 65535; 0 lets the system pick."  # type: ignore[attr-defined]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "chatd: chat rooms over TCP (create, join, invitations) and message relay over UDP. "
+        "Speaks the model and seed dialects of the TCRP protocol and its own native extension "
+        "on the same ports; see docs/protocol.md."
+    )
+    optFlags = (("log-frames", None, "Log every TCP frame sent and received, decoded and in hex, at debug level."),)
+    optParameters = (
+        ("interface", "i", _DEFAULTS.interface, "Address to listen on for TCP and UDP (IPv4 or IPv6, e.g. ::1)."),
+        ("tcp-port", "t", _DEFAULTS.tcp_port, "TCP port for room operations.", _port),
+        ("udp-port", "u", _DEFAULTS.udp_port, "UDP port for chat messages.", _port),
+        ("idle-timeout", None, _DEFAULTS.idle_timeout, "Seconds without activity before a member is removed.", float),
+        ("sweep-interval", None, _DEFAULTS.sweep_interval, "Seconds between sweeps for idle members.", float),
+        ("handshake-timeout", None, _DEFAULTS.handshake_timeout, "Seconds a connection has to enter a room.", float),
+        ("frame-timeout", None, _DEFAULTS.frame_timeout, "Seconds a started TCP frame has to arrive whole.", float),
+        (
+            "keepalive-interval",
+            None,
+            _DEFAULTS.keepalive_interval,
+            "Seconds between keepalives, as told to native clients.",
+            float,
+        ),
+        ("max-payload", None, _DEFAULTS.max_payload, "Largest TCP payload accepted, in bytes.", int),
+        ("max-room-name", None, _DEFAULTS.max_room_name, "Longest room name, in UTF-8 bytes (at most 255).", int),
+        ("max-user-name", None, _DEFAULTS.max_user_name, "Longest user name, in UTF-8 bytes (at most 255).", int),
+        ("max-rooms", None, _DEFAULTS.max_rooms, "Most rooms open at once.", int),
+        ("max-members", None, _DEFAULTS.max_members, "Most members in one room.", int),
+        ("max-connections", None, _DEFAULTS.max_connections, "Most TCP connections open at once.", int),
+        (
+            "max-connections-per-host",
+            None,
+            _DEFAULTS.max_connections_per_host,
+            "Most TCP connections open at once from one address.",
+            int,
+        ),
+        ("invite-ttl", None, _DEFAULTS.invite_ttl, "Seconds an invitation token stays valid.", float),
+        ("password-cost", None, _DEFAULTS.password_cost, "scrypt cost N for room passwords (a power of 2).", int),
+        ("log-json", None, None, "Also write every log event as JSON to this file ('-' for standard output)."),
+    )
+
+    @override
+    def postOptions(self) -> None:
+        try:
+            ipaddress.ip_address(self["interface"])
+        except ValueError:
+            raise usage.UsageError(f"--interface: {self['interface']!r} is not an IP address") from None
+        for name in (
+            "idle-timeout",
+            "sweep-interval",
+            "handshake-timeout",
+            "frame-timeout",
+            "keepalive-interval",
+            "invite-ttl",
+        ):
+            if not self[name] > 0:
+                raise usage.UsageError(f"--{name} must be more than 0")
+        for name in ("max-payload", "max-rooms", "max-members", "max-connections", "max-connections-per-host"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
+        for name in ("max-room-name", "max-user-name"):
+            if not 1 <= self[name] <= 255:
+                raise usage.UsageError(f"--{name} must be from 1 to 255")
+        cost = self["password-cost"]
+        if cost < 2 or cost & (cost - 1):
+            raise usage.UsageError("--password-cost must be a power of 2")
+
+    def settings(self) -> Settings:
+        return Settings(
+            interface=self["interface"],
+            tcp_port=self["tcp-port"],
+            udp_port=self["udp-port"],
+            idle_timeout=self["idle-timeout"],
+            sweep_interval=self["sweep-interval"],
+            handshake_timeout=self["handshake-timeout"],
+            frame_timeout=self["frame-timeout"],
+            keepalive_interval=self["keepalive-interval"],
+            max_payload=self["max-payload"],
+            max_room_name=self["max-room-name"],
+            max_user_name=self["max-user-name"],
+            max_rooms=self["max-rooms"],
+            max_members=self["max-members"],
+            max_connections=self["max-connections"],
+            max_connections_per_host=self["max-connections-per-host"],
+            invite_ttl=self["invite-ttl"],
+            password_cost=self["password-cost"],
+            log_frames=bool(self["log-frames"]),
+        )
+
+
+def makeService(options: Options, reactor: Any = None) -> ChatService:
+    log_observer = json_observer(options["log-json"]) if options["log-json"] else None
+    return make_service(options.settings(), reactor, log_observer)

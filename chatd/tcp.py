@@ -1,0 +1,417 @@
+"""
+The TCP side: the room protocol, one RoomProtocol per connection.
+
+The 32-byte header is the framing (chatd.wire). A connection creates or joins
+one room; the dialect is detected from its first request and every answer
+uses that request's size encoding and payload form. For the seed and native
+dialects the open connection is the member's presence; the model dialect
+sends its UDP port as 2 raw bytes and the server then closes the connection,
+as that dialect expects.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import implementer
+
+from chatd.errors import (
+    MalformedFrameError,
+    NotPermittedError,
+    ProtocolError,
+    RequestTimeoutError,
+    ServerFullError,
+    Status,
+    UnknownOperationError,
+)
+from chatd.interfaces import IMemberConnection, IRoomStore
+from chatd.payloads import (
+    Dialect,
+    Notice,
+    acknowledge_payload,
+    encode_json,
+    error_payload,
+    parse_port,
+    parse_room_request,
+)
+from chatd.rooms import LeaveReason, Member
+from chatd.settings import Settings
+from chatd.wire import HEADER_SIZE, Frame, FrameDecoder, Operation, PortBytes, SizeEncoding, State, encode_frame
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import ITransport
+
+
+def _host_of(address: IAddress) -> str:
+    if isinstance(address, IPv4Address | IPv6Address):
+        return address.host
+    return str(address)
+
+
+@implementer(IMemberConnection)
+class RoomProtocol(Protocol):
+    _log = Logger()
+
+    def __init__(self, factory: RoomFactory) -> None:
+        self._factory = factory
+        self._store = factory.store
+        self._clock = factory.clock
+        self._settings = factory.settings
+        self._decoder = FrameDecoder(self._settings.max_payload)
+        self.member: Member | None = None
+        self.dialect: Dialect | None = None
+        self.peer_host = ""
+        self._encoding = SizeEncoding.BINARY
+        self._busy = False
+        """A create or join is in flight; later frames wait for its answer."""
+        self._closing = False
+        self._lost = False
+        self._handshake_timer: IDelayedCall | None = None
+        self._frame_timer: IDelayedCall | None = None
+        self._close_waiters: list[Deferred[None]] = []
+
+    # -- connection life ----------------------------------------------------
+
+    @override
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.peer_host = _host_of(self.transport.getPeer())
+        self._factory.connection_opened(self)
+        self._handshake_timer = self._clock.callLater(self._settings.handshake_timeout, self._handshake_expired)
+
+    @override
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
+        self._closing = True
+        self._cancel_timers()
+        self._factory.connection_closed(self)
+        waiters, self._close_waiters = self._close_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        member = self.member
+        if member is None:
+            return
+        member.connection = None
+        if member.dialect is Dialect.MODEL and member.address is not None:
+            # The model dialect closes TCP after registering; it stays a member.
+            return
+        self._store.leave(member, LeaveReason.LEFT)
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._decoder.feed(data)
+        self._process()
+
+    def _process(self) -> None:
+        while not self._busy and not self._closing:
+            try:
+                item = self._decoder.next()
+            except ProtocolError as error:
+                self._refuse(error, self._decoder.pending_operation)
+                break
+            if item is None:
+                break
+            try:
+                if isinstance(item, PortBytes):
+                    self._register_port(item.port)
+                else:
+                    self._handle(item)
+            except ProtocolError as error:
+                if isinstance(item, PortBytes):
+                    self._refuse(error, Operation.UNKNOWN)
+                else:
+                    self._refuse(error, item.operation, item.room)
+        self._watch_partial_frame()
+
+    # -- requests -----------------------------------------------------------
+
+    def _handle(self, frame: Frame) -> None:
+        self._encoding = frame.encoding
+        self._log_frame("received", frame)
+        if frame.state is not State.REQUEST:
+            raise UnknownOperationError(f"state {frame.state.name} is not a request")
+        if frame.operation in (Operation.CREATE, Operation.JOIN):
+            self._enter(frame)
+        elif frame.operation is Operation.REGISTER_UDP:
+            member = self._member_for(frame)
+            self._store.bind_address(member, (self.peer_host, parse_port(frame.payload)))
+            self._acknowledge(frame.operation, Status.SUCCESS, frame.room)
+        elif frame.operation is Operation.INVITE:
+            member = self._member_for(frame)
+            if not member.is_host:
+                raise NotPermittedError("only the host can invite")
+            invite = self._store.mint_invitation(member)
+            self._acknowledge(frame.operation, Status.SUCCESS, frame.room)
+            payload = invite.encode("ascii")
+            if member.dialect is Dialect.NATIVE:
+                payload = encode_json({"invite": invite, "expires_in": self._settings.invite_ttl})
+            self._send(Frame(Operation.INVITE, State.COMPLETE, member.room.name, payload, self._encoding))
+            self._log.info("{user} invited someone to {room}", user=member.name, room=member.room.name)
+        else:
+            raise UnknownOperationError(f"operation {frame.operation.name} is not a request")
+
+    def _member_for(self, frame: Frame) -> Member:
+        if self.member is None:
+            raise NotPermittedError("create or join a room first")
+        if frame.room and frame.room != self.member.room.name:
+            raise NotPermittedError("that is not your room")
+        return self.member
+
+    def _enter(self, frame: Frame) -> None:
+        if self.member is not None:
+            raise NotPermittedError("this connection is already in a room")
+        request = parse_room_request(frame.payload, self._settings.max_user_name)
+        if request.native:
+            self.dialect = Dialect.NATIVE
+        elif frame.encoding is SizeEncoding.ASCII:
+            self.dialect = Dialect.SEED
+        else:
+            self.dialect = Dialect.MODEL
+        if frame.operation is Operation.CREATE:
+            entered = self._store.create_room(frame.room, request, self.dialect)
+        else:
+            entered = self._store.join_room(frame.room, request, self.dialect)
+        self._busy = True
+        entered.addCallbacks(self._entered, self._not_entered, errbackArgs=(frame.operation, frame.room))
+        entered.addErrback(lambda failure: self._log.failure("while answering a create or join", failure))
+
+    def _entered(self, member: Member) -> None:
+        self._busy = False
+        if self._lost:
+            self._store.leave(member, LeaveReason.LEFT)
+            return
+        self.member = member
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        room = member.room
+        operation = Operation.CREATE if member.is_host else Operation.JOIN
+        self._acknowledge(operation, Status.SUCCESS, room.name)
+        self._send(Frame(operation, State.COMPLETE, room.name, self._complete_payload(member), self._encoding))
+        if member.dialect is Dialect.MODEL:
+            self._decoder.expect_port()
+        else:
+            member.connection = self
+        self._log.info(
+            "{user} {action} {room} ({dialect} dialect)",
+            user=member.name,
+            action="created" if member.is_host else "joined",
+            room=room.name,
+            dialect=member.dialect.value,
+        )
+        self._process()
+
+    def _complete_payload(self, member: Member) -> bytes:
+        if member.dialect is not Dialect.NATIVE:
+            return member.token.encode("ascii")
+        return encode_json(
+            {
+                "token": member.token,
+                "room": member.room.name,
+                "user": member.name,
+                "host": member.is_host,
+                "members": list(member.room.names()),
+                "idle_timeout": self._settings.idle_timeout,
+                "keepalive_interval": self._settings.keepalive_interval,
+            }
+        )
+
+    def _not_entered(self, failure: Failure, operation: Operation, room: str) -> None:
+        self._busy = False
+        if self._lost:
+            return
+        error = failure.value
+        if isinstance(error, ProtocolError):
+            self._log.info(
+                "refused {operation} from {peer}: {reason}",
+                operation=operation.name.lower(),
+                peer=self.peer_host,
+                reason=error.reason,
+            )
+            self._refuse(error, operation, room)
+        else:
+            self._log.failure("while creating or joining", failure)
+            self._acknowledge(operation, Status.INTERNAL_ERROR, "", "internal error")
+            self._close()
+        self._process()
+
+    def _register_port(self, port: int) -> None:
+        member = self.member
+        assert member is not None
+        if port == 0:
+            raise MalformedFrameError("UDP port 0")
+        self._store.bind_address(member, (self.peer_host, port))
+        self._log.info("{user} registered UDP port {port}", user=member.name, port=port)
+        # The model handshake is over: its clients wait for us to close.
+        self._close()
+
+    # -- answers ------------------------------------------------------------
+
+    def _refuse(self, error: ProtocolError, operation: Operation, room: str = "") -> None:
+        if self._decoder.encoding_hint is not None and self.dialect is None:
+            self._encoding = self._decoder.encoding_hint
+        payload = error_payload(error, self.dialect or Dialect.MODEL)
+        self._send(Frame(operation, State.ACKNOWLEDGE, room, payload, self._encoding))
+        if error.closes:
+            self._log.info("closing connection from {peer}: {reason}", peer=self.peer_host, reason=error.reason)
+            self._close()
+
+    def _acknowledge(self, operation: Operation, status: Status, room: str, message: str = "") -> None:
+        payload = acknowledge_payload(status, self.dialect or Dialect.MODEL, message)
+        self._send(Frame(operation, State.ACKNOWLEDGE, room, payload, self._encoding))
+
+    def _send(self, frame: Frame) -> None:
+        if self._lost:
+            return
+        assert self.transport is not None
+        self._log_frame("sent", frame)
+        self.transport.write(encode_frame(frame))
+
+    def _log_frame(self, direction: str, frame: Frame) -> None:
+        if not self._settings.log_frames:
+            return
+        data = encode_frame(frame)
+        self._log.debug(
+            "{direction} frame: operation={operation} state={state} room={room!r}"
+            " payload_size={payload_size} ({encoding}) payload={payload!r} hex={hex}",
+            direction=direction,
+            peer=self.peer_host,
+            operation=frame.operation.name,
+            state=frame.state.name,
+            room=frame.room,
+            payload_size=len(frame.payload),
+            encoding=frame.encoding.value,
+            payload=frame.payload.decode("utf-8", "backslashreplace"),
+            hex=data.hex(),
+        )
+
+    # -- IMemberConnection --------------------------------------------------
+
+    def send_notice(self, notice: Notice) -> None:
+        member = self.member
+        if member is None:
+            return
+        payload = notice.encode_for(member.name, member.dialect)
+        self._send(Frame(Operation.NOTICE, State.COMPLETE, notice.room, payload, self._encoding))
+
+    def close(self) -> None:
+        self._close()
+
+    def abort(self) -> None:
+        """Close at once, dropping what was not yet sent."""
+        if not self._lost and ITCPTransport.providedBy(self.transport):
+            self.transport.abortConnection()
+
+    def when_closed(self) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+        if self._lost:
+            waiter.callback(None)
+        else:
+            self._close_waiters.append(waiter)
+        return waiter
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_timers()
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    # -- timers -------------------------------------------------------------
+
+    def _watch_partial_frame(self) -> None:
+        """
+        Start the frame timer when a frame begins; it is not reset by more
+        bytes, so a peer dribbling one byte at a time still runs out of time.
+        """
+        waiting = self._decoder.buffered > 0 and not self._busy and not self._closing
+        timer = self._frame_timer
+        if waiting and timer is None:
+            self._frame_timer = self._clock.callLater(self._settings.frame_timeout, self._frame_expired)
+        elif not waiting and timer is not None:
+            if timer.active():
+                timer.cancel()
+            self._frame_timer = None
+
+    def _frame_expired(self) -> None:
+        self._frame_timer = None
+        error = RequestTimeoutError(f"a frame was not finished within {self._settings.frame_timeout:g} s")
+        if self._decoder.buffered >= HEADER_SIZE:
+            self._refuse(error, self._decoder.pending_operation)
+        else:
+            self._log.info("closing connection from {peer}: {reason}", peer=self.peer_host, reason=error.reason)
+            self._close()
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self.member is None and not self._busy:
+            self._log.info("closing connection from {peer}: no room entered in time", peer=self.peer_host)
+            self._close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._handshake_timer, self._frame_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._handshake_timer = self._frame_timer = None
+
+
+class RoomFactory(ServerFactory):
+    """Builds a RoomProtocol per connection, within the connection limits."""
+
+    noisy = False
+    _log = Logger()
+
+    def __init__(self, store: IRoomStore, clock: IReactorTime, settings: Settings) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = settings
+        self.connections: set[RoomProtocol] = set()
+        self._per_host: Counter[str] = Counter()
+
+    @override
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        host = _host_of(addr) if addr is not None else ""
+        if len(self.connections) >= self.settings.max_connections:
+            return _Refusal(ServerFullError("the server holds its limit of connections"))
+        if self._per_host[host] >= self.settings.max_connections_per_host:
+            return _Refusal(ServerFullError(f"{host} holds its limit of connections"))
+        return RoomProtocol(self)
+
+    def connection_opened(self, protocol: RoomProtocol) -> None:
+        self.connections.add(protocol)
+        self._per_host[protocol.peer_host] += 1
+
+    def connection_closed(self, protocol: RoomProtocol) -> None:
+        if protocol in self.connections:
+            self.connections.remove(protocol)
+            self._per_host[protocol.peer_host] -= 1
+            if not self._per_host[protocol.peer_host]:
+                del self._per_host[protocol.peer_host]
+
+
+class _Refusal(Protocol):
+    """Says why at once, in the binary size encoding, and hangs up."""
+
+    _log = Logger()
+
+    def __init__(self, error: ProtocolError) -> None:
+        self._error = error
+
+    @override
+    def connectionMade(self) -> None:
+        transport: ITransport | None = self.transport
+        assert transport is not None
+        self._log.warn("refused a connection: {reason}", reason=str(self._error))
+        refusal = Frame(Operation.UNKNOWN, State.ACKNOWLEDGE, "", bytes((self._error.status,)))
+        transport.write(encode_frame(refusal))
+        transport.loseConnection()

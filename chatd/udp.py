@@ -1,0 +1,187 @@
+"""
+The UDP side: the relay DatagramProtocol.
+
+Every datagram is decoded, checked against the member its token names (room,
+registered source address) and relayed to the room's other members, each in
+its own dialect. Anything wrong is dropped and counted by reason, with a
+rate-limited warning, so a flood of garbage costs a counter increment and
+never a log line per datagram.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from twisted.internet.error import InvalidAddressError, MessageLengthError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from typing_extensions import override
+
+from chatd.datagrams import (
+    FrameType,
+    LegacyDatagram,
+    NativeFrame,
+    decode_datagram,
+    encode_relay_body,
+    native_header,
+    relay_text,
+)
+from chatd.errors import (
+    MalformedFrameError,
+    ProtocolError,
+    UnknownTokenError,
+    UnregisteredError,
+    WrongRoomError,
+    WrongSourceError,
+)
+from chatd.interfaces import IRoomStore
+from chatd.payloads import Dialect, Notice
+from chatd.rooms import LeaveReason, Member
+
+Address = tuple[str, int]
+EXIT_COMMAND = b"/exit"
+WARNING_INTERVAL = 10.0
+
+
+class DropCounter:
+    """
+    Counts dropped datagrams by reason, and warns about them at a bounded rate.
+
+    At most one warning per reason per C{interval} seconds; the warning says
+    how many more of that reason were dropped since the last one.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime, interval: float = WARNING_INTERVAL) -> None:
+        self._clock = clock
+        self._interval = interval
+        self.counts: Counter[str] = Counter()
+        self._quiet_until: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def drop(self, reason: str, source: Address) -> None:
+        self.counts[reason] += 1
+        now = self._clock.seconds()
+        if now < self._quiet_until.get(reason, 0.0):
+            self._suppressed[reason] += 1
+            return
+        self._quiet_until[reason] = now + self._interval
+        self._log.warn(
+            "dropped a datagram from {source_host}:{source_port}: {reason}"
+            " ({suppressed} more dropped for this reason since the last warning)",
+            source_host=source[0],
+            source_port=source[1],
+            reason=reason,
+            suppressed=self._suppressed.pop(reason, 0),
+        )
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class RelayProtocol(DatagramProtocol):
+    noisy = False
+    _log = Logger()
+
+    def __init__(self, store: IRoomStore, clock: IReactorTime) -> None:
+        self._store = store
+        self._clock = clock
+        self.drops = DropCounter(clock)
+        self.received = 0
+        self.sent = 0
+        self.send_errors = 0
+
+    @override
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        self.received += 1
+        source = (addr[0], addr[1])
+        try:
+            decoded = decode_datagram(datagram)
+            if isinstance(decoded, NativeFrame):
+                self._native(decoded, source)
+            else:
+                self._legacy(decoded, source)
+        except ProtocolError as error:
+            self.drops.drop(error.reason, source)
+        except Exception:
+            self._log.failure("while handling a datagram from {source_host}", source_host=source[0])
+
+    def _legacy(self, datagram: LegacyDatagram, source: Address) -> None:
+        member = self._store.member_for_token(datagram.token)
+        if member is None:
+            raise UnknownTokenError("no member holds this token")
+        if member.room.name != datagram.room:
+            raise WrongRoomError("the token belongs to another room")
+        if member.address is None:
+            raise UnregisteredError("the member has not registered a UDP port")
+        if member.address != source:
+            raise WrongSourceError("the token is bound to another address")
+        self._store.touch(member)
+        self._message(member, datagram.message)
+
+    def _native(self, frame: NativeFrame, source: Address) -> None:
+        try:
+            token = frame.auth.decode("ascii")
+        except UnicodeDecodeError:
+            raise UnknownTokenError("no member holds this token") from None
+        member = self._store.member_for_token(token)
+        if member is None or member.dialect is not Dialect.NATIVE:
+            raise UnknownTokenError("no native member holds this token")
+        if member.address is None:
+            # The native registration: the first valid datagram binds the address.
+            self._store.bind_address(member, source)
+        elif member.address != source:
+            raise WrongSourceError("the token is bound to another address")
+        if frame.frame_type is FrameType.MESSAGE:
+            self._store.touch(member)
+            self._message(member, frame.body)
+        elif frame.frame_type is FrameType.KEEPALIVE:
+            self._store.touch(member)
+            # Header only: never larger than the keepalive, which carried a token.
+            self._send(member.address or source, native_header(FrameType.KEEPALIVE_ACK, frame.sequence))
+        else:
+            raise MalformedFrameError(f"frame type {frame.frame_type.name} is not sent by clients")
+
+    def _message(self, sender: Member, message: bytes) -> None:
+        if message.strip() == EXIT_COMMAND:
+            # The host's /exit closes the room; anyone else's is leaving it.
+            self._store.leave(sender, LeaveReason.LEFT)
+            return
+        legacy: bytes | None = None
+        native: bytes | None = None
+        for member in sender.room.members.values():
+            if member is sender or member.address is None:
+                continue
+            if member.dialect is Dialect.NATIVE:
+                if native is None:
+                    native = encode_relay_body(sender.name, message, int(self._clock.seconds() * 1000))
+                member.sequence += 1
+                self._send(member.address, native_header(FrameType.RELAY, member.sequence) + native)
+            else:
+                if legacy is None:
+                    legacy = relay_text(sender.name, message)
+                self._send(member.address, legacy)
+
+    def send_notice(self, member: Member, notice: Notice) -> None:
+        """Tell a member without a TCP connection, as a datagram."""
+        if member.address is None:
+            return
+        body = notice.encode_for(member.name, member.dialect)
+        if member.dialect is Dialect.NATIVE:
+            member.sequence += 1
+            body = native_header(FrameType.NOTICE, member.sequence) + body
+        self._send(member.address, body)
+
+    def _send(self, address: Address, data: bytes) -> None:
+        # One recipient's failure (gone interface, oversized, wrong family)
+        # must not cost the others their copy.
+        assert self.transport is not None
+        try:
+            self.transport.write(data, address)
+        except (OSError, MessageLengthError, InvalidAddressError):
+            self.send_errors += 1
+        else:
+            self.sent += 1
