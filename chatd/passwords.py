@@ -52,7 +52,7 @@ def _derive(password: str, salt: bytes, cost: int, block_size: int, parallelism:
         n=cost,
         r=block_size,
         p=parallelism,
-        maxmem=2 * 128 * cost * block_size * parallelism,
+        maxmem=256 * cost * block_size * parallelism + (1 << 20),
         dklen=_KEY_BYTES,
     )
 

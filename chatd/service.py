@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorThreads, IReactorUDP
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
@@ -96,7 +96,12 @@ class ChatService(MultiService):
     @override
     def stopService(self) -> Deferred[Any]:
         self._log.info("chatd stopping")
-        stopped: Deferred[Any] = super().stopService()
+        Service.stopService(self)
+        # Unlike MultiService, skip children that never started: when a port
+        # is taken, start-up stops half-way and shutdown must not trip on the rest.
+        stopped: Deferred[Any] = DeferredList(
+            [maybeDeferred(child.stopService) for child in reversed(list(self)) if child.running]
+        )
         observer = self._log_observer
         if observer is not None:
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -308,8 +308,11 @@ class RoomProtocol(Protocol):
 
     def abort(self) -> None:
         """Close at once, dropping what was not yet sent."""
-        if not self._lost and ITCPTransport.providedBy(self.transport):
-            self.transport.abortConnection()
+        # Every stream transport Twisted has (TCP, TLS, the test fakes) can
+        # abort, though ITransport does not say so.
+        abort = getattr(self.transport, "abortConnection", None)
+        if not self._lost and abort is not None:
+            abort()
 
     def when_closed(self) -> Deferred[None]:
         waiter: Deferred[None] = Deferred()

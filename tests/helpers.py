@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.test.proto_helpers import FakeDatagramTransport
+from twisted.internet.testing import EventLoggingObserver, FakeDatagramTransport, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.server import ChatServer
 from chatd.settings import Settings
@@ -64,3 +67,27 @@ def frames(transport: StringTransport, clear: bool = True) -> list[Frame]:
         assert isinstance(item, Frame)
         out.append(item)
     return out
+
+
+def capture_events(test: SynchronousTestCase) -> EventLoggingObserver:
+    """Every twisted.logger event emitted during C{test}, for asserting on fields."""
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    test.addCleanup(globalLogPublisher.removeObserver, observer)
+    return observer
+
+
+class ManualRunner:
+    """A password-work runner that holds each job until the test releases it."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Any]] = []
+
+    def __call__(self, work: Callable[[], Any]) -> Deferred[Any]:
+        waiting: Deferred[Any] = Deferred()
+        waiting.addCallback(lambda _: work())
+        self.pending.append(waiting)
+        return waiting
+
+    def release(self) -> None:
+        self.pending.pop(0).callback(None)

@@ -1,0 +1,58 @@
+"""Tests for chatd.service: the service tree, its sweep, and its real start and stop."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from chatd.service import ListeningService, make_service
+from chatd.settings import Settings
+from tests.helpers import capture_events
+
+
+class ServiceTreeTests(SynchronousTestCase):
+    def test_sweeper_runs_on_the_given_clock(self) -> None:
+        clock = MemoryReactorClock()
+        service = make_service(Settings(sweep_interval=20), clock)
+        events = capture_events(self)
+        sweeper = service.getServiceNamed("sweeper")
+        sweeper.startService()
+        self.addCleanup(sweeper.stopService)
+        clock.advance(20)
+        clock.advance(20)
+        self.assertEqual(len([e for e in events if e["log_format"].startswith("stats")]), 3)
+
+    def test_listeners_are_listening_services(self) -> None:
+        service = make_service(Settings(), MemoryReactorClock())
+        for name in ("tcp", "udp"):
+            self.assertIsInstance(service.getServiceNamed(name), ListeningService)
+
+
+class RealStartStopTests(TestCase):
+    timeout = 10
+
+    async def test_ports_are_free_again_after_stop(self) -> None:
+        service = make_service(Settings(tcp_port=0, udp_port=0, password_cost=2), reactor)
+        service.startService()
+        tcp_port, udp_port = service.tcp_port, service.udp_port
+        self.assertNotEqual(tcp_port, 0)
+        await service.stopService()
+        again = make_service(Settings(tcp_port=tcp_port, udp_port=udp_port, password_cost=2), reactor)
+        again.startService()
+        self.assertEqual((again.tcp_port, again.udp_port), (tcp_port, udp_port))
+        await again.stopService()
+
+    async def test_taken_port_fails_start(self) -> None:
+        taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        service = make_service(Settings(tcp_port=taken.getsockname()[1], udp_port=0), reactor)
+        from twisted.internet.error import CannotListenError
+
+        self.assertRaises(CannotListenError, service.startService)
+        # The UDP listener started before the TCP one failed: stop what did start.
+        await service.stopService()

@@ -1,0 +1,424 @@
+"""Tests for chatd.tcp: the room protocol on a StringTransport, time on a Clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatd.errors import Status
+from chatd.payloads import Dialect
+from chatd.rooms import Member
+from chatd.tcp import RoomProtocol
+from chatd.wire import HEADER_SIZE, Frame, Operation, SizeEncoding, State
+from tests.helpers import ManualRunner, capture_events, connect, frames, make_server, request
+
+ASCII = SizeEncoding.ASCII
+
+
+def status_of(frame: Frame) -> Status:
+    return Status(frame.payload[0])
+
+
+class RoomProtocolTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.server, self.clock, self.udp = make_server()
+
+    def enter(
+        self,
+        operation: Operation,
+        user: str,
+        room: str = "hoge",
+        encoding: SizeEncoding = SizeEncoding.BINARY,
+        port: int = 40000,
+        **fields: Any,
+    ) -> tuple[RoomProtocol, StringTransport, list[Frame]]:
+        protocol, transport = connect(self.server, port=port)
+        protocol.dataReceived(request(operation, room, {"username": user, **fields}, encoding))
+        return protocol, transport, frames(transport)
+
+    def member(self, room: str, user: str) -> Member:
+        for each in self.server.store.rooms():
+            if each.name == room:
+                return each.members[user]
+        raise AssertionError(f"no {user} in {room}")
+
+
+class CreateJoinTests(RoomProtocolTestCase):
+    def test_create_model(self) -> None:
+        _protocol, _transport, replies = self.enter(Operation.CREATE, "ann", password="")
+        ack, complete = replies
+        self.assertEqual(
+            (ack.operation, ack.state, ack.room, ack.payload), (Operation.CREATE, State.ACKNOWLEDGE, "hoge", b"\x00")
+        )
+        self.assertEqual((complete.operation, complete.state), (Operation.CREATE, State.COMPLETE))
+        member = self.member("hoge", "ann")
+        self.assertEqual(complete.payload.decode(), member.token)
+        self.assertEqual(member.dialect, Dialect.MODEL)
+        self.assertIsNone(member.connection)
+        self.assertEqual(ack.encoding, SizeEncoding.BINARY)
+
+    def test_seed_example_is_answered_in_ascii(self) -> None:
+        """The seed's example request: room 'hoge', create, payload 'a' (a bare user name)."""
+        protocol, transport = connect(self.server)
+        protocol.dataReceived(b"\x04\x01\x001" + 28 * b"\x00" + b"hogea")
+        ack, complete = frames(transport)
+        self.assertEqual(ack.encoding, ASCII)
+        self.assertEqual(complete.encoding, ASCII)
+        self.assertEqual(status_of(ack), Status.SUCCESS)
+        member = self.member("hoge", "a")
+        self.assertEqual(member.dialect, Dialect.SEED)
+        self.assertIs(member.connection, protocol)
+        self.assertEqual(complete.payload, member.token.encode())
+
+    def test_native_complete_is_json(self) -> None:
+        self.enter(Operation.CREATE, "ann")
+        _, _, (ack, complete) = self.enter(Operation.JOIN, "bob", port=40001, chatd=1)
+        self.assertEqual(ack.payload, b"\x00")
+        info = json.loads(complete.payload)
+        member = self.member("hoge", "bob")
+        self.assertEqual(
+            info,
+            {
+                "chatd": 1,
+                "token": member.token,
+                "room": "hoge",
+                "user": "bob",
+                "host": False,
+                "members": ["ann", "bob"],
+                "idle_timeout": 300.0,
+                "keepalive_interval": 30.0,
+            },
+        )
+
+    def test_room_exists_leaves_connection_open_for_retry(self) -> None:
+        self.enter(Operation.CREATE, "ann")
+        protocol, transport, (ack,) = self.enter(Operation.CREATE, "bob", port=40001)
+        self.assertEqual(status_of(ack), Status.ROOM_EXISTS)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(request(Operation.CREATE, "other", {"username": "bob"}))
+        self.assertEqual(status_of(frames(transport)[0]), Status.SUCCESS)
+
+    def test_join_errors(self) -> None:
+        self.enter(Operation.CREATE, "ann", password="pw")
+        cases: list[tuple[dict[str, Any], Status]] = [
+            ({"room": "nope"}, Status.ROOM_NOT_FOUND),
+            ({"password": "wrong"}, Status.INVALID_PASSWORD),
+            ({}, Status.INVALID_PASSWORD),
+            ({"user": "ann", "password": "pw"}, Status.USERNAME_TAKEN),
+            ({"invite": "forged"}, Status.INVALID_INVITATION),
+        ]
+        for fields, status in cases:
+            room = fields.pop("room", "hoge")
+            user = fields.pop("user", "bob")
+            _, _transport, (ack,) = self.enter(Operation.JOIN, user, room=room, port=40001, **fields)
+            self.assertEqual(status_of(ack), status, fields)
+            self.assertEqual(ack.payload, bytes((status,)))
+
+    def test_native_errors_carry_a_reason(self) -> None:
+        _, _, (ack,) = self.enter(Operation.JOIN, "bob", chatd=1)
+        self.assertEqual(status_of(ack), Status.ROOM_NOT_FOUND)
+        detail = json.loads(ack.payload[1:])
+        self.assertEqual(detail["status"], "room_not_found")
+        self.assertIn("hoge", detail["message"])
+
+    def test_unsupported_version_closes(self) -> None:
+        _, transport, (ack,) = self.enter(Operation.CREATE, "ann", chatd=99)
+        self.assertEqual(status_of(ack), Status.UNSUPPORTED_VERSION)
+        self.assertTrue(transport.disconnecting)
+
+    def test_second_room_on_one_connection_is_refused(self) -> None:
+        protocol, transport, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        protocol.dataReceived(request(Operation.CREATE, "two", "ann", ASCII))
+        (ack,) = frames(transport)
+        self.assertEqual(status_of(ack), Status.NOT_PERMITTED)
+        self.assertFalse(transport.disconnecting)
+
+
+class FramingTests(RoomProtocolTestCase):
+    def test_one_byte_at_a_time(self) -> None:
+        protocol, transport = connect(self.server)
+        data = request(Operation.CREATE, "hoge", "ann", ASCII) + request(Operation.INVITE, "hoge", "", ASCII)
+        for i in range(len(data)):
+            protocol.dataReceived(data[i : i + 1])
+        replies = frames(transport)
+        self.assertEqual(
+            [(f.operation, f.state) for f in replies],
+            [
+                (Operation.CREATE, State.ACKNOWLEDGE),
+                (Operation.CREATE, State.COMPLETE),
+                (Operation.INVITE, State.ACKNOWLEDGE),
+                (Operation.INVITE, State.COMPLETE),
+            ],
+        )
+
+    def test_several_frames_in_one_chunk(self) -> None:
+        protocol, transport = connect(self.server)
+        protocol.dataReceived(
+            request(Operation.CREATE, "hoge", "ann", ASCII)
+            + request(Operation.REGISTER_UDP, "hoge", "5000", ASCII)
+            + request(Operation.INVITE, "hoge", "", ASCII)
+        )
+        self.assertEqual(len(frames(transport)), 5)
+        self.assertEqual(self.member("hoge", "ann").address, ("127.0.0.1", 5000))
+
+    def test_model_port_bytes_in_same_chunk(self) -> None:
+        protocol, transport = connect(self.server)
+        protocol.dataReceived(request(Operation.CREATE, "hoge", {"username": "ann"}) + b"\x13\x88")
+        self.assertEqual(len(frames(transport)), 2)
+        self.assertEqual(self.member("hoge", "ann").address, ("127.0.0.1", 5000))
+        self.assertTrue(transport.disconnecting)
+
+    def test_malformed_header_answered_and_closed(self) -> None:
+        protocol, transport = connect(self.server)
+        protocol.dataReceived(b"\x04\x09\x00" + (1).to_bytes(29, "big") + b"hogea")
+        (ack,) = frames(transport)
+        self.assertEqual(
+            (ack.operation, ack.state, status_of(ack)), (Operation.UNKNOWN, State.ACKNOWLEDGE, Status.MALFORMED_REQUEST)
+        )
+        self.assertTrue(transport.disconnecting)
+        protocol.dataReceived(request(Operation.CREATE, "x", "ann"))
+        self.assertEqual(transport.value(), b"")
+
+    def test_huge_size_refused_from_header(self) -> None:
+        protocol, transport = connect(self.server)
+        protocol.dataReceived(b"\x04\x01\x00" + b"9" * 29)
+        (ack,) = frames(transport)
+        self.assertEqual(
+            (ack.operation, ack.encoding, status_of(ack)), (Operation.CREATE, ASCII, Status.REQUEST_TOO_LARGE)
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_invalid_utf8_payload(self) -> None:
+        protocol, transport = connect(self.server)
+        protocol.dataReceived(request(Operation.CREATE, "hoge", b"\xff\xfe"))
+        (ack,) = frames(transport)
+        self.assertEqual(status_of(ack), Status.MALFORMED_REQUEST)
+        self.assertTrue(transport.disconnecting)
+
+    def test_request_state_must_be_request(self) -> None:
+        protocol, transport = connect(self.server)
+        protocol.dataReceived(b"\x04\x01\x02" + (0).to_bytes(29, "big") + b"hoge")
+        (ack,) = frames(transport)
+        self.assertEqual(status_of(ack), Status.MALFORMED_REQUEST)
+        self.assertTrue(transport.disconnecting)
+
+    def test_operations_before_joining_are_refused(self) -> None:
+        for operation in (Operation.REGISTER_UDP, Operation.INVITE, Operation.NOTICE):
+            protocol, transport = connect(self.server)
+            protocol.dataReceived(request(operation, "hoge", "5000"))
+            (ack,) = frames(transport)
+            self.assertIn(status_of(ack), (Status.NOT_PERMITTED, Status.MALFORMED_REQUEST))
+
+
+class TimeoutTests(RoomProtocolTestCase):
+    def test_partial_frame_times_out_even_when_dribbled(self) -> None:
+        protocol, transport = connect(self.server)
+        for _ in range(9):
+            protocol.dataReceived(b"\x04")
+            self.clock.advance(1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+
+    def test_stalled_body_is_told_timed_out(self) -> None:
+        protocol, transport = connect(self.server)
+        protocol.dataReceived(request(Operation.CREATE, "hoge", "ann")[: HEADER_SIZE + 2])
+        self.clock.advance(10)
+        (ack,) = frames(transport)
+        self.assertEqual((ack.operation, status_of(ack)), (Operation.CREATE, Status.TIMED_OUT))
+        self.assertTrue(transport.disconnecting)
+
+    def test_whole_frames_do_not_time_out(self) -> None:
+        _protocol, transport, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        self.clock.advance(100)
+        self.assertFalse(transport.disconnecting)
+
+    def test_handshake_timeout(self) -> None:
+        _protocol, transport = connect(self.server)
+        self.clock.advance(29)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_timers_cancelled_on_close(self) -> None:
+        protocol, _transport = connect(self.server)
+        protocol.dataReceived(b"\x04")
+        protocol.connectionLost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class PresenceTests(RoomProtocolTestCase):
+    def test_seed_close_is_leave_and_others_are_told(self) -> None:
+        _host, host_transport, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        bob, _bob_transport, _ = self.enter(Operation.JOIN, "bob", encoding=ASCII, port=40001)
+        (joined,) = frames(host_transport)
+        self.assertEqual((joined.operation, joined.state, joined.encoding), (Operation.NOTICE, State.COMPLETE, ASCII))
+        self.assertEqual(joined.payload, b"* bob joined hoge")
+        bob.connectionLost()
+        (left,) = frames(host_transport)
+        self.assertEqual(left.payload, b"* bob left hoge")
+        self.assertEqual(self.server.store.rooms()[0].names(), ("ann",))
+
+    def test_host_close_closes_room(self) -> None:
+        host, _, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        _bob, bob_transport, _ = self.enter(Operation.JOIN, "bob", encoding=ASCII, port=40001)
+        token = self.member("hoge", "bob").token
+        host.connectionLost()
+        (closed,) = frames(bob_transport)
+        self.assertEqual(closed.payload, b"* room hoge was closed: the host left")
+        self.assertTrue(bob_transport.disconnecting)
+        self.assertIsNone(self.server.store.member_for_token(token))
+        self.assertEqual(self.server.store.rooms(), [])
+
+    def test_native_notices_are_json(self) -> None:
+        _host, host_transport, _ = self.enter(Operation.CREATE, "ann", chatd=1)
+        self.enter(Operation.JOIN, "bob", port=40001)
+        (joined,) = frames(host_transport)
+        self.assertEqual(
+            json.loads(joined.payload),
+            {
+                "chatd": 1,
+                "event": "joined",
+                "room": "hoge",
+                "user": "bob",
+                "text": "* bob joined hoge",
+                "members": ["ann", "bob"],
+            },
+        )
+
+    def test_model_member_stays_after_registering(self) -> None:
+        self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        bob, bob_transport, _ = self.enter(Operation.JOIN, "bob", port=40001)
+        bob.dataReceived(b"\x13\x89")
+        self.assertTrue(bob_transport.disconnecting)
+        bob.connectionLost()
+        self.assertEqual(self.member("hoge", "bob").address, ("127.0.0.1", 5001))
+
+    def test_model_member_leaves_if_closed_before_registering(self) -> None:
+        self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        bob, _, _ = self.enter(Operation.JOIN, "bob", port=40001)
+        bob.connectionLost()
+        self.assertEqual(self.server.store.rooms()[0].names(), ("ann",))
+
+    def test_model_port_zero_is_refused(self) -> None:
+        self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        bob, transport, _ = self.enter(Operation.JOIN, "bob", port=40001)
+        bob.dataReceived(b"\x00\x00")
+        (ack,) = frames(transport)
+        self.assertEqual(status_of(ack), Status.MALFORMED_REQUEST)
+        self.assertTrue(transport.disconnecting)
+        bob.connectionLost()
+        self.assertEqual(self.server.store.rooms()[0].names(), ("ann",))
+
+    def test_idle_member_is_told_and_removed(self) -> None:
+        _host, host_transport, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        _bob, bob_transport, _ = self.enter(Operation.JOIN, "bob", encoding=ASCII, port=40001)
+        frames(host_transport)
+        self.clock.advance(200)
+        self.server.store.touch(self.member("hoge", "ann"))
+        self.clock.advance(101)
+        self.server.sweep()
+        (notice,) = frames(bob_transport)
+        self.assertEqual(notice.payload, b"* you were removed from hoge after 300 s without activity")
+        self.assertTrue(bob_transport.disconnecting)
+        (notice,) = frames(host_transport)
+        self.assertEqual(notice.payload, b"* bob was removed from hoge after 300 s without activity")
+
+    def test_join_finishing_after_close_leaves(self) -> None:
+        self.enter(Operation.CREATE, "ann", encoding=ASCII, password="pw")
+        runner = ManualRunner()
+        self.server.store._run_hash = runner  # type: ignore[attr-defined]
+        bob, _ = connect(self.server, port=40001)
+        bob.dataReceived(request(Operation.JOIN, "hoge", {"username": "bob", "password": "pw"}, ASCII))
+        bob.connectionLost()
+        runner.release()
+        self.assertEqual(self.server.store.rooms()[0].names(), ("ann",))
+
+
+class InvitationTests(RoomProtocolTestCase):
+    def test_host_mints_invitation_for_passwordless_join(self) -> None:
+        host, transport, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII, password="pw")
+        host.dataReceived(request(Operation.INVITE, "hoge", "", ASCII))
+        ack, complete = frames(transport)
+        self.assertEqual(
+            (status_of(ack), complete.operation, complete.state), (Status.SUCCESS, Operation.INVITE, State.COMPLETE)
+        )
+        invite = complete.payload.decode()
+        _, _, (ack, _) = self.enter(Operation.JOIN, "bob", port=40001, invite=invite)
+        self.assertEqual(status_of(ack), Status.SUCCESS)
+
+    def test_native_invitation_is_json(self) -> None:
+        host, transport, _ = self.enter(Operation.CREATE, "ann", chatd=1)
+        host.dataReceived(request(Operation.INVITE, "hoge"))
+        _, complete = frames(transport)
+        info = json.loads(complete.payload)
+        self.assertEqual(info["expires_in"], 3600.0)
+        self.assertEqual(len(info["invite"]), 22)
+
+    def test_only_host_invites(self) -> None:
+        self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        bob, transport, _ = self.enter(Operation.JOIN, "bob", encoding=ASCII, port=40001)
+        bob.dataReceived(request(Operation.INVITE, "hoge", "", ASCII))
+        (ack,) = frames(transport)
+        self.assertEqual(status_of(ack), Status.NOT_PERMITTED)
+
+    def test_other_rooms_are_not_yours(self) -> None:
+        host, transport, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        host.dataReceived(request(Operation.REGISTER_UDP, "elsewhere", "5000", ASCII))
+        (ack,) = frames(transport)
+        self.assertEqual(status_of(ack), Status.NOT_PERMITTED)
+
+
+class LimitTests(RoomProtocolTestCase):
+    def test_connection_limit_per_host(self) -> None:
+        self.server, self.clock, self.udp = make_server(max_connections_per_host=2)
+        connect(self.server, port=1)
+        connect(self.server, port=2)
+        refusal = self.server.tcp_factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 3))
+        assert refusal is not None
+        self.assertNotIsInstance(refusal, RoomProtocol)
+        transport = StringTransport()
+        refusal.makeConnection(transport)
+        (ack,) = frames(transport)
+        self.assertEqual(status_of(ack), Status.SERVER_FULL)
+        self.assertTrue(transport.disconnecting)
+        self.assertIsInstance(self.server.tcp_factory.buildProtocol(IPv4Address("TCP", "10.0.0.1", 3)), RoomProtocol)
+
+    def test_connection_limit_total(self) -> None:
+        self.server, self.clock, self.udp = make_server(max_connections=1)
+        protocol, _ = connect(self.server, port=1)
+        self.assertNotIsInstance(self.server.tcp_factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 3)), RoomProtocol)
+        protocol.connectionLost()
+        self.assertIsInstance(self.server.tcp_factory.buildProtocol(IPv4Address("TCP", "10.0.0.9", 3)), RoomProtocol)
+
+    def test_payload_limit(self) -> None:
+        self.server, self.clock, self.udp = make_server(max_payload=10)
+        protocol, transport = connect(self.server)
+        protocol.dataReceived(request(Operation.CREATE, "hoge", {"username": "ann"})[:HEADER_SIZE])
+        (ack,) = frames(transport)
+        self.assertEqual(status_of(ack), Status.REQUEST_TOO_LARGE)
+
+
+class LoggingTests(RoomProtocolTestCase):
+    def test_frames_logged_decoded_at_debug(self) -> None:
+        events = capture_events(self)
+        self.server, self.clock, self.udp = make_server(log_frames=True)
+        self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        logged = [e for e in events if e.get("direction")]
+        self.assertEqual(
+            [(e["direction"], e["state"]) for e in logged],
+            [("received", "REQUEST"), ("sent", "ACKNOWLEDGE"), ("sent", "COMPLETE")],
+        )
+        self.assertEqual(logged[0]["room"], "hoge")
+        self.assertEqual(logged[0]["encoding"], "ascii")
+        self.assertTrue(logged[0]["hex"].startswith("0401003139000000"))
+
+    def test_frames_not_logged_by_default(self) -> None:
+        events = capture_events(self)
+        self.enter(Operation.CREATE, "ann")
+        self.assertEqual([e for e in events if e.get("direction")], [])

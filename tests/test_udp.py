@@ -1,0 +1,245 @@
+"""Tests for chatd.udp: the relay on a fake datagram transport, time on a Clock."""
+
+from __future__ import annotations
+
+from twisted.logger import LogLevel
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatd.datagrams import (
+    FrameType,
+    NativeFrame,
+    decode_native,
+    decode_relay_body,
+    encode_legacy,
+    encode_native,
+)
+from chatd.payloads import Dialect, RoomRequest
+from chatd.rooms import Member
+from tests.helpers import capture_events, make_server
+
+ANN = ("127.0.0.1", 5000)
+BOB = ("127.0.0.1", 5001)
+CAT = ("127.0.0.1", 5002)
+EVE = ("127.0.0.1", 6666)
+
+
+class RelayTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.server, self.clock, self.udp = make_server()
+        self.relay = self.server.relay
+        self.store = self.server.store
+
+    def member(self, user: str, dialect: Dialect, address: tuple[str, int] | None, room: str = "hoge") -> Member:
+        request = RoomRequest(user, version=1 if dialect is Dialect.NATIVE else None)
+        if any(r.name == room for r in self.store.rooms()):
+            member = self.successResultOf(self.store.join_room(room, request, dialect))
+        else:
+            member = self.successResultOf(self.store.create_room(room, request, dialect))
+        if address is not None:
+            self.store.bind_address(member, address)
+        self.udp.written.clear()
+        return member
+
+    def say(self, member: Member, text: str, source: tuple[str, int] | None = None) -> None:
+        source = source or member.address
+        assert source is not None
+        self.relay.datagramReceived(encode_legacy(member.room.name, member.token, text), source)
+
+    def native(self, member: Member, kind: FrameType, body: bytes = b"", sequence: int = 1) -> bytes:
+        return encode_native(NativeFrame(kind, sequence, member.token.encode(), body))
+
+
+class LegacyRelayTests(RelayTestCase):
+    def test_relays_to_all_others_not_sender(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.SEED, BOB)
+        self.member("cat", Dialect.MODEL, CAT)
+        sent_before = self.relay.sent
+        self.say(ann, "hello, 世界 🙂")
+        message = "ann: hello, 世界 🙂".encode()
+        self.assertEqual(sorted(self.udp.written), sorted([(message, BOB), (message, CAT)]))
+        self.assertEqual((self.relay.received, self.relay.sent - sent_before), (1, 2))
+
+    def test_unregistered_members_get_nothing(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.SEED, None)
+        self.say(ann, "hi")
+        self.assertEqual(self.udp.written, [])
+
+    def test_rooms_are_isolated(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.member("cat", Dialect.MODEL, CAT, room="other")
+        self.say(ann, "hi")
+        self.assertEqual(self.udp.written, [(b"ann: hi", BOB)])
+
+    def test_activity_is_recorded(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.clock.advance(100)
+        self.say(ann, "hi")
+        self.assertEqual(ann.last_active, 100)
+
+    def test_one_failing_recipient_does_not_stop_the_others(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.member("cat", Dialect.MODEL, CAT)
+        original = self.udp.write
+
+        def write(data: bytes, address: tuple[str, int]) -> None:
+            if address == BOB:
+                raise OSError("network unreachable")
+            original(data, address)
+
+        self.udp.write = write  # type: ignore[method-assign,assignment]
+        self.say(ann, "hi")
+        self.assertEqual(self.udp.written, [(b"ann: hi", CAT)])
+        self.assertEqual(self.relay.send_errors, 1)
+
+
+class DropTests(RelayTestCase):
+    def assert_dropped(self, reason: str) -> None:
+        self.assertEqual(self.udp.written, [])
+        self.assertEqual(self.relay.drops.counts[reason], 1, dict(self.relay.drops.counts))
+
+    def test_wrong_source(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.say(ann, "hi", source=EVE)
+        self.assert_dropped("wrong_source")
+
+    def test_wrong_room(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.member("zed", Dialect.MODEL, CAT, room="other")
+        self.relay.datagramReceived(encode_legacy("other", ann.token, "hi"), ANN)
+        self.assert_dropped("wrong_room")
+
+    def test_unknown_token(self) -> None:
+        self.member("bob", Dialect.MODEL, BOB)
+        self.relay.datagramReceived(encode_legacy("hoge", "forged", "hi"), EVE)
+        self.assert_dropped("unknown_token")
+
+    def test_unregistered_sender(self) -> None:
+        ann = self.member("ann", Dialect.SEED, None)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.say(ann, "hi", source=ANN)
+        self.assert_dropped("unregistered")
+
+    def test_garbage(self) -> None:
+        cases = {
+            b"": "malformed",
+            b"\x05": "malformed",
+            b"\x04\x04ho": "malformed",
+            b"\x01\x01ab\xff": "invalid_utf8",
+            b"\x01" * 5000: "too_large",
+            b"\x00\x02\x01": "malformed",
+        }
+        for data in cases:
+            self.relay.datagramReceived(data, EVE)
+        self.assertEqual(self.udp.written, [])
+        self.assertEqual(self.relay.drops.total, len(cases))
+        for reason in set(cases.values()):
+            self.assertEqual(self.relay.drops.counts[reason], list(cases.values()).count(reason))
+
+    def test_warnings_are_rate_limited(self) -> None:
+        events = capture_events(self)
+        for _ in range(100):
+            self.relay.datagramReceived(b"\xff", EVE)
+        self.clock.advance(10)
+        self.relay.datagramReceived(b"\xff", EVE)
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual([(w["reason"], w["suppressed"]) for w in warnings], [("malformed", 0), ("malformed", 99)])
+        self.assertEqual((warnings[0]["source_host"], warnings[0]["source_port"]), EVE)
+        self.assertEqual(self.relay.drops.counts["malformed"], 101)
+
+    def test_unexpected_errors_are_logged_not_raised(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+
+        def broken(token: str) -> Member:
+            raise RuntimeError("boom")
+
+        self.store.member_for_token = broken  # type: ignore[method-assign]
+        self.say(ann, "hi")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class NativeRelayTests(RelayTestCase):
+    def test_first_datagram_registers(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, None)
+        bob = self.member("bob", Dialect.MODEL, BOB)
+        self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, b"hi"), ANN)
+        self.assertEqual(ann.address, ANN)
+        self.assertEqual(self.udp.written, [(b"ann: hi", BOB)])
+        self.udp.written.clear()
+        self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, b"again"), EVE)
+        self.assertEqual(self.udp.written, [])
+        self.assertEqual(self.relay.drops.counts["wrong_source"], 1)
+        self.assertIsNotNone(bob)
+
+    def test_native_recipient_gets_relay_frame(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        bob = self.member("bob", Dialect.NATIVE, BOB)
+        self.clock.advance(12.5)
+        self.say(ann, "こんにちは")
+        self.say(ann, "again")
+        (first, address), (second, _) = self.udp.written
+        self.assertEqual(address, BOB)
+        frame = decode_native(first)
+        self.assertEqual((frame.frame_type, frame.sequence, frame.auth), (FrameType.RELAY, 1, b""))
+        relayed = decode_relay_body(frame.body)
+        self.assertEqual((relayed.sender, relayed.text, relayed.timestamp_ms), ("ann", "こんにちは", 12500))
+        self.assertEqual(decode_native(second).sequence, 2)
+        self.assertEqual(bob.sequence, 2)
+
+    def test_keepalive_registers_and_is_answered_small(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, None)
+        self.clock.advance(50)
+        keepalive = self.native(ann, FrameType.KEEPALIVE, sequence=7)
+        self.relay.datagramReceived(keepalive, ANN)
+        ((answer, address),) = self.udp.written
+        self.assertEqual(address, ANN)
+        frame = decode_native(answer)
+        self.assertEqual((frame.frame_type, frame.sequence), (FrameType.KEEPALIVE_ACK, 7))
+        self.assertLess(len(answer), len(keepalive))
+        self.assertEqual(ann.last_active, 50)
+
+    def test_legacy_token_in_native_frame_is_refused(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, b"hi"), ANN)
+        self.assertEqual(self.relay.drops.counts["unknown_token"], 1)
+
+    def test_server_frame_types_from_clients_are_dropped(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        self.relay.datagramReceived(self.native(ann, FrameType.RELAY, b"x"), ANN)
+        self.assertEqual(self.relay.drops.counts["malformed"], 1)
+
+    def test_non_ascii_auth_is_unknown_token(self) -> None:
+        self.relay.datagramReceived(encode_native(NativeFrame(FrameType.MESSAGE, 1, b"\xff", b"hi")), EVE)
+        self.assertEqual(self.relay.drops.counts["unknown_token"], 1)
+
+
+class ExitTests(RelayTestCase):
+    def test_host_exit_closes_room_and_tells_everyone(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        bob = self.member("bob", Dialect.MODEL, BOB)
+        cat = self.member("cat", Dialect.NATIVE, CAT)
+        self.say(ann, "/exit")
+        self.assertEqual(self.store.rooms(), [])
+        self.assertIsNone(self.store.member_for_token(bob.token))
+        closing = dict((address, data) for data, address in self.udp.written)
+        self.assertEqual(closing[BOB], b"* room hoge was closed: the host left")
+        self.assertEqual(closing[ANN], b"* room hoge was closed: the host left")
+        self.assertEqual(decode_native(closing[CAT]).frame_type, FrameType.NOTICE)
+        self.assertIsNotNone(cat)
+
+    def test_member_exit_is_leave(self) -> None:
+        self.member("ann", Dialect.MODEL, ANN)
+        bob = self.member("bob", Dialect.MODEL, BOB)
+        self.say(bob, "/exit")
+        self.assertEqual(self.store.rooms()[0].names(), ("ann",))
+        self.assertEqual(self.udp.written, [(b"* bob left hoge", ANN)])
+
+    def test_join_notice_goes_by_udp_to_model_members(self) -> None:
+        self.member("ann", Dialect.MODEL, ANN)
+        self.successResultOf(self.store.join_room("hoge", RoomRequest("bob"), Dialect.MODEL))
+        self.assertEqual(self.udp.written, [(b"* bob joined hoge", ANN)])
