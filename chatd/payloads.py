@@ -58,7 +58,11 @@ def validate_name(name: str, max_bytes: int, what: str) -> str:
     Not empty, at most C{max_bytes} of UTF-8, no control or format characters
     (they can rewrite a terminal line), no leading or trailing white space.
     """
-    size = len(name.encode("utf-8"))
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        # JSON can escape a lone surrogate, which no UTF-8 can carry.
+        raise InvalidNameError(f"{what} is not valid Unicode") from None
     if size == 0:
         raise InvalidNameError(f"{what} is empty")
     if size > max_bytes:
@@ -87,9 +91,15 @@ def decode_text(data: bytes, what: str) -> str:
 
 def _optional_str(obj: dict[str, Any], key: str) -> str | None:
     value = obj.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise MalformedFrameError(f"{key!r} must be a string")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MalformedFrameError(f"{key!r} must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidUTF8Error(f"{key!r} is not valid Unicode") from None
+    return value
 
 
 def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAME) -> RoomRequest:
@@ -104,11 +114,10 @@ def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAM
     if not text.lstrip().startswith("{"):
         return RoomRequest(validate_user_name(text.rstrip("\r\n"), max_user_name))
     try:
+        # Starts with "{", so it parses to an object or not at all.
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise MalformedFrameError("request payload is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise MalformedFrameError("request payload is not a JSON object")
     version = obj.get("chatd")
     if version is not None:
         if not isinstance(version, int) or isinstance(version, bool):
@@ -133,7 +142,7 @@ def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAM
 def parse_port(payload: bytes) -> int:
     """The seed dialect's operation 3 payload: a UDP port as ASCII digits."""
     text = decode_text(payload, "port").strip()
-    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 65536:
+    if not (0 < len(text) <= 5 and text.isascii() and text.isdigit() and 0 < int(text) < 65536):
         raise MalformedFrameError("port must be a decimal number from 1 to 65535")
     return int(text)
 
@@ -158,7 +167,7 @@ def decode_json(payload: bytes) -> dict[str, Any]:
     """Parse a native JSON payload (client side, and tests)."""
     try:
         obj = json.loads(decode_text(payload, "payload"))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise MalformedFrameError("payload is not valid JSON") from None
     if not isinstance(obj, dict):
         raise MalformedFrameError("payload is not a JSON object")

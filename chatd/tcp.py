@@ -131,6 +131,11 @@ class RoomProtocol(Protocol):
                     self._refuse(error, Operation.UNKNOWN)
                 else:
                     self._refuse(error, item.operation, item.room)
+            except Exception:
+                # A bug of ours: this peer is told and dropped, the others go on.
+                self._log.failure("while handling a request from {peer}", peer=self.peer_host)
+                self._acknowledge(Operation.UNKNOWN, Status.INTERNAL_ERROR, "", "internal error")
+                self._close()
         self._watch_partial_frame()
 
     # -- requests -----------------------------------------------------------
@@ -207,6 +212,7 @@ class RoomProtocol(Protocol):
             action="created" if member.is_host else "joined",
             room=room.name,
             dialect=member.dialect.value,
+            peer=self.peer_host,
         )
         self._process()
 
@@ -250,7 +256,7 @@ class RoomProtocol(Protocol):
         if port == 0:
             raise MalformedFrameError("UDP port 0")
         self._store.bind_address(member, (self.peer_host, port))
-        self._log.info("{user} registered UDP port {port}", user=member.name, port=port)
+        self._log.info("{user} registered UDP port {port}", user=member.name, port=port, peer=self.peer_host)
         # The model handshake is over: its clients wait for us to close.
         self._close()
 
@@ -357,7 +363,9 @@ class RoomProtocol(Protocol):
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
-        if self.member is None and not self._busy:
+        if self.member is None:
+            # Even with a request in flight: a create or join that takes this
+            # long has gone wrong, and _entered copes with a closed connection.
             self._log.info("closing connection from {peer}: no room entered in time", peer=self.peer_host)
             self._close()
 

@@ -422,3 +422,19 @@ class LoggingTests(RoomProtocolTestCase):
         events = capture_events(self)
         self.enter(Operation.CREATE, "ann")
         self.assertEqual([e for e in events if e.get("direction")], [])
+
+
+class InternalErrorTests(RoomProtocolTestCase):
+    def test_a_bug_is_answered_and_contained(self) -> None:
+        def broken(member: Member) -> str:
+            raise RuntimeError("boom")
+
+        host, transport, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        self.server.store.mint_invitation = broken  # type: ignore[method-assign]
+        host.dataReceived(request(Operation.INVITE, "hoge", "", ASCII))
+        (ack,) = frames(transport)
+        self.assertEqual(status_of(ack), Status.INTERNAL_ERROR)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        _, other, (ack, _) = self.enter(Operation.CREATE, "bob", room="other", port=40001)
+        self.assertEqual(status_of(ack), Status.SUCCESS)
