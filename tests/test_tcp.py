@@ -436,5 +436,5 @@ class InternalErrorTests(RoomProtocolTestCase):
         self.assertEqual(status_of(ack), Status.INTERNAL_ERROR)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
-        _, other, (ack, _) = self.enter(Operation.CREATE, "bob", room="other", port=40001)
+        _, _, (ack, _) = self.enter(Operation.CREATE, "bob", room="other", port=40001)
         self.assertEqual(status_of(ack), Status.SUCCESS)
