@@ -140,6 +140,21 @@ def native_header(frame_type: FrameType, sequence: int, auth: bytes = b"", flags
     return _NATIVE_HEADER.pack(NATIVE_MARKER, NATIVE_VERSION, frame_type, flags, sequence, len(auth)) + auth
 
 
+RELAY_OVERHEAD = _NATIVE_HEADER.size + _RELAY_PREFIX.size
+"""Bytes a relayed copy adds to sender name and message, at most (native; legacy adds 2)."""
+
+
+def check_relay_size(sender: str, message: bytes) -> None:
+    """
+    Refuse a message whose relayed copies would not fit in a datagram of
+    MAX_DATAGRAM bytes, so that a client reading 4096 bytes at a time never
+    gets a copy cut short.
+    """
+    size = len(sender.encode("utf-8")) + len(message) + RELAY_OVERHEAD
+    if size > MAX_DATAGRAM:
+        raise FrameTooLargeError(f"relayed copy of {size} bytes is over {MAX_DATAGRAM}")
+
+
 def relay_text(sender: str, message: bytes) -> bytes:
     """What a legacy recipient gets: C{"<sender>: <message>"} as UTF-8."""
     return sender.encode("utf-8") + b": " + message

@@ -72,6 +72,7 @@ from chatd.wire import (
     Operation,
     SizeEncoding,
     State,
+    decode_payload_size,
     encode_frame,
 )
 
@@ -143,6 +144,13 @@ _DIALECT_NOTES = {
     Dialect.MODEL: "binary size, JSON payload",
     Dialect.SEED: "ASCII size, JSON payload",
     Dialect.NATIVE: 'binary size, JSON payload with "chatd": 1',
+}
+
+
+_REGISTER_HINTS = {
+    Dialect.MODEL: "port (2 raw bytes, then the server closes TCP)",
+    Dialect.SEED: "register (operation 3)",
+    Dialect.NATIVE: "keepalive (the first datagram registers)",
 }
 
 
@@ -445,13 +453,10 @@ def learn(session: Session, frame: Frame) -> Session:
     if frame.state is not State.COMPLETE:
         return session
     if frame.operation in (Operation.CREATE, Operation.JOIN):
-        token, room = _payload_field(frame.payload, "token"), frame.room
-        native = _json_object(frame.payload)
-        if native is not None and isinstance(native.get("room"), str):
-            room = native["room"]
+        token = _payload_field(frame.payload, "token")
         if token is None:
             return session
-        return replace(session, room=room, token=token, sequence=0)
+        return replace(session, room=frame.room, token=token, sequence=0)
     if frame.operation is Operation.INVITE:
         invite = _payload_field(frame.payload, "invite")
         return session if invite is None else replace(session, invite=invite)
@@ -463,7 +468,8 @@ def _json_object(payload: bytes) -> dict[str, Any] | None:
         return None
     try:
         obj = json.loads(payload.decode("utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: a server (or a man in the middle) can nest deeply.
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -473,7 +479,14 @@ def _payload_field(payload: bytes, key: str) -> str | None:
     if payload.lstrip().startswith(b"{"):
         obj = _json_object(payload)
         value = None if obj is None else obj.get(key)
-        return value if isinstance(value, str) and value else None
+        if not isinstance(value, str) or not value:
+            return None
+        try:
+            # JSON can escape a lone surrogate, which no datagram could carry.
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return value
     try:
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
@@ -581,40 +594,51 @@ def describe_header(data: bytes) -> str:
     )
 
 
+def frame_size(data: bytes) -> int | None:
+    """
+    The length of the frame at the start of C{data}, if its header can be read
+    and all of it is there; None otherwise (framing is lost, or more is due).
+    """
+    if len(data) < HEADER_SIZE:
+        return None
+    try:
+        size, _ = decode_payload_size(data[3:HEADER_SIZE])
+    except ProtocolError:
+        return None
+    end = HEADER_SIZE + data[0] + size
+    return end if end <= len(data) else None
+
+
 def describe_tcp_bytes(data: bytes) -> str:
     """
     Bytes for the TCP stream, as the frames they hold: each one decoded and in
     hex, then whatever is not a whole frame (a partial or refused frame).
     """
     lines: list[str] = []
+    rest = data
     decoder = FrameDecoder(RECEIVE_LIMIT)
-    decoder.feed(data)
-    offset = 0
-    while offset < len(data):
+    decoder.feed(rest)
+    while rest:
         try:
             item = decoder.next()
         except ProtocolError as error:
-            end = len(data) - decoder.buffered
-            if end == offset:
-                # The size field itself is refused: nothing after it can be framed.
-                end = len(data)
-            lines.append(f"not a frame: {error}")
-            lines.append(describe_header(data[offset:end]))
-            lines.append(f"hex {frame_hex(data[offset:end])}")
-            offset = end
+            # A frame of known length is skipped; a refused header takes the rest.
+            size = frame_size(rest) or len(rest)
+            lines += [f"not a frame: {error}", describe_header(rest[:size]), f"hex {frame_hex(rest[:size])}"]
+            rest = rest[size:]
+            decoder = FrameDecoder(RECEIVE_LIMIT)
+            decoder.feed(rest)
             continue
         if item is None:
-            rest = data[offset:]
             lines.append(f"{_plural(len(rest), 'byte')}, not a whole frame")
             if len(rest) == PORT_SIZE:
                 lines.append(f"(as a model dialect UDP port: {int.from_bytes(rest, 'big')})")
             lines.append(f"hex {rest.hex()}")
             break
         assert isinstance(item, Frame)
-        end = len(data) - decoder.buffered
-        lines.append(describe_frame(item))
-        lines.append(f"hex {frame_hex(data[offset:end])}")
-        offset = end
+        size = len(rest) - decoder.buffered
+        lines += [describe_frame(item), f"hex {frame_hex(rest[:size])}"]
+        rest = rest[size:]
     return "\n".join(lines)
 
 
@@ -730,19 +754,16 @@ class ServerConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._pending += data
         self._decoder.feed(data)
-        while self._pending:
+        while True:
             try:
                 item = self._decoder.next()
             except ProtocolError as error:
-                consumed = len(self._pending) - self._decoder.buffered
-                if consumed == 0:
-                    # The size field itself is refused: framing is lost for good.
-                    self._client.refused_received(bytes(self._pending), error)
-                    self._pending.clear()
-                    self._decoder = FrameDecoder(RECEIVE_LIMIT)
-                    return
-                # A whole frame with an unknown operation or bad text: skip just it.
-                self._client.refused_received(self._take(consumed), error)
+                # A refused frame of known length is skipped; a refused header
+                # loses the framing, so everything received so far goes with it.
+                size = frame_size(bytes(self._pending)) or len(self._pending)
+                self._client.refused_received(self._take(size), error)
+                self._decoder = FrameDecoder(RECEIVE_LIMIT)
+                self._decoder.feed(bytes(self._pending))
                 continue
             if item is None:
                 return
@@ -954,7 +975,10 @@ class DebugClient:
         self._write(report(f"<< TCP {_plural(len(data), 'byte')}", f"{describe_frame(frame)}\nhex {frame_hex(data)}"))
         before, self.session = self.session, learn(self.session, frame)
         if self.session.token != before.token or self.session.room != before.room:
-            self._write(f"-- token for room {self.session.room!r}: {self.session.token} (say, nsay, keepalive use it)")
+            self._write(
+                f"-- token for room {self.session.room!r}: {self.session.token} (say, nsay, keepalive use it); "
+                f"to register your UDP address: {_REGISTER_HINTS[self.session.dialect]}"
+            )
         if self.session.invite != before.invite:
             self._write(
                 f"-- invitation to room {frame.room!r}: {self.session.invite} "

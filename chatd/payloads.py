@@ -28,6 +28,8 @@ NATIVE_VERSION = 1
 SUPPORTED_VERSIONS = (NATIVE_VERSION,)
 DEFAULT_MAX_ROOM_NAME = 64
 DEFAULT_MAX_USER_NAME = 32
+NOTICE_MARK = "*"
+"""Every notice's text starts with this; no user name may."""
 
 
 class Dialect(Enum):
@@ -75,11 +77,26 @@ def validate_name(name: str, max_bytes: int, what: str) -> str:
 
 
 def validate_user_name(name: str, max_bytes: int) -> str:
-    """A name, and no ':' in it, so "name: text" always splits at the first ': '."""
+    """
+    A name that cannot pass for something else in a legacy client's text:
+    no ':', so "name: text" always splits at the first ': ' into who and
+    what; and no leading '*', which marks the server's notices.
+    """
     validate_name(name, max_bytes, "user name")
     if ":" in name:
         raise InvalidNameError("user name holds ':'")
+    if name.startswith(NOTICE_MARK):
+        raise InvalidNameError(f"user name starts with {NOTICE_MARK!r}")
     return name
+
+
+def is_native_request(payload: bytes) -> bool:
+    """Whether a create or join payload asks for the native protocol, valid or not."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and "chatd" in obj
 
 
 def decode_text(data: bytes, what: str) -> str:
@@ -139,6 +156,28 @@ def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAM
     )
 
 
+SECRET_KEYS = frozenset({"password", "invite", "token"})
+REDACTED = "[redacted]"
+
+
+def loggable_payload(payload: bytes, secret: bool = False) -> str:
+    """
+    A payload as text for a debug log, with passwords, tokens and invitations
+    replaced by C{[redacted]}. C{secret} marks a payload that is a secret as a
+    whole when it is not JSON (a legacy token or invitation).
+    """
+    text = payload.decode("utf-8", "backslashreplace")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return REDACTED if secret else repr(text)
+    if not isinstance(obj, dict):
+        return REDACTED if secret else repr(text)
+    return json.dumps(
+        {key: REDACTED if key in SECRET_KEYS else value for key, value in obj.items()}, ensure_ascii=False
+    )
+
+
 def parse_port(payload: bytes) -> int:
     """The seed dialect's operation 3 payload: a UDP port as ASCII digits."""
     text = decode_text(payload, "port").strip()
@@ -151,7 +190,12 @@ def acknowledge_payload(status: Status, dialect: Dialect, message: str = "") -> 
     """One status byte; native clients also get the reason as JSON after it."""
     if dialect is not Dialect.NATIVE or status is Status.SUCCESS:
         return bytes((status,))
-    detail = {"chatd": NATIVE_VERSION, "status": status.name.lower(), "message": message}
+    detail = {
+        "chatd": NATIVE_VERSION,
+        "status": status.name.lower(),
+        "message": message,
+        "versions": list(SUPPORTED_VERSIONS),
+    }
     return bytes((status,)) + json.dumps(detail, ensure_ascii=False).encode("utf-8")
 
 

@@ -172,10 +172,12 @@ class RoomRegistry:
             raise RoomFullError(f"room {room.name!r} holds its limit of {self._settings.max_members} members")
 
     def _take_invitation(self, room: Room, invite: str) -> None:
-        expires = room.invitations.pop(invite, None)
-        self._invitations.pop(invite, None)
-        if expires is None or expires < self._clock.seconds():
+        # Another room's invitation is refused without being spent.
+        if self._invitations.get(invite) is not room:
             raise InvalidInvitationError("the invitation is not valid for this room")
+        del self._invitations[invite]
+        if room.invitations.pop(invite) < self._clock.seconds():
+            raise InvalidInvitationError("the invitation has expired")
 
     def _fresh_token(self) -> str:
         token = new_token()
@@ -222,8 +224,6 @@ class RoomRegistry:
         del room.members[member.name]
         if self.observer is not None:
             self.observer.member_left(member, reason)
-        if not room.members:
-            self._forget(room)
 
     def close_room(self, room: Room, reason: CloseReason) -> None:
         if room.closed:
@@ -253,7 +253,7 @@ class RoomRegistry:
             stale = [invite for invite, expires in room.invitations.items() if expires < now]
             for invite in stale:
                 del room.invitations[invite]
-                del self._invitations[invite]
+                self._invitations.pop(invite, None)
 
     # -- views --------------------------------------------------------------
 

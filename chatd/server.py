@@ -117,6 +117,7 @@ class ChatServer:
                 connection.abort()
 
         timer = self.clock.callLater(self.settings.shutdown_grace, abort_stragglers)
+
         def stop_timer(result: object) -> None:
             if timer.active():
                 timer.cancel()

@@ -39,6 +39,8 @@ from chatd.payloads import (
     acknowledge_payload,
     encode_json,
     error_payload,
+    is_native_request,
+    loggable_payload,
     parse_port,
     parse_room_request,
 )
@@ -170,18 +172,20 @@ class RoomProtocol(Protocol):
             raise NotPermittedError("create or join a room first")
         if frame.room and frame.room != self.member.room.name:
             raise NotPermittedError("that is not your room")
+        self._store.touch(self.member)
         return self.member
 
     def _enter(self, frame: Frame) -> None:
         if self.member is not None:
             raise NotPermittedError("this connection is already in a room")
-        request = parse_room_request(frame.payload, self._settings.max_user_name)
-        if request.native:
+        # The dialect first, so that even a refusal is worded for this client.
+        if is_native_request(frame.payload):
             self.dialect = Dialect.NATIVE
         elif frame.encoding is SizeEncoding.ASCII:
             self.dialect = Dialect.SEED
         else:
             self.dialect = Dialect.MODEL
+        request = parse_room_request(frame.payload, self._settings.max_user_name)
         if frame.operation is Operation.CREATE:
             entered = self._store.create_room(frame.room, request, self.dialect)
         else:
@@ -196,8 +200,11 @@ class RoomProtocol(Protocol):
             self._store.leave(member, LeaveReason.LEFT)
             return
         self.member = member
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
+        # A model client is not done until its port arrives: its handshake
+        # timer runs on.
+        if member.dialect is not Dialect.MODEL:
+            self._cancel_timer(self._handshake_timer)
+            self._handshake_timer = None
         room = member.room
         operation = Operation.CREATE if member.is_host else Operation.JOIN
         self._acknowledge(operation, Status.SUCCESS, room.name)
@@ -285,10 +292,9 @@ class RoomProtocol(Protocol):
     def _log_frame(self, direction: str, frame: Frame) -> None:
         if not self._settings.log_frames:
             return
-        data = encode_frame(frame)
         self._log.debug(
             "{direction} frame: operation={operation} state={state} room={room!r}"
-            " payload_size={payload_size} ({encoding}) payload={payload!r} hex={hex}",
+            " payload_size={payload_size} ({encoding}) payload={payload} header={header}",
             direction=direction,
             peer=self.peer_host,
             operation=frame.operation.name,
@@ -296,8 +302,8 @@ class RoomProtocol(Protocol):
             room=frame.room,
             payload_size=len(frame.payload),
             encoding=frame.encoding.value,
-            payload=frame.payload.decode("utf-8", "backslashreplace"),
-            hex=data.hex(),
+            payload=loggable_payload(frame.payload, secret=frame.state is State.COMPLETE),
+            header=encode_frame(frame)[:HEADER_SIZE].hex(),
         )
 
     # -- IMemberConnection --------------------------------------------------
@@ -344,12 +350,10 @@ class RoomProtocol(Protocol):
         bytes, so a peer dribbling one byte at a time still runs out of time.
         """
         waiting = self._decoder.buffered > 0 and not self._busy and not self._closing
-        timer = self._frame_timer
-        if waiting and timer is None:
+        if waiting and self._frame_timer is None:
             self._frame_timer = self._clock.callLater(self._settings.frame_timeout, self._frame_expired)
-        elif not waiting and timer is not None:
-            if timer.active():
-                timer.cancel()
+        elif not waiting and self._frame_timer is not None:
+            self._cancel_timer(self._frame_timer)
             self._frame_timer = None
 
     def _frame_expired(self) -> None:
@@ -363,17 +367,24 @@ class RoomProtocol(Protocol):
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
+        # Even with a request in flight: a create or join that takes this
+        # long has gone wrong, and _entered copes with a closed connection.
         if self.member is None:
-            # Even with a request in flight: a create or join that takes this
-            # long has gone wrong, and _entered copes with a closed connection.
             self._log.info("closing connection from {peer}: no room entered in time", peer=self.peer_host)
+            self._close()
+        elif self.member.address is None and self.member.dialect is Dialect.MODEL:
+            self._log.info("closing connection from {peer}: no UDP port sent in time", peer=self.peer_host)
             self._close()
 
     def _cancel_timers(self) -> None:
-        for timer in (self._handshake_timer, self._frame_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
+        self._cancel_timer(self._handshake_timer)
+        self._cancel_timer(self._frame_timer)
         self._handshake_timer = self._frame_timer = None
+
+    @staticmethod
+    def _cancel_timer(timer: IDelayedCall | None) -> None:
+        if timer is not None and timer.active():
+            timer.cancel()
 
 
 class RoomFactory(ServerFactory):

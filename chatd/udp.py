@@ -22,6 +22,7 @@ from chatd.datagrams import (
     FrameType,
     LegacyDatagram,
     NativeFrame,
+    check_relay_size,
     decode_datagram,
     encode_relay_body,
     native_header,
@@ -32,6 +33,7 @@ from chatd.errors import (
     ProtocolError,
     UnknownTokenError,
     UnregisteredError,
+    UnsupportedVersionError,
     WrongRoomError,
     WrongSourceError,
 )
@@ -111,8 +113,10 @@ class RelayProtocol(DatagramProtocol):
 
     def _legacy(self, datagram: LegacyDatagram, source: Address) -> None:
         member = self._store.member_for_token(datagram.token)
-        if member is None:
-            raise UnknownTokenError("no member holds this token")
+        if member is None or member.dialect is Dialect.NATIVE:
+            # A native member's token is not accepted in the legacy form, so
+            # that what the native protocol checks cannot be bypassed.
+            raise UnknownTokenError("no legacy member holds this token")
         if member.room.name != datagram.room:
             raise WrongRoomError("the token belongs to another room")
         if member.address is None:
@@ -130,6 +134,10 @@ class RelayProtocol(DatagramProtocol):
         member = self._store.member_for_token(token)
         if member is None or member.dialect is not Dialect.NATIVE:
             raise UnknownTokenError("no native member holds this token")
+        if frame.flags:
+            raise UnsupportedVersionError(f"flags {frame.flags:#04x} are not defined in version 1")
+        if frame.frame_type not in (FrameType.MESSAGE, FrameType.KEEPALIVE):
+            raise MalformedFrameError(f"frame type {frame.frame_type.name} is not sent by clients")
         if member.address is None:
             # The native registration: the first valid datagram binds the address.
             self._store.bind_address(member, source)
@@ -138,18 +146,17 @@ class RelayProtocol(DatagramProtocol):
         if frame.frame_type is FrameType.MESSAGE:
             self._store.touch(member)
             self._message(member, frame.body)
-        elif frame.frame_type is FrameType.KEEPALIVE:
+        else:
             self._store.touch(member)
             # Header only: never larger than the keepalive, which carried a token.
-            self._send(member.address or source, native_header(FrameType.KEEPALIVE_ACK, frame.sequence))
-        else:
-            raise MalformedFrameError(f"frame type {frame.frame_type.name} is not sent by clients")
+            self._send(source, native_header(FrameType.KEEPALIVE_ACK, frame.sequence))
 
     def _message(self, sender: Member, message: bytes) -> None:
         if message.strip() == EXIT_COMMAND:
             # The host's /exit closes the room; anyone else's is leaving it.
             self._store.leave(sender, LeaveReason.LEFT)
             return
+        check_relay_size(sender.name, message)
         legacy: bytes | None = None
         native: bytes | None = None
         for member in sender.room.members.values():

@@ -181,6 +181,8 @@ class FrameDecoder:
         end = HEADER_SIZE + header[0] + size
         if len(self._buffer) < end:
             return None
-        body = bytes(self._buffer[HEADER_SIZE:end])
+        # Parse before consuming: a refused frame stays buffered, so
+        # pending_operation names its operation, not the next frame's.
+        frame = _frame_from(header, bytes(self._buffer[HEADER_SIZE:end]), encoding)
         del self._buffer[:end]
-        return _frame_from(header, body, encoding)
+        return frame

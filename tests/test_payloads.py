@@ -290,7 +290,7 @@ class AcknowledgePayloadTests(SynchronousTestCase):
         detail = json.loads(payload[1:].decode("utf-8"))
         self.assertEqual(
             detail,
-            {"chatd": NATIVE_VERSION, "status": "room_not_found", "message": "no room \u90e8\u5c4b"},
+            {"chatd": NATIVE_VERSION, "status": "room_not_found", "message": "no room \u90e8\u5c4b", "versions": [1]},
         )
         self.assertIn("\u90e8\u5c4b".encode(), payload)
 

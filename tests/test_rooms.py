@@ -181,6 +181,19 @@ class InvitationTests(RegistryTestCase):
         self.create(room="other", user="zed")
         invite = self.registry.mint_invitation(host)
         self.refused(self.join(room="other", invite=invite), InvalidInvitationError)
+        # Not spent by the wrong room: it still works in its own, once.
+        self.result(self.join(invite=invite))
+
+    def test_invitation_tried_elsewhere_still_expires_cleanly(self) -> None:
+        host = self.create()
+        zed = self.create(room="other", user="zed")
+        invite = self.registry.mint_invitation(host)
+        self.refused(self.join(room="other", invite=invite), InvalidInvitationError)
+        self.clock.advance(Settings().invite_ttl + 1)
+        self.registry.touch(host)
+        self.registry.touch(zed)
+        self.registry.expire()
+        self.assertEqual(host.room.invitations, {})
 
     def test_invitation_expires(self) -> None:
         host = self.create(password="pw")
@@ -229,13 +242,6 @@ class DepartureTests(RegistryTestCase):
         self.assertIsNone(self.registry.member_for_token(host.token))
         self.assertEqual(self.observer.events[-1], ("closed", "hoge", "ann", "bob", "HOST_LEFT"))
         self.assertTrue(host.room.closed)
-
-    def test_empty_room_is_deleted(self) -> None:
-        host = self.create()
-        host.room.host = None  # a room whose host is gone by other means
-        self.registry.leave(host, LeaveReason.LEFT)
-        self.assertEqual(self.registry.rooms(), [])
-        self.create()
 
     def test_idle_member_times_out(self) -> None:
         self.create()

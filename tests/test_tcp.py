@@ -125,10 +125,16 @@ class CreateJoinTests(RoomProtocolTestCase):
         self.assertEqual(detail["status"], "room_not_found")
         self.assertIn("hoge", detail["message"])
 
-    def test_unsupported_version_closes(self) -> None:
+    def test_unsupported_version_closes_and_says_what_is(self) -> None:
         _, transport, (ack,) = self.enter(Operation.CREATE, "ann", chatd=99)
         self.assertEqual(status_of(ack), Status.UNSUPPORTED_VERSION)
+        self.assertEqual(json.loads(ack.payload[1:])["versions"], [1])
         self.assertTrue(transport.disconnecting)
+
+    def test_native_refusal_of_bad_name_has_detail(self) -> None:
+        _, _, (ack,) = self.enter(Operation.CREATE, "* ann", chatd=1)
+        self.assertEqual(status_of(ack), Status.INVALID_NAME)
+        self.assertEqual(json.loads(ack.payload[1:])["status"], "invalid_name")
 
     def test_second_room_on_one_connection_is_refused(self) -> None:
         protocol, transport, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
@@ -244,6 +250,20 @@ class TimeoutTests(RoomProtocolTestCase):
         self.assertFalse(transport.disconnecting)
         self.clock.advance(1)
         self.assertTrue(transport.disconnecting)
+
+    def test_model_client_must_send_its_port_in_time(self) -> None:
+        self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        _, transport, _ = self.enter(Operation.JOIN, "bob", port=40001)
+        self.clock.advance(29)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_tcp_requests_count_as_activity(self) -> None:
+        host, _, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        self.clock.advance(200)
+        host.dataReceived(request(Operation.INVITE, "hoge", "", ASCII))
+        self.assertEqual(self.member("hoge", "ann").last_active, 200)
 
     def test_timers_cancelled_on_close(self) -> None:
         protocol, _transport = connect(self.server)
@@ -416,7 +436,22 @@ class LoggingTests(RoomProtocolTestCase):
         )
         self.assertEqual(logged[0]["room"], "hoge")
         self.assertEqual(logged[0]["encoding"], "ascii")
-        self.assertTrue(logged[0]["hex"].startswith("0401003139000000"))
+        self.assertEqual(logged[0]["header"], "040100" + "3139".ljust(58, "0"))
+        self.assertEqual(logged[0]["payload"], '{"username": "ann"}')
+        token = self.member("hoge", "ann").token
+        self.assertEqual(logged[2]["payload"], "[redacted]")
+        self.assertNotIn(token, repr(logged))
+
+    def test_passwords_and_invitations_are_not_logged(self) -> None:
+        events = capture_events(self)
+        self.server, self.clock, self.udp = make_server(log_frames=True)
+        protocol, transport, _ = self.enter(Operation.CREATE, "ann", password="s3cret", chatd=1)
+        protocol.dataReceived(request(Operation.INVITE, "hoge"))
+        invite = json.loads(frames(transport)[1].payload)["invite"]
+        logged = repr([e for e in events if e.get("direction")])
+        self.assertIn('"password": "[redacted]"', logged)
+        for secret in ("s3cret", invite, self.member("hoge", "ann").token):
+            self.assertNotIn(secret, logged)
 
     def test_frames_not_logged_by_default(self) -> None:
         events = capture_events(self)

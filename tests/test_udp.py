@@ -6,6 +6,8 @@ from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.datagrams import (
+    MAX_DATAGRAM,
+    RELAY_OVERHEAD,
     FrameType,
     NativeFrame,
     decode_native,
@@ -213,9 +215,42 @@ class NativeRelayTests(RelayTestCase):
         self.relay.datagramReceived(self.native(ann, FrameType.RELAY, b"x"), ANN)
         self.assertEqual(self.relay.drops.counts["malformed"], 1)
 
+    def test_unknown_flags_are_dropped(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, None)
+        self.relay.datagramReceived(encode_native(NativeFrame(FrameType.MESSAGE, 1, ann.token.encode(), b"hi", 1)), ANN)
+        self.assertEqual(self.relay.drops.counts["unsupported_version"], 1)
+        self.assertIsNone(ann.address)
+
+    def test_refused_frame_type_does_not_register(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, None)
+        self.relay.datagramReceived(self.native(ann, FrameType.NOTICE, b"{}"), EVE)
+        self.assertIsNone(ann.address)
+
+    def test_native_token_in_legacy_form_is_refused(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.say(ann, "hi")
+        self.assertEqual(self.udp.written, [])
+        self.assertEqual(self.relay.drops.counts["unknown_token"], 1)
+
     def test_non_ascii_auth_is_unknown_token(self) -> None:
         self.relay.datagramReceived(encode_native(NativeFrame(FrameType.MESSAGE, 1, b"\xff", b"hi")), EVE)
         self.assertEqual(self.relay.drops.counts["unknown_token"], 1)
+
+
+class SizeTests(RelayTestCase):
+    def test_relayed_copies_fit_in_a_datagram(self) -> None:
+        sender = self.member("a" * 32, Dialect.MODEL, ANN)
+        self.member("bob", Dialect.NATIVE, BOB)
+        self.member("cat", Dialect.MODEL, CAT)
+        largest = MAX_DATAGRAM - RELAY_OVERHEAD - 32
+        self.say(sender, "x" * largest)
+        self.assertEqual(len(self.udp.written), 2)
+        self.assertEqual(max(len(data) for data, _ in self.udp.written), MAX_DATAGRAM)
+        self.udp.written.clear()
+        self.say(sender, "x" * (largest + 1))
+        self.assertEqual(self.udp.written, [])
+        self.assertEqual(self.relay.drops.counts["too_large"], 1)
 
 
 class ExitTests(RelayTestCase):
