@@ -14,7 +14,7 @@ from twisted.python import usage
 from typing_extensions import override
 
 from chatd.logs import json_observer
-from chatd.service import ChatService, make_service
+from chatd.service import ChatService, exit_cleanly_on_signals, make_service
 from chatd.settings import Settings
 
 _DEFAULTS = Settings()
@@ -121,5 +121,9 @@ class Options(usage.Options):
 
 
 def makeService(options: Options, reactor: Any = None) -> ChatService:
+    if reactor is None:
+        from twisted.internet import reactor
     log_observer = json_observer(options["log-json"]) if options["log-json"] else None
-    return make_service(options.settings(), reactor, log_observer)
+    service = make_service(options.settings(), reactor, log_observer)
+    reactor.callWhenRunning(exit_cleanly_on_signals, reactor)
+    return service

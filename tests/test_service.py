@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+from collections.abc import Callable
 
 from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from chatd.service import ListeningService, make_service
+from chatd.service import ListeningService, exit_cleanly_on_signals, make_service
 from chatd.settings import Settings
 from tests.helpers import capture_events
 
@@ -56,3 +59,25 @@ class RealStartStopTests(TestCase):
         self.assertRaises(CannotListenError, service.startService)
         # The UDP listener started before the TCP one failed: stop what did start.
         await service.stopService()
+
+
+class _SignalReactor:
+    def __init__(self) -> None:
+        self.stops = 0
+
+    def callFromThread(self, work: Callable[[], None]) -> None:  # noqa: N802 - the reactor's spelling
+        work()
+
+    def stop(self) -> None:
+        self.stops += 1
+
+
+class ExitSignalTests(SynchronousTestCase):
+    def test_sigterm_and_sigint_stop_the_reactor_once(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+        fake = _SignalReactor()
+        exit_cleanly_on_signals(fake)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        self.assertEqual(fake.stops, 1)

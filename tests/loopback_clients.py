@@ -1,0 +1,401 @@
+"""
+Small clients for the end-to-end tests: real sockets, chatd's own codecs.
+
+L{ChatClient} speaks one dialect over Twisted TCP and UDP (tests/test_loopback.py);
+L{BlockingClient} does the same with blocking sockets and timeouts, for a
+twistd started as a subprocess (tests/test_twistd.py). L{Capture} writes the
+hex of every frame and datagram to the file that C{CHATD_CAPTURE} names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import time
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime, IReactorUDP, ITransport
+from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+from chatd.datagrams import FrameType, NativeFrame, decode_datagram, encode_legacy, encode_native
+from chatd.errors import ProtocolError
+from chatd.payloads import NATIVE_VERSION, Dialect
+from chatd.wire import (
+    HEADER_SIZE,
+    Frame,
+    Operation,
+    SizeEncoding,
+    State,
+    decode_frame,
+    decode_payload_size,
+    encode_frame,
+)
+
+CLOCK = cast(IReactorTime, _reactor)
+REACTOR_TCP = cast(IReactorTCP, _reactor)
+REACTOR_UDP = cast(IReactorUDP, _reactor)
+WAIT = 5.0
+"""Seconds any single wait for the server may take before the test fails."""
+CAPTURE_VARIABLE = "CHATD_CAPTURE"
+READ_LIMIT = 1 << 20
+"""The clients accept frames this large, so a server bug shows as a wrong frame, not a client error."""
+
+Address = tuple[str, int]
+
+
+# -- capture ------------------------------------------------------------------
+
+
+def describe_frame(frame: Frame) -> str:
+    payload = frame.payload.decode("utf-8", "backslashreplace")
+    return (
+        f"{frame.operation.name} {frame.state.name} room={frame.room!r}"
+        f" size_encoding={frame.encoding.value} payload={payload!r}"
+    )
+
+
+def describe_datagram(data: bytes) -> str:
+    """A one-line reading of a datagram in either direction, for the capture file."""
+    if data[:1] == b"\x00" and len(data) >= 13:
+        _marker, version, kind, flags, sequence, auth_size = struct.unpack_from("!BBBBQB", data)
+        try:
+            kind_name = FrameType(kind).name
+        except ValueError:
+            kind_name = str(kind)
+        rest = data[13 + auth_size :].decode("utf-8", "backslashreplace")
+        return f"native v{version} {kind_name} seq={sequence} flags={flags} auth_size={auth_size} rest={rest!r}"
+    try:
+        legacy = decode_datagram(data)
+    except ProtocolError:
+        return f"text {data.decode('utf-8', 'backslashreplace')!r}"
+    if isinstance(legacy, NativeFrame):
+        return f"native {legacy!r}"
+    message = legacy.message.decode("utf-8", "backslashreplace")
+    return f"legacy room={legacy.room!r} token={legacy.token!r} message={message!r}"
+
+
+class Capture:
+    """
+    Appends one tab-separated line per TCP frame or datagram to a file:
+    dialect, channel (tcp/udp), direction, client name, hex, and a reading.
+    Does nothing when no path is given.
+    """
+
+    def __init__(self, path: str | None, label: str) -> None:
+        self.path = path
+        self.label = label
+
+    @classmethod
+    def from_environment(cls, label: str) -> Capture:
+        return cls(os.environ.get(CAPTURE_VARIABLE) or None, label)
+
+    def heading(self, text: str) -> None:
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        self._write(f"# {stamp} {text}\n# dialect\tchannel\tdirection\tclient\thex\treading\n")
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def record(self, who: str, channel: str, direction: str, data: bytes, reading: str) -> None:
+        self._write(f"{self.label}\t{channel}\t{direction}\t{who}\t{data.hex()}\t{reading}\n")
+
+    def _write(self, text: str) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a", encoding="utf-8") as out:
+            out.write(text)
+
+
+NO_CAPTURE = Capture(None, "")
+
+
+# -- Twisted clients ----------------------------------------------------------
+
+
+def split_frame(buffer: bytearray) -> bytes | None:
+    """Take one whole frame's bytes off the front of C{buffer}, or None."""
+    if len(buffer) < HEADER_SIZE:
+        return None
+    size, _ = decode_payload_size(bytes(buffer[3:HEADER_SIZE]))
+    end = HEADER_SIZE + buffer[0] + size
+    if len(buffer) < end:
+        return None
+    raw = bytes(buffer[:end])
+    del buffer[:end]
+    return raw
+
+
+class FrameClient(Protocol):
+    """A TCP client that queues every frame the server sends."""
+
+    def __init__(self, who: str, capture: Capture = NO_CAPTURE) -> None:
+        self.who = who
+        self.capture = capture
+        self.frames: DeferredQueue[Frame] = DeferredQueue()
+        self.received = bytearray()
+        """Every byte received, whole frames or not."""
+        self.lost = False
+        self._buffer = bytearray()
+        self._close_waiters: list[Deferred[None]] = []
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        self._buffer += data
+        while (raw := split_frame(self._buffer)) is not None:
+            frame = decode_frame(raw, READ_LIMIT)
+            if self.capture.enabled:
+                self.capture.record(self.who, "tcp", "server->client", raw, describe_frame(frame))
+            self.frames.put(frame)
+
+    @override
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        waiters, self._close_waiters = self._close_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def send_frame(self, frame: Frame) -> None:
+        data = encode_frame(frame)
+        if self.capture.enabled:
+            self.capture.record(self.who, "tcp", "client->server", data, describe_frame(frame))
+        self.send_bytes(data)
+
+    def send_bytes(self, data: bytes, reading: str = "") -> None:
+        if reading and self.capture.enabled:
+            self.capture.record(self.who, "tcp", "client->server", data, reading)
+        transport = cast(ITransport, self.transport)
+        transport.write(data)
+
+    def next_frame(self, timeout: float = WAIT) -> Deferred[Frame]:
+        return self.frames.get().addTimeout(timeout, CLOCK)
+
+    def when_closed(self, timeout: float = WAIT) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+        if self.lost:
+            waiter.callback(None)
+        else:
+            self._close_waiters.append(waiter)
+        return waiter.addTimeout(timeout, CLOCK)
+
+    def close(self) -> Deferred[None]:
+        if not self.lost and self.transport is not None:
+            self.transport.loseConnection()
+        return self.when_closed()
+
+    @property
+    def pending(self) -> int:
+        """Frames received and not yet taken."""
+        return len(self.frames.pending)
+
+
+async def connect_tcp(host: str, port: int, client: FrameClient) -> FrameClient:
+    endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+    endpoint = endpoint_type(_reactor, host, port, timeout=int(WAIT))
+    connected: Deferred[FrameClient] = connectProtocol(endpoint, client)
+    return await connected.addTimeout(WAIT, CLOCK)
+
+
+class DatagramClient(DatagramProtocol):
+    """A UDP socket on loopback that queues what it receives and sends to the server."""
+
+    def __init__(self, who: str, server: Address, capture: Capture = NO_CAPTURE) -> None:
+        self.who = who
+        self.server = server
+        self.capture = capture
+        self.datagrams: DeferredQueue[tuple[bytes, Address]] = DeferredQueue()
+        self.listening: IListeningPort | None = None
+
+    def listen(self, host: str) -> None:
+        self.listening = REACTOR_UDP.listenUDP(0, self, interface=host, maxPacketSize=8192)
+
+    @property
+    def port(self) -> int:
+        assert self.listening is not None
+        number: int = self.listening.getHost().port  # type: ignore[attr-defined]
+        return number
+
+    @override
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if self.capture.enabled:
+            self.capture.record(self.who, "udp", "server->client", datagram, describe_datagram(datagram))
+        self.datagrams.put((datagram, (addr[0], addr[1])))
+
+    def send(self, data: bytes) -> None:
+        if self.capture.enabled:
+            self.capture.record(self.who, "udp", "client->server", data, describe_datagram(data))
+        assert self.transport is not None
+        self.transport.write(data, self.server)
+
+    def next_datagram(self, timeout: float = WAIT) -> Deferred[tuple[bytes, Address]]:
+        return self.datagrams.get().addTimeout(timeout, CLOCK)
+
+    @property
+    def pending(self) -> int:
+        return len(self.datagrams.pending)
+
+    async def stop(self) -> None:
+        listening, self.listening = self.listening, None
+        if listening is not None:
+            stopped = listening.stopListening()
+            if stopped is not None:
+                await stopped
+
+
+def request_payload(dialect: Dialect, name: str, password: str | None = None) -> bytes:
+    """A create or join payload as each dialect's clients write it."""
+    if dialect is Dialect.SEED:
+        return name.encode("utf-8")
+    obj: dict[str, Any] = {"username": name}
+    if dialect is Dialect.NATIVE:
+        obj = {"chatd": NATIVE_VERSION, **obj}
+    if password is not None:
+        obj["password"] = password
+    return json.dumps(obj).encode("utf-8")
+
+
+def encoding_of(dialect: Dialect) -> SizeEncoding:
+    return SizeEncoding.ASCII if dialect is Dialect.SEED else SizeEncoding.BINARY
+
+
+class ChatClient:
+    """
+    One chat user of one dialect: a TCP connection and a UDP socket.
+
+    It only sends and collects; tests/test_loopback.py decides what the
+    answers must be.
+    """
+
+    def __init__(self, dialect: Dialect, name: str, host: str, tcp_port: int, udp_port: int, capture: Capture) -> None:
+        self.dialect = dialect
+        self.name = name
+        self.host = host
+        self.tcp_port = tcp_port
+        self.capture = capture
+        self.tcp = FrameClient(name, capture)
+        self.udp = DatagramClient(name, (host, udp_port), capture)
+        self.room = ""
+        self.token = ""
+        self.sequence = 0
+        """The last sequence number this (native) client used."""
+        self.server_sequence = 0
+        """The last sequence number the server used in a native frame to this client."""
+
+    async def open(self) -> None:
+        self.udp.listen(self.host)
+        await connect_tcp(self.host, self.tcp_port, self.tcp)
+
+    async def close(self) -> None:
+        await self.tcp.close()
+        await self.udp.stop()
+
+    @property
+    def encoding(self) -> SizeEncoding:
+        return encoding_of(self.dialect)
+
+    def request(self, operation: Operation, room: str, password: str | None = None) -> None:
+        payload = request_payload(self.dialect, self.name, password)
+        self.room = room
+        self.tcp.send_frame(Frame(operation, State.REQUEST, room, payload, self.encoding))
+
+    def send_port(self) -> None:
+        """The model dialect's registration: the UDP port as 2 raw bytes."""
+        self.tcp.send_bytes(self.udp.port.to_bytes(2, "big"), f"model UDP port {self.udp.port} (2 raw bytes)")
+
+    def send_register(self) -> None:
+        """The seed dialect's registration: operation 3 with the port in ASCII."""
+        payload = str(self.udp.port).encode("ascii")
+        self.tcp.send_frame(Frame(Operation.REGISTER_UDP, State.REQUEST, self.room, payload, self.encoding))
+
+    def native(self, frame_type: FrameType, body: bytes = b"", token: str | None = None) -> bytes:
+        self.sequence += 1
+        auth = (self.token if token is None else token).encode("ascii")
+        return encode_native(NativeFrame(frame_type, self.sequence, auth, body))
+
+    def message(self, text: str, room: str | None = None, token: str | None = None) -> bytes:
+        """The datagram this client sends to say C{text}."""
+        if self.dialect is Dialect.NATIVE:
+            return self.native(FrameType.MESSAGE, text.encode("utf-8"), token)
+        return encode_legacy(self.room if room is None else room, self.token if token is None else token, text)
+
+    def say(self, text: str) -> None:
+        self.udp.send(self.message(text))
+
+
+# -- blocking clients, for a server in another process ------------------------
+
+
+class BlockingClient:
+    """A TCP connection and a UDP socket with timeouts: no reactor needed."""
+
+    def __init__(self, host: str, tcp_port: int, udp_port: int, timeout: float = WAIT) -> None:
+        self.server_udp = (host, udp_port)
+        self.tcp = socket.create_connection((host, tcp_port), timeout=timeout)
+        self.udp = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.settimeout(timeout)
+        self.udp.bind((host, 0))
+        self.udp_port: int = self.udp.getsockname()[1]
+
+    def close(self) -> None:
+        self.tcp.close()
+        self.udp.close()
+
+    def send_frame(self, frame: Frame) -> None:
+        self.tcp.sendall(encode_frame(frame))
+
+    def read_exactly(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            chunk = self.tcp.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError(f"connection closed after {len(data)} of {size} bytes")
+            data += chunk
+        return bytes(data)
+
+    def read_frame(self) -> Frame:
+        header = self.read_exactly(HEADER_SIZE)
+        size, _ = decode_payload_size(header[3:])
+        return decode_frame(header + self.read_exactly(header[0] + size), READ_LIMIT)
+
+    def at_eof(self) -> bool:
+        """True once the server has closed the connection (waits up to the timeout)."""
+        return self.tcp.recv(1) == b""
+
+    def send_datagram(self, data: bytes) -> None:
+        self.udp.sendto(data, self.server_udp)
+
+    def recv_datagram(self) -> bytes:
+        data, _ = self.udp.recvfrom(8192)
+        return data
+
+
+def free_ports(host: str = "127.0.0.1") -> tuple[int, int]:
+    """A TCP port and a UDP port that were free a moment ago (bound to 0, then closed)."""
+    ports = []
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.bind((host, 0))
+            ports.append(probe.getsockname()[1])
+    return ports[0], ports[1]
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)

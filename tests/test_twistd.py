@@ -1,0 +1,208 @@
+"""
+C{twistd -n chatd} as a subprocess: it serves, stops cleanly on SIGTERM (telling
+its members), frees its ports at once, and refuses bad options with a usage
+line. Blocking sockets with timeouts talk to it; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatd.datagrams import encode_legacy
+from chatd.wire import Frame, Operation, SizeEncoding, State
+from tests.loopback_clients import BlockingClient, free_ports
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile="]
+START_TIMEOUT = 15.0
+STOP_LIMIT = 2.0
+"""Seconds from SIGTERM to exit that the daemon is allowed."""
+STOPPING = b"* the server is shutting down; room lobby is closed"
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    # The capture is for the loopback scenarios; keep the daemon out of it.
+    env.pop("CHATD_CAPTURE", None)
+    return env
+
+
+def run_twistd(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TWISTD, "chatd", *arguments],
+        cwd=REPO_ROOT,
+        env=environment(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+class Daemon:
+    """One C{twistd -n chatd}, its output in a file; killed in cleanup if still running."""
+
+    def __init__(self, case: SynchronousTestCase, tcp_port: int, udp_port: int) -> None:
+        self.case = case
+        directory = tempfile.mkdtemp(prefix="chatd-twistd-")
+        case.addCleanup(shutil.rmtree, directory, True)
+        self.log_path = Path(directory) / "twistd.log"
+        self._output: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 (closed in cleanup)
+        case.addCleanup(self._output.close)
+        arguments = ["chatd", "--tcp-port", str(tcp_port), "--udp-port", str(udp_port)]
+        self.process = subprocess.Popen(
+            [*TWISTD, *arguments],
+            cwd=REPO_ROOT,
+            env=environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._output,
+            stderr=subprocess.STDOUT,
+        )
+        case.addCleanup(self.kill)
+
+    def log(self) -> str:
+        return self.log_path.read_text("utf-8", "replace")
+
+    def wait_listening(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "chatd listening on" not in self.log():
+            if self.process.poll() is not None:
+                self.case.fail(f"twistd exited with status {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.case.fail(f"twistd did not start within {START_TIMEOUT:g} s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def terminate(self) -> float:
+        """SIGTERM; the time it was sent."""
+        self.process.send_signal(signal.SIGTERM)
+        return time.monotonic()
+
+    def assert_clean_exit(self, since: float) -> None:
+        """Exited cleanly within STOP_LIMIT seconds of C{since}."""
+        status = self.process.wait(timeout=STOP_LIMIT + 5)
+        elapsed = time.monotonic() - since
+        log = self.log()
+        # Status 0: chatd's own signal handlers (chatd.service.exit_cleanly_on_signals).
+        self.case.assertEqual(status, 0, log)
+        self.case.assertLess(elapsed, STOP_LIMIT, log)
+        self.case.assertIn("Server Shut Down.", log)
+        self.case.assertNotIn("Traceback", log)
+        self.case.assertNotIn("Unhandled", log)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+class TwistdTests(SynchronousTestCase):
+    def client(self, tcp_port: int, udp_port: int) -> BlockingClient:
+        client = BlockingClient("127.0.0.1", tcp_port, udp_port)
+        self.addCleanup(client.close)
+        return client
+
+    def enter(
+        self, client: BlockingClient, operation: Operation, payload: bytes, encoding: SizeEncoding = SizeEncoding.BINARY
+    ) -> Frame:
+        """Create or join "lobby"; checks the acknowledge, returns the complete frame."""
+        client.send_frame(Frame(operation, State.REQUEST, "lobby", payload, encoding))
+        self.assertEqual(client.read_frame(), Frame(operation, State.ACKNOWLEDGE, "lobby", b"\x00", encoding))
+        complete = client.read_frame()
+        self.assertEqual((complete.operation, complete.state, complete.room), (operation, State.COMPLETE, "lobby"))
+        return complete
+
+    def model_member(self, tcp_port: int, udp_port: int, operation: Operation, name: str) -> tuple[BlockingClient, str]:
+        """A model-dialect member: JSON request, token, 2-byte UDP port, then the server hangs up."""
+        client = self.client(tcp_port, udp_port)
+        token = self.enter(client, operation, json.dumps({"username": name}).encode()).payload.decode("ascii")
+        client.tcp.sendall(client.udp_port.to_bytes(2, "big"))
+        self.assertTrue(client.at_eof(), "the server keeps a model connection open after the UDP port")
+        return client, token
+
+    def model_chat(self, tcp_port: int, udp_port: int) -> tuple[BlockingClient, BlockingClient]:
+        """Create, join and relay both ways in the model dialect."""
+        alice, alice_token = self.model_member(tcp_port, udp_port, Operation.CREATE, "alice")
+        bob, bob_token = self.model_member(tcp_port, udp_port, Operation.JOIN, "bob")
+        self.assertEqual(alice.recv_datagram(), b"* bob joined lobby")
+        alice.send_datagram(encode_legacy("lobby", alice_token, "hello"))
+        self.assertEqual(bob.recv_datagram(), b"alice: hello")
+        bob.send_datagram(encode_legacy("lobby", bob_token, "hi"))
+        self.assertEqual(alice.recv_datagram(), b"bob: hi")
+        return alice, bob
+
+    def test_serves_and_stops_on_sigterm(self) -> None:
+        tcp_port, udp_port = free_ports()
+        daemon = Daemon(self, tcp_port, udp_port)
+        daemon.wait_listening()
+        alice, bob = self.model_chat(tcp_port, udp_port)
+
+        carol = self.client(tcp_port, udp_port)
+        self.enter(carol, Operation.JOIN, b"carol", SizeEncoding.ASCII)
+        dave = self.client(tcp_port, udp_port)
+        self.enter(dave, Operation.JOIN, json.dumps({"chatd": 1, "username": "dave"}).encode())
+        for model in (alice, bob):
+            self.assertEqual(model.recv_datagram(), b"* carol joined lobby")
+            self.assertEqual(model.recv_datagram(), b"* dave joined lobby")
+        joined = carol.read_frame()
+        self.assertEqual(
+            joined, Frame(Operation.NOTICE, State.COMPLETE, "lobby", b"* dave joined lobby", SizeEncoding.ASCII)
+        )
+
+        since = daemon.terminate()
+        # Members with open TCP are told there, in their own form, then hung up on.
+        self.assertEqual(
+            carol.read_frame(), Frame(Operation.NOTICE, State.COMPLETE, "lobby", STOPPING, SizeEncoding.ASCII)
+        )
+        self.assertTrue(carol.at_eof())
+        notice = dave.read_frame()
+        self.assertEqual((notice.operation, notice.state, notice.room), (Operation.NOTICE, State.COMPLETE, "lobby"))
+        details = json.loads(notice.payload)
+        self.assertEqual(
+            (details["chatd"], details["event"], details["room"], details["text"]),
+            (1, "server_stopping", "lobby", STOPPING.decode()),
+        )
+        self.assertTrue(dave.at_eof())
+        # Model members have only UDP.
+        self.assertEqual(alice.recv_datagram(), STOPPING)
+        self.assertEqual(bob.recv_datagram(), STOPPING)
+        daemon.assert_clean_exit(since)
+
+        # The ports are free at once: a new daemon binds both and serves.
+        again = Daemon(self, tcp_port, udp_port)
+        again.wait_listening()
+        self.model_chat(tcp_port, udp_port)
+        again.assert_clean_exit(again.terminate())
+
+    def test_help(self) -> None:
+        result = run_twistd("--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for option in ("--tcp-port", "--udp-port", "--interface", "--frame-timeout"):
+            self.assertIn(option, result.stdout)
+
+    def test_bad_options(self) -> None:
+        cases = [
+            (["--tcp-port", "70000"], "70000 is not a port number"),
+            (["--udp-port", "many"], "many"),
+            (["--interface", "nowhere"], "'nowhere' is not an IP address"),
+            (["--password-cost", "3"], "--password-cost must be a power of 2"),
+        ]
+        for arguments, reason in cases:
+            result = run_twistd(*arguments)
+            output = result.stdout + result.stderr
+            self.assertNotEqual(result.returncode, 0, output)
+            self.assertNotIn("Traceback", output)
+            errors = [line for line in output.splitlines() if reason in line]
+            self.assertEqual(len(errors), 1, output)
