@@ -252,8 +252,8 @@ class DatagramClient(DatagramProtocol):
 
 
 def request_payload(dialect: Dialect, name: str, password: str | None = None) -> bytes:
-    """A create or join payload as each dialect's clients write it."""
-    if dialect is Dialect.SEED:
+    """A create or join payload as each dialect's clients write it (seed: the bare name, or JSON for a password)."""
+    if dialect is Dialect.SEED and password is None:
         return name.encode("utf-8")
     obj: dict[str, Any] = {"username": name}
     if dialect is Dialect.NATIVE:
