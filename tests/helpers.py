@@ -19,6 +19,9 @@ from chatd.settings import Settings
 from chatd.tcp import RoomProtocol
 from chatd.wire import Frame, FrameDecoder, Operation, SizeEncoding, State, encode_frame
 
+SEED_EXAMPLE = b"\x04\x01\x001" + 28 * b"\x00" + b"hogea"
+"""The seed document's example request: create room 'hoge' with payload 'a'."""
+
 FAST = Settings(password_cost=2)
 """Defaults, with scrypt made cheap: tests check logic, not hashing cost."""
 

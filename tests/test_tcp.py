@@ -14,7 +14,7 @@ from chatd.payloads import Dialect
 from chatd.rooms import Member
 from chatd.tcp import RoomProtocol
 from chatd.wire import HEADER_SIZE, Frame, Operation, SizeEncoding, State
-from tests.helpers import ManualRunner, capture_events, connect, frames, make_server, request
+from tests.helpers import SEED_EXAMPLE, ManualRunner, capture_events, connect, frames, make_server, request
 
 ASCII = SizeEncoding.ASCII
 
@@ -64,7 +64,7 @@ class CreateJoinTests(RoomProtocolTestCase):
     def test_seed_example_is_answered_in_ascii(self) -> None:
         """The seed's example request: room 'hoge', create, payload 'a' (a bare user name)."""
         protocol, transport = connect(self.server)
-        protocol.dataReceived(b"\x04\x01\x001" + 28 * b"\x00" + b"hogea")
+        protocol.dataReceived(SEED_EXAMPLE)
         ack, complete = frames(transport)
         self.assertEqual(ack.encoding, ASCII)
         self.assertEqual(complete.encoding, ASCII)

@@ -1,0 +1,157 @@
+"""Tests for chatd.debug_describe: frames, headers, TCP bytes and datagrams as text."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatd.datagrams import FrameType, NativeFrame, encode_legacy, encode_native, encode_relay_body, native_header
+from chatd.debug_describe import (
+    describe_datagram,
+    describe_frame,
+    describe_header,
+    describe_status,
+    describe_tcp_bytes,
+    frame_hex,
+    frame_size,
+    report,
+    show_bytes,
+)
+from chatd.wire import Frame, Operation, SizeEncoding, State, decode_frame, encode_frame
+from tests.helpers import SEED_EXAMPLE
+
+"""The seed document's example: room hoge, create, request, payload 'a' (ASCII size)."""
+
+
+class DescribeTests(SynchronousTestCase):
+    def test_seed_example(self) -> None:
+        frame = decode_frame(SEED_EXAMPLE)
+        self.assertEqual(
+            describe_frame(frame),
+            "operation 1 CREATE, state 0 REQUEST, room 'hoge' (4 bytes), payload 1 byte (ascii size)\npayload 'a'",
+        )
+        self.assertEqual(frame_hex(SEED_EXAMPLE), "04 01 00 31" + "00" * 28 + " | 686f6765 | 61")
+        self.assertEqual(
+            describe_tcp_bytes(SEED_EXAMPLE),
+            describe_frame(frame) + "\nhex " + frame_hex(SEED_EXAMPLE),
+        )
+
+    def test_acknowledge_shows_the_status_name(self) -> None:
+        ack = Frame(Operation.JOIN, State.ACKNOWLEDGE, "hoge", b"\x02")
+        self.assertEqual(describe_frame(ack).splitlines()[1], "status 2 ROOM_NOT_FOUND (room not found)")
+        native = Frame(Operation.JOIN, State.ACKNOWLEDGE, "hoge", b'\x03{"status": "invalid_password"}')
+        self.assertEqual(
+            describe_frame(native).splitlines()[1],
+            'status 3 INVALID_PASSWORD (invalid password), detail \'{"status": "invalid_password"}\'',
+        )
+
+    def test_status_edge_cases(self) -> None:
+        self.assertEqual(describe_status(b""), "status missing (empty payload)")
+        self.assertEqual(describe_status(b"\xc8"), "status 200 (not a known status)")
+        self.assertEqual(describe_status(b"\x00"), "status 0 SUCCESS (success)")
+
+    def test_payloads(self) -> None:
+        empty = describe_frame(Frame(Operation.INVITE, State.REQUEST, "", b""))
+        self.assertIn("room '' (0 bytes)", empty)
+        self.assertTrue(empty.endswith("payload (empty)"))
+        binary = describe_frame(Frame(Operation.NOTICE, State.COMPLETE, "r", b"\xff\x00"))
+        self.assertTrue(binary.endswith("payload b'\\xff\\x00' (not UTF-8)"))
+        self.assertEqual(show_bytes(b"\x1b[2Jhi"), "'\\x1b[2Jhi'")
+
+    def test_frame_hex_binary_size(self) -> None:
+        data = encode_frame(Frame(Operation.CREATE, State.COMPLETE, "r", b"tok"))
+        self.assertEqual(frame_hex(data), "01 01 02 " + "00" * 28 + "03 | 72 | 746f6b")
+        self.assertEqual(frame_hex(b"\x04\x01"), "0401")
+
+    def test_several_frames_and_a_partial_one(self) -> None:
+        second = encode_frame(Frame(Operation.CREATE, State.ACKNOWLEDGE, "hoge", b"\x00", SizeEncoding.ASCII))
+        text = describe_tcp_bytes(SEED_EXAMPLE + second + b"\x04\x01")
+        lines = text.splitlines()
+        self.assertEqual(len(lines), 9)
+        self.assertIn("state 1 ACKNOWLEDGE", lines[3])
+        self.assertEqual(lines[6:], ["2 bytes, not a whole frame", "(as a model dialect UDP port: 1025)", "hex 0401"])
+
+    def test_refused_bytes(self) -> None:
+        unknown = b"\x01\x09\x00" + (1).to_bytes(29, "big") + b"rx"
+        text = describe_tcp_bytes(unknown + SEED_EXAMPLE)
+        self.assertIn("not a frame: operation 9 with state 0 is not defined", text)
+        self.assertIn("header: room size 1, operation 9 (unknown), state 0 REQUEST, size field binary 1", text)
+        self.assertIn("payload 'a'", text)
+        garbage = b"\x04\x01\x001x" + 27 * b"\x00" + b"hogea"
+        text = describe_tcp_bytes(garbage)
+        self.assertIn("not a frame: ASCII size field has non-digits", text)
+        self.assertIn("hex 04 01 00 3178", text)
+
+    def test_a_room_name_that_is_not_utf8(self) -> None:
+        bad = b"\x02\x01\x00" + bytes(29) + b"\xff\xfe"
+        text = describe_tcp_bytes(bad + SEED_EXAMPLE)
+        self.assertIn("not a frame: room name is not valid UTF-8\nheader: room size 2, operation 1 CREATE", text)
+        self.assertIn("hex 02 01 00 " + "00" * 29 + " | fffe\n", text)
+        self.assertIn("payload 'a'", text)
+
+    def test_frame_size(self) -> None:
+        self.assertEqual(frame_size(SEED_EXAMPLE + b"more"), len(SEED_EXAMPLE))
+        self.assertIsNone(frame_size(SEED_EXAMPLE[:-1]))
+        self.assertIsNone(frame_size(SEED_EXAMPLE[:31]))
+        self.assertIsNone(frame_size(b"\x04\x01\x001x" + bytes(27) + b"hogea"))
+
+    def test_describe_header(self) -> None:
+        self.assertEqual(
+            describe_header(SEED_EXAMPLE),
+            "header: room size 4, operation 1 CREATE, state 0 REQUEST, size field ASCII '1'",
+        )
+        self.assertEqual(describe_header(b"\x01"), "1 byte, shorter than a 32-byte header")
+
+    def test_sent_legacy_datagram(self) -> None:
+        text = describe_datagram(encode_legacy("hoge", "tok", "hi"), sent=True)
+        self.assertEqual(
+            text,
+            "legacy chat datagram, room 'hoge', token 'tok'\nmessage 'hi'\nhex 04 03 | 686f6765 | 746f6b | 6869",
+        )
+
+    def test_sent_datagram_the_codec_refuses(self) -> None:
+        self.assertEqual(
+            describe_datagram(b"\x05\x01ab", sent=True),
+            "not a legacy chat datagram: datagram shorter than its room name and token\nhex 05016162",
+        )
+        self.assertEqual(
+            describe_datagram(b"\x00\x01", sent=True),
+            "native frame the codec refuses: native frame shorter than its header\nhex 0001",
+        )
+        self.assertEqual(describe_datagram(b"", sent=True), "empty datagram")
+
+    def test_received_legacy_text(self) -> None:
+        self.assertEqual(describe_datagram(b"ann: hi", sent=False), "legacy text 'ann: hi'\nhex 616e6e3a206869")
+        self.assertIn("(not UTF-8)", describe_datagram(b"\xff", sent=False))
+
+    def test_native_relay(self) -> None:
+        data = native_header(FrameType.RELAY, 3) + encode_relay_body("ann", b"hello", 1_700_000_000_000)
+        self.assertEqual(
+            describe_datagram(data, sent=False),
+            "native RELAY frame, sequence 3, flags 0, auth (none)\n"
+            "from 'ann' at 2023-11-14T22:13:20.000Z: 'hello'\n"
+            "hex 00 01 03 00 0000000000000003 00 | 0000018bcfe56800 03 | 616e6e | 68656c6c6f",
+        )
+
+    def test_native_relay_with_a_short_body(self) -> None:
+        text = describe_datagram(native_header(FrameType.RELAY, 1) + b"\x00\x01", sent=False)
+        self.assertIn("relay body the codec refuses: relay body shorter than its header", text)
+
+    def test_native_message_notice_and_keepalive(self) -> None:
+        message = encode_native(NativeFrame(FrameType.MESSAGE, 2, b"tok", b"yo"))
+        self.assertEqual(
+            describe_datagram(message, sent=True),
+            "native MESSAGE frame, sequence 2, flags 0, auth 'tok'\nbody 'yo'\n"
+            "hex 00 01 01 00 0000000000000002 03 | 746f6b | 796f",
+        )
+        notice = native_header(FrameType.NOTICE, 9) + b'{"event": "joined"}'
+        self.assertIn('body \'{"event": "joined"}\'', describe_datagram(notice, sent=False))
+        ack = describe_datagram(native_header(FrameType.KEEPALIVE_ACK, 5), sent=False)
+        self.assertEqual(
+            ack,
+            "native KEEPALIVE_ACK frame, sequence 5, flags 0, auth (none)\nno body\n"
+            "hex 00 01 05 00 0000000000000005 00",
+        )
+
+    def test_report_indents(self) -> None:
+        self.assertEqual(report("<< x", "a\nb"), "<< x\n   a\n   b")
+        self.assertEqual(report("-- y", ""), "-- y")
