@@ -67,7 +67,7 @@ class ChatServer:
         for member in members:
             self._tell(member, notice)
             self._hang_up(member)
-        self._log.info("room {room} closed: {reason}", room=room.name, reason=reason.value)
+        self._log.info("room {room} closed: {reason}", event="room_closed", room=room.name, reason=reason.value)
 
     def _tell(self, member: Member, notice: Notice) -> None:
         if member.connection is not None:
@@ -87,8 +87,9 @@ class ChatServer:
         with self._log.failuresHandled("while sweeping idle members"):
             self.store.expire()
             self._log.info(
-                "stats: {rooms} rooms, {members} members, {connections} connections,"
+                "{event}: {rooms} rooms, {members} members, {connections} connections,"
                 " {datagrams_in} datagrams in, {datagrams_out} out, {dropped} dropped",
+                event="stats",
                 rooms=len(self.store.rooms()),
                 members=self.store.member_count(),
                 connections=len(self.tcp_factory.connections),

@@ -90,6 +90,7 @@ class ChatService(MultiService):
         super().startService()
         self._log.info(
             "chatd listening on {interface}: TCP port {tcp_port}, UDP port {udp_port}",
+            event="listening",
             interface=self.server.settings.interface,
             tcp_port=self.tcp_port,
             udp_port=self.udp_port,
@@ -97,7 +98,7 @@ class ChatService(MultiService):
 
     @override
     def stopService(self) -> Deferred[Any]:
-        self._log.info("chatd stopping")
+        self._log.info("chatd stopping", event="stopping")
         Service.stopService(self)
         # Unlike MultiService, skip children that never started: when a port
         # is taken, start-up stops half-way and shutdown must not trip on the rest.

@@ -163,7 +163,7 @@ class RoomProtocol(Protocol):
             if member.dialect is Dialect.NATIVE:
                 payload = encode_json({"invite": invite, "expires_in": self._settings.invite_ttl})
             self._send(Frame(Operation.INVITE, State.COMPLETE, member.room.name, payload, self._encoding))
-            self._log.info("{user} invited someone to {room}", user=member.name, room=member.room.name)
+            self._log.info("{user} invited someone to {room}", event="invited", user=member.name, room=member.room.name)
         else:
             raise UnknownOperationError(f"operation {frame.operation.name} is not a request")
 
@@ -214,9 +214,9 @@ class RoomProtocol(Protocol):
         else:
             member.connection = self
         self._log.info(
-            "{user} {action} {room} ({dialect} dialect)",
+            "{user} {event} {room} ({dialect} dialect)",
+            event="created" if member.is_host else "joined",
             user=member.name,
-            action="created" if member.is_host else "joined",
             room=room.name,
             dialect=member.dialect.value,
             peer=self.peer_host,
@@ -246,6 +246,7 @@ class RoomProtocol(Protocol):
         if isinstance(error, ProtocolError):
             self._log.info(
                 "refused {operation} from {peer}: {reason}",
+                event="refused",
                 operation=operation.name.lower(),
                 peer=self.peer_host,
                 reason=error.reason,
@@ -263,7 +264,9 @@ class RoomProtocol(Protocol):
         if port == 0:
             raise MalformedFrameError("UDP port 0")
         self._store.bind_address(member, (self.peer_host, port))
-        self._log.info("{user} registered UDP port {port}", user=member.name, port=port, peer=self.peer_host)
+        self._log.info(
+            "{user} registered UDP port {port}", event="registered", user=member.name, port=port, peer=self.peer_host
+        )
         # The model handshake is over: its clients wait for us to close.
         self._close()
 
@@ -275,7 +278,9 @@ class RoomProtocol(Protocol):
         payload = error_payload(error, self.dialect or Dialect.MODEL)
         self._send(Frame(operation, State.ACKNOWLEDGE, room, payload, self._encoding))
         if error.closes:
-            self._log.info("closing connection from {peer}: {reason}", peer=self.peer_host, reason=error.reason)
+            self._log.info(
+                "closing connection from {peer}: {reason}", event="closing", peer=self.peer_host, reason=error.reason
+            )
             self._close()
 
     def _acknowledge(self, operation: Operation, status: Status, room: str, message: str = "") -> None:
@@ -362,7 +367,9 @@ class RoomProtocol(Protocol):
         if self._decoder.buffered >= HEADER_SIZE:
             self._refuse(error, self._decoder.pending_operation)
         else:
-            self._log.info("closing connection from {peer}: {reason}", peer=self.peer_host, reason=error.reason)
+            self._log.info(
+                "closing connection from {peer}: {reason}", event="closing", peer=self.peer_host, reason=error.reason
+            )
             self._close()
 
     def _handshake_expired(self) -> None:
@@ -370,10 +377,14 @@ class RoomProtocol(Protocol):
         # Even with a request in flight: a create or join that takes this
         # long has gone wrong, and _entered copes with a closed connection.
         if self.member is None:
-            self._log.info("closing connection from {peer}: no room entered in time", peer=self.peer_host)
+            self._log.info(
+                "closing connection from {peer}: {reason}", event="closing", peer=self.peer_host, reason="no_room"
+            )
             self._close()
         elif self.member.address is None and self.member.dialect is Dialect.MODEL:
-            self._log.info("closing connection from {peer}: no UDP port sent in time", peer=self.peer_host)
+            self._log.info(
+                "closing connection from {peer}: {reason}", event="closing", peer=self.peer_host, reason="no_port"
+            )
             self._close()
 
     def _cancel_timers(self) -> None:
@@ -433,7 +444,7 @@ class _Refusal(Protocol):
     def connectionMade(self) -> None:
         transport: ITransport | None = self.transport
         assert transport is not None
-        self._log.warn("refused a connection: {reason}", reason=str(self._error))
+        self._log.warn("refused a connection: {reason}", event="refused_connection", reason=str(self._error))
         refusal = Frame(Operation.UNKNOWN, State.ACKNOWLEDGE, "", bytes((self._error.status,)))
         transport.write(encode_frame(refusal))
         transport.loseConnection()

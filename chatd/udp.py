@@ -73,6 +73,7 @@ class DropCounter:
         self._log.warn(
             "dropped a datagram from {source_host}:{source_port}: {reason}"
             " ({suppressed} more dropped for this reason since the last warning)",
+            event="dropped",
             source_host=source[0],
             source_port=source[1],
             reason=reason,

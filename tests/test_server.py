@@ -62,7 +62,7 @@ class ChatServerTests(SynchronousTestCase):
         events = capture_events(self)
         self.server.relay.datagramReceived(b"\xff", ("127.0.0.1", 9))
         self.server.sweep()
-        (stats,) = [e for e in events if e["log_format"].startswith("stats")]
+        (stats,) = [e for e in events if e.get("event") == "stats"]
         self.assertEqual((stats["rooms"], stats["datagrams_in"], stats["dropped"]), (0, 1, 1))
         self.assertEqual(stats["dropped_malformed"], 1)
 

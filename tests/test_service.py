@@ -26,7 +26,7 @@ class ServiceTreeTests(SynchronousTestCase):
         self.addCleanup(sweeper.stopService)
         clock.advance(20)
         clock.advance(20)
-        self.assertEqual(len([e for e in events if e["log_format"].startswith("stats")]), 3)
+        self.assertEqual(len([e for e in events if e.get("event") == "stats"]), 3)
 
     def test_listeners_are_listening_services(self) -> None:
         service = make_service(Settings(), MemoryReactorClock())

@@ -473,3 +473,17 @@ class InternalErrorTests(RoomProtocolTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         _, _, (ack, _) = self.enter(Operation.CREATE, "bob", room="other", port=40001)
         self.assertEqual(status_of(ack), Status.SUCCESS)
+
+    def test_lifecycle_events_are_named(self) -> None:
+        """Every info or warning event says what happened in an "event" field, for log filters."""
+        events = capture_events(self)
+        self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        bob, _, _ = self.enter(Operation.JOIN, "bob", port=40001)
+        bob.dataReceived(b"\x13\x89")
+        _, _, _ = self.enter(Operation.JOIN, "ann", port=40002)
+        self.server.sweep()
+        ours = [e for e in events if e["log_namespace"].startswith("chatd.")]
+        self.assertEqual(
+            [e["event"] for e in ours],
+            ["created", "joined", "registered", "refused", "stats"],
+        )
