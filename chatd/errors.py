@@ -169,3 +169,71 @@ class UnregisteredError(ProtocolError):
     """A legacy member sent a datagram before registering its UDP port."""
 
     reason = "unregistered"
+
+
+class RateLimitedError(ProtocolError):
+    status = Status.RATE_LIMITED
+    reason = "rate_limited"
+
+
+class InternalServerError(ProtocolError):
+    """The server failed while answering; the request may be tried again."""
+
+    status = Status.INTERNAL_ERROR
+    reason = "internal_error"
+
+
+class UnknownStatusError(ProtocolError):
+    """A status byte this client does not know (from a newer server)."""
+
+    reason = "unknown_status"
+
+
+_ERROR_FOR_STATUS: dict[Status, type[ProtocolError]] = {
+    Status.ROOM_EXISTS: RoomExistsError,
+    Status.ROOM_NOT_FOUND: RoomNotFoundError,
+    Status.INVALID_PASSWORD: InvalidPasswordError,
+    Status.MALFORMED_REQUEST: MalformedFrameError,
+    Status.USERNAME_TAKEN: UsernameTakenError,
+    Status.RATE_LIMITED: RateLimitedError,
+    Status.SERVER_FULL: ServerFullError,
+    Status.ROOM_FULL: RoomFullError,
+    Status.NOT_PERMITTED: NotPermittedError,
+    Status.UNSUPPORTED_VERSION: UnsupportedVersionError,
+    Status.REQUEST_TOO_LARGE: FrameTooLargeError,
+    Status.INVALID_NAME: InvalidNameError,
+    Status.TIMED_OUT: RequestTimeoutError,
+    Status.INVALID_INVITATION: InvalidInvitationError,
+    Status.INTERNAL_ERROR: InternalServerError,
+}
+
+
+def error_for_status(status: int, message: str = "") -> ProtocolError:
+    """
+    The exception a client raises for a refusal: the class names the status,
+    so callers catch C{RoomExistsError} instead of comparing numbers.
+    """
+    try:
+        return _ERROR_FOR_STATUS[Status(status)](message or Status(status).text)
+    except ValueError:
+        return UnknownStatusError(message or f"status {status}")
+
+
+class ClientError(ChatError):
+    """Something went wrong on the client's side of the conversation."""
+
+
+class ConnectionFailedError(ClientError):
+    """The server could not be reached (not running, wrong address, no route)."""
+
+
+class ConnectionClosedError(ClientError):
+    """The connection closed before the server answered."""
+
+
+class NotInRoomError(ClientError):
+    """The operation needs a room, and the client is not in one."""
+
+
+class MessageTooLongError(ClientError):
+    """The message would not fit in one datagram once relayed."""

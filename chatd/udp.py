@@ -186,7 +186,10 @@ class RelayProtocol(DatagramProtocol):
     def _send(self, address: Address, data: bytes) -> None:
         # One recipient's failure (gone interface, oversized, wrong family)
         # must not cost the others their copy.
-        assert self.transport is not None
+        if self.transport is None:
+            # The port is closed (shutting down): nothing can be sent any more.
+            self.send_errors += 1
+            return
         try:
             self.transport.write(data, address)
         except (OSError, MessageLengthError, InvalidAddressError):

@@ -29,6 +29,9 @@ EXPECTED: dict[type[ProtocolError], tuple[Status, str, bool]] = {
     errors.WrongRoomError: (Status.MALFORMED_REQUEST, "wrong_room", False),
     errors.WrongSourceError: (Status.MALFORMED_REQUEST, "wrong_source", False),
     errors.UnregisteredError: (Status.MALFORMED_REQUEST, "unregistered", False),
+    errors.RateLimitedError: (Status.RATE_LIMITED, "rate_limited", False),
+    errors.InternalServerError: (Status.INTERNAL_ERROR, "internal_error", False),
+    errors.UnknownStatusError: (Status.MALFORMED_REQUEST, "unknown_status", False),
 }
 """Every ProtocolError subclass: the status a TCP peer is told, the drop reason, whether it closes."""
 
@@ -115,3 +118,34 @@ class ProtocolErrorTests(SynchronousTestCase):
 
         caught = self.assertRaises(ProtocolError, refuse)
         self.assertIs(caught.status, Status.ROOM_EXISTS)
+
+
+class ErrorForStatusTests(SynchronousTestCase):
+    def test_every_refusal_status_has_its_own_class(self) -> None:
+        for status in Status:
+            if status is Status.SUCCESS:
+                continue
+            error = errors.error_for_status(status, "why")
+            self.assertIs(error.status, status)
+            self.assertEqual(str(error), "why")
+            self.assertIsNot(type(error), ProtocolError)
+
+    def test_named_classes(self) -> None:
+        self.assertIsInstance(errors.error_for_status(1), errors.RoomExistsError)
+        self.assertIsInstance(errors.error_for_status(3), errors.InvalidPasswordError)
+        self.assertEqual(str(errors.error_for_status(2)), "room not found")
+
+    def test_unknown_status(self) -> None:
+        error = errors.error_for_status(200)
+        self.assertIsInstance(error, errors.UnknownStatusError)
+        self.assertEqual(str(error), "status 200")
+
+    def test_client_errors_are_chat_errors(self) -> None:
+        for cls in (
+            errors.ConnectionFailedError,
+            errors.ConnectionClosedError,
+            errors.NotInRoomError,
+            errors.MessageTooLongError,
+        ):
+            self.assertTrue(issubclass(cls, errors.ClientError))
+            self.assertTrue(issubclass(cls, ChatError))

@@ -16,7 +16,7 @@ from chatd.datagrams import (
     encode_native,
 )
 from chatd.payloads import Dialect, RoomRequest
-from chatd.rooms import Member
+from chatd.rooms import LeaveReason, Member
 from tests.helpers import capture_events, make_server
 
 ANN = ("127.0.0.1", 5000)
@@ -95,6 +95,16 @@ class LegacyRelayTests(RelayTestCase):
         self.udp.write = write  # type: ignore[method-assign,assignment]
         self.say(ann, "hi")
         self.assertEqual(self.udp.written, [(b"ann: hi", CAT)])
+        self.assertEqual(self.relay.send_errors, 1)
+
+
+class ClosedPortTests(RelayTestCase):
+    def test_sending_after_the_port_closed_is_counted_not_raised(self) -> None:
+        self.member("ann", Dialect.MODEL, ANN)
+        bob = self.member("bob", Dialect.MODEL, BOB)
+        self.relay.doStop()
+        self.relay.transport = None
+        self.store.leave(bob, LeaveReason.LEFT)
         self.assertEqual(self.relay.send_errors, 1)
 
 

@@ -1,0 +1,532 @@
+"""
+The chatd client library: the one piece of client code that knows the wire.
+
+It speaks the native protocol: a TCP control connection held open for the
+whole session (its presence), and UDP for messages, with keepalives so that a
+member who only reads is not dropped. Results come back as Deferreds (use
+them with C{await} in an C{async def}); everything the server says on its own
+arrives at an L{IChatListener} as a typed event from chatd.events. When the
+connection is lost, the client retries with exponential backoff and rejoins
+the same room under the same name, and says so through events.
+
+    client = ChatClient(reactor, "127.0.0.1", listener=my_listener)
+    await client.join("hoge", "alice", password="secret")
+    client.send("hello")
+    await client.leave()
+
+Refusals raise the error class that names the status (RoomExistsError,
+InvalidPasswordError, ...; see chatd.errors), never a bare number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IReactorUDP
+from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import Interface
+
+from chatd.datagrams import FrameType, NativeFrame, check_relay_size, decode_native, decode_relay_body, encode_native
+from chatd.errors import (
+    ChatError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectionFailedError,
+    FrameTooLargeError,
+    MessageTooLongError,
+    NotInRoomError,
+    NotPermittedError,
+    ProtocolError,
+    RoomExistsError,
+    RoomNotFoundError,
+    error_for_status,
+)
+from chatd.events import (
+    ChatEvent,
+    ConnectionLost,
+    MemberJoined,
+    MemberLeft,
+    MessageReceived,
+    Reconnected,
+    Reconnecting,
+    RemovedForInactivity,
+    RoomClosed,
+    event_from_notice,
+)
+from chatd.payloads import NATIVE_VERSION, decode_json
+from chatd.wire import Frame, FrameDecoder, Operation, State, encode_frame
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_TCP_PORT = 9001
+DEFAULT_UDP_PORT = 9002
+_CLIENT_MAX_PAYLOAD = 1 << 16
+
+
+class IChatListener(Interface):
+    """Told everything the client hears, as typed events (chatd.events)."""
+
+    def chat_event(event: ChatEvent) -> None:  # noqa: N805 - zope declares methods without self
+        """Called on the reactor thread, once per event, in order."""
+
+
+class ConnectionState(Enum):
+    IDLE = "not connected"
+    CONNECTING = "connecting"
+    IN_ROOM = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    """What the server said on entering a room."""
+
+    room: str
+    user: str
+    host: bool
+    members: tuple[str, ...]
+    idle_timeout: float
+    keepalive_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Membership:
+    """What the client asked for, so it can ask again after a reconnect."""
+
+    operation: Operation
+    room: str
+    user: str
+    password: str | None
+    invite: str | None
+
+
+@dataclass(slots=True)
+class _Request:
+    operation: Operation
+    answered: Deferred[list[Frame]]
+    frames: list[Frame]
+
+
+def _host_of(address: IAddress) -> str:
+    assert isinstance(address, IPv4Address | IPv6Address)
+    return address.host
+
+
+class _ControlConnection(Protocol):
+    """The TCP control connection: frames in, frames out."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self._client = client
+        self._decoder = FrameDecoder(_CLIENT_MAX_PAYLOAD)
+        self.lost: Deferred[None] = Deferred()
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self._decoder.feed(data)
+        try:
+            while (item := self._decoder.next()) is not None:
+                assert isinstance(item, Frame)
+                self._client._frame_received(item)
+        except ProtocolError as error:
+            # The server's stream is unreadable: nothing more on it can be trusted.
+            self._client._log.error("unreadable frame from the server: {error}", error=str(error))
+            self.abort()
+
+    @override
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._client._control_lost(self, reason)
+        self.lost.callback(None)
+
+    def send(self, frame: Frame) -> None:
+        assert self.transport is not None
+        self.transport.write(encode_frame(frame))
+
+    def close(self) -> Deferred[None]:
+        assert self.transport is not None
+        self.transport.loseConnection()
+        return self.lost
+
+    def abort(self) -> None:
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+
+
+class _Datagrams(DatagramProtocol):
+    noisy = False
+
+    def __init__(self, client: ChatClient) -> None:
+        self._client = client
+
+    @override
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self._client._datagram_received(datagram, (addr[0], addr[1]))
+
+
+class ChatClient:
+    """One person in one room of one chatd server."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str = DEFAULT_HOST,
+        tcp_port: int = DEFAULT_TCP_PORT,
+        udp_port: int = DEFAULT_UDP_PORT,
+        listener: IChatListener | None = None,
+        *,
+        request_timeout: float = 10.0,
+        reconnect: bool = True,
+        first_retry_delay: float = 0.5,
+        max_retry_delay: float = 30.0,
+    ) -> None:
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor
+        self.host = host
+        self.tcp_port = tcp_port
+        self.udp_port = udp_port
+        self.listener = listener
+        self._request_timeout = request_timeout
+        self._reconnect = reconnect
+        self._first_retry_delay = first_retry_delay
+        self._max_retry_delay = max_retry_delay
+
+        self.state = ConnectionState.IDLE
+        self.info: RoomInfo | None = None
+        self.members: tuple[str, ...] = ()
+        self.udp_confirmed = False
+        """The server has answered a keepalive: datagrams get through both ways."""
+
+        self._wanted: _Membership | None = None
+        self._control: _ControlConnection | None = None
+        self._udp: IListeningPort | None = None
+        self._datagrams = _Datagrams(self)
+        self._server_udp: tuple[str, int] | None = None
+        self._token = ""
+        self._sequence = 0
+        self._request: _Request | None = None
+        self._keepalive: LoopingCall | None = None
+        self._retry: Deferred[None] | None = None
+        self._room_over = False
+        self._leaving = False
+
+    # -- entering a room ----------------------------------------------------
+
+    def create(self, room: str, user: str, password: str | None = None) -> Deferred[RoomInfo]:
+        """Create C{room} and become its host."""
+        return Deferred.fromCoroutine(self._start(_Membership(Operation.CREATE, room, user, password, None)))
+
+    def join(
+        self, room: str, user: str, password: str | None = None, invite: str | None = None
+    ) -> Deferred[RoomInfo]:
+        """Join C{room}, with its password or an invitation token if it needs one."""
+        return Deferred.fromCoroutine(self._start(_Membership(Operation.JOIN, room, user, password, invite)))
+
+    async def _start(self, wanted: _Membership) -> RoomInfo:
+        if self.state in (ConnectionState.CONNECTING, ConnectionState.IN_ROOM, ConnectionState.RECONNECTING):
+            raise ClientError("this client is already in a room; leave it first")
+        self._wanted = wanted
+        self._room_over = self._leaving = False
+        self.state = ConnectionState.CONNECTING
+        try:
+            return await self._enter(wanted)
+        except BaseException:
+            self.state = ConnectionState.IDLE
+            await self._shut(close_udp=True)
+            raise
+
+    async def _enter(self, wanted: _Membership) -> RoomInfo:
+        control = await self._connect()
+        await self._listen_udp(control)
+        payload: dict[str, Any] = {"chatd": NATIVE_VERSION, "username": wanted.user}
+        if wanted.password:
+            payload["password"] = wanted.password
+        if wanted.invite:
+            payload["invite"] = wanted.invite
+        request = Frame(wanted.operation, State.REQUEST, wanted.room, json.dumps(payload).encode("utf-8"))
+        frames = await self._ask(request)
+        answer = decode_json(frames[-1].payload)
+        self.info = RoomInfo(
+            room=str(answer["room"]),
+            user=str(answer["user"]),
+            host=bool(answer["host"]),
+            members=tuple(str(name) for name in answer["members"]),
+            idle_timeout=float(answer["idle_timeout"]),
+            keepalive_interval=float(answer["keepalive_interval"]),
+        )
+        self._token = str(answer["token"])
+        self.members = self.info.members
+        self.udp_confirmed = False
+        self.state = ConnectionState.IN_ROOM
+        self._keepalive = LoopingCall(self._send_keepalive)
+        self._keepalive.clock = self._clock
+        # At once: the first datagram is what registers our UDP address.
+        self._keepalive.start(self.info.keepalive_interval, now=True)
+        return self.info
+
+    async def _connect(self) -> _ControlConnection:
+        endpoint = HostnameEndpoint(self._reactor, self.host, self.tcp_port, timeout=self._request_timeout)
+        try:
+            control = await connectProtocol(endpoint, _ControlConnection(self))
+        except (ConnectError, DNSLookupError, OSError) as error:
+            raise ConnectionFailedError(
+                f"cannot reach chatd at {self.host} port {self.tcp_port}: {error.__class__.__name__}"
+                f" ({_reason(error)})"
+            ) from None
+        assert isinstance(control, _ControlConnection)
+        self._control = control
+        return control
+
+    async def _listen_udp(self, control: _ControlConnection) -> None:
+        assert control.transport is not None
+        server_host = _host_of(control.transport.getPeer())
+        self._server_udp = (server_host, self.udp_port)
+        if self._udp is None:
+            # The TCP connection's own local address: the same family, and the
+            # source address the server knows us by.
+            local = _host_of(control.transport.getHost())
+            self._udp = IReactorUDP(self._reactor).listenUDP(0, self._datagrams, local, _CLIENT_MAX_PAYLOAD)
+
+    def _ask(self, frame: Frame) -> Deferred[list[Frame]]:
+        """Send a request; fire with its acknowledge (and complete) frames."""
+        if self._control is None:
+            raise NotInRoomError("not connected")
+        if self._request is not None:
+            raise ClientError("another request is waiting for its answer")
+        answered: Deferred[list[Frame]] = Deferred()
+        self._request = _Request(frame.operation, answered, [])
+        self._control.send(frame)
+
+        def finished(result: object) -> object:
+            self._request = None
+            if isinstance(result, Failure) and result.check(TimeoutError, CancelledError):
+                return Failure(ConnectionClosedError("the server did not answer in time"))
+            return result
+
+        answered.addTimeout(self._request_timeout, self._clock)
+        answered.addBoth(finished)
+        return answered
+
+    # -- what the server sends ----------------------------------------------
+
+    def _frame_received(self, frame: Frame) -> None:
+        if frame.operation is Operation.NOTICE:
+            self._notice(decode_json(frame.payload))
+            return
+        request = self._request
+        if request is None:
+            self._log.warn("unexpected frame from the server: {operation}", operation=frame.operation.name)
+            return
+        request.frames.append(frame)
+        if frame.state is State.ACKNOWLEDGE:
+            status = frame.payload[0] if frame.payload else -1
+            if status != 0:
+                message = ""
+                if len(frame.payload) > 1:
+                    message = str(decode_json(frame.payload[1:]).get("message", ""))
+                request.answered.errback(error_for_status(status, message))
+            elif request.operation not in (Operation.CREATE, Operation.JOIN, Operation.INVITE):
+                request.answered.callback(request.frames)
+        elif frame.state is State.COMPLETE:
+            request.answered.callback(request.frames)
+
+    def _notice(self, notice: dict[str, Any]) -> None:
+        me = self.info.user if self.info is not None else ""
+        event = event_from_notice(notice, me)
+        if event is None:
+            return
+        if isinstance(event, MemberJoined | MemberLeft):
+            self.members = event.members
+        elif isinstance(event, RoomClosed | RemovedForInactivity):
+            self._room_over = True
+        self._emit(event)
+
+    def _datagram_received(self, datagram: bytes, source: tuple[str, int]) -> None:
+        if source != self._server_udp:
+            return
+        try:
+            frame = decode_native(datagram)
+            if frame.frame_type is FrameType.RELAY:
+                relayed = decode_relay_body(frame.body)
+                self._emit(MessageReceived(relayed.sender, relayed.text, relayed.timestamp_ms / 1000))
+            elif frame.frame_type is FrameType.NOTICE:
+                self._notice(decode_json(frame.body))
+            elif frame.frame_type is FrameType.KEEPALIVE_ACK:
+                self.udp_confirmed = True
+        except ProtocolError as error:
+            self._log.warn("unreadable datagram from the server: {error}", error=str(error))
+
+    def _emit(self, event: ChatEvent) -> None:
+        if self.listener is not None:
+            self.listener.chat_event(event)
+
+    # -- sending --------------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        """Send a chat message to the room. Raises NotInRoomError or MessageTooLongError."""
+        if self.state is not ConnectionState.IN_ROOM or self.info is None:
+            raise NotInRoomError("not in a room" if self.state is not ConnectionState.RECONNECTING else "reconnecting")
+        body = text.encode("utf-8")
+        try:
+            check_relay_size(self.info.user, body)
+        except FrameTooLargeError:
+            raise MessageTooLongError(f"a message of {len(body)} bytes is too long to relay") from None
+        self._send_datagram(FrameType.MESSAGE, body)
+
+    def _send_keepalive(self) -> None:
+        self._send_datagram(FrameType.KEEPALIVE, b"")
+
+    def _send_datagram(self, frame_type: FrameType, body: bytes) -> None:
+        transport = self._datagrams.transport
+        if self._udp is None or self._server_udp is None or transport is None:
+            return
+        self._sequence += 1
+        data = encode_native(NativeFrame(frame_type, self._sequence, self._token.encode("ascii"), body))
+        try:
+            transport.write(data, self._server_udp)
+        except OSError as error:
+            # A lost datagram, as UDP may lose any; the keepalive tries again.
+            self._log.warn("could not send a datagram: {error}", error=str(error))
+
+    def invite(self) -> Deferred[str]:
+        """Mint a single-use invitation token (the host only)."""
+        return Deferred.fromCoroutine(self._invite())
+
+    async def _invite(self) -> str:
+        if self.state is not ConnectionState.IN_ROOM or self.info is None:
+            raise NotInRoomError("not in a room")
+        if not self.info.host:
+            raise NotPermittedError("only the host can invite")
+        frames = await self._ask(Frame(Operation.INVITE, State.REQUEST, self.info.room, b""))
+        return str(decode_json(frames[-1].payload)["invite"])
+
+    # -- leaving and losing ---------------------------------------------------
+
+    def leave(self) -> Deferred[None]:
+        """
+        Leave the room and close both sockets. For the host this closes the
+        room for everyone (the server's rule: the host's presence is the room's).
+        """
+        return Deferred.fromCoroutine(self._leave())
+
+    async def _leave(self) -> None:
+        self._leaving = True
+        self.state = ConnectionState.CLOSED
+        await self._shut(close_udp=True)
+
+    async def _shut(self, close_udp: bool) -> None:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        control, self._control = self._control, None
+        if control is not None and control.transport is not None:
+            await control.close()
+        if close_udp and self._udp is not None:
+            udp, self._udp = self._udp, None
+            stopped = udp.stopListening()
+            if stopped is not None:
+                await stopped
+
+    def _control_lost(self, control: _ControlConnection, reason: Failure) -> None:
+        if self._request is not None:
+            self._request.answered.errback(ConnectionClosedError("the server closed the connection"))
+        if control is not self._control:
+            return
+        self._control = None
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        if self._leaving or self.state is not ConnectionState.IN_ROOM:
+            return
+        if self._room_over:
+            # The room ended (closed by its host, or we were removed): there
+            # is nothing to come back to.
+            self.state = ConnectionState.CLOSED
+            Deferred.fromCoroutine(self._shut(close_udp=True))
+            return
+        will_reconnect = self._reconnect
+        self.state = ConnectionState.RECONNECTING if will_reconnect else ConnectionState.CLOSED
+        self._emit(ConnectionLost(reason.getErrorMessage(), will_reconnect))
+        if will_reconnect:
+            Deferred.fromCoroutine(self._reconnect_loop()).addErrback(
+                lambda failure: self._log.failure("while reconnecting", failure)
+            )
+        else:
+            Deferred.fromCoroutine(self._shut(close_udp=True))
+
+    async def _reconnect_loop(self) -> None:
+        attempt = 0
+        while self._reconnecting():
+            attempt += 1
+            delay = min(self._max_retry_delay, self._first_retry_delay * 2 ** (attempt - 1))
+            self._emit(Reconnecting(attempt, delay))
+            self._retry = deferLater(self._clock, delay, lambda: None)
+            try:
+                await self._retry
+            except CancelledError:
+                return
+            self._retry = None
+            if not self._reconnecting():
+                return
+            try:
+                info = await self._rejoin()
+            except ChatError as error:
+                self._log.info("reconnect attempt {attempt} failed: {error}", attempt=attempt, error=str(error))
+                if self._control is not None:
+                    await self._control.close()
+                continue
+            self._emit(Reconnected(info.room, info.members))
+            return
+
+    def _reconnecting(self) -> bool:
+        # A method, not an inline test: the state changes across awaits.
+        return self.state is ConnectionState.RECONNECTING
+
+    async def _rejoin(self) -> RoomInfo:
+        """
+        Enter the same room under the same name. After a server restart the
+        room may be gone: then whoever comes back first creates it again,
+        with the same password. An invitation was spent on the first join, so
+        a member who came in by one can only rejoin a room without password,
+        and never recreates one (it would open a password room to anyone).
+        """
+        wanted = self._wanted
+        assert wanted is not None
+        if wanted.invite is not None:
+            wanted = _Membership(Operation.JOIN, wanted.room, wanted.user, None, None)
+            may_create = False
+        else:
+            may_create = True
+        self.state = ConnectionState.CONNECTING
+        try:
+            try:
+                return await self._enter(wanted)
+            except (RoomNotFoundError, RoomExistsError) as error:
+                if not may_create:
+                    raise
+                other = Operation.CREATE if isinstance(error, RoomNotFoundError) else Operation.JOIN
+                if self._control is not None:
+                    await self._control.close()
+                return await self._enter(_Membership(other, wanted.room, wanted.user, wanted.password, None))
+        finally:
+            if self.state is ConnectionState.CONNECTING:
+                self.state = ConnectionState.RECONNECTING
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__

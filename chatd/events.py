@@ -1,0 +1,130 @@
+"""
+What a chat client hears, as typed values: messages, who came and went,
+why the room ended, and how the connection is doing.
+
+Pure: chatd.client builds these from the wire and hands them to its
+listener; user interfaces only ever see these types, never bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ACTION_PREFIX = "/me "
+"""A message starting with this is an action: shown as C{* name rest}."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    sender: str
+    text: str
+    time: float
+    """When the server relayed it, in seconds since the epoch (the server's clock)."""
+
+    @property
+    def is_action(self) -> bool:
+        return self.text.startswith(ACTION_PREFIX)
+
+    @property
+    def action(self) -> str:
+        """The action's text without the C{/me } prefix."""
+        return self.text[len(ACTION_PREFIX) :]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberJoined:
+    user: str
+    members: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberLeft:
+    user: str
+    members: tuple[str, ...]
+    text: str
+    timed_out: bool = False
+    """The member was removed for inactivity rather than leaving."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomClosed:
+    """The host left or closed the room; no token of it works any more."""
+
+    room: str
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedForInactivity:
+    """This client was silent too long and is no longer in the room."""
+
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStopping:
+    """The server is shutting down; the client will try to come back."""
+
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    reason: str
+    will_reconnect: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnecting:
+    attempt: int
+    delay: float
+    """Seconds until this attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    room: str
+    members: tuple[str, ...]
+
+
+ChatEvent = (
+    MessageReceived
+    | MemberJoined
+    | MemberLeft
+    | RoomClosed
+    | RemovedForInactivity
+    | ServerStopping
+    | ConnectionLost
+    | Reconnecting
+    | Reconnected
+)
+
+
+def event_from_notice(notice: dict[str, Any], me: str) -> ChatEvent | None:
+    """
+    The event for a native notice (docs/protocol.md, "Notices"), as seen by
+    member C{me}; None for an event this client does not know (a newer server).
+    """
+    kind = notice.get("event")
+    room = str(notice.get("room", ""))
+    user = str(notice.get("user", ""))
+    text = str(notice.get("text", ""))
+    members = tuple(str(name) for name in notice.get("members", ()))
+    if kind == "joined":
+        return MemberJoined(user, members, text)
+    if kind == "left":
+        return MemberLeft(user, members, text)
+    if kind == "timed_out":
+        if user == me:
+            return RemovedForInactivity(room, text)
+        return MemberLeft(user, members, text, timed_out=True)
+    if kind == "room_closed":
+        return RoomClosed(room, str(notice.get("reason", "")), text)
+    if kind == "server_stopping":
+        return ServerStopping(room, text)
+    return None
