@@ -1,0 +1,107 @@
+"""
+C{chatd-chat}: the command line of the chat clients.
+
+One command, two faces: the terminal app (urwid) by default, and with
+C{--line} the line mode for scripts and bots. The flags that name a room skip
+the screens that would ask for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
+
+from chatd.client import DEFAULT_HOST, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT
+
+
+@dataclass(frozen=True, slots=True)
+class ChatArguments:
+    host: str = DEFAULT_HOST
+    tcp_port: int = DEFAULT_TCP_PORT
+    udp_port: int = DEFAULT_UDP_PORT
+    room: str | None = None
+    name: str | None = None
+    password: str | None = None
+    invite: str | None = None
+    create: bool = False
+    line: bool = False
+    json: bool = False
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (1-65535)")
+    return port
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> ChatArguments:
+    parser = argparse.ArgumentParser(
+        prog="chatd-chat",
+        description="Chat in a chatd room: a terminal app, or with --line a line mode for scripts and bots.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"the server's address or name (default {DEFAULT_HOST})")
+    parser.add_argument("--tcp-port", type=_port, default=DEFAULT_TCP_PORT, help="the server's TCP port (9001)")
+    parser.add_argument("--udp-port", type=_port, default=DEFAULT_UDP_PORT, help="the server's UDP port (9002)")
+    parser.add_argument("--room", help="the room to create or join")
+    parser.add_argument("--name", help="your user name in the room")
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument("--password", help="the room's password")
+    secret.add_argument("--invite", help="an invitation token from the room's host")
+    parser.add_argument("--create", action="store_true", help="create the room (you become its host)")
+    parser.add_argument("--line", action="store_true", help="line mode: send stdin's lines, print events to stdout")
+    parser.add_argument("--json", action="store_true", help="with --line: print each event as one JSON object")
+    args = parser.parse_args(argv)
+    if args.json and not args.line:
+        parser.error("--json needs --line")
+    if args.line and not (args.room and args.name):
+        parser.error("--line needs --room and --name")
+    if args.create and args.invite:
+        parser.error("--invite is for joining, not --create")
+    return ChatArguments(
+        host=args.host,
+        tcp_port=args.tcp_port,
+        udp_port=args.udp_port,
+        room=args.room,
+        name=args.name,
+        password=args.password,
+        invite=args.invite,
+        create=args.create,
+        line=args.line,
+        json=args.json,
+    )
+
+
+def run(reactor: Any, arguments: ChatArguments) -> Deferred[int]:
+    """Run the chosen face on C{reactor}; fire with the exit status."""
+    if arguments.line:
+        from chatd.line_mode import run_line_mode
+
+        return run_line_mode(reactor, arguments)
+    from chatd.tui.app import run_terminal_app
+
+    return run_terminal_app(reactor, arguments)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    arguments = parse_arguments(argv)
+
+    def start(reactor: Any) -> Deferred[None]:
+        def exit_with(status: int) -> None:
+            if status:
+                raise SystemExit(status)
+
+        return run(reactor, arguments).addCallback(exit_with)
+
+    react(start)
+    sys.exit(0)  # react exits itself; this keeps the NoReturn promise for type checkers
+
+
+if __name__ == "__main__":
+    main()
