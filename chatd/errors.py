@@ -177,10 +177,11 @@ class RateLimitedError(ProtocolError):
 
 
 class InternalServerError(ProtocolError):
-    """The server failed while answering; the request may be tried again."""
+    """The server failed while answering; it closes the connection after saying so."""
 
     status = Status.INTERNAL_ERROR
     reason = "internal_error"
+    closes = True
 
 
 class UnknownStatusError(ProtocolError):

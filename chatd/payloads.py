@@ -93,10 +93,10 @@ def validate_user_name(name: str, max_bytes: int) -> str:
 def is_native_request(payload: bytes) -> bool:
     """Whether a create or join payload asks for the native protocol, valid or not."""
     try:
-        obj = json.loads(payload)
+        obj = json.loads(payload.decode("utf-8"))
     except (ValueError, RecursionError):
         return False
-    return isinstance(obj, dict) and "chatd" in obj
+    return isinstance(obj, dict) and obj.get("chatd") is not None
 
 
 def decode_text(data: bytes, what: str) -> str:
@@ -170,7 +170,8 @@ def loggable_payload(payload: bytes, secret: bool = False) -> str:
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
-        return REDACTED if secret else repr(text)
+        # Broken JSON may still hold a password: only plain text is shown.
+        return REDACTED if secret or text.lstrip().startswith("{") else repr(text)
     if not isinstance(obj, dict):
         return REDACTED if secret else repr(text)
     return json.dumps(

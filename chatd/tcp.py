@@ -196,7 +196,9 @@ class RoomProtocol(Protocol):
 
     def _entered(self, member: Member) -> None:
         self._busy = False
-        if self._lost:
+        if self._closing:
+            # Closed while the request was in flight (handshake timeout): the
+            # peer is going, so it never becomes a member.
             self._store.leave(member, LeaveReason.LEFT)
             return
         self.member = member

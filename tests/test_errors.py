@@ -30,7 +30,7 @@ EXPECTED: dict[type[ProtocolError], tuple[Status, str, bool]] = {
     errors.WrongSourceError: (Status.MALFORMED_REQUEST, "wrong_source", False),
     errors.UnregisteredError: (Status.MALFORMED_REQUEST, "unregistered", False),
     errors.RateLimitedError: (Status.RATE_LIMITED, "rate_limited", False),
-    errors.InternalServerError: (Status.INTERNAL_ERROR, "internal_error", False),
+    errors.InternalServerError: (Status.INTERNAL_ERROR, "internal_error", True),
     errors.UnknownStatusError: (Status.MALFORMED_REQUEST, "unknown_status", False),
 }
 """Every ProtocolError subclass: the status a TCP peer is told, the drop reason, whether it closes."""

@@ -29,6 +29,8 @@ from chatd.payloads import (
     decode_json,
     encode_json,
     error_payload,
+    is_native_request,
+    loggable_payload,
     parse_port,
     parse_room_request,
     validate_name,
@@ -415,3 +417,26 @@ class NoticeTests(SynchronousTestCase):
         payload = Notice(NoticeKind.MEMBER_JOINED, "\u90e8\u5c4b", "bob").to_json("ann")
         self.assertIn("\u90e8\u5c4b".encode(), payload)
         self.assertEqual(json.loads(payload)["room"], "\u90e8\u5c4b")
+
+
+class LoggablePayloadTests(SynchronousTestCase):
+    def test_secrets_in_json_are_redacted(self) -> None:
+        logged = loggable_payload(b'{"username": "ann", "password": "s3cret", "invite": "tok"}')
+        self.assertEqual(logged, '{"username": "ann", "password": "[redacted]", "invite": "[redacted]"}')
+
+    def test_broken_json_is_redacted_whole(self) -> None:
+        self.assertEqual(loggable_payload(b'{"username": "ann", "password": "s3cret"'), "[redacted]")
+
+    def test_plain_text_is_shown_and_secret_text_is_not(self) -> None:
+        self.assertEqual(loggable_payload(b"ann"), "'ann'")
+        self.assertEqual(loggable_payload(b"TaKJ_t-Wl-8pxX2sbekl5Q", secret=True), "[redacted]")
+
+
+class IsNativeRequestTests(SynchronousTestCase):
+    def test_forms(self) -> None:
+        self.assertTrue(is_native_request(b'{"chatd": 1, "username": "ann"}'))
+        self.assertTrue(is_native_request(b'{"chatd": 99}'))
+        self.assertFalse(is_native_request(b'{"chatd": null, "username": "ann"}'))
+        self.assertFalse(is_native_request(b'{"username": "ann"}'))
+        self.assertFalse(is_native_request(b"ann"))
+        self.assertFalse(is_native_request('{"chatd": 1}'.encode("utf-16")))

@@ -265,6 +265,18 @@ class TimeoutTests(RoomProtocolTestCase):
         host.dataReceived(request(Operation.INVITE, "hoge", "", ASCII))
         self.assertEqual(self.member("hoge", "ann").last_active, 200)
 
+    def test_handshake_timeout_during_a_slow_join_keeps_the_peer_out(self) -> None:
+        self.enter(Operation.CREATE, "ann", encoding=ASCII, password="pw")
+        runner = ManualRunner()
+        self.server.store._run_hash = runner  # type: ignore[attr-defined]
+        bob, transport = connect(self.server, port=40001)
+        bob.dataReceived(request(Operation.JOIN, "hoge", {"username": "bob", "password": "pw"}, ASCII))
+        self.clock.advance(30)
+        self.assertTrue(transport.disconnecting)
+        runner.release()
+        self.assertEqual(frames(transport), [])
+        self.assertEqual(self.server.store.rooms()[0].names(), ("ann",))
+
     def test_timers_cancelled_on_close(self) -> None:
         protocol, _transport = connect(self.server)
         protocol.dataReceived(b"\x04")
