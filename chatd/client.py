@@ -228,9 +228,7 @@ class ChatClient:
         """Create C{room} and become its host."""
         return Deferred.fromCoroutine(self._start(_Membership(Operation.CREATE, room, user, password, None)))
 
-    def join(
-        self, room: str, user: str, password: str | None = None, invite: str | None = None
-    ) -> Deferred[RoomInfo]:
+    def join(self, room: str, user: str, password: str | None = None, invite: str | None = None) -> Deferred[RoomInfo]:
         """Join C{room}, with its password or an invitation token if it needs one."""
         return Deferred.fromCoroutine(self._start(_Membership(Operation.JOIN, room, user, password, invite)))
 
@@ -282,8 +280,7 @@ class ChatClient:
             control = await connectProtocol(endpoint, _ControlConnection(self))
         except (ConnectError, DNSLookupError, OSError) as error:
             raise ConnectionFailedError(
-                f"cannot reach chatd at {self.host} port {self.tcp_port}: {error.__class__.__name__}"
-                f" ({_reason(error)})"
+                f"cannot reach chatd at {self.host} port {self.tcp_port}: {error.__class__.__name__} ({_reason(error)})"
             ) from None
         assert isinstance(control, _ControlConnection)
         self._control = control
