@@ -171,6 +171,18 @@ class UnregisteredError(ProtocolError):
     reason = "unregistered"
 
 
+class AuthenticationFailedError(ProtocolError):
+    """A sealed datagram did not authenticate: wrong key, forged or damaged."""
+
+    reason = "unauthenticated"
+
+
+class ReplayedError(ProtocolError):
+    """A sealed datagram's counter was seen before, or is too old for the replay window."""
+
+    reason = "replayed"
+
+
 class RateLimitedError(ProtocolError):
     status = Status.RATE_LIMITED
     reason = "rate_limited"
@@ -238,3 +250,11 @@ class NotInRoomError(ClientError):
 
 class MessageTooLongError(ClientError):
     """The message would not fit in one datagram once relayed."""
+
+
+class CertificateError(ClientError):
+    """The server's TLS certificate is not the one this client trusts."""
+
+
+class CertificateChangedError(CertificateError):
+    """The server's certificate differs from the one pinned on first use: possibly an attack."""

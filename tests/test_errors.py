@@ -30,6 +30,8 @@ EXPECTED: dict[type[ProtocolError], tuple[Status, str, bool]] = {
     errors.WrongSourceError: (Status.MALFORMED_REQUEST, "wrong_source", False),
     errors.UnregisteredError: (Status.MALFORMED_REQUEST, "unregistered", False),
     errors.RateLimitedError: (Status.RATE_LIMITED, "rate_limited", False),
+    errors.AuthenticationFailedError: (Status.MALFORMED_REQUEST, "unauthenticated", False),
+    errors.ReplayedError: (Status.MALFORMED_REQUEST, "replayed", False),
     errors.InternalServerError: (Status.INTERNAL_ERROR, "internal_error", True),
     errors.UnknownStatusError: (Status.MALFORMED_REQUEST, "unknown_status", False),
 }
