@@ -1,0 +1,526 @@
+"""
+Line mode of C{chatd-chat} (C{--line}): chat from scripts and bots.
+
+    chatd-chat --line --room R --name N [--password P | --invite T] [--create] [--json]
+
+It creates or joins the room, then sends each line of standard input as one
+message, and writes everything it hears to standard output, one event per
+line, each line written as soon as the event arrives. At the end of input it
+sends a last line that has no newline, leaves the room and exits 0.
+
+Input: UTF-8 lines ending in LF; a CR before the LF is dropped; an empty line
+is not sent; a line that is not UTF-8, or too long for one datagram, is not
+sent and a warning goes to standard error. Lines typed while the client is
+reconnecting wait, unread, until it is back in the room.
+
+Output, text form (the default), for people and simple scripts. Room notices
+start with C{* }, the client's own connection news with C{! }:
+
+    ============================  =================================================
+    event                         line
+    ============================  =================================================
+    entered the room (first)      C{* you created hoge as alice; members: alice}
+                                  C{* you joined hoge as bob; members: alice, bob}
+    message                       C{alice: hello}
+    action (C{/me waves})         C{* alice waves}
+    member joined, left, timed    the server's notice text: C{* bob joined hoge},
+    out; room closed; removed     C{* bob left hoge}, C{* room hoge was closed: the
+    for inactivity; server        host left}, C{* you were removed from hoge after
+    stopping                      300 s without activity}, ...
+    connection lost               C{! connection lost: <reason>; reconnecting}
+                                  (without C{; reconnecting} if it will not)
+    reconnecting                  C{! reconnecting in 0.5 s (attempt 1)}
+    reconnected                   C{! reconnected to hoge; members: alice, bob}
+    ============================  =================================================
+
+Control characters (and U+2028, U+2029) in names and texts are written as
+escapes (C{\\n}, C{\\r}, C{\\x1b}, C{\\u2028}) so that one event stays one line;
+a backslash is written as it is, so the text form is not exact: use C{--json}.
+
+Output, JSON form (C{--json}): one JSON object per line, UTF-8 (not ASCII
+escapes), always starting with C{"event"}; keys in the order below. These names
+and fields are stable; new keys may be added at the end, never removed.
+
+    ===================  ===========================================================
+    C{"event"}           other keys
+    ===================  ===========================================================
+    C{"entered"}         C{room}, C{user}, C{host} (bool: we created it), C{members}
+    C{"message"}         C{sender}, C{text} (exact, C{/me } included), C{time}
+                         (float, seconds since the epoch, the server's clock),
+                         C{action} (bool: the text starts with C{/me })
+    C{"joined"}          C{user}, C{members} (everyone now), C{text}
+    C{"left"}            C{user}, C{members} (who remain), C{text}, C{timed_out}
+                         (bool: removed for inactivity rather than leaving)
+    C{"room_closed"}     C{room}, C{reason}, C{text}
+    C{"removed"}         C{room}, C{text}: we were removed for inactivity
+    C{"server_stopping"} C{room}, C{text}
+    C{"connection_lost"} C{reason}, C{will_reconnect} (bool)
+    C{"reconnecting"}    C{attempt} (int), C{delay} (float seconds)
+    C{"reconnected"}     C{room}, C{members}
+    ===================  ===========================================================
+
+    {"event": "message", "sender": "alice", "text": "hello", "time": 1795885041.972, "action": false}
+
+Exit status, with one line C{chatd-chat: ...} on standard error for every
+status but 0 (argparse writes its own for 2):
+
+    = =====================================================================
+    0 end of input: we left the room (or nobody reads our output any more)
+    1 could not enter the room: server not running or unreachable, room
+      exists, no such room, wrong password, invalid invitation, name taken
+    2 usage: bad or missing arguments (from argparse, before we start)
+    3 the room ended under us: closed by its host, or we were removed for
+      inactivity, or the connection was lost for good
+    4 an unexpected error (a bug): reported in one line, no traceback
+    = =====================================================================
+
+A server that stops is not the end: the client reconnects (see
+chatd.client), and line mode goes on once it is back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, assert_never
+
+from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.internet.stdio import StandardIO
+from twisted.internet.task import deferLater
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import implementer
+
+from chatd.chat_cli import ChatArguments
+from chatd.client import ChatClient, ConnectionState, IChatListener, RoomInfo
+from chatd.errors import ChatError, MessageTooLongError, NotInRoomError
+from chatd.events import (
+    ChatEvent,
+    ConnectionLost,
+    MemberJoined,
+    MemberLeft,
+    MessageReceived,
+    Reconnected,
+    Reconnecting,
+    RemovedForInactivity,
+    RoomClosed,
+    ServerStopping,
+)
+
+PROGRAM = "chatd-chat"
+
+EXIT_OK = 0
+EXIT_NOT_ENTERED = 1
+EXIT_USAGE = 2
+"""Given by argparse in chatd.chat_cli; ours only if called without a room or a name."""
+EXIT_ENDED = 3
+EXIT_INTERNAL = 4
+
+LINGER = 0.2
+"""
+Seconds a message sent just before the end of input has to reach the server
+before we leave: messages go by UDP and the leave by TCP, and the server must
+not see the leave first (it would drop the message of a member who is gone).
+"""
+LEAVE_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for standard output to drain at exit, if nobody reads it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entered:
+    """We are in the room: the first line of every session that got in."""
+
+    room: str
+    user: str
+    host: bool
+    members: tuple[str, ...]
+
+    @classmethod
+    def from_info(cls, info: RoomInfo) -> Entered:
+        return cls(info.room, info.user, info.host, info.members)
+
+
+LineEvent = ChatEvent | Entered
+"""Everything line mode prints."""
+
+
+# -- formatting: pure, one event to one line -----------------------------------------------
+
+
+def format_text(event: LineEvent) -> str:
+    """The text form of C{event}: one line, without its newline."""
+    match event:
+        case Entered():
+            verb = "created" if event.host else "joined"
+            line = f"* you {verb} {event.room} as {event.user}; members: {', '.join(event.members)}"
+        case MessageReceived():
+            line = f"* {event.sender} {event.action}" if event.is_action else f"{event.sender}: {event.text}"
+        case MemberJoined() | MemberLeft() | RoomClosed() | RemovedForInactivity() | ServerStopping():
+            line = event.text
+        case ConnectionLost():
+            line = f"! connection lost: {event.reason}" + ("; reconnecting" if event.will_reconnect else "")
+        case Reconnecting():
+            line = f"! reconnecting in {event.delay:g} s (attempt {event.attempt})"
+        case Reconnected():
+            line = f"! reconnected to {event.room}; members: {', '.join(event.members)}"
+        case _:
+            assert_never(event)
+    return one_line(line)
+
+
+def event_object(event: LineEvent) -> dict[str, Any]:
+    """The JSON object of C{event}, as a dict in its documented key order."""
+    match event:
+        case Entered():
+            return {
+                "event": "entered",
+                "room": event.room,
+                "user": event.user,
+                "host": event.host,
+                "members": list(event.members),
+            }
+        case MessageReceived():
+            return {
+                "event": "message",
+                "sender": event.sender,
+                "text": event.text,
+                "time": event.time,
+                "action": event.is_action,
+            }
+        case MemberJoined():
+            return {"event": "joined", "user": event.user, "members": list(event.members), "text": event.text}
+        case MemberLeft():
+            return {
+                "event": "left",
+                "user": event.user,
+                "members": list(event.members),
+                "text": event.text,
+                "timed_out": event.timed_out,
+            }
+        case RoomClosed():
+            return {"event": "room_closed", "room": event.room, "reason": event.reason, "text": event.text}
+        case RemovedForInactivity():
+            return {"event": "removed", "room": event.room, "text": event.text}
+        case ServerStopping():
+            return {"event": "server_stopping", "room": event.room, "text": event.text}
+        case ConnectionLost():
+            return {"event": "connection_lost", "reason": event.reason, "will_reconnect": event.will_reconnect}
+        case Reconnecting():
+            return {"event": "reconnecting", "attempt": event.attempt, "delay": event.delay}
+        case Reconnected():
+            return {"event": "reconnected", "room": event.room, "members": list(event.members)}
+        case _:
+            assert_never(event)
+
+
+def format_json(event: LineEvent) -> str:
+    """The JSON form of C{event}: one line, without its newline."""
+    line = json.dumps(event_object(event), ensure_ascii=False)
+    # json leaves these unescaped, and Python's str.splitlines (and JavaScript
+    # before ES2019) would break the line at them.
+    return line.replace("\x85", "\\u0085").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def one_line(text: str) -> str:
+    """C{text} with every character that could break or garble a line written as an escape."""
+    if not any(_breaks_line(char) for char in text):
+        return text
+    return "".join(_escape(char) if _breaks_line(char) else char for char in text)
+
+
+def _breaks_line(char: str) -> bool:
+    # Tab is harmless in a line; format characters (Cf) are kept because emoji
+    # sequences need the zero-width joiner.
+    return char != "\t" and unicodedata.category(char) in ("Cc", "Zl", "Zp")
+
+
+def _escape(char: str) -> str:
+    if char == "\n":
+        return "\\n"
+    if char == "\r":
+        return "\\r"
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+# -- the session ---------------------------------------------------------------------------
+
+
+def report_to_stderr(message: str) -> None:
+    """Write C{chatd-chat: message} as one line to standard error."""
+    try:
+        sys.stderr.write(f"{PROGRAM}: {one_line(message)}\n")
+        sys.stderr.flush()
+    except OSError:
+        # stderr may share stdout's file description, which stdio made
+        # non-blocking; a warning lost is better than a crash.
+        pass
+
+
+class ConsoleOwner(Protocol):
+    """What the console tells about its input and output (a LineSession, or a test's fake)."""
+
+    def send(self, text: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+    def input_ended(self) -> None: ...
+
+    def output_lost(self) -> None: ...
+
+
+@implementer(IHalfCloseableProtocol)
+class LineConsole(LineReceiver):
+    """Standard input and output as lines: bytes in, text to the session; lines out."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 16
+    """Longer than any message can be (one datagram); longer lines are dropped."""
+
+    def __init__(self, session: ConsoleOwner) -> None:
+        self._session = session
+        self._input_ended = False
+        self._output_open = True
+        self._lost = False
+        self._skipping = False
+        """Dropping the rest of a line that was too long, up to its newline."""
+        self._resume_buffer = False
+        self._lost_waiters: list[Deferred[None]] = []
+
+    def write_line(self, line: str) -> None:
+        if self.transport is not None and self._output_open and not self._lost:
+            self.transport.write(line.encode("utf-8") + b"\n")
+
+    def pause_input(self) -> None:
+        if self.transport is not None and not self._input_ended and not self.paused:
+            self.pauseProducing()
+
+    def resume_input(self) -> None:
+        if self.transport is not None and not self._input_ended and self.paused:
+            self.resumeProducing()
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self._skipping:
+            end = data.find(self.delimiter)
+            if end < 0:
+                return
+            self._skipping = False
+            data = data[end + len(self.delimiter) :]
+        super().dataReceived(data)
+        # LineReceiver stops at a line that is too long; the lines after it,
+        # put back by lineLengthExceeded, still need reading.
+        while self._resume_buffer and not self.paused:
+            self._resume_buffer = False
+            super().dataReceived(b"")
+
+    @override
+    def lineReceived(self, line: bytes) -> None:
+        line = line.removesuffix(b"\r")
+        if not line:
+            return
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._session.warn("not sent: the line is not valid UTF-8")
+            return
+        self._session.send(text)
+
+    @override
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # Not LineReceiver's default (hang up): one bad line should not end a bot.
+        self._session.warn(f"not sent: a line of more than {self.MAX_LENGTH} bytes")
+        _, found, rest = line.partition(self.delimiter)
+        if found:
+            self._buffer = rest
+            self._resume_buffer = True
+        else:
+            self._skipping = True
+
+    # IHalfCloseableProtocol: stdio looks these two up by their Twisted names.
+    def readConnectionLost(self) -> None:  # noqa: N802
+        """End of input: send a last line without a newline, then end the session."""
+        self._input_ended = True
+        rest = self.clearLineBuffer()
+        # Paused, the rest could not be sent now (reconnecting) or ever (ended).
+        if not self._skipping and not self.paused:
+            for line in rest.split(self.delimiter):
+                self.lineReceived(line)
+        self._session.input_ended()
+
+    def writeConnectionLost(self) -> None:  # noqa: N802
+        """Nobody reads our output any more: nothing left to do."""
+        self._output_open = False
+        self._session.output_lost()
+
+    @override
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        self._session.output_lost()
+
+    def close(self, clock: IReactorTime) -> Deferred[None]:
+        """Flush the output and close stdio; fires when done, or after CLOSE_TIMEOUT."""
+        if self._lost or self.transport is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        if self._output_open:
+            self._lost_waiters.append(waiter)
+        else:
+            # stdout is gone already, so stdio will not report the close.
+            waiter.callback(None)
+        self.transport.loseConnection()
+        waiter.addTimeout(CLOSE_TIMEOUT, clock)
+        waiter.addErrback(_ignore_timeout)
+        return waiter
+
+
+def _ignore_timeout(failure: Failure) -> None:
+    failure.trap(TimeoutError)
+
+
+@implementer(IChatListener)
+class LineSession:
+    """One run of line mode: lines from the console to the room, the room's events back."""
+
+    def __init__(self, reactor: Any, arguments: ChatArguments, report: Callable[[str], None]) -> None:
+        self._clock: IReactorTime = reactor
+        self._arguments = arguments
+        self._report = report
+        self._format = format_json if arguments.json else format_text
+        self.console = LineConsole(self)
+        self.client = ChatClient(reactor, arguments.host, arguments.tcp_port, arguments.udp_port, listener=self)
+        self.ended: Deferred[int] = Deferred()
+        """Fires with the exit status once the session should end."""
+        self._last_sent: float | None = None
+
+    async def run(self, attach: Callable[[LineConsole], object]) -> int:
+        """Enter the room, chat until the end, leave; the exit status."""
+        try:
+            attach(self.console)
+            # Lines typed now would find no room to go to: they wait in the pipe.
+            self.console.pause_input()
+            status = await self._chat()
+        except Exception as error:
+            self.warn(_unexpected(error))
+            status = EXIT_INTERNAL
+            await self._leave()
+        await self.console.close(self._clock)
+        return status
+
+    async def _chat(self) -> int:
+        arguments = self._arguments
+        room, name = arguments.room, arguments.name
+        if room is None or name is None:
+            self.warn("line mode needs --room and --name")
+            return EXIT_USAGE
+        try:
+            if arguments.create:
+                info = await self.client.create(room, name, arguments.password)
+            else:
+                info = await self.client.join(room, name, arguments.password, arguments.invite)
+        except ChatError as error:
+            self.warn(f"cannot {'create' if arguments.create else 'join'} room {room}: {error}")
+            return EXIT_NOT_ENTERED
+        self.console.write_line(self._format(Entered.from_info(info)))
+        self.console.resume_input()
+        status = await self.ended
+        await self._leave()
+        return status
+
+    async def _leave(self) -> None:
+        if self._last_sent is not None and self.client.state is ConnectionState.IN_ROOM:
+            wait = self._last_sent + LINGER - self._clock.seconds()
+            if wait > 0:
+                await deferLater(self._clock, wait)
+        # Leaving is closing our own sockets; the server notices either way,
+        # and a failure here must not hide the exit status.
+        with contextlib.suppress(Exception):
+            await self.client.leave().addTimeout(LEAVE_TIMEOUT, self._clock)
+
+    def _end(self, status: int, message: str | None = None) -> None:
+        if self.ended.called:
+            return
+        if message is not None:
+            self.warn(message)
+        self.console.pause_input()
+        self.ended.callback(status)
+
+    def warn(self, message: str) -> None:
+        self._report(message)
+
+    # -- from the console ------------------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        try:
+            self.client.send(text)
+        except (MessageTooLongError, NotInRoomError) as error:
+            self.warn(f"not sent: {error}")
+        else:
+            self._last_sent = self._clock.seconds()
+
+    def input_ended(self) -> None:
+        self._end(EXIT_OK)
+
+    def output_lost(self) -> None:
+        self._end(EXIT_OK)
+
+    # -- from the client -------------------------------------------------------------------
+
+    def chat_event(self, event: ChatEvent) -> None:
+        self.console.write_line(self._format(event))
+        match event:
+            case ConnectionLost(will_reconnect=True):
+                # Lines read now could not be sent: leave them in the pipe.
+                self.console.pause_input()
+            case ConnectionLost():
+                self._end(EXIT_ENDED, f"lost the connection to the server: {event.reason}")
+            case Reconnected():
+                self.console.resume_input()
+            case RoomClosed() | RemovedForInactivity():
+                self._end(EXIT_ENDED, event.text.removeprefix("* "))
+            case _:
+                pass
+
+
+def run_line_mode(
+    reactor: Any,
+    arguments: ChatArguments,
+    *,
+    attach: Callable[[LineConsole], object] | None = None,
+    report: Callable[[str], None] = report_to_stderr,
+) -> Deferred[int]:
+    """
+    Run line mode on C{reactor}; fire with the exit status (never fail).
+
+    C{attach} connects the console to its input and output (standard I/O
+    unless a test gives another transport); C{report} writes one line to
+    standard error.
+    """
+    if attach is None:
+
+        def attach(console: LineConsole) -> object:
+            return StandardIO(console, reactor=reactor)
+
+    session = LineSession(reactor, arguments, report)
+
+    def internal_error(failure: Failure) -> int:
+        # Whatever escaped the session's own handling: still one line, no traceback.
+        report(_unexpected(failure.value))
+        return EXIT_INTERNAL
+
+    return Deferred.fromCoroutine(session.run(attach)).addErrback(internal_error)
+
+
+def _unexpected(error: object) -> str:
+    return f"unexpected error: {error.__class__.__name__}: {error}"
