@@ -37,7 +37,16 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import Interface
 
-from chatd.datagrams import FrameType, NativeFrame, check_relay_size, decode_native, decode_relay_body, encode_native
+from chatd.datagrams import (
+    MAX_DATAGRAM,
+    FrameType,
+    NativeFrame,
+    check_relay_size,
+    decode_native,
+    decode_relay_body,
+    encode_native,
+    native_header,
+)
 from chatd.errors import (
     ChatError,
     ClientError,
@@ -283,6 +292,10 @@ class ChatClient:
                 f"cannot reach chatd at {self.host} port {self.tcp_port}: {error.__class__.__name__} ({_reason(error)})"
             ) from None
         assert isinstance(control, _ControlConnection)
+        if self._leaving:
+            # leave() was called while the connection was being made.
+            await control.close()
+            raise ConnectionClosedError("left before the connection was made")
         self._control = control
         return control
 
@@ -380,6 +393,9 @@ class ChatClient:
             check_relay_size(self.info.user, body)
         except FrameTooLargeError:
             raise MessageTooLongError(f"a message of {len(body)} bytes is too long to relay") from None
+        # Our own datagram, header and token included, must fit as well.
+        if len(native_header(FrameType.MESSAGE, 0, self._token.encode("ascii"))) + len(body) > MAX_DATAGRAM:
+            raise MessageTooLongError(f"a message of {len(body)} bytes is too long to send")
         self._send_datagram(FrameType.MESSAGE, body)
 
     def _send_keepalive(self) -> None:

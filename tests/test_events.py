@@ -1,0 +1,156 @@
+"""
+chatd.events: every native notice as the typed event a client hands on.
+
+The notices are spelled out as JSON the way docs/protocol.md shows them; one
+test also feeds what the server's own Notice encoder writes, so the two sides
+cannot drift apart without a failure here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatd.events import (
+    MemberJoined,
+    MemberLeft,
+    MessageReceived,
+    RemovedForInactivity,
+    RoomClosed,
+    ServerStopping,
+    event_from_notice,
+)
+from chatd.payloads import Dialect, Notice, NoticeKind
+
+
+def notice(**members: Any) -> dict[str, Any]:
+    """A native notice object as the server sends it: C{"chatd": 1} first."""
+    return {"chatd": 1, **members}
+
+
+class EventFromNoticeTests(SynchronousTestCase):
+    def test_joined(self) -> None:
+        event = event_from_notice(
+            notice(event="joined", room="hoge", text="* bob joined hoge", members=["alice", "bob"], user="bob"),
+            "alice",
+        )
+        self.assertEqual(event, MemberJoined("bob", ("alice", "bob"), "* bob joined hoge"))
+
+    def test_left(self) -> None:
+        # The notice of docs/protocol.md section 8.5, byte for byte.
+        raw = (
+            '{"chatd": 1, "event": "left", "room": "hoge", "text": "* carol left hoge",'
+            ' "members": ["alice", "bob"], "user": "carol"}'
+        )
+        event = event_from_notice(json.loads(raw), "bob")
+        self.assertEqual(event, MemberLeft("carol", ("alice", "bob"), "* carol left hoge"))
+        assert isinstance(event, MemberLeft)
+        self.assertFalse(event.timed_out)
+
+    def test_timed_out_about_another(self) -> None:
+        """Someone else was removed: an ordinary departure, marked as timed out."""
+        text = "* bob was removed from hoge after 300 s without activity"
+        event = event_from_notice(
+            notice(event="timed_out", room="hoge", text=text, members=["alice"], user="bob"), "alice"
+        )
+        self.assertEqual(event, MemberLeft("bob", ("alice",), text, timed_out=True))
+
+    def test_timed_out_about_me(self) -> None:
+        """The same notice about this client itself: it is out of the room."""
+        text = "* you were removed from hoge after 300 s without activity"
+        event = event_from_notice(
+            notice(event="timed_out", room="hoge", text=text, members=["alice"], user="bob"), "bob"
+        )
+        self.assertEqual(event, RemovedForInactivity("hoge", text))
+
+    def test_room_closed(self) -> None:
+        # The notice of docs/protocol.md section 8.8, byte for byte.
+        raw = (
+            '{"chatd": 1, "event": "room_closed", "room": "lobby", "text": "* room lobby was closed: the host left",'
+            ' "members": [], "user": "bob", "reason": "the host left"}'
+        )
+        event = event_from_notice(json.loads(raw), "carol")
+        self.assertEqual(event, RoomClosed("lobby", "the host left", "* room lobby was closed: the host left"))
+
+    def test_room_closed_to_the_host(self) -> None:
+        """A closed room is a closed room, also for the member it names."""
+        event = event_from_notice(
+            notice(event="room_closed", room="lobby", text="t", members=[], user="bob", reason="the host timed out"),
+            "bob",
+        )
+        self.assertEqual(event, RoomClosed("lobby", "the host timed out", "t"))
+
+    def test_server_stopping(self) -> None:
+        text = "* the server is shutting down; room lobby is closed"
+        event = event_from_notice(
+            notice(
+                event="server_stopping",
+                room="lobby",
+                text=text,
+                members=[],
+                user="alice",
+                reason="the server is shutting down",
+            ),
+            "bob",
+        )
+        self.assertEqual(event, ServerStopping("lobby", text))
+
+    def test_unknown_event(self) -> None:
+        """A newer server's event, or no event at all, is not guessed at."""
+        self.assertIsNone(event_from_notice(notice(event="renamed", room="hoge", text="* hoge is now fuga"), "a"))
+        self.assertIsNone(event_from_notice(notice(room="hoge", text="* something"), "a"))
+        self.assertIsNone(event_from_notice(notice(event=None, room="hoge"), "a"))
+        self.assertIsNone(event_from_notice({}, "a"))
+
+    def test_unknown_members_ignored(self) -> None:
+        """Members a later version adds change nothing (docs/protocol.md section 9)."""
+        event = event_from_notice(
+            notice(event="joined", room="r", text="t", members=["a", "b"], user="b", colour="blue", since=12), "a"
+        )
+        self.assertEqual(event, MemberJoined("b", ("a", "b"), "t"))
+
+    def test_missing_fields(self) -> None:
+        """Absent strings read as empty and an absent member list as no members."""
+        self.assertEqual(event_from_notice({"event": "left"}, "a"), MemberLeft("", (), ""))
+        self.assertEqual(event_from_notice({"event": "room_closed"}, "a"), RoomClosed("", "", ""))
+
+    def test_every_server_notice_is_known(self) -> None:
+        """What the server's Notice writes for each kind, as each recipient sees it."""
+        expected: dict[NoticeKind, tuple[type[object], type[object]]] = {
+            # kind: (event for the member it is about, event for another member)
+            NoticeKind.MEMBER_JOINED: (MemberJoined, MemberJoined),
+            NoticeKind.MEMBER_LEFT: (MemberLeft, MemberLeft),
+            NoticeKind.TIMED_OUT: (RemovedForInactivity, MemberLeft),
+            NoticeKind.ROOM_CLOSED: (RoomClosed, RoomClosed),
+            NoticeKind.SERVER_STOPPING: (ServerStopping, ServerStopping),
+        }
+        self.assertEqual(set(expected), set(NoticeKind))
+        for kind, (for_subject, for_other) in expected.items():
+            sent = Notice(kind, "hoge", "bob", reason="why", idle_timeout=5.0, members=("alice",))
+            for recipient, wanted in (("bob", for_subject), ("alice", for_other)):
+                payload = sent.encode_for(recipient, Dialect.NATIVE)
+                event = event_from_notice(json.loads(payload), recipient)
+                self.assertIsInstance(event, wanted, (kind, recipient))
+                self.assertEqual(getattr(event, "text", None), sent.text_for(recipient), (kind, recipient))
+
+
+class MessageReceivedTests(SynchronousTestCase):
+    def test_action(self) -> None:
+        message = MessageReceived("alice", "/me waves 👋", 1767225600.0)
+        self.assertTrue(message.is_action)
+        self.assertEqual(message.action, "waves 👋")
+
+    def test_empty_action(self) -> None:
+        message = MessageReceived("alice", "/me ", 0.0)
+        self.assertTrue(message.is_action)
+        self.assertEqual(message.action, "")
+
+    def test_not_actions(self) -> None:
+        for text in ("hello", "/me", "/meow", " /me waves", "/ME waves", "say /me waves", "", "こんにちは"):
+            self.assertFalse(MessageReceived("alice", text, 0.0).is_action, text)
+
+    def test_fields(self) -> None:
+        message = MessageReceived("アリス", "寿司 🍣", 1767225600.5)
+        self.assertEqual((message.sender, message.text, message.time), ("アリス", "寿司 🍣", 1767225600.5))
