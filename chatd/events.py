@@ -74,6 +74,14 @@ class ServerStopping:
 
 
 @dataclass(frozen=True, slots=True)
+class Throttled:
+    """This client sent too fast: some of its messages were dropped."""
+
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionLost:
     reason: str
     will_reconnect: bool
@@ -99,6 +107,7 @@ ChatEvent = (
     | RoomClosed
     | RemovedForInactivity
     | ServerStopping
+    | Throttled
     | ConnectionLost
     | Reconnecting
     | Reconnected
@@ -127,4 +136,6 @@ def event_from_notice(notice: dict[str, Any], me: str) -> ChatEvent | None:
         return RoomClosed(room, str(notice.get("reason", "")), text)
     if kind == "server_stopping":
         return ServerStopping(room, text)
+    if kind == "throttled":
+        return Throttled(room, text)
     return None

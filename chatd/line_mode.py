@@ -54,6 +54,7 @@ and fields are stable; new keys may be added at the end, never removed.
     C{"room_closed"}     C{room}, C{reason}, C{text}
     C{"removed"}         C{room}, C{text}: we were removed for inactivity
     C{"server_stopping"} C{room}, C{text}
+    C{"throttled"}       C{room}, C{text}: we sent too fast, messages were dropped
     C{"connection_lost"} C{reason}, C{will_reconnect} (bool)
     C{"reconnecting"}    C{attempt} (int), C{delay} (float seconds)
     C{"reconnected"}     C{room}, C{members}
@@ -112,6 +113,7 @@ from chatd.events import (
     RemovedForInactivity,
     RoomClosed,
     ServerStopping,
+    Throttled,
 )
 
 PROGRAM = "chatd-chat"
@@ -163,7 +165,7 @@ def format_text(event: LineEvent) -> str:
             line = f"* you {verb} {event.room} as {event.user}; members: {', '.join(event.members)}"
         case MessageReceived():
             line = f"* {event.sender} {event.action}" if event.is_action else f"{event.sender}: {event.text}"
-        case MemberJoined() | MemberLeft() | RoomClosed() | RemovedForInactivity() | ServerStopping():
+        case MemberJoined() | MemberLeft() | RoomClosed() | RemovedForInactivity() | ServerStopping() | Throttled():
             line = event.text
         case ConnectionLost():
             line = f"! connection lost: {event.reason}" + ("; reconnecting" if event.will_reconnect else "")
@@ -211,6 +213,8 @@ def event_object(event: LineEvent) -> dict[str, Any]:
             return {"event": "removed", "room": event.room, "text": event.text}
         case ServerStopping():
             return {"event": "server_stopping", "room": event.room, "text": event.text}
+        case Throttled():
+            return {"event": "throttled", "room": event.room, "text": event.text}
         case ConnectionLost():
             return {"event": "connection_lost", "reason": event.reason, "will_reconnect": event.will_reconnect}
         case Reconnecting():

@@ -47,6 +47,8 @@ class RoomRequest:
     invite: str | None = None
     version: int | None = None
     """The native protocol version; None for the legacy dialects."""
+    native_only: bool = False
+    """On create: admit native clients only (their traffic is sealed)."""
 
     @property
     def native(self) -> bool:
@@ -148,11 +150,15 @@ def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAM
         raise MalformedFrameError("'username' is missing or not a string")
     password = _optional_str(obj, "password")
     invite = _optional_str(obj, "invite")
+    native_only = obj.get("native_only", False)
+    if not isinstance(native_only, bool):
+        raise MalformedFrameError("'native_only' must be true or false")
     return RoomRequest(
         validate_user_name(username, max_user_name),
         password or None,
         invite or None,
         version,
+        native_only,
     )
 
 
@@ -225,6 +231,7 @@ class NoticeKind(Enum):
     TIMED_OUT = "timed_out"
     ROOM_CLOSED = "room_closed"
     SERVER_STOPPING = "server_stopping"
+    THROTTLED = "throttled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +263,8 @@ class Notice:
             return f"* {self.user} was removed from {self.room} after {seconds} without activity"
         if self.kind is NoticeKind.ROOM_CLOSED:
             return f"* room {self.room} was closed: {self.reason}"
+        if self.kind is NoticeKind.THROTTLED:
+            return "* you are sending too fast: messages are being dropped; slow down"
         return f"* the server is shutting down; room {self.room} is closed"
 
     def to_json(self, recipient: str) -> bytes:

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from chatd.errors import (
     InvalidInvitationError,
     InvalidPasswordError,
+    NotPermittedError,
     RoomExistsError,
     RoomFullError,
     RoomNotFoundError,
@@ -31,6 +32,7 @@ from chatd.errors import (
 from chatd.interfaces import IMemberConnection, IRoomObserver, IRoomStore
 from chatd.passwords import PasswordHash, hash_password, verify_password
 from chatd.payloads import Dialect, RoomRequest, validate_name
+from chatd.ratelimit import MemberRateLimit
 from chatd.settings import Settings
 
 HashRunner = Callable[[Callable[[], Any]], "Deferred[Any]"]
@@ -72,6 +74,8 @@ class Member:
     """The open TCP connection, while the member holds one."""
     sequence: int = 0
     """The last sequence number the server used in a native frame to this member."""
+    rate_limit: MemberRateLimit | None = None
+    """Messages and bytes per second this member may send (None: unlimited)."""
 
     @property
     def is_host(self) -> bool:
@@ -88,6 +92,8 @@ class Room:
     invitations: dict[str, float] = field(default_factory=dict)
     """Live invitation tokens and when each expires."""
     closed: bool = False
+    native_only: bool = False
+    """Only native members, whose datagrams are sealed, may join."""
 
     def names(self) -> tuple[str, ...]:
         return tuple(self.members)
@@ -118,6 +124,8 @@ class RoomRegistry:
 
     async def _create_room(self, name: str, request: RoomRequest, dialect: Dialect) -> Member:
         validate_name(name, self._settings.max_room_name, "room name")
+        if request.native_only and dialect is not Dialect.NATIVE:
+            raise NotPermittedError("only a native client can create a native-only room")
         if name in self._rooms or name in self._creating:
             raise RoomExistsError(f"room {name!r} exists")
         if len(self._rooms) + len(self._creating) >= self._settings.max_rooms:
@@ -134,7 +142,7 @@ class RoomRegistry:
             finally:
                 self._creating.discard(name)
             assert isinstance(password_hash, PasswordHash)
-        room = Room(name, password_hash, self._clock.seconds())
+        room = Room(name, password_hash, self._clock.seconds(), native_only=request.native_only)
         self._rooms[name] = room
         member = self._add_member(room, request.username, dialect)
         room.host = member
@@ -147,12 +155,17 @@ class RoomRegistry:
         room = self._rooms.get(name)
         if room is None:
             raise RoomNotFoundError(f"no room {name!r}")
+        if room.native_only and dialect is not Dialect.NATIVE:
+            raise NotPermittedError(f"room {name!r} admits native clients only")
         self._check_room_takes(room, request.username)
         if request.invite is not None:
             self._take_invitation(room, request.invite)
         elif room.password_hash is not None:
+            if not request.password:
+                # No hashing for a request that cannot succeed.
+                raise InvalidPasswordError(f"room {name!r} needs a password")
             stored = room.password_hash
-            password = request.password or ""
+            password = request.password
             verified = await self._run_hash(lambda: verify_password(password, stored))
             if not verified:
                 raise InvalidPasswordError(f"wrong password for room {name!r}")
@@ -187,7 +200,11 @@ class RoomRegistry:
 
     def _add_member(self, room: Room, username: str, dialect: Dialect) -> Member:
         token = self._fresh_token()
-        member = Member(username, token, room, dialect, self._clock.seconds())
+        settings = self._settings
+        limit = MemberRateLimit(
+            settings.messages_per_s, settings.message_burst, settings.bytes_per_s, settings.byte_burst, self._clock
+        )
+        member = Member(username, token, room, dialect, self._clock.seconds(), rate_limit=limit)
         room.members[username] = member
         self._by_token[token] = member
         return member

@@ -38,6 +38,7 @@ class ChatServer:
         self.store: IRoomStore = store or RoomRegistry(clock, self.settings, run_hash)
         self.store.observer = self
         self.relay = RelayProtocol(self.store, clock)
+        self.relay.on_throttled = self._throttled
         self.tcp_factory = RoomFactory(self.store, clock, self.settings)
 
     # -- IRoomObserver ------------------------------------------------------
@@ -69,6 +70,10 @@ class ChatServer:
             self._hang_up(member)
         self._log.info("room {room} closed: {reason}", event="room_closed", room=room.name, reason=reason.value)
 
+    def _throttled(self, member: Member) -> None:
+        self._tell(member, Notice(NoticeKind.THROTTLED, member.room.name, member.name))
+        self._log.info("{user} throttled in {room}", event="throttled", user=member.name, room=member.room.name)
+
     def _tell(self, member: Member, notice: Notice) -> None:
         if member.connection is not None:
             member.connection.send_notice(notice)
@@ -86,6 +91,7 @@ class ChatServer:
         """Remove idle members and log the counters; never raises (TimerService would stop)."""
         with self._log.failuresHandled("while sweeping idle members"):
             self.store.expire()
+            self.tcp_factory.prune()
             self._log.info(
                 "{event}: {rooms} rooms, {members} members, {connections} connections,"
                 " {datagrams_in} datagrams in, {datagrams_out} out, {dropped} dropped",

@@ -23,6 +23,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from typing_extensions import override
 
 from chatd.datagrams import MAX_DATAGRAM
+from chatd.ratelimit import is_loopback
 from chatd.rooms import HashRunner
 from chatd.server import ChatServer
 from chatd.settings import Settings
@@ -88,6 +89,7 @@ class ChatService(MultiService):
         if self._log_observer is not None:
             globalLogPublisher.addObserver(self._log_observer)
         super().startService()
+        self.warn_if_legacy_exposed()
         self._log.info(
             "chatd listening on {interface}: TCP port {tcp_port}, UDP port {udp_port}",
             event="listening",
@@ -95,6 +97,16 @@ class ChatService(MultiService):
             tcp_port=self.tcp_port,
             udp_port=self.udp_port,
         )
+
+    def warn_if_legacy_exposed(self) -> None:
+        settings = self.server.settings
+        if settings.legacy and not is_loopback(settings.interface):
+            self._log.warn(
+                "legacy dialects are served on {interface}: their tokens and messages cross the network in"
+                " clear text; use --no-legacy to serve native clients only (see docs/security.md)",
+                event="legacy_exposed",
+                interface=settings.interface,
+            )
 
     @override
     def stopService(self) -> Deferred[Any]:

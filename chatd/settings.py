@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chatd import ratelimit
 from chatd.passwords import DEFAULT_COST
 from chatd.payloads import DEFAULT_MAX_ROOM_NAME, DEFAULT_MAX_USER_NAME
 from chatd.wire import DEFAULT_MAX_PAYLOAD
@@ -36,3 +37,17 @@ class Settings:
     """Seconds the service waits at stop for TCP connections to flush and close."""
     log_frames: bool = False
     """Log every TCP frame sent and received, decoded, at debug level."""
+    legacy: bool = True
+    """Serve the model and seed dialects (plain text on the wire) besides the native one."""
+    messages_per_s: float = ratelimit.DEFAULT_MESSAGES_PER_S
+    message_burst: float = ratelimit.DEFAULT_MESSAGE_BURST
+    bytes_per_s: float = ratelimit.DEFAULT_BYTES_PER_S
+    byte_burst: float = ratelimit.DEFAULT_BYTE_BURST
+    connections_per_s: float = ratelimit.DEFAULT_CONNECTIONS_PER_S
+    """New TCP connections per second from one address (loopback exempt unless limit_loopback)."""
+    connection_burst: float = ratelimit.DEFAULT_CONNECTION_BURST
+    password_attempts_per_min: float = ratelimit.DEFAULT_JOIN_FAILURES_PER_S * 60
+    """Joins that need a password or invitation, per minute from one address."""
+    password_attempt_burst: float = ratelimit.DEFAULT_JOIN_FAILURE_BURST
+    limit_loopback: bool = False
+    """Apply the per-address limits to loopback too (they are exempt by default, as in ergo)."""

@@ -37,7 +37,11 @@ class Options(usage.Options):
         "Speaks the model and seed dialects of the TCRP protocol and its own native extension "
         "on the same ports; see docs/protocol.md."
     )
-    optFlags = (("log-frames", None, "Log every TCP frame sent and received, decoded and in hex, at debug level."),)
+    optFlags = (
+        ("log-frames", None, "Log every TCP frame sent and received, decoded (secrets redacted), at debug level."),
+        ("no-legacy", None, "Serve native clients only: refuse the model and seed dialects (plain text on the wire)."),
+        ("limit-loopback", None, "Apply the per-address limits to loopback addresses too (exempt by default)."),
+    )
     optParameters = (
         ("interface", "i", _DEFAULTS.interface, "Address to listen on for TCP and UDP (IPv4 or IPv6, e.g. ::1)."),
         ("tcp-port", "t", _DEFAULTS.tcp_port, "TCP port for room operations.", _port),
@@ -69,6 +73,32 @@ class Options(usage.Options):
         ("invite-ttl", None, _DEFAULTS.invite_ttl, "Seconds an invitation token stays valid.", float),
         ("password-cost", None, _DEFAULTS.password_cost, "scrypt cost N for room passwords (a power of 2).", int),
         ("log-json", None, None, "Also write every log event as JSON to this file ('-' for standard output)."),
+        ("messages-per-s", None, _DEFAULTS.messages_per_s, "Messages per second one member may send.", float),
+        ("message-burst", None, _DEFAULTS.message_burst, "Messages one member may send at once.", float),
+        ("bytes-per-s", None, _DEFAULTS.bytes_per_s, "Message bytes per second one member may send.", float),
+        ("byte-burst", None, _DEFAULTS.byte_burst, "Message bytes one member may send at once.", float),
+        (
+            "connections-per-s",
+            None,
+            _DEFAULTS.connections_per_s,
+            "New TCP connections per second from one address.",
+            float,
+        ),
+        ("connection-burst", None, _DEFAULTS.connection_burst, "New TCP connections at once from one address.", float),
+        (
+            "password-attempts-per-min",
+            None,
+            _DEFAULTS.password_attempts_per_min,
+            "Joins with a password or invitation per minute from one address.",
+            float,
+        ),
+        (
+            "password-attempt-burst",
+            None,
+            _DEFAULTS.password_attempt_burst,
+            "Joins with a password or invitation at once from one address.",
+            float,
+        ),
     )
 
     @override
@@ -87,6 +117,18 @@ class Options(usage.Options):
         ):
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be more than 0")
+        for name in (
+            "messages-per-s",
+            "message-burst",
+            "bytes-per-s",
+            "byte-burst",
+            "connections-per-s",
+            "connection-burst",
+            "password-attempts-per-min",
+            "password-attempt-burst",
+        ):
+            if not 0 < self[name] < float("inf"):
+                raise usage.UsageError(f"--{name} must be a positive number")
         for name in ("max-payload", "max-rooms", "max-members", "max-connections", "max-connections-per-host"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
@@ -117,6 +159,16 @@ class Options(usage.Options):
             invite_ttl=self["invite-ttl"],
             password_cost=self["password-cost"],
             log_frames=bool(self["log-frames"]),
+            legacy=not self["no-legacy"],
+            messages_per_s=self["messages-per-s"],
+            message_burst=self["message-burst"],
+            bytes_per_s=self["bytes-per-s"],
+            byte_burst=self["byte-burst"],
+            connections_per_s=self["connections-per-s"],
+            connection_burst=self["connection-burst"],
+            password_attempts_per_min=self["password-attempts-per-min"],
+            password_attempt_burst=self["password-attempt-burst"],
+            limit_loopback=bool(self["limit-loopback"]),
         )
 
 

@@ -27,6 +27,7 @@ from chatd.errors import (
     MalformedFrameError,
     NotPermittedError,
     ProtocolError,
+    RateLimitedError,
     RequestTimeoutError,
     ServerFullError,
     Status,
@@ -44,6 +45,7 @@ from chatd.payloads import (
     parse_port,
     parse_room_request,
 )
+from chatd.ratelimit import KeyedLimiter, is_loopback
 from chatd.rooms import LeaveReason, Member
 from chatd.settings import Settings
 from chatd.wire import HEADER_SIZE, Frame, FrameDecoder, Operation, PortBytes, SizeEncoding, State, encode_frame
@@ -185,7 +187,14 @@ class RoomProtocol(Protocol):
             self.dialect = Dialect.SEED
         else:
             self.dialect = Dialect.MODEL
+        if self.dialect is not Dialect.NATIVE and not self._settings.legacy:
+            raise NotPermittedError("this server serves native clients only: legacy dialects are turned off")
         request = parse_room_request(frame.payload, self._settings.max_user_name)
+        guessing = frame.operation is Operation.JOIN and bool(request.password or request.invite)
+        # Charged before the check, so that parallel guesses are counted too.
+        if guessing and not self._factory.password_attempts.take(self.peer_host):
+            wait = self._factory.password_attempts.wait_time(self.peer_host)
+            raise RateLimitedError(f"too many password attempts from {self.peer_host}; try again in {wait:.0f} s")
         if frame.operation is Operation.CREATE:
             entered = self._store.create_room(frame.room, request, self.dialect)
         else:
@@ -412,6 +421,13 @@ class RoomFactory(ServerFactory):
         self.settings = settings
         self.connections: set[RoomProtocol] = set()
         self._per_host: Counter[str] = Counter()
+        exempt = None if settings.limit_loopback else is_loopback
+        self.new_connections: KeyedLimiter[str] = KeyedLimiter(
+            settings.connections_per_s, settings.connection_burst, clock, exempt=exempt
+        )
+        self.password_attempts: KeyedLimiter[str] = KeyedLimiter(
+            settings.password_attempts_per_min / 60, settings.password_attempt_burst, clock, exempt=exempt
+        )
 
     @override
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
@@ -420,7 +436,14 @@ class RoomFactory(ServerFactory):
             return _Refusal(ServerFullError("the server holds its limit of connections"))
         if self._per_host[host] >= self.settings.max_connections_per_host:
             return _Refusal(ServerFullError(f"{host} holds its limit of connections"))
+        if not self.new_connections.take(host):
+            return _Refusal(RateLimitedError(f"{host} opens connections too fast"))
         return RoomProtocol(self)
+
+    def prune(self) -> None:
+        """Forget per-address limits that carry no information any more (from the sweep)."""
+        self.new_connections.prune()
+        self.password_attempts.prune()
 
     def connection_opened(self, protocol: RoomProtocol) -> None:
         self.connections.add(protocol)

@@ -11,6 +11,7 @@ never a log line per datagram.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.interfaces import IReactorTime
@@ -31,6 +32,7 @@ from chatd.datagrams import (
 from chatd.errors import (
     MalformedFrameError,
     ProtocolError,
+    RateLimitedError,
     UnknownTokenError,
     UnregisteredError,
     UnsupportedVersionError,
@@ -92,6 +94,8 @@ class RelayProtocol(DatagramProtocol):
     def __init__(self, store: IRoomStore, clock: IReactorTime) -> None:
         self._store = store
         self._clock = clock
+        self.on_throttled: Callable[[Member], None] | None = None
+        """Called (at most every few seconds per member) when a member sends too fast."""
         self.drops = DropCounter(clock)
         self.received = 0
         self.sent = 0
@@ -149,6 +153,7 @@ class RelayProtocol(DatagramProtocol):
             self._message(member, frame.body)
         else:
             self._store.touch(member)
+            self._within_limit(member, 0)
             # Header only: never larger than the keepalive, which carried a token.
             self._send(source, native_header(FrameType.KEEPALIVE_ACK, frame.sequence))
 
@@ -158,6 +163,7 @@ class RelayProtocol(DatagramProtocol):
             self._store.leave(sender, LeaveReason.LEFT)
             return
         check_relay_size(sender.name, message)
+        self._within_limit(sender, len(message))
         legacy: bytes | None = None
         native: bytes | None = None
         for member in sender.room.members.values():
@@ -172,6 +178,14 @@ class RelayProtocol(DatagramProtocol):
                 if legacy is None:
                     legacy = relay_text(sender.name, message)
                 self._send(member.address, legacy)
+
+    def _within_limit(self, member: Member, size: int) -> None:
+        limit = member.rate_limit
+        if limit is None or limit.allow(size):
+            return
+        if self.on_throttled is not None and limit.should_warn():
+            self.on_throttled(member)
+        raise RateLimitedError("the member is sending too fast")
 
     def send_notice(self, member: Member, notice: Notice) -> None:
         """Tell a member without a TCP connection, as a datagram."""

@@ -20,6 +20,7 @@ from chatd.events import (
     RemovedForInactivity,
     RoomClosed,
     ServerStopping,
+    Throttled,
     event_from_notice,
 )
 from chatd.payloads import Dialect, Notice, NoticeKind
@@ -125,6 +126,7 @@ class EventFromNoticeTests(SynchronousTestCase):
             NoticeKind.TIMED_OUT: (RemovedForInactivity, MemberLeft),
             NoticeKind.ROOM_CLOSED: (RoomClosed, RoomClosed),
             NoticeKind.SERVER_STOPPING: (ServerStopping, ServerStopping),
+            NoticeKind.THROTTLED: (Throttled, Throttled),
         }
         self.assertEqual(set(expected), set(NoticeKind))
         for kind, (for_subject, for_other) in expected.items():

@@ -40,6 +40,7 @@ from chatd.events import (
     RemovedForInactivity,
     RoomClosed,
     ServerStopping,
+    Throttled,
 )
 from chatd.line_mode import (
     EXIT_ENDED,
@@ -141,6 +142,15 @@ EVENTS: list[tuple[LineEvent, str, dict[str, Any]]] = [
         ServerStopping("hoge", "* the server is shutting down; room hoge is closed"),
         "* the server is shutting down; room hoge is closed",
         {"event": "server_stopping", "room": "hoge", "text": "* the server is shutting down; room hoge is closed"},
+    ),
+    (
+        Throttled("hoge", "* you are sending too fast: messages are being dropped; slow down"),
+        "* you are sending too fast: messages are being dropped; slow down",
+        {
+            "event": "throttled",
+            "room": "hoge",
+            "text": "* you are sending too fast: messages are being dropped; slow down",
+        },
     ),
     (
         ConnectionLost("Connection was closed cleanly.", will_reconnect=True),

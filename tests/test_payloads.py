@@ -440,3 +440,16 @@ class IsNativeRequestTests(SynchronousTestCase):
         self.assertFalse(is_native_request(b'{"username": "ann"}'))
         self.assertFalse(is_native_request(b"ann"))
         self.assertFalse(is_native_request('{"chatd": 1}'.encode("utf-16")))
+
+
+class NativeOnlyRequestTests(SynchronousTestCase):
+    def test_native_only_flag(self) -> None:
+        request = parse_room_request(b'{"chatd": 1, "username": "ann", "native_only": true}')
+        self.assertTrue(request.native_only)
+        self.assertFalse(parse_room_request(b'{"username": "ann"}').native_only)
+        with self.assertRaises(MalformedFrameError):
+            parse_room_request(b'{"username": "ann", "native_only": "yes"}')
+
+    def test_throttled_notice_text(self) -> None:
+        notice = Notice(NoticeKind.THROTTLED, "hoge", "eve")
+        self.assertEqual(notice.text_for("eve"), "* you are sending too fast: messages are being dropped; slow down")

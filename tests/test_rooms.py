@@ -12,6 +12,7 @@ from chatd.errors import (
     InvalidInvitationError,
     InvalidNameError,
     InvalidPasswordError,
+    NotPermittedError,
     ProtocolError,
     RoomExistsError,
     RoomFullError,
@@ -276,3 +277,31 @@ class DepartureTests(RegistryTestCase):
         host = self.create()
         self.registry.bind_address(host, ("127.0.0.1", 5000))
         self.assertEqual(host.address, ("127.0.0.1", 5000))
+
+
+class NativeOnlyTests(RegistryTestCase):
+    def test_native_only_room_refuses_legacy_members(self) -> None:
+        request = RoomRequest("ann", version=1, native_only=True)
+        host = self.result(self.registry.create_room("safe", request, Dialect.NATIVE))
+        self.assertTrue(host.room.native_only)
+        self.refused(self.join(room="safe"), NotPermittedError)
+        native = self.registry.join_room("safe", RoomRequest("bob", version=1), Dialect.NATIVE)
+        self.assertEqual(self.result(native).name, "bob")
+
+    def test_only_native_clients_create_native_only_rooms(self) -> None:
+        request = RoomRequest("ann", native_only=True)
+        self.refused(self.registry.create_room("safe", request, Dialect.SEED), NotPermittedError)
+
+    def test_members_get_a_rate_limit(self) -> None:
+        host = self.create()
+        assert host.rate_limit is not None
+        self.assertTrue(host.rate_limit.allow(10))
+
+
+class PasswordWorkTests(RegistryTestCase):
+    def test_missing_password_is_refused_without_hashing(self) -> None:
+        runner = ManualRunner()
+        self.create(password="pw")
+        self.registry._run_hash = runner
+        self.refused(self.join(), InvalidPasswordError)
+        self.assertEqual(runner.pending, [])

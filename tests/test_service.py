@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.testing import MemoryReactorClock
@@ -81,3 +82,19 @@ class ExitSignalTests(SynchronousTestCase):
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGINT)
         self.assertEqual(fake.stops, 1)
+
+
+class LegacyExposureTests(SynchronousTestCase):
+    def warnings_for(self, **settings: Any) -> list[str]:
+        events = capture_events(self)
+        make_service(Settings(**settings), MemoryReactorClock()).warn_if_legacy_exposed()
+        return [e["event"] for e in events if e.get("event") == "legacy_exposed"]
+
+    def test_warns_when_legacy_is_served_beyond_loopback(self) -> None:
+        self.assertEqual(self.warnings_for(interface="0.0.0.0"), ["legacy_exposed"])
+        self.assertEqual(self.warnings_for(interface="2001:db8::1"), ["legacy_exposed"])
+
+    def test_quiet_on_loopback_or_without_legacy(self) -> None:
+        self.assertEqual(self.warnings_for(interface="127.0.0.1"), [])
+        self.assertEqual(self.warnings_for(interface="::1"), [])
+        self.assertEqual(self.warnings_for(interface="0.0.0.0", legacy=False), [])

@@ -499,3 +499,62 @@ class InternalErrorTests(RoomProtocolTestCase):
             [e["event"] for e in ours],
             ["created", "joined", "registered", "refused", "stats"],
         )
+
+
+class AbuseResistanceTests(RoomProtocolTestCase):
+    def test_legacy_dialects_can_be_turned_off(self) -> None:
+        self.server, self.clock, self.udp = make_server(legacy=False)
+        for encoding in (SizeEncoding.BINARY, ASCII):
+            _, _, (ack,) = self.enter(Operation.CREATE, "ann", encoding=encoding)
+            self.assertEqual(status_of(ack), Status.NOT_PERMITTED)
+        _, _, (ack, _) = self.enter(Operation.CREATE, "ann", chatd=1)
+        self.assertEqual(status_of(ack), Status.SUCCESS)
+
+    def test_new_connections_per_address_are_limited(self) -> None:
+        self.server, self.clock, self.udp = make_server(connections_per_s=1, connection_burst=3)
+        factory = self.server.tcp_factory
+        outsider = IPv4Address("TCP", "192.0.2.7", 1)
+        built = [factory.buildProtocol(outsider) for _ in range(4)]
+        self.assertEqual([isinstance(p, RoomProtocol) for p in built], [True, True, True, False])
+        refusal = built[3]
+        assert refusal is not None
+        transport = StringTransport()
+        refusal.makeConnection(transport)
+        self.assertEqual(status_of(frames(transport)[0]), Status.RATE_LIMITED)
+        self.clock.advance(1)
+        self.assertIsInstance(factory.buildProtocol(outsider), RoomProtocol)
+        # Loopback is exempt, so local tools and tests are never throttled.
+        local = IPv4Address("TCP", "127.0.0.1", 1)
+        self.assertTrue(all(isinstance(factory.buildProtocol(local), RoomProtocol) for _ in range(10)))
+
+    def test_loopback_can_be_limited_too(self) -> None:
+        self.server, self.clock, self.udp = make_server(connections_per_s=1, connection_burst=1, limit_loopback=True)
+        local = IPv4Address("TCP", "127.0.0.1", 1)
+        built = [self.server.tcp_factory.buildProtocol(local) for _ in range(2)]
+        self.assertEqual([isinstance(p, RoomProtocol) for p in built], [True, False])
+
+    def test_password_guessing_is_slowed(self) -> None:
+        """Five guesses a minute from one address (docs/security.md): the sixth is refused without hashing."""
+        self.enter(Operation.CREATE, "ann", encoding=ASCII, password="right")
+        runner = ManualRunner()
+        self.server.store._run_hash = runner  # type: ignore[attr-defined]
+        guesser, transport = connect(self.server, host="192.0.2.9", port=40001)
+        for guess in range(5):
+            guesser.dataReceived(request(Operation.JOIN, "hoge", {"username": "eve", "password": f"g{guess}"}))
+            runner.release()
+            self.assertEqual(status_of(frames(transport)[0]), Status.INVALID_PASSWORD)
+        guesser.dataReceived(request(Operation.JOIN, "hoge", {"username": "eve", "password": "right"}))
+        (ack,) = frames(transport)
+        self.assertEqual(status_of(ack), Status.RATE_LIMITED)
+        self.assertEqual(runner.pending, [])
+        self.clock.advance(12)
+        guesser.dataReceived(request(Operation.JOIN, "hoge", {"username": "eve", "password": "right"}))
+        runner.release()
+        self.assertEqual(status_of(frames(transport)[0]), Status.SUCCESS)
+
+    def test_joins_without_password_are_not_charged(self) -> None:
+        self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        for n in range(10):
+            joiner, transport = connect(self.server, host="192.0.2.9", port=41000 + n)
+            joiner.dataReceived(request(Operation.JOIN, "hoge", {"username": f"u{n}"}))
+            self.assertEqual(status_of(frames(transport)[0]), Status.SUCCESS)

@@ -288,3 +288,40 @@ class ExitTests(RelayTestCase):
         self.member("ann", Dialect.MODEL, ANN)
         self.successResultOf(self.store.join_room("hoge", RoomRequest("bob"), Dialect.MODEL))
         self.assertEqual(self.udp.written, [(b"* bob joined hoge", ANN)])
+
+
+class FloodTests(RelayTestCase):
+    def setUp(self) -> None:
+        self.server, self.clock, self.udp = make_server(messages_per_s=5, message_burst=10)
+        self.relay = self.server.relay
+        self.store = self.server.store
+
+    def test_flooder_is_throttled_and_told_others_unaffected(self) -> None:
+        flooder = self.member("eve", Dialect.MODEL, EVE)
+        self.member("ann", Dialect.MODEL, ANN)
+        bob = self.member("bob", Dialect.MODEL, BOB)
+        for n in range(100):
+            self.say(flooder, f"spam {n}")
+            if n % 10 == 0:
+                self.say(bob, f"bob {n}")
+        to_ann = [data for data, address in self.udp.written if address == ANN]
+        self.assertEqual(len([d for d in to_ann if d.startswith(b"eve: ")]), 10)
+        self.assertEqual(len([d for d in to_ann if d.startswith(b"bob: ")]), 10)
+        self.assertEqual(self.relay.drops.counts["rate_limited"], 90)
+        told = [data for data, address in self.udp.written if address == EVE and data.startswith(b"* ")]
+        self.assertEqual(told, [b"* you are sending too fast: messages are being dropped; slow down"])
+        self.udp.written.clear()
+        self.clock.advance(1)
+        for n in range(6):
+            self.say(flooder, f"later {n}")
+        self.assertEqual(len([1 for _, address in self.udp.written if address == ANN]), 5)
+
+    def test_byte_limit(self) -> None:
+        self.server, self.clock, self.udp = make_server(bytes_per_s=100, byte_burst=100)
+        self.relay, self.store = self.server.relay, self.server.store
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.say(ann, "x" * 60)
+        self.say(ann, "x" * 60)
+        self.assertEqual(len([1 for _, address in self.udp.written if address == BOB]), 1)
+        self.assertEqual(self.relay.drops.counts["rate_limited"], 1)
