@@ -17,7 +17,7 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorThreads, IReactorUDP
+from twisted.internet.interfaces import IListeningPort, IReactorSSL, IReactorTCP, IReactorThreads, IReactorUDP
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from typing_extensions import override
@@ -27,6 +27,7 @@ from chatd.ratelimit import is_loopback
 from chatd.rooms import HashRunner
 from chatd.server import ChatServer
 from chatd.settings import Settings
+from chatd.tls import ServerCertificate, load_server_certificate
 
 
 class ListeningService(Service):
@@ -66,9 +67,12 @@ class ChatService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, server: ChatServer, log_observer: ILogObserver | None = None) -> None:
+    def __init__(
+        self, server: ChatServer, log_observer: ILogObserver | None = None, tls: ServerCertificate | None = None
+    ) -> None:
         super().__init__()
         self.server = server
+        self.tls = tls
         self._log_observer = log_observer
 
     @property
@@ -78,6 +82,11 @@ class ChatService(MultiService):
     @property
     def udp_port(self) -> int:
         return self._listener("udp").port_number
+
+    @property
+    def tls_port(self) -> int | None:
+        """The TLS port, or None when the daemon has no certificate."""
+        return self._listener("tls").port_number if self.tls is not None else None
 
     def _listener(self, name: str) -> ListeningService:
         service = self.getServiceNamed(name)
@@ -90,6 +99,15 @@ class ChatService(MultiService):
             globalLogPublisher.addObserver(self._log_observer)
         super().startService()
         self.warn_if_legacy_exposed()
+        if self.tls is not None:
+            self._log.info(
+                "TLS for native clients on port {tls_port}, certificate {fingerprint}",
+                event="tls",
+                tls_port=self.tls_port,
+                fingerprint=self.tls.fingerprint,
+            )
+            for warning in self.tls.warnings:
+                self._log.warn("TLS certificate: {warning}", event="tls_warning", warning=warning)
         self._log.info(
             "chatd listening on {interface}: TCP port {tcp_port}, UDP port {udp_port}",
             event="listening",
@@ -174,7 +192,10 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
     if reactor is None:
         from twisted.internet import reactor
     server = ChatServer(reactor, settings, run_hash=thread_runner(reactor))
-    top = ChatService(server, log_observer)
+    tls = (
+        load_server_certificate(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
+    )
+    top = ChatService(server, log_observer, tls)
 
     def listen_udp() -> IListeningPort:
         # One byte more than the limit, so an oversized datagram shows as
@@ -186,12 +207,19 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
     def listen_tcp() -> IListeningPort:
         return IReactorTCP(reactor).listenTCP(settings.tcp_port, server.tcp_factory, 1024, settings.interface)
 
-    for name, child in (
-        ("udp", ListeningService(listen_udp)),
-        ("tcp", ListeningService(listen_tcp)),
-        ("sweeper", _sweeper(server, reactor)),
-        ("shutdown", _ShutdownHook(server)),
-    ):
+    children: list[tuple[str, Service]] = [("udp", ListeningService(listen_udp)), ("tcp", ListeningService(listen_tcp))]
+    if tls is not None:
+        options = tls.options
+
+        def listen_tls() -> IListeningPort:
+            # The same factory: native clients speak the same frames, sealed by TLS.
+            return IReactorSSL(reactor).listenSSL(
+                settings.tls_port, server.tcp_factory, options, 1024, settings.interface
+            )
+
+        children.append(("tls", ListeningService(listen_tls)))
+    children += [("sweeper", _sweeper(server, reactor)), ("shutdown", _ShutdownHook(server))]
+    for name, child in children:
         child.setName(name)
         child.setServiceParent(top)
     return top

@@ -15,6 +15,10 @@ class Settings:
     interface: str = "127.0.0.1"
     tcp_port: int = 9001
     udp_port: int = 9002
+    tls_port: int = 9003
+    """TCP port for native clients over TLS, when a certificate is given."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
     idle_timeout: float = 300.0
     """Seconds without a datagram (message or keepalive) before a member is removed."""
     sweep_interval: float = 20.0

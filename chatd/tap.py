@@ -16,6 +16,7 @@ from typing_extensions import override
 from chatd.logs import json_observer
 from chatd.service import ChatService, exit_cleanly_on_signals, make_service
 from chatd.settings import Settings
+from chatd.tls import TLSSetupError, load_server_certificate
 
 _DEFAULTS = Settings()
 
@@ -46,6 +47,9 @@ class Options(usage.Options):
         ("interface", "i", _DEFAULTS.interface, "Address to listen on for TCP and UDP (IPv4 or IPv6, e.g. ::1)."),
         ("tcp-port", "t", _DEFAULTS.tcp_port, "TCP port for room operations.", _port),
         ("udp-port", "u", _DEFAULTS.udp_port, "UDP port for chat messages.", _port),
+        ("tls-port", None, _DEFAULTS.tls_port, "TCP port for native clients over TLS (with --tls-cert).", _port),
+        ("tls-cert", None, None, "PEM certificate (chain) for TLS; make one with chatd-cert."),
+        ("tls-key", None, None, "PEM private key of --tls-cert."),
         ("idle-timeout", None, _DEFAULTS.idle_timeout, "Seconds without activity before a member is removed.", float),
         ("sweep-interval", None, _DEFAULTS.sweep_interval, "Seconds between sweeps for idle members.", float),
         ("handshake-timeout", None, _DEFAULTS.handshake_timeout, "Seconds a connection has to enter a room.", float),
@@ -135,6 +139,13 @@ class Options(usage.Options):
         for name in ("max-room-name", "max-user-name"):
             if not 1 <= self[name] <= 255:
                 raise usage.UsageError(f"--{name} must be from 1 to 255")
+        if bool(self["tls-cert"]) != bool(self["tls-key"]):
+            raise usage.UsageError("--tls-cert and --tls-key go together")
+        if self["tls-cert"]:
+            try:
+                load_server_certificate(self["tls-cert"], self["tls-key"])
+            except TLSSetupError as error:
+                raise usage.UsageError(str(error)) from None
         cost = self["password-cost"]
         if cost < 2 or cost & (cost - 1):
             raise usage.UsageError("--password-cost must be a power of 2")
@@ -144,6 +155,9 @@ class Options(usage.Options):
             interface=self["interface"],
             tcp_port=self["tcp-port"],
             udp_port=self["udp-port"],
+            tls_port=self["tls-port"],
+            tls_cert=self["tls-cert"],
+            tls_key=self["tls-key"],
             idle_timeout=self["idle-timeout"],
             sweep_interval=self["sweep-interval"],
             handshake_timeout=self["handshake-timeout"],
