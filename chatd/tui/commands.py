@@ -1,0 +1,102 @@
+"""
+What a line typed in the chat screen means: text to send, or a slash command.
+
+Pure: no urwid, no client. The session decides what each command does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Command(Enum):
+    HELP = "help"
+    WHO = "who"
+    ME = "me"
+    INVITE = "invite"
+    LEAVE = "leave"
+    CLOSE = "close"
+    QUIT = "quit"
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """Text for the room, exactly as it goes on the wire."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A known slash command; C{argument} is the rest of the line, stripped."""
+
+    command: Command
+    argument: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A slash command nobody knows: said so, never sent as text."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A known command used wrongly; C{message} says how to use it."""
+
+    message: str
+
+
+Parsed = Say | Run | Unknown | Usage
+
+
+@dataclass(frozen=True, slots=True)
+class HelpEntry:
+    usage: str
+    description: str
+
+
+HELP: tuple[HelpEntry, ...] = (
+    HelpEntry("/help", "this list"),
+    HelpEntry("/who", "list the room's members"),
+    HelpEntry("/me TEXT", "send an action, shown as '* name TEXT'"),
+    HelpEntry("/invite", "(host) make a single-use invitation token"),
+    HelpEntry("/leave", "leave the room and pick another (a host leaving closes it)"),
+    HelpEntry("/close", "(host) close the room for everyone"),
+    HelpEntry("/quit", "leave the room and exit (also Ctrl-C)"),
+    HelpEntry("//TEXT", "send TEXT starting with one '/'"),
+)
+
+KEYS: tuple[HelpEntry, ...] = (
+    HelpEntry("Up/Down", "earlier lines you typed"),
+    HelpEntry("Tab", "complete a member's name or a command"),
+    HelpEntry("PgUp/PgDn", "scroll the conversation"),
+)
+
+COMMAND_NAMES: tuple[str, ...] = tuple(f"/{command.value}" for command in Command)
+"""For completion in the input line."""
+
+
+def parse(line: str) -> Parsed | None:
+    """
+    What C{line} asks for; None for a blank line (nothing to do).
+
+    A leading "//" sends the rest with one "/", so text may start with a slash.
+    """
+    if not line.strip():
+        return None
+    if not line.startswith("/"):
+        return Say(line)
+    if line.startswith("//"):
+        return Say(line[1:])
+    name, _, rest = line[1:].partition(" ")
+    argument = rest.strip()
+    try:
+        command = Command(name.lower())
+    except ValueError:
+        return Unknown(name)
+    if command is Command.ME and not argument:
+        return Usage("/me needs some text: /me waves")
+    return Run(command, argument)

@@ -1,0 +1,427 @@
+"""
+One visit to one room: the client's events become lines on the chat screen,
+and what is typed there becomes messages and commands for the client.
+
+The session owns its client (made by the factory it is given, with itself
+as the listener) and its ChatScreen. It never switches screens: leaving and
+quitting are handed to the controller through two callbacks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Callable
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chatd.client import DEFAULT_HOST, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT, ConnectionState, IChatListener, RoomInfo
+from chatd.errors import MessageTooLongError, NotInRoomError
+from chatd.events import (
+    ACTION_PREFIX,
+    ChatEvent,
+    ConnectionLost,
+    MemberJoined,
+    MemberLeft,
+    MessageReceived,
+    Reconnected,
+    Reconnecting,
+    RemovedForInactivity,
+    RoomClosed,
+    ServerStopping,
+    Throttled,
+)
+from chatd.tui.chat_screen import ChatScreen, LineKind, StatusInfo, Tone
+from chatd.tui.commands import HELP, KEYS, Command, Run, Say, Unknown, Usage, parse
+from chatd.tui.input_line import InputHistory
+from chatd.tui.screens import RoomChoice
+from chatd.tui.wording import describe
+
+
+class ChatClientLike(Protocol):
+    """What the app needs of a chat client: chatd.client.ChatClient, or a test's fake."""
+
+    @property
+    def state(self) -> ConnectionState: ...
+
+    @property
+    def info(self) -> RoomInfo | None: ...
+
+    @property
+    def members(self) -> tuple[str, ...]: ...
+
+    def create(self, room: str, user: str, password: str | None = None) -> Deferred[RoomInfo]: ...
+
+    def join(
+        self, room: str, user: str, password: str | None = None, invite: str | None = None
+    ) -> Deferred[RoomInfo]: ...
+
+    def send(self, text: str) -> None: ...
+
+    def invite(self) -> Deferred[str]: ...
+
+    def leave(self) -> Deferred[None]: ...
+
+
+ClientFactory = Callable[[str, int, int, IChatListener], ChatClientLike]
+"""Makes a client for (host, TCP port, UDP port) that tells C{listener} its events."""
+
+_RETRY_NOW = 0.05
+"""Seconds left at which a reconnect countdown says 'trying now'."""
+
+
+@implementer(IChatListener)
+class ChatSession:
+    _log = Logger()
+
+    def __init__(
+        self,
+        name: str,
+        choice: RoomChoice,
+        client_factory: ClientFactory,
+        clock: IReactorTime,
+        *,
+        on_leave: Callable[[str], None],
+        on_quit: Callable[[], None],
+        changed: Callable[[], None],
+        history: InputHistory | None = None,
+    ) -> None:
+        self.name = name
+        self.choice = choice
+        self._clock = clock
+        self._on_leave = on_leave
+        self._on_quit = on_quit
+        self._changed = changed
+        self._host = False
+        self._over: str | None = None
+        """Why the room is over for us (closed, removed, left), once it is."""
+        self._leaving: Deferred[None] | None = None
+        self._retry: Reconnecting | None = None
+        self._retry_at = 0.0
+        self._ticker: IDelayedCall | None = None
+        self._mention = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
+        self.screen = ChatScreen(choice.room, self._typed, history)
+        self.client = client_factory(choice.host, choice.tcp_port, choice.udp_port, self)
+        self._show_status()
+
+    # -- entering and leaving -------------------------------------------------
+
+    def enter(self) -> Deferred[RoomInfo]:
+        """Create or join the chosen room; fails with the client's error."""
+        choice = self.choice
+        if choice.create:
+            entering = self.client.create(choice.room, self.name, choice.password)
+        else:
+            entering = self.client.join(choice.room, self.name, choice.password, choice.invite)
+        self._update()
+        return entering.addCallback(self._entered)
+
+    def _entered(self, info: RoomInfo) -> RoomInfo:
+        self._host = info.host
+        now = self._clock.seconds()
+        if info.host:
+            self.screen.add_line(now, LineKind.NOTICE, f"You created room {info.room} and host it.")
+            self.screen.add_line(
+                now, LineKind.INFO, "/invite makes an invitation for a password room; /close ends the room."
+            )
+        else:
+            self.screen.add_line(now, LineKind.NOTICE, f"You joined room {info.room}.")
+        self._set_members(self.client.members)
+        self._who()
+        self.screen.add_line(now, LineKind.INFO, "/help lists the commands.")
+        self._update()
+        return info
+
+    def leave(self) -> Deferred[None]:
+        """Leave the room (once); safe in any state, and when already left."""
+        self._stop_ticker()
+        if self._leaving is None:
+            self._leaving = self.client.leave()
+            self._leaving.addErrback(self._log_failure, "while leaving")
+        # A fresh Deferred per caller: each may chain on it without disturbing the others.
+        done: Deferred[None] = Deferred()
+        self._leaving.addBoth(lambda result: done.callback(None))
+        return done
+
+    def _log_failure(self, failure: Failure, doing: str) -> None:
+        self._log.failure("{doing}", failure, doing=doing)
+
+    # -- what the client hears --------------------------------------------------
+
+    def chat_event(self, event: ChatEvent) -> None:
+        try:
+            self._show_event(event)
+        except Exception:
+            # This runs inside the client's protocol callbacks: a bug in the
+            # display must not break the connection as well.
+            failure = Failure()
+            self._log.failure("while showing {event!r}", failure, event=event)
+            self.screen.add_line(
+                self._clock.seconds(), LineKind.ERROR, f"Internal error: {describe(failure.value)}. Please report it."
+            )
+        self._update()
+
+    def _show_event(self, event: ChatEvent) -> None:
+        now = self._clock.seconds()
+        screen = self.screen
+        if isinstance(event, MessageReceived):
+            if event.is_action:
+                screen.add_action(event.time, event.sender, event.action)
+            else:
+                screen.add_message(event.time, event.sender, event.text, mention=bool(self._mention.search(event.text)))
+        elif isinstance(event, MemberJoined):
+            screen.add_line(now, LineKind.JOINED, f"{event.user} joined")
+            self._set_members(event.members)
+        elif isinstance(event, MemberLeft):
+            how = "was removed after too long without a sign of life" if event.timed_out else "left"
+            screen.add_line(now, LineKind.LEFT, f"{event.user} {how}")
+            self._set_members(event.members)
+        elif isinstance(event, RoomClosed):
+            reason = f": {event.reason}" if event.reason else ""
+            self._room_over(now, f"Room {event.room} was closed{reason}.")
+        elif isinstance(event, RemovedForInactivity):
+            self._room_over(now, _sentence(event.text))
+        elif isinstance(event, Throttled):
+            # Said by the server, since our own messages were shown as sent.
+            screen.add_line(now, LineKind.ERROR, _sentence(event.text))
+        elif isinstance(event, ServerStopping):
+            screen.add_line(now, LineKind.NOTICE, "The server is shutting down; reconnecting when it is back.")
+        elif isinstance(event, ConnectionLost):
+            if event.will_reconnect:
+                screen.add_line(now, LineKind.NOTICE, f"Lost the connection ({_clause(event.reason)}); reconnecting.")
+            else:
+                self._room_over(now, f"Lost the connection ({_clause(event.reason)}).")
+        elif isinstance(event, Reconnecting):
+            self._retry = event
+            self._retry_at = now + event.delay
+            self._tick()
+        elif isinstance(event, Reconnected):
+            self._retry = None
+            self._stop_ticker()
+            screen.add_line(now, LineKind.NOTICE, f"Reconnected to room {event.room}.")
+            self._set_members(event.members)
+
+    def _room_over(self, now: float, text: str) -> None:
+        self._over = text
+        self._retry = None
+        self._stop_ticker()
+        self._set_members(())
+        self.screen.add_line(now, LineKind.ERROR, text)
+        self.screen.add_line(now, LineKind.INFO, "/leave to pick another room, /quit to exit.")
+
+    def _set_members(self, members: tuple[str, ...]) -> None:
+        self.screen.set_members(members, self.name)
+
+    # -- the status line --------------------------------------------------------
+
+    def _state(self) -> tuple[str, Tone]:
+        state = self.client.state
+        if self._over is not None or state is ConnectionState.CLOSED:
+            return "closed", Tone.BAD
+        if self._retry is not None:
+            left = self._retry_at - self._clock.seconds()
+            when = f"in {math.ceil(left)}s" if left > _RETRY_NOW else "trying now"
+            return f"reconnecting (attempt {self._retry.attempt}, {when})", Tone.BUSY
+        if state is ConnectionState.IN_ROOM:
+            return "connected", Tone.GOOD
+        if state is ConnectionState.IDLE:
+            return "not connected", Tone.BAD
+        return state.value, Tone.BUSY
+
+    def _show_status(self) -> None:
+        text, tone = self._state()
+        choice = self.choice
+        self.screen.set_status(
+            StatusInfo(
+                room=choice.room,
+                user=self.name,
+                state=text,
+                tone=tone,
+                members=len(self.client.members) if self._over is None else 0,
+                host=self._host and self._over is None,
+                server=f"{choice.host}:{choice.tcp_port}",
+            )
+        )
+
+    def _update(self) -> None:
+        self._show_status()
+        self._changed()
+
+    def _tick(self) -> None:
+        """Count down to the next reconnect attempt, a second at a time."""
+        self._stop_ticker()
+        self._update()
+        left = self._retry_at - self._clock.seconds()
+        if self._retry is not None and left > _RETRY_NOW:
+            # Just past the next whole second, so the shown number has changed.
+            self._ticker = self._clock.callLater(min(left, (left % 1 or 1.0) + 0.01), self._tick)
+
+    def _stop_ticker(self) -> None:
+        if self._ticker is not None and self._ticker.active():
+            self._ticker.cancel()
+        self._ticker = None
+
+    # -- what is typed ------------------------------------------------------------
+
+    def _typed(self, line: str) -> None:
+        parsed = parse(line)
+        if parsed is None:
+            return
+        now = self._clock.seconds()
+        if isinstance(parsed, Say):
+            self._send(parsed.text, line)
+        elif isinstance(parsed, Unknown):
+            self.screen.add_line(now, LineKind.ERROR, f"Unknown command /{parsed.name} — /help lists them.")
+        elif isinstance(parsed, Usage):
+            self.screen.add_line(now, LineKind.ERROR, parsed.message)
+        else:
+            self._run(parsed, line)
+        self._update()
+
+    def _run(self, run: Run, line: str) -> None:
+        command = run.command
+        if command is Command.ME:
+            self._send(ACTION_PREFIX + run.argument, line)
+        elif command is Command.HELP:
+            self._help()
+        elif command is Command.WHO:
+            self._who()
+        elif command is Command.INVITE:
+            self._invite()
+        elif command is Command.CLOSE:
+            self._close()
+        elif command is Command.LEAVE:
+            self._leave()
+        elif command is Command.QUIT:
+            self._on_quit()
+
+    def _send(self, text: str, line: str) -> None:
+        now = self._clock.seconds()
+        try:
+            self.client.send(text)
+        except MessageTooLongError as error:
+            self._not_sent(now, f"{error}; shorten it", line)
+            return
+        except NotInRoomError:
+            self._not_sent(now, self._why_not_in_room(), line)
+            return
+        if text.startswith(ACTION_PREFIX):
+            self.screen.add_action(now, self.name, text[len(ACTION_PREFIX) :])
+        else:
+            self.screen.add_message(now, self.name, text, own=True)
+
+    def _not_sent(self, now: float, why: str, line: str) -> None:
+        self.screen.add_line(now, LineKind.ERROR, f"Not sent: {why}. Your text is back in the input line.")
+        self.screen.input.put_back(line)
+
+    def _why_not_in_room(self) -> str:
+        if self._over is not None:
+            return "you are no longer in the room (/leave to pick another)"
+        if self._retry is not None or self.client.state is ConnectionState.RECONNECTING:
+            return "reconnecting to the server; send it again once connected"
+        if self.client.state is ConnectionState.CONNECTING:
+            return "still connecting"
+        return "not in the room"
+
+    def _help(self) -> None:
+        now = self._clock.seconds()
+        self.screen.add_line(now, LineKind.INFO, "Commands:")
+        for entry in HELP:
+            self.screen.add_line(now, LineKind.INFO, f"  {entry.usage:<10} {entry.description}")
+        self.screen.add_line(now, LineKind.INFO, "Keys:")
+        for entry in KEYS:
+            self.screen.add_line(now, LineKind.INFO, f"  {entry.usage:<10} {entry.description}")
+
+    def _who(self) -> None:
+        now = self._clock.seconds()
+        if self._over is not None:
+            self.screen.add_line(now, LineKind.INFO, "Nobody: you are no longer in the room.")
+            return
+        you = "you, host" if self._host else "you"
+        names = sorted(self.client.members, key=str.casefold)
+        shown = ", ".join(f"{name} ({you})" if name == self.name else name for name in names)
+        count = f"{len(names)} member{'s' if len(names) != 1 else ''}"
+        self.screen.add_line(now, LineKind.INFO, f"{count} in room {self.choice.room}: {shown}")
+
+    def _host_only(self, what: str, instead: str) -> bool:
+        now = self._clock.seconds()
+        if self._over is not None:
+            self.screen.add_line(now, LineKind.ERROR, f"Cannot {what}: you are no longer in the room.")
+            return False
+        if not self._host:
+            self.screen.add_line(now, LineKind.ERROR, f"Only the room's host can {what}; {instead}.")
+            return False
+        return True
+
+    def _invite(self) -> None:
+        if not self._host_only("invite", "ask the host for an invitation"):
+            return
+
+        def show(token: str) -> None:
+            now = self._clock.seconds()
+            self.screen.add_line(now, LineKind.NOTICE, f"Invitation for room {self.choice.room}: {token}")
+            self.screen.add_line(now, LineKind.INFO, "It lets one person in, once. They join with:")
+            self.screen.add_line(now, LineKind.INFO, f"  {self._join_command(token)}")
+
+        def failed(failure: Failure) -> None:
+            self.screen.add_line(self._clock.seconds(), LineKind.ERROR, f"No invitation: {describe(failure.value)}.")
+
+        self.client.invite().addCallbacks(show, failed).addBoth(lambda _: self._update())
+
+    def _join_command(self, token: str) -> str:
+        choice = self.choice
+        words = ["chatd-chat"]
+        if choice.host != DEFAULT_HOST:
+            words += ["--host", choice.host]
+        if choice.tcp_port != DEFAULT_TCP_PORT:
+            words += ["--tcp-port", str(choice.tcp_port)]
+        if choice.udp_port != DEFAULT_UDP_PORT:
+            words += ["--udp-port", str(choice.udp_port)]
+        words += ["--room", choice.room, "--name", "THEIR-NAME", "--invite", token]
+        return shlex.join(words)
+
+    def _close(self) -> None:
+        if not self._host_only("close it", "/leave leaves it"):
+            return
+        room = self.choice.room
+
+        def closed(_: None) -> None:
+            now = self._clock.seconds()
+            self._over = f"You closed room {room}."
+            self._set_members(())
+            self.screen.add_line(
+                now,
+                LineKind.NOTICE,
+                f"You closed room {room}: everyone in it was told and removed."
+                " (A chatd room lasts as long as its host stays: the host leaving closes it.)",
+            )
+            self.screen.add_line(now, LineKind.INFO, "/leave to pick another room, /quit to exit.")
+            self._update()
+
+        self.leave().addCallback(closed)
+
+    def _leave(self) -> None:
+        room = self.choice.room
+        if self._over is not None:
+            said = self._over
+        elif self._host:
+            said = f"You left room {room}; as its host, leaving closed it for everyone."
+        else:
+            said = f"You left room {room}."
+        self.leave().addCallback(lambda _: self._on_leave(said))
+
+
+def _clause(text: str) -> str:
+    """A server's or Twisted's text to quote: no '* ' notice mark, a capital, no full stop."""
+    text = text.removeprefix("* ").strip().rstrip(".") or "no reason given"
+    return text[0].upper() + text[1:]
+
+
+def _sentence(text: str) -> str:
+    return _clause(text) + "."
