@@ -20,6 +20,7 @@ InvalidPasswordError, ...; see chatd.errors), never a bare number.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from enum import Enum
@@ -29,7 +30,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IReactorUDP
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IReactorUDP, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -37,22 +38,15 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import Interface
 
-from chatd.datagrams import (
-    MAX_DATAGRAM,
-    FrameType,
-    NativeFrame,
-    check_relay_size,
-    decode_native,
-    decode_relay_body,
-    encode_native,
-    native_header,
-)
+from chatd.datagrams import MAX_DATAGRAM, FrameType, check_relay_size, decode_relay_body
 from chatd.errors import (
+    CertificateError,
     ChatError,
     ClientError,
     ConnectionClosedError,
     ConnectionFailedError,
     FrameTooLargeError,
+    MalformedFrameError,
     MessageTooLongError,
     NotInRoomError,
     NotPermittedError,
@@ -74,8 +68,12 @@ from chatd.events import (
     event_from_notice,
 )
 from chatd.payloads import NATIVE_VERSION, decode_json
+from chatd.seal import OVERHEAD, REKEY_AFTER, Channel, Direction
+from chatd.tls import ChatTLSCreator, TrustPolicy, explain_tls_failure, tls_endpoint
 from chatd.wire import Frame, FrameDecoder, Operation, State, encode_frame
 
+UDP_CONFIRM_WAIT = 2.0
+"""Seconds a create or join waits for the server to answer the first keepalive."""
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TCP_PORT = 9001
 DEFAULT_UDP_PORT = 9002
@@ -200,6 +198,8 @@ class ChatClient:
         reconnect: bool = True,
         first_retry_delay: float = 0.5,
         max_retry_delay: float = 30.0,
+        tls: TrustPolicy | None = None,
+        rekey_after: int = REKEY_AFTER,
     ) -> None:
         self._reactor = reactor
         self._clock: IReactorTime = reactor
@@ -211,6 +211,13 @@ class ChatClient:
         self._reconnect = reconnect
         self._first_retry_delay = first_retry_delay
         self._max_retry_delay = max_retry_delay
+        self.tls = tls
+        """How to trust the server when tcp_port is its TLS port; None for plain TCP."""
+        self._rekey_after = rekey_after
+        self.newly_pinned: str | None = None
+        """The certificate fingerprint pinned on this first use, for the user interface to show."""
+        self.dropped_datagrams = 0
+        """Datagrams that did not authenticate, were replayed, or could not be read."""
 
         self.state = ConnectionState.IDLE
         self.info: RoomInfo | None = None
@@ -223,8 +230,10 @@ class ChatClient:
         self._udp: IListeningPort | None = None
         self._datagrams = _Datagrams(self)
         self._server_udp: tuple[str, int] | None = None
-        self._token = ""
-        self._sequence = 0
+        self._channel: Channel | None = None
+        self._rekeying = False
+        self._udp_waiters: list[Deferred[None]] = []
+        self._tls_creator: ChatTLSCreator | None = None
         self._request: _Request | None = None
         self._keepalive: LoopingCall | None = None
         self._retry: Deferred[None] | None = None
@@ -264,6 +273,8 @@ class ChatClient:
             payload["invite"] = wanted.invite
         request = Frame(wanted.operation, State.REQUEST, wanted.room, json.dumps(payload).encode("utf-8"))
         frames = await self._ask(request)
+        if self._tls_creator is not None and self._tls_creator.newly_pinned:
+            self.newly_pinned = self._tls_creator.newly_pinned
         answer = decode_json(frames[-1].payload)
         self.info = RoomInfo(
             room=str(answer["room"]),
@@ -273,7 +284,7 @@ class ChatClient:
             idle_timeout=float(answer["idle_timeout"]),
             keepalive_interval=float(answer["keepalive_interval"]),
         )
-        self._token = str(answer["token"])
+        self._channel = _channel_from(answer, self._rekey_after)
         self.members = self.info.members
         self.udp_confirmed = False
         self.state = ConnectionState.IN_ROOM
@@ -281,10 +292,17 @@ class ChatClient:
         self._keepalive.clock = self._clock
         # At once: the first datagram is what registers our UDP address.
         self._keepalive.start(self.info.keepalive_interval, now=True)
+        # Entered means messages can flow both ways, so wait (briefly) for the
+        # server to answer that keepalive; a blocked UDP path only delays it.
+        await self._udp_answer(UDP_CONFIRM_WAIT)
         return self.info
 
     async def _connect(self) -> _ControlConnection:
-        endpoint = HostnameEndpoint(self._reactor, self.host, self.tcp_port, timeout=self._request_timeout)
+        endpoint: IStreamClientEndpoint
+        if self.tls is not None:
+            endpoint, self._tls_creator = tls_endpoint(self._reactor, self.host, self.tcp_port, self.tls)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, self.host, self.tcp_port, timeout=self._request_timeout)
         try:
             control = await connectProtocol(endpoint, _ControlConnection(self))
         except (ConnectError, DNSLookupError, OSError) as error:
@@ -364,19 +382,25 @@ class ChatClient:
         self._emit(event)
 
     def _datagram_received(self, datagram: bytes, source: tuple[str, int]) -> None:
-        if source != self._server_udp:
+        channel = self._channel
+        if source != self._server_udp or channel is None:
             return
         try:
-            frame = decode_native(datagram)
-            if frame.frame_type is FrameType.RELAY:
-                relayed = decode_relay_body(frame.body)
+            frame_type, body = channel.open(datagram)
+            if frame_type == FrameType.RELAY:
+                relayed = decode_relay_body(body)
                 self._emit(MessageReceived(relayed.sender, relayed.text, relayed.timestamp_ms / 1000))
-            elif frame.frame_type is FrameType.NOTICE:
-                self._notice(decode_json(frame.body))
-            elif frame.frame_type is FrameType.KEEPALIVE_ACK:
+            elif frame_type == FrameType.NOTICE:
+                self._notice(decode_json(body))
+            elif frame_type == FrameType.KEEPALIVE_ACK:
                 self.udp_confirmed = True
-        except ProtocolError as error:
-            self._log.warn("unreadable datagram from the server: {error}", error=str(error))
+                waiters, self._udp_waiters = self._udp_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+        except ProtocolError:
+            # Forged, replayed, damaged, or under a key just replaced: dropped,
+            # as the server drops such datagrams, and never answered.
+            self.dropped_datagrams += 1
 
     def _emit(self, event: ChatEvent) -> None:
         if self.listener is not None:
@@ -393,25 +417,59 @@ class ChatClient:
             check_relay_size(self.info.user, body)
         except FrameTooLargeError:
             raise MessageTooLongError(f"a message of {len(body)} bytes is too long to relay") from None
-        # Our own datagram, header and token included, must fit as well.
-        if len(native_header(FrameType.MESSAGE, 0, self._token.encode("ascii"))) + len(body) > MAX_DATAGRAM:
+        # Our own sealed datagram must fit as well.
+        if OVERHEAD + len(body) > MAX_DATAGRAM:
             raise MessageTooLongError(f"a message of {len(body)} bytes is too long to send")
         self._send_datagram(FrameType.MESSAGE, body)
+
+    def flush(self, timeout: float = 2.0) -> Deferred[None]:
+        """
+        Fire once everything sent so far has reached the server: a keepalive
+        goes out, and the server answers datagrams in order, so its answer
+        comes after every earlier message was relayed. Fires anyway after
+        C{timeout} seconds (UDP may lose either datagram).
+        """
+        self._send_keepalive()
+        return Deferred.fromCoroutine(self._udp_answer(timeout))
+
+    async def _udp_answer(self, timeout: float) -> None:
+        answered: Deferred[None] = Deferred()
+        self._udp_waiters.append(answered)
+        answered.addTimeout(timeout, self._clock, onTimeoutCancel=lambda *_: None)
+        await answered
+        if answered in self._udp_waiters:
+            self._udp_waiters.remove(answered)
 
     def _send_keepalive(self) -> None:
         self._send_datagram(FrameType.KEEPALIVE, b"")
 
     def _send_datagram(self, frame_type: FrameType, body: bytes) -> None:
         transport = self._datagrams.transport
-        if self._udp is None or self._server_udp is None or transport is None:
+        channel = self._channel
+        if self._udp is None or self._server_udp is None or transport is None or channel is None:
             return
-        self._sequence += 1
-        data = encode_native(NativeFrame(frame_type, self._sequence, self._token.encode("ascii"), body))
+        data = channel.seal(frame_type, body)
         try:
             transport.write(data, self._server_udp)
         except OSError as error:
             # A lost datagram, as UDP may lose any; the keepalive tries again.
             self._log.warn("could not send a datagram: {error}", error=str(error))
+        if channel.needs_rekey and not self._rekeying and self._request is None:
+            self._rekeying = True
+            Deferred.fromCoroutine(self._rekey()).addErrback(
+                lambda failure: self._log.warn(
+                    "could not replace the UDP key: {error}", error=failure.getErrorMessage()
+                )
+            )
+
+    async def _rekey(self) -> None:
+        """Ask for a fresh key before the counter runs out; the server stops accepting the old one."""
+        try:
+            assert self.info is not None
+            frames = await self._ask(Frame(Operation.REKEY, State.REQUEST, self.info.room, b""))
+            self._channel = _channel_from(decode_json(frames[-1].payload), self._rekey_after)
+        finally:
+            self._rekeying = False
 
     def invite(self) -> Deferred[str]:
         """Mint a single-use invitation token (the host only)."""
@@ -456,8 +514,9 @@ class ChatClient:
                 await stopped
 
     def _control_lost(self, control: _ControlConnection, reason: Failure) -> None:
+        refusal = explain_tls_failure(reason, self._tls_creator) if self.tls is not None else None
         if self._request is not None:
-            self._request.answered.errback(ConnectionClosedError("the server closed the connection"))
+            self._request.answered.errback(refusal or ConnectionClosedError("the server closed the connection"))
         if control is not self._control:
             return
         self._control = None
@@ -465,9 +524,9 @@ class ChatClient:
             self._keepalive.stop()
         if self._leaving or self.state is not ConnectionState.IN_ROOM:
             return
-        if self._room_over:
-            # The room ended (closed by its host, or we were removed): there
-            # is nothing to come back to.
+        if self._room_over or isinstance(refusal, CertificateError):
+            # The room ended (closed by its host, or we were removed), or the
+            # server is not the one we trust: there is nothing to come back to.
             self.state = ConnectionState.CLOSED
             Deferred.fromCoroutine(self._shut(close_udp=True))
             return
@@ -538,6 +597,15 @@ class ChatClient:
         finally:
             if self.state is ConnectionState.CONNECTING:
                 self.state = ConnectionState.RECONNECTING
+
+
+def _channel_from(answer: dict[str, Any], rekey_after: int) -> Channel:
+    """The UDP key the server handed out in a complete frame (create, join, rekey)."""
+    try:
+        key = base64.b64decode(str(answer["key"]), validate=True)
+        return Channel(key, int(answer["key_id"]), Direction.TO_SERVER, rekey_after=rekey_after)
+    except (KeyError, ValueError, TypeError) as error:
+        raise MalformedFrameError(f"the server's key is unusable: {error}") from None
 
 
 def _reason(error: BaseException) -> str:

@@ -1,9 +1,11 @@
 """
-The UDP datagram codec: legacy chat datagrams and native frames.
+The UDP datagram codec: legacy chat datagrams, and what native frames carry.
 
 Pure, like chatd.wire. A first byte of 0x00 is never a valid legacy
-RoomNameSize (room names are not empty), so it marks a native frame. Layouts
-are specified in docs/protocol.md, "UDP datagrams".
+RoomNameSize (room names are not empty), so it marks a native frame; native
+frames are sealed (chatd.seal), and this module holds what goes inside them:
+the frame types and the RELAY body. Layouts are specified in
+docs/protocol.md, "UDP datagrams".
 """
 
 from __future__ import annotations
@@ -12,20 +14,19 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from chatd.errors import FrameTooLargeError, MalformedFrameError, UnsupportedVersionError
-from chatd.payloads import NATIVE_VERSION, decode_text
+from chatd.errors import FrameTooLargeError, MalformedFrameError
+from chatd.payloads import decode_text
+from chatd.seal import OVERHEAD, SEALED_MARKER, SealedHeader, peek_header
 
 MAX_DATAGRAM = 4096
-NATIVE_MARKER = 0x00
-
-_NATIVE_HEADER = struct.Struct("!BBBBQB")
-"""marker, version, frame type, flags, sequence number, authentication length."""
 
 _RELAY_PREFIX = struct.Struct("!QB")
 """server time in milliseconds, sender name length."""
 
 
 class FrameType(IntEnum):
+    """What a sealed native frame carries; encrypted, so only the two ends see it."""
+
     MESSAGE = 1
     """Client to server: chat text to relay."""
     KEEPALIVE = 2
@@ -38,6 +39,10 @@ class FrameType(IntEnum):
     """Server to client: the answer to a keepalive, so the client knows UDP works."""
 
 
+CLIENT_FRAME_TYPES = frozenset((FrameType.MESSAGE, FrameType.KEEPALIVE))
+"""The frame types a client may send; the others are the server's."""
+
+
 @dataclass(frozen=True, slots=True)
 class LegacyDatagram:
     """C{[RoomNameSize][TokenSize][room][token][message]}, the shared legacy form."""
@@ -46,16 +51,6 @@ class LegacyDatagram:
     token: str
     message: bytes
     """The message as sent; checked to be UTF-8 so it can be relayed as is."""
-
-
-@dataclass(frozen=True, slots=True)
-class NativeFrame:
-    frame_type: FrameType
-    sequence: int
-    auth: bytes
-    """Authentication data: in version 1 the member's token."""
-    body: bytes
-    flags: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +67,17 @@ def _check_size(data: bytes) -> None:
         raise FrameTooLargeError(f"datagram of {len(data)} bytes is over {MAX_DATAGRAM}")
 
 
-def decode_datagram(data: bytes) -> LegacyDatagram | NativeFrame:
-    """Decode any client datagram; every failure is a ProtocolError."""
+def decode_datagram(data: bytes) -> LegacyDatagram | SealedHeader:
+    """
+    Decode any client datagram as far as can be done without keys: a legacy
+    datagram whole, a native one to its clear header. Every failure is a
+    ProtocolError.
+    """
     _check_size(data)
     if not data:
         raise MalformedFrameError("empty datagram")
-    if data[0] == NATIVE_MARKER:
-        return decode_native(data)
+    if data[0] == SEALED_MARKER:
+        return peek_header(data)
     return decode_legacy(data)
 
 
@@ -106,41 +105,7 @@ def encode_legacy(room: str, token: str, message: str) -> bytes:
     return bytes((len(room_bytes), len(token_bytes))) + room_bytes + token_bytes + message.encode("utf-8")
 
 
-def decode_native(data: bytes) -> NativeFrame:
-    _check_size(data)
-    if len(data) < _NATIVE_HEADER.size:
-        raise MalformedFrameError("native frame shorter than its header")
-    marker, version, frame_type, flags, sequence, auth_size = _NATIVE_HEADER.unpack_from(data)
-    if marker != NATIVE_MARKER:
-        raise MalformedFrameError("not a native frame")
-    if version != NATIVE_VERSION:
-        raise UnsupportedVersionError(f"native frame version {version}")
-    try:
-        kind = FrameType(frame_type)
-    except ValueError:
-        raise MalformedFrameError(f"unknown native frame type {frame_type}") from None
-    body_start = _NATIVE_HEADER.size + auth_size
-    if len(data) < body_start:
-        raise MalformedFrameError("native frame shorter than its authentication data")
-    body = data[body_start:]
-    if kind in (FrameType.MESSAGE, FrameType.NOTICE):
-        decode_text(body, "message")
-    return NativeFrame(kind, sequence, data[_NATIVE_HEADER.size : body_start], body, flags)
-
-
-def encode_native(frame: NativeFrame) -> bytes:
-    header = _NATIVE_HEADER.pack(
-        NATIVE_MARKER, NATIVE_VERSION, frame.frame_type, frame.flags, frame.sequence, len(frame.auth)
-    )
-    return header + frame.auth + frame.body
-
-
-def native_header(frame_type: FrameType, sequence: int, auth: bytes = b"", flags: int = 0) -> bytes:
-    """The fixed part of a native frame, for senders that add the body themselves."""
-    return _NATIVE_HEADER.pack(NATIVE_MARKER, NATIVE_VERSION, frame_type, flags, sequence, len(auth)) + auth
-
-
-RELAY_OVERHEAD = _NATIVE_HEADER.size + _RELAY_PREFIX.size
+RELAY_OVERHEAD = OVERHEAD + _RELAY_PREFIX.size
 """Bytes a relayed copy adds to sender name and message, at most (native; legacy adds 2)."""
 
 

@@ -165,6 +165,12 @@ class WrongSourceError(ProtocolError):
     reason = "wrong_source"
 
 
+class UnknownKeyError(ProtocolError):
+    """A sealed datagram names a key id that no live member holds."""
+
+    reason = "unknown_key"
+
+
 class UnregisteredError(ProtocolError):
     """A legacy member sent a datagram before registering its UDP port."""
 

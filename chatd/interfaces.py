@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from chatd.payloads import Dialect, Notice, RoomRequest
     from chatd.rooms import CloseReason, LeaveReason, Member, Room
+    from chatd.seal import Channel
 
 
 class IMemberConnection(Interface):
@@ -61,6 +62,12 @@ class IRoomStore(Interface):
 
     def member_for_token(token: str) -> Member | None:
         """The live member holding C{token}, if any."""
+
+    def member_for_key_id(key_id: int) -> Member | None:
+        """The live native member whose UDP key has this id, if any."""
+
+    def rekey(member: Member) -> Channel:
+        """Give a native member a fresh UDP key (and id); the old one stops working."""
 
     def bind_address(member: Member, address: tuple[str, int]) -> None:
         """From now on C{member} sends and receives datagrams at C{address}."""

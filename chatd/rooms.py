@@ -33,6 +33,7 @@ from chatd.interfaces import IMemberConnection, IRoomObserver, IRoomStore
 from chatd.passwords import PasswordHash, hash_password, verify_password
 from chatd.payloads import Dialect, RoomRequest, validate_name
 from chatd.ratelimit import MemberRateLimit
+from chatd.seal import Channel, Direction, new_key, new_key_id
 from chatd.settings import Settings
 
 HashRunner = Callable[[Callable[[], Any]], "Deferred[Any]"]
@@ -72,8 +73,8 @@ class Member:
     """Where this member's datagrams come from and go to, once registered."""
     connection: IMemberConnection | None = None
     """The open TCP connection, while the member holds one."""
-    sequence: int = 0
-    """The last sequence number the server used in a native frame to this member."""
+    channel: Channel | None = None
+    """A native member's UDP key: seals what the server sends it, opens what it sends."""
     rate_limit: MemberRateLimit | None = None
     """Messages and bytes per second this member may send (None: unlimited)."""
 
@@ -115,6 +116,7 @@ class RoomRegistry:
         self._rooms: dict[str, Room] = {}
         self._creating: set[str] = set()
         self._by_token: dict[str, Member] = {}
+        self._by_key_id: dict[int, Member] = {}
         self._invitations: dict[str, Room] = {}
 
     # -- control operations -------------------------------------------------
@@ -207,7 +209,25 @@ class RoomRegistry:
         member = Member(username, token, room, dialect, self._clock.seconds(), rate_limit=limit)
         room.members[username] = member
         self._by_token[token] = member
+        if dialect is Dialect.NATIVE:
+            self._give_key(member)
         return member
+
+    def _give_key(self, member: Member) -> None:
+        key_id = new_key_id()
+        while key_id in self._by_key_id:
+            key_id = new_key_id()
+        if member.channel is not None:
+            del self._by_key_id[member.channel.key_id]
+        member.channel = Channel(new_key(), key_id, Direction.TO_CLIENT)
+        self._by_key_id[key_id] = member
+
+    def rekey(self, member: Member) -> Channel:
+        if member.channel is None or self._by_token.get(member.token) is not member:
+            raise NotPermittedError("only a native member has a key to replace")
+        self._give_key(member)
+        assert member.channel is not None
+        return member.channel
 
     def mint_invitation(self, member: Member) -> str:
         room = member.room
@@ -220,6 +240,9 @@ class RoomRegistry:
 
     def member_for_token(self, token: str) -> Member | None:
         return self._by_token.get(token)
+
+    def member_for_key_id(self, key_id: int) -> Member | None:
+        return self._by_key_id.get(key_id)
 
     def bind_address(self, member: Member, address: tuple[str, int]) -> None:
         member.address = address
@@ -237,7 +260,7 @@ class RoomRegistry:
             close = CloseReason.HOST_TIMED_OUT if reason is LeaveReason.TIMED_OUT else CloseReason.HOST_LEFT
             self.close_room(room, close)
             return
-        del self._by_token[member.token]
+        self._forget_member(member)
         del room.members[member.name]
         if self.observer is not None:
             self.observer.member_left(member, reason)
@@ -247,11 +270,16 @@ class RoomRegistry:
             return
         members = list(room.members.values())
         for member in members:
-            del self._by_token[member.token]
+            self._forget_member(member)
         room.members.clear()
         self._forget(room)
         if self.observer is not None:
             self.observer.room_closed(room, members, reason)
+
+    def _forget_member(self, member: Member) -> None:
+        del self._by_token[member.token]
+        if member.channel is not None:
+            self._by_key_id.pop(member.channel.key_id, None)
 
     def _forget(self, room: Room) -> None:
         room.closed = True

@@ -69,7 +69,7 @@ from typing import Final, NoReturn
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from chatd.errors import AuthenticationFailedError, MalformedFrameError, UnsupportedVersionError
+from chatd.errors import AuthenticationFailedError, MalformedFrameError, ReplayedError, UnsupportedVersionError
 
 SEALED_MARKER: Final = 0x00
 SEALED_VERSION: Final = 1
@@ -250,6 +250,11 @@ class ReplayWindow:
     def size(self) -> int:
         return self._size
 
+    @property
+    def newest(self) -> int:
+        """The newest accepted counter, or -1 before any."""
+        return self._newest
+
     def check(self, counter: int) -> bool:
         """Whether counter is fresh. Changes nothing."""
         newest = self._newest
@@ -276,3 +281,63 @@ class ReplayWindow:
             self._newest = counter
         else:
             self._bitmap |= 1 << -shift
+
+
+class Channel:
+    """
+    One side's state for one key: seals what it sends, with a counter that
+    never repeats, and opens what it receives, refusing replays.
+
+    The server keeps one per native member (sending TO_CLIENT); a client keeps
+    one for its membership (sending TO_SERVER). A new key means a new Channel.
+    """
+
+    __slots__ = ("_receiving", "_sealer", "_sending", "_window", "key", "key_id", "rekey_after", "sent")
+
+    def __init__(
+        self,
+        key: bytes,
+        key_id: int,
+        sending: Direction,
+        rekey_after: int = REKEY_AFTER,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        self.key = key
+        self.key_id = key_id
+        self._sealer = Sealer(key)
+        self._sending = sending
+        self._receiving = Direction.TO_CLIENT if sending is Direction.TO_SERVER else Direction.TO_SERVER
+        self._window = ReplayWindow(window)
+        self.rekey_after = rekey_after
+        self.sent = 0
+        """The counter the next sealed frame will carry."""
+
+    @property
+    def needs_rekey(self) -> bool:
+        """Time to ask for a new key: the counter is near the end of what the key may carry."""
+        return self.sent >= self.rekey_after
+
+    @property
+    def newest_received(self) -> int:
+        return self._window.newest
+
+    def seal(self, frame_type: int, body: bytes) -> bytes:
+        counter = self.sent
+        self.sent = counter + 1
+        return self._sealer.seal(self._sending, self.key_id, counter, frame_type, body)
+
+    def open(self, datagram: bytes, header: SealedHeader | None = None) -> tuple[int, bytes]:
+        """
+        The frame type and body of a datagram for this channel. Raises
+        ReplayedError, AuthenticationFailedError, or what peek_header raises.
+        Only an authenticated datagram moves the replay window.
+        """
+        if header is None:
+            header = peek_header(datagram)
+        if header.key_id != self.key_id:
+            raise AuthenticationFailedError("sealed frame under another key")
+        if not self._window.check(header.counter):
+            raise ReplayedError(f"counter {header.counter} was seen before or is too old")
+        _, frame_type, body = self._sealer.open(self._receiving, datagram)
+        self._window.accept(header.counter)
+        return frame_type, body

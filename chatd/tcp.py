@@ -11,12 +11,13 @@ as that dialect expects.
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 from typing import TYPE_CHECKING
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import ITransport
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
 def _host_of(address: IAddress) -> str:
     if isinstance(address, IPv4Address | IPv6Address):
         return address.host
@@ -83,6 +88,11 @@ class RoomProtocol(Protocol):
         self._close_waiters: list[Deferred[None]] = []
 
     # -- connection life ----------------------------------------------------
+
+    @property
+    def secure(self) -> bool:
+        """Whether this connection runs over TLS (the daemon's TLS port)."""
+        return ISSLTransport.providedBy(self.transport)
 
     @override
     def connectionMade(self) -> None:
@@ -155,6 +165,12 @@ class RoomProtocol(Protocol):
             member = self._member_for(frame)
             self._store.bind_address(member, (self.peer_host, parse_port(frame.payload)))
             self._acknowledge(frame.operation, Status.SUCCESS, frame.room)
+        elif frame.operation is Operation.REKEY:
+            member = self._member_for(frame)
+            channel = self._store.rekey(member)
+            self._acknowledge(frame.operation, Status.SUCCESS, frame.room)
+            payload = encode_json({"key": _b64(channel.key), "key_id": channel.key_id})
+            self._send(Frame(Operation.REKEY, State.COMPLETE, member.room.name, payload, self._encoding))
         elif frame.operation is Operation.INVITE:
             member = self._member_for(frame)
             if not member.is_host:
@@ -190,6 +206,8 @@ class RoomProtocol(Protocol):
         if self.dialect is not Dialect.NATIVE and not self._settings.legacy:
             raise NotPermittedError("this server serves native clients only: legacy dialects are turned off")
         request = parse_room_request(frame.payload, self._settings.max_user_name)
+        if request.native_only and not self.secure:
+            raise NotPermittedError("a native-only room can only be created over TLS")
         guessing = frame.operation is Operation.JOIN and bool(request.password or request.invite)
         # Charged before the check, so that parallel guesses are counted too.
         if guessing and not self._factory.password_attempts.take(self.peer_host):
@@ -237,9 +255,12 @@ class RoomProtocol(Protocol):
     def _complete_payload(self, member: Member) -> bytes:
         if member.dialect is not Dialect.NATIVE:
             return member.token.encode("ascii")
+        assert member.channel is not None
         return encode_json(
             {
                 "token": member.token,
+                "key": _b64(member.channel.key),
+                "key_id": member.channel.key_id,
                 "room": member.room.name,
                 "user": member.name,
                 "host": member.is_host,

@@ -20,28 +20,28 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from chatd.datagrams import (
+    CLIENT_FRAME_TYPES,
     FrameType,
     LegacyDatagram,
-    NativeFrame,
     check_relay_size,
     decode_datagram,
     encode_relay_body,
-    native_header,
     relay_text,
 )
 from chatd.errors import (
     MalformedFrameError,
     ProtocolError,
     RateLimitedError,
+    UnknownKeyError,
     UnknownTokenError,
     UnregisteredError,
-    UnsupportedVersionError,
     WrongRoomError,
     WrongSourceError,
 )
 from chatd.interfaces import IRoomStore
-from chatd.payloads import Dialect, Notice
+from chatd.payloads import Dialect, Notice, decode_text
 from chatd.rooms import LeaveReason, Member
+from chatd.seal import REJECT_AFTER, SealedHeader
 
 Address = tuple[str, int]
 EXIT_COMMAND = b"/exit"
@@ -107,8 +107,8 @@ class RelayProtocol(DatagramProtocol):
         source = (addr[0], addr[1])
         try:
             decoded = decode_datagram(datagram)
-            if isinstance(decoded, NativeFrame):
-                self._native(decoded, source)
+            if isinstance(decoded, SealedHeader):
+                self._native(datagram, decoded, source)
             else:
                 self._legacy(decoded, source)
         except ProtocolError as error:
@@ -120,7 +120,7 @@ class RelayProtocol(DatagramProtocol):
         member = self._store.member_for_token(datagram.token)
         if member is None or member.dialect is Dialect.NATIVE:
             # A native member's token is not accepted in the legacy form, so
-            # that what the native protocol checks cannot be bypassed.
+            # that the native protocol's sealing cannot be bypassed.
             raise UnknownTokenError("no legacy member holds this token")
         if member.room.name != datagram.room:
             raise WrongRoomError("the token belongs to another room")
@@ -131,31 +131,26 @@ class RelayProtocol(DatagramProtocol):
         self._store.touch(member)
         self._message(member, datagram.message)
 
-    def _native(self, frame: NativeFrame, source: Address) -> None:
-        try:
-            token = frame.auth.decode("ascii")
-        except UnicodeDecodeError:
-            raise UnknownTokenError("no member holds this token") from None
-        member = self._store.member_for_token(token)
-        if member is None or member.dialect is not Dialect.NATIVE:
-            raise UnknownTokenError("no native member holds this token")
-        if frame.flags:
-            raise UnsupportedVersionError(f"flags {frame.flags:#04x} are not defined in version 1")
-        if frame.frame_type not in (FrameType.MESSAGE, FrameType.KEEPALIVE):
-            raise MalformedFrameError(f"frame type {frame.frame_type.name} is not sent by clients")
-        if member.address is None:
-            # The native registration: the first valid datagram binds the address.
+    def _native(self, datagram: bytes, header: SealedHeader, source: Address) -> None:
+        member = self._store.member_for_key_id(header.key_id)
+        if member is None or member.channel is None:
+            raise UnknownKeyError("no member holds this key")
+        frame_type, body = member.channel.open(datagram, header)
+        # Authenticated from here on; still refuse the server's own frame
+        # types before the address is learned from this datagram.
+        if frame_type not in CLIENT_FRAME_TYPES:
+            raise MalformedFrameError(f"frame type {frame_type} is not sent by clients")
+        if member.address != source:
+            # Learned, or changed (roaming), only from an authenticated datagram.
             self._store.bind_address(member, source)
-        elif member.address != source:
-            raise WrongSourceError("the token is bound to another address")
-        if frame.frame_type is FrameType.MESSAGE:
-            self._store.touch(member)
-            self._message(member, frame.body)
+        self._store.touch(member)
+        if frame_type == FrameType.MESSAGE:
+            decode_text(body, "message")
+            self._message(member, body)
         else:
-            self._store.touch(member)
             self._within_limit(member, 0)
-            # Header only: never larger than the keepalive, which carried a token.
-            self._send(source, native_header(FrameType.KEEPALIVE_ACK, frame.sequence))
+            # Sealed like the keepalive, with an empty body: never larger than it.
+            self._send_sealed(member, FrameType.KEEPALIVE_ACK, b"")
 
     def _message(self, sender: Member, message: bytes) -> None:
         if message.strip() == EXIT_COMMAND:
@@ -169,11 +164,11 @@ class RelayProtocol(DatagramProtocol):
         for member in sender.room.members.values():
             if member is sender or member.address is None:
                 continue
-            if member.dialect is Dialect.NATIVE:
+            if member.channel is not None:
                 if native is None:
                     native = encode_relay_body(sender.name, message, int(self._clock.seconds() * 1000))
-                member.sequence += 1
-                self._send(member.address, native_header(FrameType.RELAY, member.sequence) + native)
+                # Re-sealed for each recipient, under its own key and counter.
+                self._send_sealed(member, FrameType.RELAY, native)
             else:
                 if legacy is None:
                     legacy = relay_text(sender.name, message)
@@ -192,10 +187,19 @@ class RelayProtocol(DatagramProtocol):
         if member.address is None:
             return
         body = notice.encode_for(member.name, member.dialect)
-        if member.dialect is Dialect.NATIVE:
-            member.sequence += 1
-            body = native_header(FrameType.NOTICE, member.sequence) + body
-        self._send(member.address, body)
+        if member.channel is not None:
+            self._send_sealed(member, FrameType.NOTICE, body)
+        else:
+            self._send(member.address, body)
+
+    def _send_sealed(self, member: Member, frame_type: FrameType, body: bytes) -> None:
+        channel = member.channel
+        assert channel is not None and member.address is not None
+        if channel.sent >= REJECT_AFTER:
+            # The key is spent and the client has not asked for a new one.
+            self.send_errors += 1
+            return
+        self._send(member.address, channel.seal(frame_type, body))
 
     def _send(self, address: Address, data: bytes) -> None:
         # One recipient's failure (gone interface, oversized, wrong family)

@@ -34,6 +34,8 @@ class Operation(IntEnum):
     REGISTER_UDP = 3
     INVITE = 4
     NOTICE = 5
+    REKEY = 6
+    """Native only: replace the member's UDP key (before its counter runs out)."""
 
 
 class State(IntEnum):

@@ -64,10 +64,10 @@ WAIT = 5.0
 """Seconds any single wait may take before the test fails."""
 MAX_DATAGRAM = 4096
 """docs/protocol.md section 7: no datagram, either way, is larger."""
-NATIVE_MESSAGE_OVERHEAD = 13 + 22
-"""A native MESSAGE frame: 13 header bytes, then the 22-character token (section 7)."""
-RELAY_OVERHEAD = 22
-"""A relayed copy adds 22 bytes to the sender's name and the message (section 7.2)."""
+NATIVE_MESSAGE_OVERHEAD = 15 + 1 + 16
+"""A sealed MESSAGE frame: 15 clear header bytes, the frame type, the 16-byte tag (section 7)."""
+RELAY_OVERHEAD = NATIVE_MESSAGE_OVERHEAD + 9
+"""A relayed copy adds a sealed frame and the RELAY body's 9-byte prefix to name and message (section 7.2)."""
 IDLE: dict[str, Any] = {"idle_timeout": 0.5, "sweep_interval": 0.1, "keepalive_interval": 0.1}
 """A server that removes a member after half a second of silence, and asks for a keepalive every 0.1 s."""
 
@@ -337,8 +337,8 @@ class ClientTests(unittest.TestCase):
         alice = self.person(service, "alice")
         info = await bounded(alice.client.create("lobby", "alice"), "alice creates lobby")
         self.assertEqual((info.idle_timeout, info.keepalive_interval), (0.5, 0.1))
-        self.assertFalse(alice.client.udp_confirmed)
-        await self.keepalive_answered(alice)
+        # Entering waits for the server's answer to the first keepalive.
+        self.assertTrue(alice.client.udp_confirmed)
         bob = await self.enter(service, "bob")
         carol = await self.enter(service, "carol")
         self.silence(carol)
@@ -570,9 +570,9 @@ class ClientTests(unittest.TestCase):
         """
         The longest message the client accepts reaches the others; one byte more is MessageTooLongError.
 
-        Two limits apply (docs/protocol.md section 7): the sender's datagram
-        (header and token included) and each relayed copy (sender's name
-        included) must fit in 4096 bytes. A short name meets the first first.
+        Two limits apply (docs/protocol.md section 7): the sender's sealed
+        datagram and each relayed copy (sender's name included) must fit in
+        4096 bytes; with sealing the second is always the tighter one.
         """
         service = self.serve()
         short = await self.enter(service, "al", create=True)

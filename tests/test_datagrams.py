@@ -9,20 +9,17 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.datagrams import (
+    CLIENT_FRAME_TYPES,
     MAX_DATAGRAM,
-    NATIVE_MARKER,
+    RELAY_OVERHEAD,
     FrameType,
     LegacyDatagram,
-    NativeFrame,
     RelayedMessage,
     decode_datagram,
     decode_legacy,
-    decode_native,
     decode_relay_body,
     encode_legacy,
-    encode_native,
     encode_relay_body,
-    native_header,
     relay_text,
 )
 from chatd.errors import (
@@ -30,24 +27,15 @@ from chatd.errors import (
     InvalidUTF8Error,
     MalformedFrameError,
     ProtocolError,
-    Status,
     UnsupportedVersionError,
 )
-from chatd.payloads import NATIVE_VERSION
-
-NATIVE_HEADER_SIZE = 13
-"""marker, version, type, flags (1 byte each), sequence (8), auth length (1)."""
+from chatd.seal import Channel, Direction, SealedHeader, new_key
 
 
 def _short_utf8(min_bytes: int, max_bytes: int) -> st.SearchStrategy[str]:
     return st.text(min_size=min_bytes, max_size=max_bytes).filter(
         lambda text: min_bytes <= len(text.encode("utf-8")) <= max_bytes
     )
-
-
-def native(frame_type: int, body: bytes = b"", auth: bytes = b"tok", version: int = NATIVE_VERSION) -> bytes:
-    """A native frame built by hand, so the encoder is not trusted to test the decoder."""
-    return bytes((NATIVE_MARKER, version, frame_type, 0)) + (7).to_bytes(8, "big") + bytes((len(auth),)) + auth + body
 
 
 class LegacyDatagramTests(SynchronousTestCase):
@@ -115,102 +103,33 @@ class LegacyDatagramTests(SynchronousTestCase):
         )
 
 
-class NativeFrameTests(SynchronousTestCase):
-    def test_header_layout(self) -> None:
-        self.assertEqual(
-            native_header(FrameType.KEEPALIVE_ACK, 0x0102030405060708, b"ab", flags=0x80),
-            b"\x00\x01\x05\x80\x01\x02\x03\x04\x05\x06\x07\x08\x02ab",
-        )
-        self.assertEqual(len(native_header(FrameType.RELAY, 1)), NATIVE_HEADER_SIZE)
+class NativeDatagramTests(SynchronousTestCase):
+    """Native datagrams are sealed (tests/test_seal.py); decode_datagram reads their clear header."""
 
-    def test_decode_message(self) -> None:
-        frame = decode_datagram(native(FrameType.MESSAGE, "h\u00e9".encode(), auth=b"token"))
-        self.assertEqual(frame, NativeFrame(FrameType.MESSAGE, 7, b"token", "h\u00e9".encode()))
+    def test_native_datagram_decodes_to_its_header(self) -> None:
+        sealed = Channel(new_key(), 77, Direction.TO_SERVER).seal(FrameType.MESSAGE, b"hi")
+        self.assertEqual(decode_datagram(sealed), SealedHeader(77, 0, 0))
 
-    def test_decode_keepalive(self) -> None:
-        self.assertEqual(decode_datagram(native(FrameType.KEEPALIVE)), NativeFrame(FrameType.KEEPALIVE, 7, b"tok", b""))
+    def test_short_native_datagram(self) -> None:
+        with self.assertRaises(MalformedFrameError):
+            decode_datagram(b"\x00\x01\x00")
 
-    def test_flags(self) -> None:
-        data = bytearray(native(FrameType.KEEPALIVE))
-        data[3] = 0xA5
-        self.assertEqual(decode_native(bytes(data)).flags, 0xA5)
+    def test_other_version(self) -> None:
+        with self.assertRaises(UnsupportedVersionError):
+            decode_datagram(b"\x00\x02" + bytes(40))
 
-    def test_server_side_types_decode(self) -> None:
-        """Clients decode what the server sends; refusing these from clients is the UDP adapter's job."""
-        relay_body = encode_relay_body("ann", b"hi", 1)
-        self.assertEqual(
-            decode_datagram(native(FrameType.RELAY, relay_body, auth=b"")),
-            NativeFrame(FrameType.RELAY, 7, b"", relay_body),
-        )
-        self.assertEqual(
-            decode_datagram(native(FrameType.NOTICE, b'{"event": "left"}', auth=b"")),
-            NativeFrame(FrameType.NOTICE, 7, b"", b'{"event": "left"}'),
-        )
-        self.assertEqual(
-            decode_datagram(native(FrameType.KEEPALIVE_ACK, auth=b"")),
-            NativeFrame(FrameType.KEEPALIVE_ACK, 7, b"", b""),
-        )
+    def test_oversize_native(self) -> None:
+        with self.assertRaises(FrameTooLargeError):
+            decode_datagram(b"\x00\x01" + bytes(MAX_DATAGRAM))
 
-    def test_relay_body_is_binary(self) -> None:
-        """A RELAY body starts with a binary timestamp: it is not checked as text."""
-        self.assertEqual(decode_native(native(FrameType.RELAY, b"\xff\xfe")).body, b"\xff\xfe")
+    def test_client_frame_types(self) -> None:
+        self.assertEqual(CLIENT_FRAME_TYPES, {FrameType.MESSAGE, FrameType.KEEPALIVE})
 
-    def test_text_bodies_must_be_utf8(self) -> None:
-        self.assertRaises(InvalidUTF8Error, decode_datagram, native(FrameType.MESSAGE, b"\xff"))
-        self.assertRaises(InvalidUTF8Error, decode_datagram, native(FrameType.NOTICE, b"\xc3"))
-
-    def test_version_mismatch(self) -> None:
-        for version in (0, 2, 0xFF):
-            error = self.assertRaises(
-                UnsupportedVersionError, decode_datagram, native(FrameType.MESSAGE, version=version)
-            )
-            self.assertIs(error.status, Status.UNSUPPORTED_VERSION)
-            self.assertEqual(error.reason, "unsupported_version")
-
-    def test_unknown_frame_type(self) -> None:
-        for frame_type in (0, 6, 0xFF):
-            self.assertRaises(MalformedFrameError, decode_datagram, native(frame_type))
-
-    def test_shorter_than_the_header(self) -> None:
-        whole = native(FrameType.KEEPALIVE, auth=b"")
-        for size in range(1, NATIVE_HEADER_SIZE):
-            self.assertRaises(MalformedFrameError, decode_datagram, whole[:size])
-        self.assertIsInstance(decode_datagram(whole), NativeFrame)
-
-    def test_truncated_auth(self) -> None:
-        data = native(FrameType.KEEPALIVE, auth=b"token")[:-1]
-        self.assertRaises(MalformedFrameError, decode_datagram, data)
-
-    def test_not_a_native_marker(self) -> None:
-        self.assertRaises(MalformedFrameError, decode_native, b"\x01" + native(FrameType.KEEPALIVE)[1:])
-
-    def test_oversize(self) -> None:
-        data = native(FrameType.MESSAGE, b"m" * MAX_DATAGRAM)
-        self.assertRaises(FrameTooLargeError, decode_datagram, data)
-        self.assertRaises(FrameTooLargeError, decode_native, data)
-
-    def test_largest(self) -> None:
-        body = b"m" * (MAX_DATAGRAM - NATIVE_HEADER_SIZE - 3)
-        self.assertEqual(decode_native(native(FrameType.MESSAGE, body)).body, body)
-
-    @settings(max_examples=150, deadline=None)
-    @given(
-        frame_type=st.sampled_from(FrameType),
-        sequence=st.integers(min_value=0, max_value=2**64 - 1),
-        auth=st.binary(max_size=255),
-        text=st.text(max_size=200),
-        raw=st.binary(max_size=200),
-        flags=st.integers(min_value=0, max_value=255),
-    )
-    def test_round_trip(
-        self, frame_type: FrameType, sequence: int, auth: bytes, text: str, raw: bytes, flags: int
-    ) -> None:
-        body = text.encode("utf-8") if frame_type in (FrameType.MESSAGE, FrameType.NOTICE) else raw
-        frame = NativeFrame(frame_type, sequence, auth, body, flags)
-        data = encode_native(frame)
-        self.assertEqual(data, native_header(frame_type, sequence, auth, flags) + body)
-        self.assertEqual(decode_datagram(data), frame)
-        self.assertEqual(decode_native(data), frame)
+    def test_relay_overhead_is_the_largest_copy(self) -> None:
+        body = encode_relay_body("ann", b"x" * 10, 0)
+        sealed = Channel(new_key(), 1, Direction.TO_CLIENT).seal(FrameType.RELAY, body)
+        self.assertEqual(len(sealed), RELAY_OVERHEAD + len("ann") + 10)
+        self.assertGreater(RELAY_OVERHEAD, len(relay_text("ann", b"")) - len("ann"))
 
 
 class RelayTests(SynchronousTestCase):
@@ -261,7 +180,7 @@ class ArbitraryBytesTests(SynchronousTestCase):
             decoded = decode_datagram(data)
         except ProtocolError:
             return
-        self.assertIsInstance(decoded, LegacyDatagram | NativeFrame)
+        self.assertIsInstance(decoded, LegacyDatagram | SealedHeader)
         self.assertLessEqual(len(data), MAX_DATAGRAM)
 
     @settings(max_examples=300, deadline=None)

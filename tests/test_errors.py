@@ -29,6 +29,7 @@ EXPECTED: dict[type[ProtocolError], tuple[Status, str, bool]] = {
     errors.WrongRoomError: (Status.MALFORMED_REQUEST, "wrong_room", False),
     errors.WrongSourceError: (Status.MALFORMED_REQUEST, "wrong_source", False),
     errors.UnregisteredError: (Status.MALFORMED_REQUEST, "unregistered", False),
+    errors.UnknownKeyError: (Status.MALFORMED_REQUEST, "unknown_key", False),
     errors.RateLimitedError: (Status.RATE_LIMITED, "rate_limited", False),
     errors.AuthenticationFailedError: (Status.MALFORMED_REQUEST, "unauthenticated", False),
     errors.ReplayedError: (Status.MALFORMED_REQUEST, "replayed", False),

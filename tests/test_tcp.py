@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -80,11 +81,14 @@ class CreateJoinTests(RoomProtocolTestCase):
         self.assertEqual(ack.payload, b"\x00")
         info = json.loads(complete.payload)
         member = self.member("hoge", "bob")
+        assert member.channel is not None
+        self.assertEqual(base64.b64decode(info.pop("key")), member.channel.key)
         self.assertEqual(
             info,
             {
                 "chatd": 1,
                 "token": member.token,
+                "key_id": member.channel.key_id,
                 "room": "hoge",
                 "user": "bob",
                 "host": False,
@@ -558,3 +562,31 @@ class AbuseResistanceTests(RoomProtocolTestCase):
             joiner, transport = connect(self.server, host="192.0.2.9", port=41000 + n)
             joiner.dataReceived(request(Operation.JOIN, "hoge", {"username": f"u{n}"}))
             self.assertEqual(status_of(frames(transport)[0]), Status.SUCCESS)
+
+
+class RekeyTests(RoomProtocolTestCase):
+    def test_native_member_gets_a_fresh_key(self) -> None:
+        host, transport, _ = self.enter(Operation.CREATE, "ann", chatd=1)
+        member = self.member("hoge", "ann")
+        assert member.channel is not None
+        old_id = member.channel.key_id
+        host.dataReceived(request(Operation.REKEY, "hoge"))
+        ack, complete = frames(transport)
+        self.assertEqual(
+            (status_of(ack), complete.operation, complete.state), (Status.SUCCESS, Operation.REKEY, State.COMPLETE)
+        )
+        fresh = json.loads(complete.payload)
+        self.assertEqual(base64.b64decode(fresh["key"]), member.channel.key)
+        self.assertEqual(fresh["key_id"], member.channel.key_id)
+        self.assertNotEqual(fresh["key_id"], old_id)
+        self.assertIsNone(self.server.store.member_for_key_id(old_id))
+
+    def test_legacy_members_have_no_key(self) -> None:
+        host, transport, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
+        host.dataReceived(request(Operation.REKEY, "hoge", "", ASCII))
+        self.assertEqual(status_of(frames(transport)[0]), Status.NOT_PERMITTED)
+
+    def test_native_only_rooms_need_tls(self) -> None:
+        _, _, (ack,) = self.enter(Operation.CREATE, "ann", chatd=1, native_only=True)
+        self.assertEqual(status_of(ack), Status.NOT_PERMITTED)
+        self.assertIn("TLS", json.loads(ack.payload[1:])["message"])

@@ -9,14 +9,12 @@ from chatd.datagrams import (
     MAX_DATAGRAM,
     RELAY_OVERHEAD,
     FrameType,
-    NativeFrame,
-    decode_native,
     decode_relay_body,
     encode_legacy,
-    encode_native,
 )
 from chatd.payloads import Dialect, RoomRequest
 from chatd.rooms import LeaveReason, Member
+from chatd.seal import Channel, Direction, new_key, peek_header
 from tests.helpers import capture_events, make_server
 
 ANN = ("127.0.0.1", 5000)
@@ -30,6 +28,7 @@ class RelayTestCase(SynchronousTestCase):
         self.server, self.clock, self.udp = make_server()
         self.relay = self.server.relay
         self.store = self.server.store
+        self.clients: dict[str, Channel] = {}
 
     def member(self, user: str, dialect: Dialect, address: tuple[str, int] | None, room: str = "hoge") -> Member:
         request = RoomRequest(user, version=1 if dialect is Dialect.NATIVE else None)
@@ -47,8 +46,15 @@ class RelayTestCase(SynchronousTestCase):
         assert source is not None
         self.relay.datagramReceived(encode_legacy(member.room.name, member.token, text), source)
 
-    def native(self, member: Member, kind: FrameType, body: bytes = b"", sequence: int = 1) -> bytes:
-        return encode_native(NativeFrame(kind, sequence, member.token.encode(), body))
+    def client_channel(self, member: Member) -> Channel:
+        """The member's own side of its key, as its client holds it."""
+        if member.name not in self.clients:
+            assert member.channel is not None
+            self.clients[member.name] = Channel(member.channel.key, member.channel.key_id, Direction.TO_SERVER)
+        return self.clients[member.name]
+
+    def native(self, member: Member, kind: FrameType, body: bytes = b"") -> bytes:
+        return self.client_channel(member).seal(kind, body)
 
 
 class LegacyRelayTests(RelayTestCase):
@@ -144,7 +150,8 @@ class DropTests(RelayTestCase):
             b"\x04\x04ho": "malformed",
             b"\x01\x01ab\xff": "invalid_utf8",
             b"\x01" * 5000: "too_large",
-            b"\x00\x02\x01": "malformed",
+            b"\x00\x01\x00": "malformed",
+            b"\x00\x02\x01": "unsupported_version",
         }
         for data in cases:
             self.relay.datagramReceived(data, EVE)
@@ -176,19 +183,34 @@ class DropTests(RelayTestCase):
 
 
 class NativeRelayTests(RelayTestCase):
-    def test_first_datagram_registers(self) -> None:
+    def test_first_authenticated_datagram_registers(self) -> None:
         ann = self.member("ann", Dialect.NATIVE, None)
-        bob = self.member("bob", Dialect.MODEL, BOB)
+        self.member("bob", Dialect.MODEL, BOB)
         self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, b"hi"), ANN)
         self.assertEqual(ann.address, ANN)
         self.assertEqual(self.udp.written, [(b"ann: hi", BOB)])
-        self.udp.written.clear()
-        self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, b"again"), EVE)
-        self.assertEqual(self.udp.written, [])
-        self.assertEqual(self.relay.drops.counts["wrong_source"], 1)
-        self.assertIsNotNone(bob)
 
-    def test_native_recipient_gets_relay_frame(self) -> None:
+    def test_authenticated_datagram_from_a_new_address_moves_the_member(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, b"roaming"), EVE)
+        self.assertEqual(ann.address, EVE)
+        self.assertEqual(self.udp.written, [(b"ann: roaming", BOB)])
+
+    def test_forged_or_replayed_datagrams_never_move_the_member(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        sent = self.native(ann, FrameType.MESSAGE, b"once")
+        self.relay.datagramReceived(sent, ANN)
+        self.relay.datagramReceived(sent, EVE)
+        forged = bytearray(self.native(ann, FrameType.MESSAGE, b"forged"))
+        forged[-1] ^= 1
+        self.relay.datagramReceived(bytes(forged), EVE)
+        self.assertEqual(ann.address, ANN)
+        self.assertEqual(self.udp.written, [(b"ann: once", BOB)])
+        self.assertEqual((self.relay.drops.counts["replayed"], self.relay.drops.counts["unauthenticated"]), (1, 1))
+
+    def test_native_recipient_gets_a_sealed_relay_frame(self) -> None:
         ann = self.member("ann", Dialect.MODEL, ANN)
         bob = self.member("bob", Dialect.NATIVE, BOB)
         self.clock.advance(12.5)
@@ -196,45 +218,62 @@ class NativeRelayTests(RelayTestCase):
         self.say(ann, "again")
         (first, address), (second, _) = self.udp.written
         self.assertEqual(address, BOB)
-        frame = decode_native(first)
-        self.assertEqual((frame.frame_type, frame.sequence, frame.auth), (FrameType.RELAY, 1, b""))
-        relayed = decode_relay_body(frame.body)
+        self.assertNotIn("こんにちは".encode(), first)
+        self.assertEqual([peek_header(first).counter, peek_header(second).counter], [0, 1])
+        frame_type, body = self.client_channel(bob).open(first)
+        self.assertEqual(frame_type, FrameType.RELAY)
+        relayed = decode_relay_body(body)
         self.assertEqual((relayed.sender, relayed.text, relayed.timestamp_ms), ("ann", "こんにちは", 12500))
-        self.assertEqual(decode_native(second).sequence, 2)
-        self.assertEqual(bob.sequence, 2)
 
-    def test_keepalive_registers_and_is_answered_small(self) -> None:
+    def test_keepalive_registers_and_is_answered_no_larger(self) -> None:
         ann = self.member("ann", Dialect.NATIVE, None)
         self.clock.advance(50)
-        keepalive = self.native(ann, FrameType.KEEPALIVE, sequence=7)
+        keepalive = self.native(ann, FrameType.KEEPALIVE)
         self.relay.datagramReceived(keepalive, ANN)
         ((answer, address),) = self.udp.written
         self.assertEqual(address, ANN)
-        frame = decode_native(answer)
-        self.assertEqual((frame.frame_type, frame.sequence), (FrameType.KEEPALIVE_ACK, 7))
-        self.assertLess(len(answer), len(keepalive))
+        self.assertEqual(self.client_channel(ann).open(answer), (FrameType.KEEPALIVE_ACK, b""))
+        self.assertLessEqual(len(answer), len(keepalive))
         self.assertEqual(ann.last_active, 50)
 
-    def test_legacy_token_in_native_frame_is_refused(self) -> None:
-        ann = self.member("ann", Dialect.MODEL, ANN)
-        self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, b"hi"), ANN)
-        self.assertEqual(self.relay.drops.counts["unknown_token"], 1)
-
-    def test_server_frame_types_from_clients_are_dropped(self) -> None:
+    def test_unknown_key_id(self) -> None:
         ann = self.member("ann", Dialect.NATIVE, ANN)
-        self.relay.datagramReceived(self.native(ann, FrameType.RELAY, b"x"), ANN)
-        self.assertEqual(self.relay.drops.counts["malformed"], 1)
+        stranger = Channel(new_key(), 7, Direction.TO_SERVER)
+        self.relay.datagramReceived(stranger.seal(FrameType.MESSAGE, b"hi"), EVE)
+        self.assertEqual(self.relay.drops.counts["unknown_key"], 1)
+        self.assertEqual(ann.address, ANN)
+
+    def test_another_members_key_is_refused(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        bob = self.member("bob", Dialect.NATIVE, BOB)
+        assert ann.channel is not None and bob.channel is not None
+        # Sealed with bob's key, but naming ann's key id.
+        impostor = Channel(bob.channel.key, ann.channel.key_id, Direction.TO_SERVER)
+        self.relay.datagramReceived(impostor.seal(FrameType.MESSAGE, b"I am ann"), BOB)
+        self.assertEqual(self.relay.drops.counts["unauthenticated"], 1)
+        self.assertEqual(self.udp.written, [])
+
+    def test_server_frame_types_from_clients_are_dropped_before_registering(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, None)
+        self.relay.datagramReceived(self.native(ann, FrameType.RELAY, b"x"), EVE)
+        self.relay.datagramReceived(self.native(ann, FrameType.NOTICE, b"{}"), EVE)
+        self.assertEqual(self.relay.drops.counts["malformed"], 2)
+        self.assertIsNone(ann.address)
 
     def test_unknown_flags_are_dropped(self) -> None:
         ann = self.member("ann", Dialect.NATIVE, None)
-        self.relay.datagramReceived(encode_native(NativeFrame(FrameType.MESSAGE, 1, ann.token.encode(), b"hi", 1)), ANN)
+        flagged = bytearray(self.native(ann, FrameType.MESSAGE, b"hi"))
+        flagged[2] = 1
+        self.relay.datagramReceived(bytes(flagged), ANN)
         self.assertEqual(self.relay.drops.counts["unsupported_version"], 1)
         self.assertIsNone(ann.address)
 
-    def test_refused_frame_type_does_not_register(self) -> None:
-        ann = self.member("ann", Dialect.NATIVE, None)
-        self.relay.datagramReceived(self.native(ann, FrameType.NOTICE, b"{}"), EVE)
-        self.assertIsNone(ann.address)
+    def test_invalid_utf8_inside_a_sealed_message(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, b"\xff"), ANN)
+        self.assertEqual(self.relay.drops.counts["invalid_utf8"], 1)
+        self.assertEqual(self.udp.written, [])
 
     def test_native_token_in_legacy_form_is_refused(self) -> None:
         ann = self.member("ann", Dialect.NATIVE, ANN)
@@ -243,9 +282,16 @@ class NativeRelayTests(RelayTestCase):
         self.assertEqual(self.udp.written, [])
         self.assertEqual(self.relay.drops.counts["unknown_token"], 1)
 
-    def test_non_ascii_auth_is_unknown_token(self) -> None:
-        self.relay.datagramReceived(encode_native(NativeFrame(FrameType.MESSAGE, 1, b"\xff", b"hi")), EVE)
-        self.assertEqual(self.relay.drops.counts["unknown_token"], 1)
+    def test_rekey_retires_the_old_key(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        old = self.client_channel(ann)
+        self.store.rekey(ann)
+        self.clients.pop(ann.name)
+        self.relay.datagramReceived(old.seal(FrameType.MESSAGE, b"old"), ANN)
+        self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, b"new"), ANN)
+        self.assertEqual(self.udp.written, [(b"ann: new", BOB)])
+        self.assertEqual(self.relay.drops.counts["unknown_key"], 1)
 
 
 class SizeTests(RelayTestCase):
@@ -274,7 +320,7 @@ class ExitTests(RelayTestCase):
         closing = dict((address, data) for data, address in self.udp.written)
         self.assertEqual(closing[BOB], b"* room hoge was closed: the host left")
         self.assertEqual(closing[ANN], b"* room hoge was closed: the host left")
-        self.assertEqual(decode_native(closing[CAT]).frame_type, FrameType.NOTICE)
+        self.assertEqual(self.client_channel(cat).open(closing[CAT])[0], FrameType.NOTICE)
         self.assertIsNotNone(cat)
 
     def test_member_exit_is_leave(self) -> None:
@@ -295,6 +341,7 @@ class FloodTests(RelayTestCase):
         self.server, self.clock, self.udp = make_server(messages_per_s=5, message_burst=10)
         self.relay = self.server.relay
         self.store = self.server.store
+        self.clients = {}
 
     def test_flooder_is_throttled_and_told_others_unaffected(self) -> None:
         flooder = self.member("eve", Dialect.MODEL, EVE)
