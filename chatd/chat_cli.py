@@ -17,7 +17,10 @@ from typing import Any, NoReturn
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
-from chatd.client import DEFAULT_HOST, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT
+from chatd.client import DEFAULT_HOST, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT, ChatClient, IChatListener
+from chatd.tls import TrustPolicy
+
+DEFAULT_TLS_PORT = 9003
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,13 @@ class ChatArguments:
     create: bool = False
     line: bool = False
     json: bool = False
+    tls: TrustPolicy | None = None
+    """How to trust the server over TLS (tcp_port is then its TLS port); None: plain TCP."""
+
+
+def make_client(reactor: Any, arguments: ChatArguments, listener: IChatListener) -> ChatClient:
+    """The client both faces use, over TLS when the arguments ask for it."""
+    return ChatClient(reactor, arguments.host, arguments.tcp_port, arguments.udp_port, listener, tls=arguments.tls)
 
 
 def _port(text: str) -> int:
@@ -55,6 +65,17 @@ def parse_arguments(argv: Sequence[str] | None = None) -> ChatArguments:
     secret.add_argument("--password", help="the room's password")
     secret.add_argument("--invite", help="an invitation token from the room's host")
     parser.add_argument("--create", action="store_true", help="create the room (you become its host)")
+    tls = parser.add_argument_group(
+        "TLS",
+        "Connect to the server's TLS port (native protocol, sealed UDP). Any of these turns TLS on; without a"
+        " trust option the certificate is pinned on first use, as SSH does (docs/security.md).",
+    )
+    tls.add_argument("--tls-port", type=_port, help=f"the server's TLS port ({DEFAULT_TLS_PORT})")
+    trust = tls.add_mutually_exclusive_group()
+    trust.add_argument("--tls-ca", metavar="FILE", help="trust certificates signed by this CA file (or this cert)")
+    trust.add_argument("--tls-fingerprint", metavar="SHA256:..", help="trust exactly this certificate")
+    trust.add_argument("--tls-tofu", action="store_true", help="pin the certificate on first use (the default)")
+    trust.add_argument("--tls-system", action="store_true", help="trust the system's certificate authorities")
     parser.add_argument("--line", action="store_true", help="line mode: send stdin's lines, print events to stdout")
     parser.add_argument("--json", action="store_true", help="with --line: print each event as one JSON object")
     args = parser.parse_args(argv)
@@ -64,9 +85,24 @@ def parse_arguments(argv: Sequence[str] | None = None) -> ChatArguments:
         parser.error("--line needs --room and --name")
     if args.create and args.invite:
         parser.error("--invite is for joining, not --create")
+    policy: TrustPolicy | None = None
+    if args.tls_ca:
+        policy = TrustPolicy.ca_file(args.tls_ca)
+    elif args.tls_fingerprint:
+        try:
+            policy = TrustPolicy.fingerprint(args.tls_fingerprint)
+        except ValueError as error:
+            parser.error(f"--tls-fingerprint: {error}")
+    elif args.tls_system:
+        policy = TrustPolicy.system()
+    elif args.tls_tofu or args.tls_port:
+        policy = TrustPolicy.tofu()
+    tcp_port = args.tcp_port
+    if policy is not None:
+        tcp_port = args.tls_port or DEFAULT_TLS_PORT
     return ChatArguments(
         host=args.host,
-        tcp_port=args.tcp_port,
+        tcp_port=tcp_port,
         udp_port=args.udp_port,
         room=args.room,
         name=args.name,
@@ -75,6 +111,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> ChatArguments:
         create=args.create,
         line=args.line,
         json=args.json,
+        tls=policy,
     )
 
 

@@ -93,14 +93,13 @@ from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.internet.stdio import StandardIO
-from twisted.internet.task import deferLater
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from chatd.chat_cli import ChatArguments
-from chatd.client import ChatClient, ConnectionState, IChatListener, RoomInfo
+from chatd.chat_cli import ChatArguments, make_client
+from chatd.client import ConnectionState, IChatListener, RoomInfo
 from chatd.errors import ChatError, MessageTooLongError, NotInRoomError
 from chatd.events import (
     ChatEvent,
@@ -125,11 +124,11 @@ EXIT_USAGE = 2
 EXIT_ENDED = 3
 EXIT_INTERNAL = 4
 
-LINGER = 0.2
+FLUSH_TIMEOUT = 1.0
 """
-Seconds a message sent just before the end of input has to reach the server
-before we leave: messages go by UDP and the leave by TCP, and the server must
-not see the leave first (it would drop the message of a member who is gone).
+Seconds to wait, at the end of input, for the server to confirm it has every
+message sent: messages go by UDP and the leave by TCP, and the server must not
+see the leave first (it would drop the message of a member who is gone).
 """
 LEAVE_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 5.0
@@ -403,7 +402,7 @@ class LineSession:
         self._report = report
         self._format = format_json if arguments.json else format_text
         self.console = LineConsole(self)
-        self.client = ChatClient(reactor, arguments.host, arguments.tcp_port, arguments.udp_port, listener=self)
+        self.client = make_client(reactor, arguments, self)
         self.ended: Deferred[int] = Deferred()
         """Fires with the exit status once the session should end."""
         self._last_sent: float | None = None
@@ -436,6 +435,11 @@ class LineSession:
         except ChatError as error:
             self.warn(f"cannot {'create' if arguments.create else 'join'} room {room}: {error}")
             return EXIT_NOT_ENTERED
+        if self.client.newly_pinned:
+            self.warn(
+                f"first TLS connection to {arguments.host} port {arguments.tcp_port}: pinned its certificate"
+                f" {self.client.newly_pinned}; check it with whoever runs the server"
+            )
         self.console.write_line(self._format(Entered.from_info(info)))
         self.console.resume_input()
         status = await self.ended
@@ -444,9 +448,9 @@ class LineSession:
 
     async def _leave(self) -> None:
         if self._last_sent is not None and self.client.state is ConnectionState.IN_ROOM:
-            wait = self._last_sent + LINGER - self._clock.seconds()
-            if wait > 0:
-                await deferLater(self._clock, wait)
+            # The server answers datagrams in order: once it answers this
+            # keepalive, every earlier message has been relayed.
+            await self.client.flush(FLUSH_TIMEOUT)
         # Leaving is closing our own sockets; the server notices either way,
         # and a failure here must not hide the exit status.
         with contextlib.suppress(Exception):

@@ -548,7 +548,7 @@ class InRoomTests(_ServiceTestCase):
         self.assertEqual(await session.status, EXIT_OK)
         await until(self, lambda: any(isinstance(event, MemberLeft) for event in heard.events), "bob left")
         # Messages, then the leave: UDP and TCP must not overtake each other
-        # at the end of input (see LINGER).
+        # at the end of input (see FLUSH_TIMEOUT).
         self.assertEqual(
             [(type(event).__name__, getattr(event, "text", "")) for event in heard.events],
             [

@@ -86,6 +86,7 @@ class FakeClient:
         self.state = ConnectionState.IDLE
         self.info: RoomInfo | None = None
         self.members: tuple[str, ...] = ()
+        self.newly_pinned: str | None = None
         self.requests: list[tuple[str, ...]] = []
         self.sent: list[str] = []
         self.invitations: list[Deferred[str]] = []

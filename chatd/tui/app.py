@@ -36,7 +36,8 @@ def run_terminal_app(reactor: Any, arguments: ChatArguments) -> Deferred[int]:
         return succeed(NOT_A_TERMINAL)
 
     def client_factory(host: str, tcp_port: int, udp_port: int, listener: IChatListener) -> ChatClientLike:
-        return ChatClient(reactor, host, tcp_port, udp_port, listener)
+        # Host and ports come from the screen, which the user may have edited.
+        return ChatClient(reactor, host, tcp_port, udp_port, listener, tls=arguments.tls)
 
     screen = urwid.display.raw.Screen()
     return Deferred.fromCoroutine(run_app(reactor, arguments, client_factory, screen, sys.stdin.fileno()))

@@ -56,6 +56,9 @@ class ChatClientLike(Protocol):
     @property
     def members(self) -> tuple[str, ...]: ...
 
+    @property
+    def newly_pinned(self) -> str | None: ...
+
     def create(self, room: str, user: str, password: str | None = None) -> Deferred[RoomInfo]: ...
 
     def join(
@@ -132,6 +135,13 @@ class ChatSession:
             )
         else:
             self.screen.add_line(now, LineKind.NOTICE, f"You joined room {info.room}.")
+        if self.client.newly_pinned:
+            self.screen.add_line(
+                now,
+                LineKind.INFO,
+                f"First TLS connection to this server: its certificate {self.client.newly_pinned} is now pinned;"
+                " check it with whoever runs the server.",
+            )
         self._set_members(self.client.members)
         self._who()
         self.screen.add_line(now, LineKind.INFO, "/help lists the commands.")
