@@ -5,7 +5,10 @@ C{chatd-debug [--host 127.0.0.1] [--tcp-port 9001] [--udp-port 9002]} (or
 C{python -m chatd.debug_client}) connects to a chatd, reads one command a line
 from stdin and prints every TCP frame and UDP datagram it sends or receives
 twice: decoded, and as hex with the fields split by C{|} (the hex can be
-pasted back into C{raw} or C{udpraw}). Type C{help} for the commands.
+pasted back into C{raw} or C{udpraw}). Native datagrams are sealed
+(chatd.seal): C{nsay} and C{keepalive} seal with the UDP key the last native
+complete create, join or rekey frame handed out, and what arrives is opened
+with it; the key id is shown, never the key. Type C{help} for the commands.
 
 The network side lives here: L{ServerConnection} (the TCP connection),
 L{ServerDatagrams} (the UDP port), L{Console} (stdin and stdout) and
@@ -61,14 +64,18 @@ from chatd.debug_commands import (
     SendBytes,
     SendDatagram,
     SendFrame,
+    SendSealed,
     Session,
     Show,
     advance,
     learn,
+    open_datagram,
     parse_command,
 )
 from chatd.debug_describe import (
     RECEIVE_LIMIT,
+    Opened,
+    Opening,
     describe_datagram,
     describe_frame,
     describe_header,
@@ -80,7 +87,7 @@ from chatd.debug_describe import (
 )
 from chatd.errors import ProtocolError
 from chatd.payloads import Dialect
-from chatd.wire import Frame, FrameDecoder, encode_frame
+from chatd.wire import Frame, FrameDecoder, Operation, State, encode_frame
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TCP_PORT = 9001
@@ -93,7 +100,7 @@ CLOSE_TIMEOUT = 5.0
 _REGISTER_HINTS = {
     Dialect.MODEL: "port (2 raw bytes, then the server closes TCP)",
     Dialect.SEED: "register (operation 3)",
-    Dialect.NATIVE: "keepalive (the first datagram registers)",
+    Dialect.NATIVE: "keepalive (the first sealed datagram registers)",
 }
 
 
@@ -314,8 +321,12 @@ class DebugClient:
         elif isinstance(action, SendBytes):
             self._send_tcp(action.data)
         elif isinstance(action, SendDatagram):
-            if self._send_udp(action.data):
-                self.session = advance(self.session, action)
+            self._send_udp(action.data, open_datagram(self.session, action.data, sent=True))
+        elif isinstance(action, SendSealed):
+            channel = self.session.channel
+            assert channel is not None, "parse_command checks for a key"
+            self._udp_target()
+            self._send_udp(channel.seal(action.frame_type, action.body), Opened(action.frame_type, action.body))
         elif isinstance(action, ChangeDialect):
             self.session = advance(self.session, action)
             self._write(f"-- dialect {action.dialect.value} ({DIALECT_NOTES[action.dialect]})")
@@ -338,29 +349,52 @@ class DebugClient:
         self._write(report(f">> TCP {plural(len(data), 'byte')}", describe_tcp_bytes(data)))
         connection.send(data)
 
-    def _send_udp(self, data: bytes) -> bool:
+    def _udp_target(self) -> tuple[ServerDatagrams, tuple[str, int]]:
         if self._datagrams is None or self._server_udp is None:
             raise CommandError("no UDP port to send from")
-        where = _show_address(*self._server_udp)
-        self._write(report(f">> UDP to {where}, {plural(len(data), 'byte')}", describe_datagram(data, sent=True)))
+        return self._datagrams, self._server_udp
+
+    def _send_udp(self, data: bytes, opening: Opening | None) -> None:
+        datagrams, server = self._udp_target()
+        described = describe_datagram(data, sent=True, opening=opening)
+        self._write(report(f">> UDP to {_show_address(*server)}, {plural(len(data), 'byte')}", described))
         try:
-            self._datagrams.send(data, self._server_udp)
+            datagrams.send(data, server)
         except (OSError, MessageLengthError) as error:
             self._write(f"!! the datagram was not sent: {error}")
-            return False
-        return True
 
     # -- what the server sends ----------------------------------------------------
 
     def frame_received(self, frame: Frame, data: bytes) -> None:
         self._write(report(f"<< TCP {plural(len(data), 'byte')}", f"{describe_frame(frame)}\nhex {frame_hex(data)}"))
         before, self.session = self.session, learn(self.session, frame)
-        if self.session.token != before.token or self.session.room != before.room:
+        session = self.session
+        channel = session.channel
+        if session.token != before.token or session.room != before.room:
+            if channel is None:
+                self._write(
+                    f"-- token for room {session.room!r}: {session.token} (say uses it); "
+                    f"to register your UDP address: {_REGISTER_HINTS[session.dialect]}"
+                )
+                if session.dialect is Dialect.NATIVE:
+                    self._write(
+                        '!! the complete frame has no usable UDP key ("key", "key_id"): nsay and keepalive cannot seal'
+                    )
+            else:
+                self._write(
+                    f"-- token for room {session.room!r}: {session.token} (never sent on UDP); "
+                    f"UDP key id {channel.key_id} (nsay and keepalive seal with it); "
+                    f"to register your UDP address: {_REGISTER_HINTS[Dialect.NATIVE]}"
+                )
+        elif channel is not before.channel and channel is not None:
             self._write(
-                f"-- token for room {self.session.room!r}: {self.session.token} (say, nsay, keepalive use it); "
-                f"to register your UDP address: {_REGISTER_HINTS[self.session.dialect]}"
+                f"-- new UDP key id {channel.key_id} for room {session.room!r} "
+                "(nsay and keepalive seal with it, counters from 0; the old key no longer works)"
             )
-        if self.session.invite != before.invite:
+        elif frame.operation is Operation.REKEY and frame.state is State.COMPLETE:
+            kept = "no key" if channel is None else f"key id {channel.key_id}"
+            self._write(f'!! the complete rekey frame has no usable UDP key ("key", "key_id"); still {kept}')
+        if session.invite != before.invite:
             self._write(
                 f"-- invitation to room {frame.room!r}: {self.session.invite} "
                 f"(whoever has it can: accept {shlex.quote(frame.room)} USER {self.session.invite})"
@@ -395,7 +429,8 @@ class DebugClient:
         headline = f"<< UDP from {_show_address(*source)}, {plural(len(data), 'byte')}"
         if source != self._server_udp:
             headline += " (not the server's UDP address)"
-        self._write(report(headline, describe_datagram(data, sent=False)))
+        opening = open_datagram(self.session, data, sent=False)
+        self._write(report(headline, describe_datagram(data, sent=False, opening=opening)))
 
     # -- the end -----------------------------------------------------------------
 

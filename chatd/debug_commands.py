@@ -2,19 +2,27 @@
 The debug client's commands: what a typed line asks for, and what it learns.
 
 L{parse_command} turns one line typed into C{chatd-debug} into an action
-(L{SendFrame}, L{SendBytes}, L{SendDatagram}, L{ChangeDialect}, L{Show},
-L{Connect}, L{Quit}) or refuses it with a L{CommandError}; L{advance} and
-L{learn} move the L{Session} (dialect, room, token, invitation, ports) on
-after an action is carried out or a frame arrives from the server.
+(L{SendFrame}, L{SendBytes}, L{SendDatagram}, L{SendSealed}, L{ChangeDialect},
+L{Show}, L{Connect}, L{Quit}) or refuses it with a L{CommandError}; L{advance}
+and L{learn} move the L{Session} (dialect, room, token, UDP key, invitation,
+ports) on after an action is carried out or a frame arrives from the server;
+L{open_datagram} says what the session can read of a sealed datagram.
 
 It is pure: no reactor, no I/O. The session is a frozen value; these
 functions return a new one and the caller keeps it, so every command and
-everything the client learns can be tested without a connection. Carrying the actions out
-is L{chatd.debug_client}'s job; turning bytes into text, L{chatd.debug_describe}'s.
+everything the client learns can be tested without a connection. The one
+exception is the session's L{Channel} (the UDP key, chatd.seal): it counts the
+frames sealed with it and remembers the counters received, as a key's sending
+counter and replay window must, so it changes in place when the client seals
+a L{SendSealed} or opens a received datagram. A new key is a new Channel.
+Carrying the actions out is L{chatd.debug_client}'s job; turning bytes into
+text, L{chatd.debug_describe}'s.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import shlex
@@ -22,9 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from chatd.datagrams import FrameType, NativeFrame, encode_legacy, encode_native
-from chatd.errors import ChatError
+from chatd.datagrams import FrameType, encode_legacy
+from chatd.debug_describe import Opened, Opening, Unopened
+from chatd.errors import ChatError, ProtocolError
 from chatd.payloads import Dialect, encode_json
+from chatd.seal import KEY_BYTES, MAX_KEY_ID, REJECT_AFTER, SEALED_MARKER, Channel, Direction, Sealer, peek_header
 from chatd.wire import PORT_SIZE, Frame, Operation, SizeEncoding, State
 
 HELP = """\
@@ -37,19 +47,25 @@ commands (one a line; arguments with spaces in quotes, as in a shell):
                                 default: this client's UDP port
   port [PORT]                   send a UDP port as 2 raw bytes (model dialect);
                                 default: this client's UDP port
+  rekey [ROOM]                  ask for a new UDP key (operation 6, native members only)
   say TEXT                      legacy chat datagram, with the room and token learned
-  nsay TEXT                     native MESSAGE datagram, with the token learned
-  keepalive                     native KEEPALIVE datagram
+  nsay TEXT                     native MESSAGE datagram, sealed with the UDP key learned
+  keepalive                     native KEEPALIVE datagram, sealed with the UDP key learned
+                                (the first sealed datagram registers the UDP address)
   raw HEX                       send bytes on TCP as they are (spaces and | ignored)
-  udpraw HEX                    send a datagram as it is (spaces and | ignored)
+  udpraw HEX                    send a datagram as it is (spaces and | ignored): garbage,
+                                or a sealed datagram shown before, again (a replay)
   dialect [model|seed|native]   show or change how requests are written:
                                 model = binary size + JSON, seed = ASCII size + JSON,
                                 native = binary size + JSON with "chatd": 1
-  state                         show the dialect, room, token and ports in use
+  state                         show the dialect, room, token, UDP key id and counters
+                                (never the key), and ports in use
   connect                       open a new TCP connection (after the server closed it)
   help                          this text
   quit                          close everything and leave (end of input does the same)
-output: ">>" sent, "<<" received, "--" client notes, "!!" errors"""
+output: ">>" sent, "<<" received, "--" client notes, "!!" errors; a native datagram
+shows its clear header (key id, counter, flags), what it carries once opened with
+the UDP key (or why it could not be opened), and its hex"""
 
 
 class CommandError(ChatError):
@@ -67,13 +83,18 @@ class Session:
     room: str | None = None
     """The room of the last complete create or join frame."""
     token: str | None = None
-    """The member token from that frame, for datagrams."""
+    """The member token from that frame, for legacy datagrams (never sent on UDP by native members)."""
+    channel: Channel | None = None
+    """
+    The UDP key from the last native complete create, join or rekey frame, as
+    a client Channel (sending TO_SERVER): it seals nsay and keepalive with its
+    counter (C{channel.sent}, the next one to use), and opens what the server
+    sends, refusing replays. None until a native membership hands one out.
+    """
     invite: str | None = None
     """The last invitation token received."""
     local_udp_port: int | None = None
     """This client's UDP port, once it listens."""
-    sequence: int = 0
-    """The sequence number of the last native datagram sent."""
 
 
 DIALECT_NOTES = {
@@ -89,10 +110,21 @@ def describe_session(session: Session) -> str:
             f"dialect    {session.dialect.value} ({DIALECT_NOTES[session.dialect]})",
             f"room       {_or_none(session.room)}",
             f"token      {_or_none(session.token)}",
+            f"UDP key    {describe_key(session.channel)}",
             f"invitation {_or_none(session.invite)}",
             f"UDP port   {_or_none(session.local_udp_port)}",
-            f"native sequence: last sent {session.sequence}",
         ]
+    )
+
+
+def describe_key(channel: Channel | None) -> str:
+    """The key id and counters of a UDP key; never the key itself."""
+    if channel is None:
+        return "(none)"
+    received = "none yet" if channel.newest_received < 0 else str(channel.newest_received)
+    return (
+        f"key id {channel.key_id} (the key itself is not shown), "
+        f"next counter to send {channel.sent}, newest counter received {received}"
     )
 
 
@@ -122,8 +154,18 @@ class SendDatagram:
     """Send a datagram to the server's UDP port."""
 
     data: bytes
-    sequence: int | None = None
-    """The native sequence number it uses, to remember once it is sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendSealed:
+    """
+    Seal a native frame with the session's UDP key and send it to the server's
+    UDP port. Sealing takes the key's next counter, whether or not the
+    datagram then gets out: a counter is never used twice.
+    """
+
+    frame_type: FrameType
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +190,7 @@ class Quit:
     """Close everything and leave."""
 
 
-Action = SendFrame | SendBytes | SendDatagram | ChangeDialect | Show | Connect | Quit
+Action = SendFrame | SendBytes | SendDatagram | SendSealed | ChangeDialect | Show | Connect | Quit
 
 
 # -- the command parser --------------------------------------------------------
@@ -261,6 +303,12 @@ def _parse_invite(rest: str, session: Session) -> Action:
     return _request(Operation.INVITE, room, b"", session)
 
 
+def _parse_rekey(rest: str, session: Session) -> Action:
+    words = _words(rest, "rekey [ROOM]", 0, 1)
+    room = words[0] if words else session.room or ""
+    return _request(Operation.REKEY, room, b"", session)
+
+
 def _parse_register(rest: str, session: Session) -> Action:
     port = _port_or_ours(_words(rest, "register [PORT]", 0, 1), session)
     return _request(Operation.REGISTER_UDP, session.room or "", str(port).encode("ascii"), session)
@@ -291,13 +339,16 @@ def _parse_keepalive(rest: str, session: Session) -> Action:
     return _native(FrameType.KEEPALIVE, b"", session, "keepalive")
 
 
-def _native(frame_type: FrameType, body: bytes, session: Session, command: str) -> SendDatagram:
-    _, token = _membership(session, command)
-    auth = token.encode("utf-8")
-    if len(auth) > 255:
-        raise CommandError("the token is too long for a native datagram")
-    sequence = session.sequence + 1
-    return SendDatagram(encode_native(NativeFrame(frame_type, sequence, auth, body)), sequence)
+def _native(frame_type: FrameType, body: bytes, session: Session, command: str) -> SendSealed:
+    channel = session.channel
+    if channel is None:
+        raise CommandError(
+            f"{command} needs a UDP key: create or join a room in the native dialect first "
+            "(its complete frame carries the key)"
+        )
+    if channel.sent >= REJECT_AFTER:
+        raise CommandError(f"the UDP key id {channel.key_id} is spent (no counter left): rekey for a new one")
+    return SendSealed(frame_type, body)
 
 
 def _parse_raw(rest: str, session: Session) -> Action:
@@ -342,6 +393,7 @@ _PARSERS: dict[str, Callable[[str, Session], Action]] = {
     "accept": _parse_accept,
     "invite": _parse_invite,
     "register": _parse_register,
+    "rekey": _parse_rekey,
     "port": _parse_port_bytes,
     "say": _parse_say,
     "nsay": _parse_nsay,
@@ -365,8 +417,6 @@ def advance(session: Session, action: Action) -> Session:
     """The session once C{action} has been carried out."""
     if isinstance(action, ChangeDialect):
         return replace(session, dialect=action.dialect)
-    if isinstance(action, SendDatagram) and action.sequence is not None:
-        return replace(session, sequence=action.sequence)
     return session
 
 
@@ -375,9 +425,12 @@ def learn(session: Session, frame: Frame) -> Session:
     The session after a frame from the server.
 
     A complete create or join frame carries the member token (legacy: the
-    payload text; native: JSON C{"token"}); a complete invite frame an
-    invitation token (legacy: the text; native: JSON C{"invite"}). Notices,
-    acknowledgements and anything unreadable change nothing.
+    payload text; native: JSON C{"token"}) and, native only, the UDP key (JSON
+    C{"key"}, base64, and C{"key_id"}); a complete rekey frame a new key; a
+    complete invite frame an invitation token (legacy: the text; native: JSON
+    C{"invite"}). Every new key is a new Channel, its counters at the start.
+    A membership without a usable key has none: nsay and keepalive refuse.
+    Notices, acknowledgements and anything unreadable change nothing.
     """
     if frame.state is not State.COMPLETE:
         return session
@@ -385,11 +438,61 @@ def learn(session: Session, frame: Frame) -> Session:
         token = _payload_field(frame.payload, "token")
         if token is None:
             return session
-        return replace(session, room=frame.room, token=token, sequence=0)
+        return replace(session, room=frame.room, token=token, channel=_channel_from(frame.payload))
+    if frame.operation is Operation.REKEY:
+        channel = _channel_from(frame.payload)
+        return session if channel is None else replace(session, channel=channel)
     if frame.operation is Operation.INVITE:
         invite = _payload_field(frame.payload, "invite")
         return session if invite is None else replace(session, invite=invite)
     return session
+
+
+def _channel_from(payload: bytes) -> Channel | None:
+    """The client Channel for the UDP key in a native complete payload; None when there is no usable one."""
+    obj = _json_object(payload)
+    if obj is None:
+        return None
+    encoded, key_id = obj.get("key"), obj.get("key_id")
+    if not isinstance(encoded, str) or type(key_id) is not int or not 0 <= key_id <= MAX_KEY_ID:
+        return None
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(key) != KEY_BYTES:
+        return None
+    return Channel(key, key_id, Direction.TO_SERVER)
+
+
+def open_datagram(session: Session, data: bytes, *, sent: bool) -> Opening | None:
+    """
+    What the session can read of a sealed datagram, for L{describe_datagram}:
+    None when it holds no key (or the datagram is not native).
+
+    One this client C{sent} is opened as the server would open it, but
+    without the server's replay window, so that a replay sent with udpraw
+    still shows what it carries; nothing changes. One it received goes
+    through the session's Channel, like any client's: it refuses replays and
+    datagrams under another key, and an authenticated one moves the
+    Channel's replay window.
+
+    @see: L{chatd.debug_describe.describe_datagram}
+    """
+    channel = session.channel
+    if channel is None or not data or data[0] != SEALED_MARKER:
+        return None
+    try:
+        header = peek_header(data)
+        if header.key_id != channel.key_id:
+            return Unopened(f"sealed under key id {header.key_id}, not this client's key id {channel.key_id}")
+        if sent:
+            _, frame_type, body = Sealer(channel.key).open(Direction.TO_SERVER, data)
+        else:
+            frame_type, body = channel.open(data, header)
+    except ProtocolError as error:
+        return Unopened(str(error))
+    return Opened(frame_type, body)
 
 
 def _json_object(payload: bytes) -> dict[str, Any] | None:

@@ -7,6 +7,11 @@ split into its fields (L{frame_hex}), a stream of bytes as the frames it holds
 (L{describe_tcp_bytes}), a refused header (L{describe_header}), a datagram of
 any dialect (L{describe_datagram}), and one entry of output (L{report}).
 
+A native datagram is sealed (L{chatd.seal}): only its header is in the clear.
+What is inside is shown from an L{Opening}, what the caller made of it with
+the session's key (L{Opened}, or L{Unopened} and why); this module holds no
+keys and opens nothing.
+
 It is pure (no reactor, no I/O, no session state), so every output format can
 be tested on bytes alone; it is kept apart from L{chatd.debug_commands}
 (which decides what to send) and L{chatd.debug_client} (which sends it)
@@ -16,10 +21,13 @@ because what the client shows changes for other reasons than what it does.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from chatd.datagrams import FrameType, decode_legacy, decode_native, decode_relay_body
+from chatd.datagrams import FrameType, decode_legacy, decode_relay_body
 from chatd.errors import ProtocolError, Status
+from chatd.seal import HEADER_SIZE as SEALED_HEADER_SIZE
+from chatd.seal import SEALED_MARKER, TAG_SIZE, peek_header
 from chatd.wire import (
     HEADER_SIZE,
     PORT_SIZE,
@@ -33,10 +41,30 @@ from chatd.wire import (
 RECEIVE_LIMIT = 1 << 20
 """The largest frame payload the client shows; far above the server's limit."""
 
-_NATIVE_FIELDS = (1, 1, 1, 1, 8, 1)
-"""A native datagram header: marker, version, type, flags, sequence, authentication length."""
-_RELAY_FIELDS = (8, 1)
-"""A relay body's prefix: server time in milliseconds, sender name length."""
+_SEALED_FIELDS = (1, 1, 1, 4, 8)
+"""A sealed frame's clear header: marker, version, flags, key id, counter."""
+_SEALED_GROUPS = (3, 1, 1, 1)
+"""How its hex is grouped: marker version flags | key id | counter | ciphertext | tag."""
+
+NO_KEY = "this client holds no UDP key (a native create, join or rekey hands one out)"
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What a sealed datagram carries, once its tag verified under the session's key."""
+
+    frame_type: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unopened:
+    """A sealed datagram the session could not open, and why (no key, another key, forged, replayed)."""
+
+    reason: str
+
+
+Opening = Opened | Unopened
 
 
 def plural(count: int, noun: str) -> str:
@@ -192,47 +220,57 @@ def _timestamp(milliseconds: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _describe_native(data: bytes) -> tuple[str, str]:
+def describe_opened(opened: Opened) -> str:
+    """The inside of a sealed frame: its type by name, and its body decoded as that type carries it."""
     try:
-        frame = decode_native(data)
+        kind = FrameType(opened.frame_type)
+    except ValueError:
+        return f"frame type {opened.frame_type} (unknown), body {show_bytes(opened.body)}"
+    body = opened.body
+    if kind is FrameType.RELAY:
+        try:
+            relayed = decode_relay_body(body)
+        except ProtocolError as error:
+            return f"RELAY body the codec refuses: {error}"
+        return f"RELAY from {relayed.sender!r} at {_timestamp(relayed.timestamp_ms)}: {relayed.text!r}"
+    if not body:
+        return f"{kind.name} (no body)"
+    return f"{kind.name} {show_bytes(body)}"
+
+
+def sealed_hex(data: bytes) -> str:
+    """A sealed frame as hex: C{marker version flags | key id | counter | ciphertext | tag}."""
+    if len(data) < SEALED_HEADER_SIZE + TAG_SIZE:
+        return data.hex()
+    return _hex_fields(data, (*_SEALED_FIELDS, len(data) - SEALED_HEADER_SIZE - TAG_SIZE), _SEALED_GROUPS)
+
+
+def _describe_sealed(data: bytes, opening: Opening | None) -> tuple[str, str]:
+    try:
+        header = peek_header(data)
     except ProtocolError as error:
         return f"native frame the codec refuses: {error}", data.hex()
-    header = (
-        f"native {frame.frame_type.name} frame, sequence {frame.sequence}, flags {frame.flags}, "
-        f"auth {show_bytes(frame.auth) if frame.auth else '(none)'}"
-    )
-    hex_text = _hex_fields(data, (*_NATIVE_FIELDS, len(frame.auth)), (len(_NATIVE_FIELDS), 1))
-    if frame.frame_type is FrameType.RELAY:
-        name_size = frame.body[8] if len(frame.body) > 8 else 0
-        hex_text = _hex_fields(
-            data,
-            (*_NATIVE_FIELDS, len(frame.auth), *_RELAY_FIELDS, name_size),
-            (len(_NATIVE_FIELDS), 1, len(_RELAY_FIELDS), 1),
-        )
-        try:
-            relayed = decode_relay_body(frame.body)
-        except ProtocolError as error:
-            return f"{header}\nrelay body the codec refuses: {error}", hex_text
-        body = f"from {relayed.sender!r} at {_timestamp(relayed.timestamp_ms)}: {relayed.text!r}"
-    elif frame.body:
-        body = f"body {show_bytes(frame.body)}"
+    clear = f"sealed native frame, key id {header.key_id}, counter {header.counter}, flags {header.flags}"
+    if isinstance(opening, Opened):
+        inside = describe_opened(opening)
     else:
-        body = "no body"
-    return f"{header}\n{body}", hex_text
+        inside = f"could not open: {NO_KEY if opening is None else opening.reason}"
+    return f"{clear}\n{inside}", sealed_hex(data)
 
 
-def describe_datagram(data: bytes, *, sent: bool) -> str:
+def describe_datagram(data: bytes, *, sent: bool, opening: Opening | None = None) -> str:
     """
     A datagram decoded, and its hex with the fields split by C{|}.
 
     C{sent}: from this client to the server, where a legacy datagram is a
     chat datagram (room, token, message); from the server a legacy datagram
-    is plain text.
+    is plain text. A native datagram shows its clear header, then what
+    C{opening} says is inside (None: this client has no key to open it with).
     """
     if not data:
         return "empty datagram"
-    if data[0] == 0:
-        text, hex_text = _describe_native(data)
+    if data[0] == SEALED_MARKER:
+        text, hex_text = _describe_sealed(data, opening)
     elif sent:
         try:
             datagram = decode_legacy(data)

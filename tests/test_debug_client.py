@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 from contextlib import redirect_stderr
 
 from twisted.internet import reactor
@@ -15,10 +17,12 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from chatd.datagrams import FrameType, encode_relay_body
 from chatd.debug_client import Console, DebugClient, ServerConnection, parse_arguments
 from chatd.debug_commands import HELP
 from chatd.debug_describe import describe_tcp_bytes, report
 from chatd.payloads import Dialect
+from chatd.seal import Channel, Direction
 from chatd.service import make_service
 from chatd.settings import Settings
 from chatd.wire import Frame, Operation, State, encode_frame
@@ -45,6 +49,23 @@ def _connected() -> tuple[DebugClient, ServerConnection, StringTransport, list[s
 
 def _reply(operation: Operation, state: State, payload: bytes, room: str = "hoge") -> bytes:
     return encode_frame(Frame(operation, state, room, payload))
+
+
+KEY = bytes(range(32))
+
+
+def _native_complete(operation: Operation = Operation.JOIN, key: bytes = KEY, key_id: int = 77) -> bytes:
+    payload: dict[str, object] = {"key": base64.b64encode(key).decode(), "key_id": key_id}
+    if operation is not Operation.REKEY:
+        payload.update(chatd=1, token="T", room="hoge", user="bob")
+    return _reply(operation, State.COMPLETE, json.dumps(payload).encode())
+
+
+def _hex_line(entry: str) -> str:
+    """The hex line of an entry, its separators taken out: the bytes exactly as they went over the wire."""
+    lines = [line.strip() for line in entry.splitlines() if line.strip().startswith("hex ")]
+    assert len(lines) == 1, entry
+    return lines[0].removeprefix("hex ").replace(" ", "").replace("|", "")
 
 
 class DebugClientTests(SynchronousTestCase):
@@ -75,10 +96,109 @@ class DebugClientTests(SynchronousTestCase):
         self.assertIn("state 2 COMPLETE", output[1])
         self.assertEqual(
             output[2],
-            "-- token for room 'hoge': tk (say, nsay, keepalive use it); "
+            "-- token for room 'hoge': tk (say uses it); "
             "to register your UDP address: port (2 raw bytes, then the server closes TCP)",
         )
         self.assertEqual((client.session.room, client.session.token), ("hoge", "tk"))
+
+    def test_a_native_key_is_learned_and_shown_by_id(self) -> None:
+        client, protocol, _, output, _ = _connected()
+        client.handle_line("dialect native")
+        del output[:]
+        protocol.dataReceived(_native_complete())
+        self.assertEqual(
+            output[-1],
+            "-- token for room 'hoge': T (never sent on UDP); UDP key id 77 (nsay and keepalive seal with it); "
+            "to register your UDP address: keepalive (the first sealed datagram registers)",
+        )
+        channel = client.session.channel
+        assert channel is not None
+        self.assertEqual((channel.key, channel.key_id), (KEY, 77))
+        client.handle_line("state")
+        self.assertIn("key id 77 (the key itself is not shown)", output[-1])
+        self.assertNotIn(base64.b64encode(KEY).decode(), output[-1])
+
+    def test_a_native_complete_frame_without_a_key(self) -> None:
+        client, protocol, _, output, _ = _connected()
+        client.handle_line("dialect native")
+        protocol.dataReceived(_reply(Operation.JOIN, State.COMPLETE, b'{"chatd": 1, "token": "T"}'))
+        self.assertIn("-- token for room 'hoge': T (say uses it)", output[-2])
+        self.assertEqual(
+            output[-1], '!! the complete frame has no usable UDP key ("key", "key_id"): nsay and keepalive cannot seal'
+        )
+        self.assertIsNone(client.session.channel)
+
+    def test_rekey(self) -> None:
+        client, protocol, transport, output, _ = _connected()
+        client.handle_line("dialect native")
+        protocol.dataReceived(_native_complete())
+        transport.clear()
+        client.handle_line("rekey")
+        self.assertEqual(transport.value(), _reply(Operation.REKEY, State.REQUEST, b""))
+        first = client.session.channel
+        protocol.dataReceived(_reply(Operation.REKEY, State.ACKNOWLEDGE, b"\x00"))
+        self.assertIs(client.session.channel, first)
+        protocol.dataReceived(_native_complete(Operation.REKEY, bytes(32), 78))
+        self.assertEqual(
+            output[-1],
+            "-- new UDP key id 78 for room 'hoge' (nsay and keepalive seal with it, counters from 0; "
+            "the old key no longer works)",
+        )
+        channel = client.session.channel
+        assert channel is not None
+        self.assertEqual((channel.key, channel.key_id), (bytes(32), 78))
+        self.assertEqual((client.session.token, client.session.room), ("T", "hoge"))
+        protocol.dataReceived(_reply(Operation.REKEY, State.COMPLETE, b'{"key": "?", "key_id": 1}'))
+        self.assertEqual(
+            output[-1], '!! the complete rekey frame has no usable UDP key ("key", "key_id"); still key id 78'
+        )
+        self.assertIs(client.session.channel, channel)
+
+    def test_received_sealed_datagrams_are_opened(self) -> None:
+        client, protocol, _, output, _ = _connected()
+        server = Channel(KEY, 77, Direction.TO_CLIENT)
+        relay = server.seal(FrameType.RELAY, encode_relay_body("ann", b"hello", 1_700_000_000_000))
+        client.datagram_received(relay, ("127.0.0.1", 9002))
+        self.assertIn(
+            "sealed native frame, key id 77, counter 0, flags 0\n   could not open: this client holds no UDP key",
+            output[-1],
+        )
+        client.handle_line("dialect native")
+        protocol.dataReceived(_native_complete())
+        client.datagram_received(relay, ("127.0.0.1", 9002))
+        self.assertEqual(
+            output[-1].splitlines()[:3],
+            [
+                "<< UDP from 127.0.0.1:9002, 49 bytes",
+                "   sealed native frame, key id 77, counter 0, flags 0",
+                "   RELAY from 'ann' at 2023-11-14T22:13:20.000Z: 'hello'",
+            ],
+        )
+        self.assertEqual(_hex_line(output[-1]), relay.hex())
+        # The same datagram again is a replay.
+        client.datagram_received(relay, ("127.0.0.1", 9002))
+        self.assertIn("could not open: counter 0 was seen before or is too old", output[-1])
+        notice = server.seal(FrameType.NOTICE, b'{"event": "joined", "user": "cat"}')
+        client.datagram_received(notice, ("10.0.0.9", 4000))
+        self.assertIn("(not the server's UDP address)", output[-1])
+        self.assertIn('NOTICE \'{"event": "joined", "user": "cat"}\'', output[-1])
+        forged = bytearray(server.seal(FrameType.KEEPALIVE_ACK, b""))
+        forged[20] ^= 0x80
+        client.datagram_received(bytes(forged), ("127.0.0.1", 9002))
+        self.assertIn("could not open: sealed frame did not authenticate", output[-1])
+        client.datagram_received(server.seal(FrameType.KEEPALIVE_ACK, b""), ("127.0.0.1", 9002))
+        self.assertIn("counter 3, flags 0\n   KEEPALIVE_ACK (no body)", output[-1])
+
+    def test_sealing_needs_a_udp_port(self) -> None:
+        client, protocol, _, output, _ = _connected()
+        client.handle_line("dialect native")
+        protocol.dataReceived(_native_complete())
+        client.handle_line("nsay hi")
+        client.handle_line("keepalive")
+        self.assertEqual(output[-2:], ["!! no UDP port to send from"] * 2)
+        # Nothing was sealed, so no counter was spent.
+        assert client.session.channel is not None
+        self.assertEqual(client.session.channel.sent, 0)
 
     def test_invitation_is_shown(self) -> None:
         client, protocol, _, output, _ = _connected()
@@ -342,21 +462,141 @@ class LoopbackTests(TestCase):
         await self.command(bob, bob_out, "join lobby bob", "-- token for room 'lobby'")
         notice = await self.expect(ann_out, "operation 5 NOTICE, state 2 COMPLETE", since)
         self.assertIn("payload '* bob joined lobby'", notice)
-        await self.command(bob, bob_out, "keepalive", "native KEEPALIVE_ACK frame, sequence 1")
+        key = bob.session.channel
+        assert key is not None
+        since = bob_out.mark()
+        bob.handle_line("keepalive")
+        sent = await self.expect(bob_out, ">> UDP to", since)
+        self.assertIn(f"sealed native frame, key id {key.key_id}, counter 0, flags 0\n   KEEPALIVE (no body)", sent)
+        acked = await self.expect(bob_out, "<< UDP from", since)
+        self.assertIn(
+            f"sealed native frame, key id {key.key_id}, counter 0, flags 0\n   KEEPALIVE_ACK (no body)", acked
+        )
 
         since = bob_out.mark()
         said = await self.command(ann, ann_out, "say hello, bob", ">> UDP to 127.0.0.1:")
         self.assertIn(f"legacy chat datagram, room 'lobby', token {token!r}\n   message 'hello, bob'", said)
         self.assertIn(f"   hex 05 {len(token):02x} | 6c6f626279 | {token.encode().hex()} | ", said)
         relayed = await self.expect(bob_out, "<< UDP from", since)
-        self.assertIn("native RELAY frame, sequence 1", relayed)
-        self.assertIn("from 'ann' at ", relayed)
+        self.assertIn(f"sealed native frame, key id {key.key_id}, counter 1, flags 0\n   RELAY from 'ann' at ", relayed)
         self.assertIn(": 'hello, bob'", relayed)
 
         since = ann_out.mark()
-        bob.handle_line("nsay hi, ann")
+        sent = await self.command(bob, bob_out, "nsay hi, ann", ">> UDP to")
+        self.assertIn(f"key id {key.key_id}, counter 1, flags 0\n   MESSAGE 'hi, ann'", sent)
         relayed = await self.expect(ann_out, "<< UDP from", since)
         self.assertIn("legacy text 'bob: hi, ann'\n   hex " + b"bob: hi, ann".hex(), relayed)
+        self.assertEqual(self.service.server.relay.drops.total, 0)
+
+    async def native_member(self, line: str) -> tuple[DebugClient, Transcript]:
+        """A native client that has run C{line} (create or join) and registered with a keepalive."""
+        client, transcript = await self.start_client()
+        client.handle_line("dialect native")
+        await self.command(client, transcript, line, "UDP key id")
+        await self.keepalive(client, transcript)
+        return client, transcript
+
+    async def keepalive(self, client: DebugClient, transcript: Transcript) -> None:
+        """
+        A keepalive, answered: the server has handled everything this client
+        sent before it (datagrams on loopback arrive in order).
+        """
+        since = transcript.mark()
+        client.handle_line("keepalive")
+        await self.expect(transcript, "KEEPALIVE_ACK (no body)", since)
+
+    async def nsay(self, sender: DebugClient, sender_out: Transcript, text: str, to: Transcript) -> tuple[str, str]:
+        """C{sender}'s nsay, as shown when sent, and as its recipient shows the relayed copy."""
+        since = to.mark()
+        sent = await self.command(sender, sender_out, f"nsay {text}", ">> UDP to")
+        return sent, await self.expect(to, "<< UDP from", since)
+
+    async def test_native_members_both_ways(self) -> None:
+        ann, ann_out = await self.native_member("create parlour ann")
+        bob, bob_out = await self.native_member("join parlour bob")
+        _, relayed = await self.nsay(ann, ann_out, "hello, bob", bob_out)
+        self.assertIn("RELAY from 'ann' at ", relayed)
+        self.assertIn(": 'hello, bob'", relayed)
+        _, relayed = await self.nsay(bob, bob_out, "hello, ann", ann_out)
+        self.assertIn("RELAY from 'bob' at ", relayed)
+        self.assertIn(": 'hello, ann'", relayed)
+        self.assertEqual(self.service.server.relay.drops.total, 0)
+
+    async def test_native_hex_shows_neither_the_token_nor_the_text(self) -> None:
+        ann, ann_out = await self.native_member("create parlour ann")
+        bob, bob_out = await self.native_member("join parlour bob")
+        text = "a message that only bob may read"
+        sent, relayed = await self.nsay(ann, ann_out, text, bob_out)
+        # Both ends read it, once opened with their keys...
+        self.assertIn(f"MESSAGE {text!r}", sent)
+        self.assertIn(f": {text!r}", relayed)
+        secrets = {"text": text.encode(), "sender": b"ann"}
+        for name, client in (("ann", ann), ("bob", bob)):
+            assert client.session.token is not None and client.session.channel is not None
+            secrets[f"{name}'s token"] = client.session.token.encode()
+            secrets[f"{name}'s key"] = client.session.channel.key
+        # ...but the bytes on the wire carry none of it.
+        for entry in (sent, relayed):
+            wire = _hex_line(entry)
+            self.assertEqual(len(wire), 2 * int(entry.split(" bytes", 1)[0].rsplit(" ", 1)[1]))
+            for name, secret in secrets.items():
+                self.assertNotIn(secret.hex(), wire, name)
+            for name in ("text", "ann's token", "bob's token"):
+                self.assertNotIn(secrets[name].decode(), entry.split("\n   hex ")[1], name)
+
+    async def test_a_replayed_datagram_is_dropped(self) -> None:
+        ann, ann_out = await self.native_member("create parlour ann")
+        bob, bob_out = await self.native_member("join parlour bob")
+        sent, _ = await self.nsay(bob, bob_out, "only once", ann_out)
+        captured = sent.split("\n   hex ")[1]
+        since = ann_out.mark()
+        replayed = await self.command(bob, bob_out, f"udpraw {captured}", ">> UDP to")
+        # The client shows what its replay carries (it checks no window for what it sends).
+        self.assertIn("MESSAGE 'only once'", replayed)
+        self.assertEqual(_hex_line(replayed), _hex_line(sent))
+        await self.keepalive(bob, bob_out)
+        await self.keepalive(ann, ann_out)
+        self.assertEqual(self.service.server.relay.drops.counts["replayed"], 1)
+        self.assertEqual(self.service.server.relay.drops.total, 1)
+        self.assertNotIn("only once", "\n".join(ann_out.entries[since:]))
+        # The key still works after the replay.
+        _, relayed = await self.nsay(bob, bob_out, "and again", ann_out)
+        self.assertIn(": 'and again'", relayed)
+
+    async def test_rekey(self) -> None:
+        _, ann_out = await self.native_member("create parlour ann")
+        bob, bob_out = await self.native_member("join parlour bob")
+        old = bob.session.channel
+        assert old is not None
+        sent, _ = await self.nsay(bob, bob_out, "under the old key", ann_out)
+        await self.command(bob, bob_out, "rekey", "-- new UDP key id")
+        new = bob.session.channel
+        assert new is not None
+        self.assertNotEqual((new.key_id, new.key), (old.key_id, old.key))
+        state = await self.command(bob, bob_out, "state", "UDP key")
+        self.assertIn(f"key id {new.key_id} (the key itself is not shown), next counter to send 0", state)
+        # Counters start again under the new key, which the server accepts.
+        since = bob_out.mark()
+        bob.handle_line("keepalive")
+        acked = await self.expect(bob_out, "KEEPALIVE_ACK", since)
+        self.assertIn(f"key id {new.key_id}, counter 0, flags 0", acked)
+        _, relayed = await self.nsay(bob, bob_out, "under the new key", ann_out)
+        self.assertIn(": 'under the new key'", relayed)
+        # The old key is gone: a datagram sealed under it is dropped.
+        replayed = await self.command(bob, bob_out, "udpraw " + sent.split("\n   hex ")[1], ">> UDP to")
+        self.assertIn(
+            f"could not open: sealed under key id {old.key_id}, not this client's key id {new.key_id}", replayed
+        )
+        await self.keepalive(bob, bob_out)
+        self.assertEqual(self.service.server.relay.drops.counts["unknown_key"], 1)
+
+    async def test_rekey_is_for_native_members_only(self) -> None:
+        ann, ann_out = await self.start_client()
+        ann.handle_line("dialect seed")
+        await self.command(ann, ann_out, "create den ann", "-- token for room 'den'")
+        refused = await self.command(ann, ann_out, "rekey", "operation 6 REKEY, state 1 ACKNOWLEDGE")
+        self.assertNotIn("status 0 SUCCESS", refused)
+        self.assertIsNone(ann.session.channel)
 
     async def test_model_dialect_port_then_reconnect(self) -> None:
         carl, out = await self.start_client()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import replace
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.datagrams import FrameType, NativeFrame, decode_legacy, decode_native, encode_legacy, encode_native
+from chatd.datagrams import FrameType, decode_legacy, encode_legacy
 from chatd.debug_commands import (
     HELP,
     ChangeDialect,
@@ -18,19 +19,42 @@ from chatd.debug_commands import (
     SendBytes,
     SendDatagram,
     SendFrame,
+    SendSealed,
     Session,
     Show,
     advance,
     learn,
+    open_datagram,
     parse_command,
 )
-from chatd.debug_describe import frame_hex
+from chatd.debug_describe import Opened, Unopened, frame_hex, sealed_hex
 from chatd.payloads import Dialect
+from chatd.seal import REJECT_AFTER, Channel, Direction
 from chatd.wire import Frame, Operation, SizeEncoding, State, decode_frame, encode_frame
 from tests.helpers import SEED_EXAMPLE
 
 MEMBER = Session(room="hoge", token="tok", local_udp_port=40001)
-"""A session that has been through a complete frame."""
+"""A session that has been through a legacy complete frame: a token, no UDP key."""
+
+KEY = bytes(range(32))
+KEY_ID = 77
+
+
+def native_member() -> Session:
+    """A session that has been through a native complete frame: a fresh client Channel (it changes in place)."""
+    return replace(MEMBER, dialect=Dialect.NATIVE, channel=Channel(KEY, KEY_ID, Direction.TO_SERVER))
+
+
+def server_side(key: bytes = KEY, key_id: int = KEY_ID) -> Channel:
+    """The server's Channel for the same key: it seals TO_CLIENT and opens what the client sealed."""
+    return Channel(key, key_id, Direction.TO_CLIENT)
+
+
+def native_complete(operation: Operation = Operation.CREATE, key: bytes = KEY, key_id: object = KEY_ID) -> Frame:
+    payload = {"chatd": 1, "token": "T", "key": base64.b64encode(key).decode(), "key_id": key_id, "room": "hoge"}
+    if operation is Operation.REKEY:
+        payload = {"key": payload["key"], "key_id": key_id}
+    return Frame(operation, State.COMPLETE, "hoge", json.dumps(payload).encode())
 
 
 def replace_session(**changes: Any) -> Session:
@@ -160,7 +184,6 @@ class ParseCommandTests(SynchronousTestCase):
     def test_say_is_a_legacy_datagram(self) -> None:
         action = sent_datagram("say hello,  world ")
         self.assertEqual(action.data, encode_legacy("hoge", "tok", "hello,  world "))
-        self.assertIsNone(action.sequence)
         datagram = decode_legacy(action.data)
         self.assertEqual((datagram.room, datagram.token, datagram.message), ("hoge", "tok", b"hello,  world "))
 
@@ -168,19 +191,45 @@ class ParseCommandTests(SynchronousTestCase):
         self.assert_refused("say", "usage: say TEXT")
         self.assert_refused("say hi", "create or join a room first", Session())
 
-    def test_nsay_is_a_native_message(self) -> None:
-        action = sent_datagram("nsay hi there", replace_session(sequence=4))
-        self.assertEqual(action.sequence, 5)
-        self.assertEqual(action.data, encode_native(NativeFrame(FrameType.MESSAGE, 5, b"tok", b"hi there")))
-        self.assert_refused("nsay", "usage: nsay TEXT")
-        self.assert_refused("nsay hi", "create or join a room first", Session())
+    def test_nsay_is_a_sealed_message(self) -> None:
+        session = native_member()
+        self.assertEqual(parse("nsay hi there", session), SendSealed(FrameType.MESSAGE, b"hi there"))
+        self.assertEqual(parse("nsay  héllo ", session), SendSealed(FrameType.MESSAGE, " héllo ".encode()))
+        # Parsing seals nothing: the counter moves only when the client seals.
+        assert session.channel is not None
+        self.assertEqual(session.channel.sent, 0)
+        self.assert_refused("nsay", "usage: nsay TEXT", session)
+
+    def test_nsay_and_keepalive_need_a_key(self) -> None:
+        for line in ("nsay hi", "keepalive"):
+            # A token alone (a legacy membership) is not enough: the token is never used on UDP.
+            self.assert_refused(line, "needs a UDP key: create or join a room in the native dialect first")
+            self.assert_refused(line, "needs a UDP key", Session())
 
     def test_keepalive(self) -> None:
-        action = sent_datagram("keepalive")
-        self.assertEqual(action.sequence, 1)
-        self.assertEqual(decode_native(action.data), NativeFrame(FrameType.KEEPALIVE, 1, b"tok", b""))
-        self.assert_refused("keepalive now", "usage: keepalive")
-        self.assert_refused("keepalive", "create or join a room first", Session())
+        session = native_member()
+        self.assertEqual(parse("keepalive", session), SendSealed(FrameType.KEEPALIVE, b""))
+        self.assert_refused("keepalive now", "usage: keepalive", session)
+
+    def test_a_spent_key_is_refused(self) -> None:
+        session = native_member()
+        assert session.channel is not None
+        session.channel.sent = REJECT_AFTER
+        self.assert_refused("nsay hi", "UDP key id 77 is spent (no counter left): rekey", session)
+        self.assert_refused("keepalive", "is spent", session)
+
+    def test_rekey(self) -> None:
+        frame = sent_frame("rekey", native_member())
+        self.assertEqual(
+            (frame.operation, frame.state, frame.room, frame.payload, frame.encoding),
+            (Operation.REKEY, State.REQUEST, "hoge", b"", SizeEncoding.BINARY),
+        )
+        self.assertEqual(encode_frame(frame)[1:3], b"\x06\x00")
+        # Anyone may ask, to see the server refuse a legacy member or a stranger.
+        self.assertEqual(sent_frame("rekey", Session()).room, "")
+        self.assertEqual(sent_frame("rekey other").room, "other")
+        self.assertEqual(sent_frame("rekey", Session(dialect=Dialect.SEED)).encoding, SizeEncoding.ASCII)
+        self.assert_refused("rekey a b", "usage: rekey [ROOM]")
 
     def test_raw(self) -> None:
         self.assertEqual(parse("raw 0401 00 31"), SendBytes(b"\x04\x01\x00\x31"))
@@ -192,6 +241,9 @@ class ParseCommandTests(SynchronousTestCase):
 
     def test_udpraw(self) -> None:
         self.assertEqual(parse("udpraw 00 01 | 02", Session()), SendDatagram(b"\x00\x01\x02"))
+        # A sealed datagram's hex, as shown, pastes back: a replay.
+        sealed = server_side().seal(FrameType.RELAY, b"x" * 20)
+        self.assertEqual(parse("udpraw " + sealed_hex(sealed), Session()), SendDatagram(sealed))
         self.assert_refused("udpraw", "usage: udpraw HEX")
         self.assert_refused("udpraw zz", "not hex")
 
@@ -211,14 +263,43 @@ class ParseCommandTests(SynchronousTestCase):
         self.assertIsInstance(state, Show)
         self.assertIn("'tok'", state.text)
         self.assertIn("40001", state.text)
+        self.assertIn("UDP key    (none)", state.text)
         self.assertEqual(parse("connect"), Connect())
         self.assertEqual(parse("quit"), Quit())
         self.assertEqual(parse("exit"), Quit())
         self.assert_refused("state now", "usage: state")
         self.assert_refused("connect there", "usage: connect")
 
+    def test_state_shows_the_key_id_never_the_key(self) -> None:
+        session = native_member()
+        assert session.channel is not None
+        session.channel.seal(FrameType.KEEPALIVE, b"")
+        session.channel.open(server_side().seal(FrameType.KEEPALIVE_ACK, b""))
+        text = parse("state", session).text
+        self.assertIn(
+            "UDP key    key id 77 (the key itself is not shown), next counter to send 1, newest counter received 0",
+            text,
+        )
+        for form in (KEY.hex(), base64.b64encode(KEY).decode(), repr(KEY)):
+            self.assertNotIn(form, text)
+        fresh = parse("state", native_member()).text
+        self.assertIn("next counter to send 0, newest counter received none yet", fresh)
+
     def test_help_mentions_every_command(self) -> None:
-        for command in ("create", "join", "invite", "register", "port", "say", "nsay", "keepalive", "raw", "udpraw"):
+        commands = (
+            "create",
+            "join",
+            "invite",
+            "rekey",
+            "register",
+            "port",
+            "say",
+            "nsay",
+            "keepalive",
+            "raw",
+            "udpraw",
+        )
+        for command in commands:
             self.assertIn(f"  {command} ", HELP)
         for command in ("dialect", "help", "quit"):
             self.assertIn(f"  {command}", HELP)
@@ -227,19 +308,67 @@ class ParseCommandTests(SynchronousTestCase):
 class SessionTests(SynchronousTestCase):
     def test_advance(self) -> None:
         self.assertEqual(advance(Session(), ChangeDialect(Dialect.SEED)).dialect, Dialect.SEED)
-        self.assertEqual(advance(MEMBER, SendDatagram(b"x", 7)).sequence, 7)
         self.assertEqual(advance(MEMBER, SendDatagram(b"x")), MEMBER)
+        self.assertEqual(advance(MEMBER, SendSealed(FrameType.KEEPALIVE, b"")), MEMBER)
         self.assertEqual(advance(MEMBER, Quit()), MEMBER)
 
     def test_learns_a_legacy_token(self) -> None:
         frame = Frame(Operation.CREATE, State.COMPLETE, "hoge", b"abc123")
-        learned = learn(Session(sequence=3), frame)
-        self.assertEqual((learned.room, learned.token, learned.sequence), ("hoge", "abc123", 0))
+        learned = learn(native_member(), frame)
+        # A legacy membership has no key: the native one's is forgotten.
+        self.assertEqual((learned.room, learned.token, learned.channel), ("hoge", "abc123", None))
 
-    def test_learns_a_native_token(self) -> None:
-        payload = json.dumps({"chatd": 1, "token": "T", "room": "hoge", "user": "bob"}).encode()
-        learned = learn(Session(), Frame(Operation.JOIN, State.COMPLETE, "hoge", payload))
+    def test_learns_a_native_token_and_key(self) -> None:
+        learned = learn(Session(), native_complete(Operation.JOIN))
         self.assertEqual((learned.room, learned.token), ("hoge", "T"))
+        channel = learned.channel
+        assert channel is not None
+        self.assertEqual((channel.key, channel.key_id, channel.sent), (KEY, KEY_ID, 0))
+        # A client's Channel: what it seals, the server opens, and the other way round.
+        server = server_side()
+        self.assertEqual(server.open(channel.seal(FrameType.MESSAGE, b"hi")), (FrameType.MESSAGE, b"hi"))
+        self.assertEqual(channel.open(server.seal(FrameType.KEEPALIVE_ACK, b"")), (FrameType.KEEPALIVE_ACK, b""))
+
+    def test_every_complete_frame_is_a_new_channel(self) -> None:
+        first = learn(Session(), native_complete())
+        again = learn(first, native_complete())
+        self.assertIsNot(again.channel, first.channel)
+
+    def test_learns_a_new_key_from_rekey(self) -> None:
+        session = native_member()
+        assert session.channel is not None
+        session.channel.seal(FrameType.KEEPALIVE, b"")
+        new_key = bytes(32)
+        learned = learn(session, native_complete(Operation.REKEY, key=new_key, key_id=78))
+        assert learned.channel is not None
+        self.assertEqual((learned.channel.key, learned.channel.key_id, learned.channel.sent), (new_key, 78, 0))
+        self.assertEqual((learned.room, learned.token, learned.dialect), ("hoge", "tok", Dialect.NATIVE))
+        # Not the acknowledgement, and not a rekey frame without a usable key.
+        self.assertEqual(learn(session, Frame(Operation.REKEY, State.ACKNOWLEDGE, "hoge", b"\x00")), session)
+        self.assertEqual(learn(session, native_complete(Operation.REKEY, key=b"short")), session)
+        self.assertEqual(learn(session, Frame(Operation.REKEY, State.COMPLETE, "hoge", b"T")), session)
+
+    def test_an_unusable_key_is_no_key(self) -> None:
+        good = base64.b64encode(KEY).decode()
+        for key, key_id in (
+            (base64.b64encode(KEY[:31]).decode(), KEY_ID),
+            (base64.b64encode(KEY + b"!").decode(), KEY_ID),
+            ("not base64!", KEY_ID),
+            (good + "\n", KEY_ID),
+            (None, KEY_ID),
+            (42, KEY_ID),
+            (good, -1),
+            (good, 2**32),
+            (good, True),
+            (good, "77"),
+            (good, 77.0),
+            (good, None),
+        ):
+            payload = json.dumps({"chatd": 1, "token": "T", "key": key, "key_id": key_id}).encode()
+            learned = learn(native_member(), Frame(Operation.CREATE, State.COMPLETE, "hoge", payload))
+            self.assertEqual((learned.token, learned.channel), ("T", None), (key, key_id))
+        payload = json.dumps({"chatd": 1, "token": "T"}).encode()
+        self.assertIsNone(learn(native_member(), Frame(Operation.JOIN, State.COMPLETE, "hoge", payload)).channel)
 
     def test_ignores_what_is_not_a_complete_create_or_join(self) -> None:
         for frame in (
@@ -251,6 +380,7 @@ class SessionTests(SynchronousTestCase):
             Frame(Operation.CREATE, State.COMPLETE, "hoge", b"{not json"),
             Frame(Operation.CREATE, State.COMPLETE, "hoge", b'{"token": "\\ud800"}'),
             Frame(Operation.CREATE, State.COMPLETE, "hoge", b'{"token": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+            Frame(Operation.REKEY, State.COMPLETE, "hoge", b'{"key": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
         ):
             self.assertEqual(learn(MEMBER, frame), MEMBER, frame)
 
@@ -259,3 +389,59 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual((legacy.invite, legacy.token), ("INV", "tok"))
         native = learn(MEMBER, Frame(Operation.INVITE, State.COMPLETE, "hoge", b'{"chatd": 1, "invite": "I2"}'))
         self.assertEqual(native.invite, "I2")
+
+
+class OpenDatagramTests(SynchronousTestCase):
+    def test_received_opens_with_the_channel(self) -> None:
+        session = native_member()
+        server = server_side()
+        relay = server.seal(FrameType.RELAY, b"body")
+        self.assertEqual(open_datagram(session, relay, sent=False), Opened(FrameType.RELAY, b"body"))
+
+    def test_a_received_replay_is_refused(self) -> None:
+        session = native_member()
+        ack = server_side().seal(FrameType.KEEPALIVE_ACK, b"")
+        self.assertEqual(open_datagram(session, ack, sent=False), Opened(FrameType.KEEPALIVE_ACK, b""))
+        self.assertEqual(open_datagram(session, ack, sent=False), Unopened("counter 0 was seen before or is too old"))
+
+    def test_forged_damaged_and_misdirected(self) -> None:
+        session = native_member()
+        server = server_side()
+        forged = bytearray(server.seal(FrameType.RELAY, b"body"))
+        forged[-1] ^= 1
+        self.assertEqual(
+            open_datagram(session, bytes(forged), sent=False), Unopened("sealed frame did not authenticate")
+        )
+        # The same key, but sealed as the client seals: not something the server sends.
+        own = Channel(KEY, KEY_ID, Direction.TO_SERVER).seal(FrameType.MESSAGE, b"x")
+        self.assertEqual(open_datagram(session, own, sent=False), Unopened("sealed frame did not authenticate"))
+        other = server_side(bytes(32), 78).seal(FrameType.RELAY, b"body")
+        self.assertEqual(
+            open_datagram(session, other, sent=False),
+            Unopened("sealed under key id 78, not this client's key id 77"),
+        )
+        self.assertEqual(
+            open_datagram(session, b"\x00\x01", sent=False), Unopened("sealed frame shorter than its flags")
+        )
+        # None of these moved the replay window.
+        assert session.channel is not None
+        self.assertEqual(session.channel.newest_received, -1)
+
+    def test_sent_opens_as_the_server_would_without_a_window(self) -> None:
+        session = native_member()
+        assert session.channel is not None
+        message = session.channel.seal(FrameType.MESSAGE, b"hi")
+        # Again and again: a replay still shows what it carries.
+        for _ in range(2):
+            self.assertEqual(open_datagram(session, message, sent=True), Opened(FrameType.MESSAGE, b"hi"))
+        self.assertEqual(session.channel.newest_received, -1)
+        self.assertEqual(session.channel.sent, 1)
+        relay = server_side().seal(FrameType.RELAY, b"body")
+        self.assertEqual(open_datagram(session, relay, sent=True), Unopened("sealed frame did not authenticate"))
+
+    def test_no_key_or_not_native(self) -> None:
+        sealed = server_side().seal(FrameType.RELAY, b"body")
+        self.assertIsNone(open_datagram(MEMBER, sealed, sent=False))
+        self.assertIsNone(open_datagram(MEMBER, sealed, sent=True))
+        self.assertIsNone(open_datagram(native_member(), b"ann: hi", sent=False))
+        self.assertIsNone(open_datagram(native_member(), b"", sent=True))

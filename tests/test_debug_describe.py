@@ -4,22 +4,38 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.datagrams import FrameType, NativeFrame, encode_legacy, encode_native, encode_relay_body, native_header
+from chatd.datagrams import FrameType, encode_legacy, encode_relay_body
 from chatd.debug_describe import (
+    NO_KEY,
+    Opened,
+    Unopened,
     describe_datagram,
     describe_frame,
     describe_header,
+    describe_opened,
     describe_status,
     describe_tcp_bytes,
     frame_hex,
     frame_size,
     report,
+    sealed_hex,
     show_bytes,
 )
+from chatd.seal import Direction, Sealer
 from chatd.wire import Frame, Operation, SizeEncoding, State, decode_frame, encode_frame
 from tests.helpers import SEED_EXAMPLE
 
-"""The seed document's example: room hoge, create, request, payload 'a' (ASCII size)."""
+KEY = bytes(range(32))
+KEY_ID = 0x01020304
+
+
+def sealed(direction: Direction, counter: int, frame_type: int, body: bytes = b"") -> bytes:
+    return Sealer(KEY).seal(direction, KEY_ID, counter, frame_type, body)
+
+
+def split_hex(data: bytes) -> str:
+    """What sealed_hex should give: the clear header's fields, the ciphertext, the tag."""
+    return f"00 01 00 | 01020304 | {data[7:15].hex()} | {data[15:-16].hex()} | {data[-16:].hex()}"
 
 
 class DescribeTests(SynchronousTestCase):
@@ -115,7 +131,16 @@ class DescribeTests(SynchronousTestCase):
         )
         self.assertEqual(
             describe_datagram(b"\x00\x01", sent=True),
-            "native frame the codec refuses: native frame shorter than its header\nhex 0001",
+            "native frame the codec refuses: sealed frame shorter than its flags\nhex 0001",
+        )
+        self.assertEqual(
+            describe_datagram(b"\x00\x02\x00", sent=False),
+            "native frame the codec refuses: sealed frame version 2\nhex 000200",
+        )
+        short = sealed(Direction.TO_SERVER, 0, FrameType.KEEPALIVE)[:-1]
+        self.assertEqual(
+            describe_datagram(short, sent=True),
+            f"native frame the codec refuses: sealed frame of 31 bytes is shorter than 32\nhex {short.hex()}",
         )
         self.assertEqual(describe_datagram(b"", sent=True), "empty datagram")
 
@@ -123,33 +148,64 @@ class DescribeTests(SynchronousTestCase):
         self.assertEqual(describe_datagram(b"ann: hi", sent=False), "legacy text 'ann: hi'\nhex 616e6e3a206869")
         self.assertIn("(not UTF-8)", describe_datagram(b"\xff", sent=False))
 
-    def test_native_relay(self) -> None:
-        data = native_header(FrameType.RELAY, 3) + encode_relay_body("ann", b"hello", 1_700_000_000_000)
+    def test_sealed_relay(self) -> None:
+        body = encode_relay_body("ann", b"hello", 1_700_000_000_000)
+        data = sealed(Direction.TO_CLIENT, 3, FrameType.RELAY, body)
+        self.assertEqual(
+            describe_datagram(data, sent=False, opening=Opened(FrameType.RELAY, body)),
+            "sealed native frame, key id 16909060, counter 3, flags 0\n"
+            "RELAY from 'ann' at 2023-11-14T22:13:20.000Z: 'hello'\n"
+            f"hex {split_hex(data)}",
+        )
+
+    def test_the_hex_hides_what_is_sealed(self) -> None:
+        body = encode_relay_body("ann", b"a secret", 1_700_000_000_000)
+        data = sealed(Direction.TO_CLIENT, 0, FrameType.RELAY, body)
+        hex_line = describe_datagram(data, sent=False, opening=Opened(FrameType.RELAY, body)).splitlines()[-1]
+        digits = hex_line.replace(" ", "").replace("|", "")
+        self.assertEqual(digits, "hex" + data.hex())
+        self.assertNotIn(b"a secret".hex(), digits)
+
+    def test_sealed_hex(self) -> None:
+        data = sealed(Direction.TO_SERVER, 258, FrameType.MESSAGE, b"yo")
+        self.assertEqual(sealed_hex(data), split_hex(data))
+        self.assertEqual(split_hex(data).split(" | ")[2], "0000000000000102")
+        # One byte of ciphertext: the frame type alone.
+        keepalive = sealed(Direction.TO_SERVER, 0, FrameType.KEEPALIVE)
+        self.assertEqual(sealed_hex(keepalive).split(" | ")[3], keepalive[15:16].hex())
+        self.assertEqual(sealed_hex(b"\x00\x01"), "0001")
+
+    def test_sealed_without_the_key(self) -> None:
+        data = sealed(Direction.TO_CLIENT, 5, FrameType.KEEPALIVE_ACK)
         self.assertEqual(
             describe_datagram(data, sent=False),
-            "native RELAY frame, sequence 3, flags 0, auth (none)\n"
-            "from 'ann' at 2023-11-14T22:13:20.000Z: 'hello'\n"
-            "hex 00 01 03 00 0000000000000003 00 | 0000018bcfe56800 03 | 616e6e | 68656c6c6f",
+            "sealed native frame, key id 16909060, counter 5, flags 0\n"
+            f"could not open: {NO_KEY}\nhex {split_hex(data)}",
         )
+        self.assertIn("no UDP key", NO_KEY)
 
-    def test_native_relay_with_a_short_body(self) -> None:
-        text = describe_datagram(native_header(FrameType.RELAY, 1) + b"\x00\x01", sent=False)
-        self.assertIn("relay body the codec refuses: relay body shorter than its header", text)
+    def test_sealed_that_did_not_open(self) -> None:
+        data = sealed(Direction.TO_CLIENT, 5, FrameType.KEEPALIVE_ACK)
+        text = describe_datagram(data, sent=False, opening=Unopened("sealed frame did not authenticate"))
+        self.assertEqual(text.splitlines()[1], "could not open: sealed frame did not authenticate")
 
-    def test_native_message_notice_and_keepalive(self) -> None:
-        message = encode_native(NativeFrame(FrameType.MESSAGE, 2, b"tok", b"yo"))
+    def test_sealed_message_notice_and_keepalives(self) -> None:
+        message = sealed(Direction.TO_SERVER, 2, FrameType.MESSAGE, b"yo")
         self.assertEqual(
-            describe_datagram(message, sent=True),
-            "native MESSAGE frame, sequence 2, flags 0, auth 'tok'\nbody 'yo'\n"
-            "hex 00 01 01 00 0000000000000002 03 | 746f6b | 796f",
+            describe_datagram(message, sent=True, opening=Opened(FrameType.MESSAGE, b"yo")),
+            f"sealed native frame, key id 16909060, counter 2, flags 0\nMESSAGE 'yo'\nhex {split_hex(message)}",
         )
-        notice = native_header(FrameType.NOTICE, 9) + b'{"event": "joined"}'
-        self.assertIn('body \'{"event": "joined"}\'', describe_datagram(notice, sent=False))
-        ack = describe_datagram(native_header(FrameType.KEEPALIVE_ACK, 5), sent=False)
+        self.assertEqual(describe_opened(Opened(FrameType.KEEPALIVE, b"")), "KEEPALIVE (no body)")
+        self.assertEqual(describe_opened(Opened(FrameType.KEEPALIVE_ACK, b"")), "KEEPALIVE_ACK (no body)")
         self.assertEqual(
-            ack,
-            "native KEEPALIVE_ACK frame, sequence 5, flags 0, auth (none)\nno body\n"
-            "hex 00 01 05 00 0000000000000005 00",
+            describe_opened(Opened(FrameType.NOTICE, b'{"event": "joined"}')), 'NOTICE \'{"event": "joined"}\''
+        )
+        self.assertEqual(describe_opened(Opened(9, b"\xff")), "frame type 9 (unknown), body b'\\xff' (not UTF-8)")
+
+    def test_sealed_relay_with_a_short_body(self) -> None:
+        self.assertEqual(
+            describe_opened(Opened(FrameType.RELAY, b"\x00\x01")),
+            "RELAY body the codec refuses: relay body shorter than its header",
         )
 
     def test_report_indents(self) -> None:
