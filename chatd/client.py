@@ -365,7 +365,8 @@ class ChatClient:
                 if len(frame.payload) > 1:
                     message = str(decode_json(frame.payload[1:]).get("message", ""))
                 request.answered.errback(error_for_status(status, message))
-            elif request.operation not in (Operation.CREATE, Operation.JOIN, Operation.INVITE):
+            elif request.operation not in (Operation.CREATE, Operation.JOIN, Operation.INVITE, Operation.REKEY):
+                # These answer with a complete frame after the acknowledge; the others end here.
                 request.answered.callback(request.frames)
         elif frame.state is State.COMPLETE:
             request.answered.callback(request.frames)
@@ -556,6 +557,15 @@ class ChatClient:
                 return
             try:
                 info = await self._rejoin()
+            except CertificateError as error:
+                # The server is not the one we trust (its certificate changed,
+                # or someone is in the middle): retrying cannot help. Stop, and
+                # say why, as _control_lost does for an open connection.
+                self._log.warn("reconnect attempt {attempt} refused: {error}", attempt=attempt, error=str(error))
+                self.state = ConnectionState.CLOSED
+                self._emit(ConnectionLost(str(error), will_reconnect=False))
+                await self._shut(close_udp=True)
+                return
             except ChatError as error:
                 self._log.info("reconnect attempt {attempt} failed: {error}", attempt=attempt, error=str(error))
                 if self._control is not None:

@@ -9,10 +9,10 @@ hex of every frame and datagram to the file that C{CHATD_CAPTURE} names.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
-import struct
 import time
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -20,14 +20,24 @@ from typing import Any, cast
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime, IReactorUDP, ITransport
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorTCP,
+    IReactorTime,
+    IReactorUDP,
+    IStreamClientEndpoint,
+    ITransport,
+)
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from chatd.datagrams import FrameType, NativeFrame, decode_datagram, encode_legacy, encode_native
+from chatd.datagrams import FrameType, decode_datagram, decode_relay_body, encode_legacy
 from chatd.errors import ProtocolError
 from chatd.payloads import NATIVE_VERSION, Dialect
+from chatd.seal import HEADER_SIZE as SEALED_HEADER_SIZE
+from chatd.seal import Channel, Direction, SealedHeader, Sealer, new_key
+from chatd.tls import TrustPolicy, tls_endpoint
 from chatd.wire import (
     HEADER_SIZE,
     Frame,
@@ -62,24 +72,44 @@ def describe_frame(frame: Frame) -> str:
     )
 
 
-def describe_datagram(data: bytes) -> str:
-    """A one-line reading of a datagram in either direction, for the capture file."""
-    if data[:1] == b"\x00" and len(data) >= 13:
-        _marker, version, kind, flags, sequence, auth_size = struct.unpack_from("!BBBBQB", data)
-        try:
-            kind_name = FrameType(kind).name
-        except ValueError:
-            kind_name = str(kind)
-        rest = data[13 + auth_size :].decode("utf-8", "backslashreplace")
-        return f"native v{version} {kind_name} seq={sequence} flags={flags} auth_size={auth_size} rest={rest!r}"
+def describe_datagram(data: bytes, sealer: Sealer | None = None, direction: Direction | None = None) -> str:
+    """
+    A one-line reading of a datagram in either direction, for the capture file.
+
+    A sealed frame shows its clear header only, and what is inside it when
+    the capturing client holds the key (C{sealer}): the hex column is what
+    crossed the wire, the reading is what the two ends see.
+    """
     try:
-        legacy = decode_datagram(data)
+        decoded = decode_datagram(data)
     except ProtocolError:
         return f"text {data.decode('utf-8', 'backslashreplace')!r}"
-    if isinstance(legacy, NativeFrame):
-        return f"native {legacy!r}"
-    message = legacy.message.decode("utf-8", "backslashreplace")
-    return f"legacy room={legacy.room!r} token={legacy.token!r} message={message!r}"
+    if isinstance(decoded, SealedHeader):
+        reading = (
+            f"sealed v1 key_id={decoded.key_id} counter={decoded.counter} flags={decoded.flags}"
+            f" ciphertext+tag={len(data) - SEALED_HEADER_SIZE} bytes"
+        )
+        if sealer is None or direction is None:
+            return reading
+        try:
+            _, frame_type, body = sealer.open(direction, data)
+        except ProtocolError as error:
+            return f"{reading}; does not open: {error.reason}"
+        if frame_type == FrameType.RELAY:
+            try:
+                relayed = decode_relay_body(body)
+            except ProtocolError:
+                pass
+            else:
+                inside = f"RELAY sender={relayed.sender!r} time_ms={relayed.timestamp_ms} message={relayed.text!r}"
+                return f"{reading}; opened by its client: {inside}"
+        try:
+            kind = FrameType(frame_type).name
+        except ValueError:
+            kind = str(frame_type)
+        return f"{reading}; opened by its client: {kind} {body.decode('utf-8', 'backslashreplace')!r}"
+    message = decoded.message.decode("utf-8", "backslashreplace")
+    return f"legacy room={decoded.room!r} token={decoded.token!r} message={message!r}"
 
 
 class Capture:
@@ -104,6 +134,10 @@ class Capture:
     @property
     def enabled(self) -> bool:
         return self.path is not None
+
+    def note(self, text: str) -> None:
+        """A comment line (C{# text}) between the records."""
+        self._write(f"# {text}\n")
 
     def record(self, who: str, channel: str, direction: str, data: bytes, reading: str) -> None:
         self._write(f"{self.label}\t{channel}\t{direction}\t{who}\t{data.hex()}\t{reading}\n")
@@ -198,9 +232,14 @@ class FrameClient(Protocol):
         return len(self.frames.pending)
 
 
-async def connect_tcp(host: str, port: int, client: FrameClient) -> FrameClient:
-    endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-    endpoint = endpoint_type(_reactor, host, port, timeout=int(WAIT))
+async def connect_tcp(host: str, port: int, client: FrameClient, tls: TrustPolicy | None = None) -> FrameClient:
+    """Connect C{client} to C{host:port}: plain TCP, or TLS checked by C{tls}."""
+    endpoint: IStreamClientEndpoint
+    if tls is None:
+        endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        endpoint = endpoint_type(_reactor, host, port, timeout=int(WAIT))
+    else:
+        endpoint, _creator = tls_endpoint(_reactor, host, port, tls)
     connected: Deferred[FrameClient] = connectProtocol(endpoint, client)
     return await connected.addTimeout(WAIT, CLOCK)
 
@@ -214,6 +253,8 @@ class DatagramClient(DatagramProtocol):
         self.capture = capture
         self.datagrams: DeferredQueue[tuple[bytes, Address]] = DeferredQueue()
         self.listening: IListeningPort | None = None
+        self.sealer: Sealer | None = None
+        """The owner's UDP key, so the capture can say what its sealed frames carry."""
 
     def listen(self, host: str) -> None:
         self.listening = REACTOR_UDP.listenUDP(0, self, interface=host, maxPacketSize=8192)
@@ -227,12 +268,14 @@ class DatagramClient(DatagramProtocol):
     @override
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         if self.capture.enabled:
-            self.capture.record(self.who, "udp", "server->client", datagram, describe_datagram(datagram))
+            reading = describe_datagram(datagram, self.sealer, Direction.TO_CLIENT)
+            self.capture.record(self.who, "udp", "server->client", datagram, reading)
         self.datagrams.put((datagram, (addr[0], addr[1])))
 
     def send(self, data: bytes) -> None:
         if self.capture.enabled:
-            self.capture.record(self.who, "udp", "client->server", data, describe_datagram(data))
+            reading = describe_datagram(data, self.sealer, Direction.TO_SERVER)
+            self.capture.record(self.who, "udp", "client->server", data, reading)
         assert self.transport is not None
         self.transport.write(data, self.server)
 
@@ -269,30 +312,41 @@ def encoding_of(dialect: Dialect) -> SizeEncoding:
 
 class ChatClient:
     """
-    One chat user of one dialect: a TCP connection and a UDP socket.
+    One chat user of one dialect: a TCP connection (over TLS when C{tls} is
+    given) and a UDP socket.
 
     It only sends and collects; tests/test_loopback.py decides what the
     answers must be.
     """
 
-    def __init__(self, dialect: Dialect, name: str, host: str, tcp_port: int, udp_port: int, capture: Capture) -> None:
+    def __init__(
+        self,
+        dialect: Dialect,
+        name: str,
+        host: str,
+        tcp_port: int,
+        udp_port: int,
+        capture: Capture = NO_CAPTURE,
+        tls: TrustPolicy | None = None,
+    ) -> None:
         self.dialect = dialect
         self.name = name
         self.host = host
         self.tcp_port = tcp_port
         self.capture = capture
+        self.tls = tls
         self.tcp = FrameClient(name, capture)
         self.udp = DatagramClient(name, (host, udp_port), capture)
         self.room = ""
         self.token = ""
-        self.sequence = 0
-        """The last sequence number this (native) client used."""
-        self.server_sequence = 0
-        """The last sequence number the server used in a native frame to this client."""
+        self.channel: Channel | None = None
+        """A native member's UDP key, from its complete frame: seals what it sends, opens what it gets."""
+        self.server_counter = 0
+        """The counter the server's next sealed frame to this (native) client must carry."""
 
     async def open(self) -> None:
         self.udp.listen(self.host)
-        await connect_tcp(self.host, self.tcp_port, self.tcp)
+        await connect_tcp(self.host, self.tcp_port, self.tcp, self.tls)
 
     async def close(self) -> None:
         await self.tcp.close()
@@ -302,8 +356,10 @@ class ChatClient:
     def encoding(self) -> SizeEncoding:
         return encoding_of(self.dialect)
 
-    def request(self, operation: Operation, room: str, password: str | None = None) -> None:
+    def request(self, operation: Operation, room: str, password: str | None = None, **extra: Any) -> None:
         payload = request_payload(self.dialect, self.name, password)
+        if extra:
+            payload = json.dumps({**json.loads(payload), **extra}).encode("utf-8")
         self.room = room
         self.tcp.send_frame(Frame(operation, State.REQUEST, room, payload, self.encoding))
 
@@ -316,19 +372,54 @@ class ChatClient:
         payload = str(self.udp.port).encode("ascii")
         self.tcp.send_frame(Frame(Operation.REGISTER_UDP, State.REQUEST, self.room, payload, self.encoding))
 
-    def native(self, frame_type: FrameType, body: bytes = b"", token: str | None = None) -> bytes:
-        self.sequence += 1
-        auth = (self.token if token is None else token).encode("ascii")
-        return encode_native(NativeFrame(frame_type, self.sequence, auth, body))
+    def adopt_key(self, details: dict[str, Any]) -> Channel:
+        """Keep the UDP key of a native complete frame (create, join, rekey); a new key is a new Channel."""
+        key = base64.b64decode(str(details["key"]), validate=True)
+        self.channel = Channel(key, int(details["key_id"]), Direction.TO_SERVER)
+        self.server_counter = 0
+        self.udp.sealer = Sealer(key)
+        return self.channel
+
+    @property
+    def key_id(self) -> int:
+        assert self.channel is not None, "no UDP key: not a native member"
+        return self.channel.key_id
+
+    def native(self, frame_type: FrameType, body: bytes = b"") -> bytes:
+        """A sealed frame under this client's key, with its next counter."""
+        assert self.channel is not None, "no UDP key: not a native member"
+        return self.channel.seal(frame_type, body)
+
+    def forged(self, text: str, key_id: int | None = None, counter: int | None = None) -> bytes:
+        """
+        What a spoofer without the key can make: a MESSAGE claiming this
+        client's key id (or C{key_id}), sealed under a key of its own.
+        """
+        assert self.channel is not None, "no UDP key: not a native member"
+        return Sealer(new_key()).seal(
+            Direction.TO_SERVER,
+            self.channel.key_id if key_id is None else key_id,
+            self.channel.sent if counter is None else counter,
+            FrameType.MESSAGE,
+            text.encode("utf-8"),
+        )
+
+    def unseal(self, datagram: bytes) -> tuple[int, bytes]:
+        """The frame type and body of a sealed frame from the server; raises ProtocolError as Channel.open does."""
+        assert self.channel is not None, "no UDP key: not a native member"
+        return self.channel.open(datagram)
 
     def message(self, text: str, room: str | None = None, token: str | None = None) -> bytes:
-        """The datagram this client sends to say C{text}."""
+        """The datagram this client sends to say C{text} (room and token: legacy forms only)."""
         if self.dialect is Dialect.NATIVE:
-            return self.native(FrameType.MESSAGE, text.encode("utf-8"), token)
+            return self.native(FrameType.MESSAGE, text.encode("utf-8"))
         return encode_legacy(self.room if room is None else room, self.token if token is None else token, text)
 
-    def say(self, text: str) -> None:
-        self.udp.send(self.message(text))
+    def say(self, text: str) -> bytes:
+        """Send C{text}; the datagram that was sent."""
+        data = self.message(text)
+        self.udp.send(data)
+        return data
 
 
 # -- blocking clients, for a server in another process ------------------------

@@ -4,15 +4,17 @@ End to end on loopback: the real service from make_service, real sockets.
 The room scenarios are written once in L{_DialectScenarios} and run in each
 dialect, as the transit relay runs C{_Transit} over each transport. Expected
 bytes are spelled out here from docs and wire-dialects.md, not rebuilt with
-the server's own encoders. Set C{CHATD_CAPTURE=/some/file} to have the
-create/join/relay scenario append the hex of every frame and datagram to it.
+the server's own encoders. Native datagrams are sealed (chatd.seal): their
+clear header is spelled out here too, and the test client opens the rest with
+the key its complete frame handed out. Set C{CHATD_CAPTURE=/some/file} to have
+the create/join/relay scenario append the hex of every frame and datagram to it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import random
-import struct
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -26,6 +28,7 @@ from twisted.trial import unittest
 from chatd.datagrams import FrameType
 from chatd.errors import Status
 from chatd.payloads import Dialect
+from chatd.seal import KEY_BYTES, MAX_KEY_ID
 from chatd.service import ChatService, make_service
 from chatd.settings import Settings
 from chatd.wire import Frame, Operation, SizeEncoding, State, encode_frame
@@ -48,14 +51,15 @@ if TYPE_CHECKING:
 else:
     _MixinBase = object
 
-NATIVE_HEADER = struct.Struct("!BBBBQB")
-"""marker 0, version 1, frame type, flags, sequence, authentication size (docs/protocol.md)."""
+SEALED_HEADER_SIZE, TYPE_SIZE, TAG_SIZE = 15, 1, 16
+"""A sealed frame (chatd/seal.py): clear header, then the encrypted frame type and body, then the tag."""
 RELAY, NOTICE, KEEPALIVE_ACK = 3, 4, 5
 LEGACY = (Dialect.MODEL, Dialect.SEED)
 
 
-def native_header(frame_type: int, sequence: int) -> bytes:
-    return NATIVE_HEADER.pack(0, 1, frame_type, 0, sequence, 0)
+def sealed_header(key_id: int, counter: int) -> bytes:
+    """Marker 0x00, version 1, flags 0, the u32 key id, the u64 counter: all in clear, all authenticated."""
+    return bytes((0, 1, 0)) + key_id.to_bytes(4, "big") + counter.to_bytes(8, "big")
 
 
 class _Loopback(_MixinBase):
@@ -116,13 +120,19 @@ class _Loopback(_MixinBase):
         )
         if client.dialect is Dialect.NATIVE:
             details = json.loads(complete.payload)
-            token = details.get("token")
+            token, key, key_id = details.get("token"), details.get("key"), details.get("key_id")
             self.assertIsInstance(token, str)
+            self.assertIsInstance(key, str)
+            self.assertIsInstance(key_id, int)
+            self.assertEqual(len(base64.b64decode(key, validate=True)), KEY_BYTES)
+            self.assertTrue(1 <= key_id <= MAX_KEY_ID, key_id)
             self.assertEqual(
                 details,
                 {
                     "chatd": 1,
                     "token": token,
+                    "key": key,
+                    "key_id": key_id,
                     "room": room,
                     "user": client.name,
                     "host": operation is Operation.CREATE,
@@ -131,6 +141,7 @@ class _Loopback(_MixinBase):
                     "keepalive_interval": self.server.settings.keepalive_interval,
                 },
             )
+            client.adopt_key(details)
         else:
             token = complete.payload.decode("ascii")
         self.assertRegex(token, r"^[A-Za-z0-9_-]{22}$")
@@ -150,10 +161,26 @@ class _Loopback(_MixinBase):
                 ack, Frame(Operation.REGISTER_UDP, State.ACKNOWLEDGE, client.room, b"\x00", client.encoding)
             )
         else:
-            client.udp.send(client.native(FrameType.KEEPALIVE))
+            keepalive = client.native(FrameType.KEEPALIVE)
+            client.udp.send(keepalive)
             data, source = await client.udp.next_datagram()
             self.assertEqual(source, self.server_udp)
-            self.assertEqual(data, native_header(KEEPALIVE_ACK, client.sequence))
+            self.assertEqual(self.open_sealed(client, data), (KEEPALIVE_ACK, b""))
+            # Never larger than the keepalive it answers: no amplification.
+            self.assertEqual(len(data), len(keepalive))
+            self.assertEqual(len(data), SEALED_HEADER_SIZE + TYPE_SIZE + TAG_SIZE)
+
+    def open_sealed(self, client: ChatClient, data: bytes) -> tuple[int, bytes]:
+        """
+        A sealed frame from the server to a native client: its clear header
+        names the client's key and the server's next counter, and it opens
+        under the client's key. The frame type and body.
+        """
+        self.assertEqual(data[:SEALED_HEADER_SIZE], sealed_header(client.key_id, client.server_counter), data.hex())
+        client.server_counter += 1
+        frame_type, body = client.unseal(data)
+        self.assertEqual(len(data), SEALED_HEADER_SIZE + TYPE_SIZE + len(body) + TAG_SIZE)
+        return frame_type, body
 
     async def room_of(
         self, people: list[tuple[Dialect, str]], room: str = "lobby", capture: Capture = NO_CAPTURE
@@ -168,6 +195,10 @@ class _Loopback(_MixinBase):
                 await self.expect_notice(other, "joined", f"* {name} joined {room}", user=name, members=names)
             await self.register(client)
             members.append(client)
+        # Every native member has a key of its own.
+        keys = [(member.channel.key, member.channel.key_id) for member in members if member.channel is not None]
+        self.assertEqual(len({key for key, _ in keys}), len(keys))
+        self.assertEqual(len({key_id for _, key_id in keys}), len(keys))
         return members
 
     # -- what members receive -----------------------------------------------
@@ -180,13 +211,16 @@ class _Loopback(_MixinBase):
         if recipient.dialect is not Dialect.NATIVE:
             self.assertEqual(data, sender.name.encode("utf-8") + b": " + message)
             return
-        recipient.server_sequence += 1
-        self.assertGreaterEqual(len(data), NATIVE_HEADER.size + 9, data.hex())
-        timestamp_ms = int.from_bytes(data[NATIVE_HEADER.size : NATIVE_HEADER.size + 8], "big")
+        frame_type, body = self.open_sealed(recipient, data)
+        self.assertEqual(frame_type, RELAY)
+        self.assertGreaterEqual(len(body), 9, body.hex())
+        timestamp_ms = int.from_bytes(body[:8], "big")
         name = sender.name.encode("utf-8")
-        relay_body = timestamp_ms.to_bytes(8, "big") + bytes((len(name),)) + name + message
-        self.assertEqual(data, native_header(RELAY, recipient.server_sequence) + relay_body)
+        self.assertEqual(body, timestamp_ms.to_bytes(8, "big") + bytes((len(name),)) + name + message)
         self.assertLess(abs(timestamp_ms - wall_ms()), 5000)
+        # Sealed: neither the text nor the sender's token crosses the wire in clear.
+        self.assertNotIn(message, data)
+        self.assertNotIn(sender.token.encode("ascii"), data)
 
     async def say_and_expect(self, sender: ChatClient, text: str, recipients: list[ChatClient]) -> None:
         sender.say(text)
@@ -231,9 +265,8 @@ class _Loopback(_MixinBase):
             self.assertEqual(source, self.server_udp)
             payload = data
             if recipient.dialect is Dialect.NATIVE:
-                recipient.server_sequence += 1
-                self.assertEqual(data[: NATIVE_HEADER.size], native_header(NOTICE, recipient.server_sequence))
-                payload = data[NATIVE_HEADER.size :]
+                frame_type, payload = self.open_sealed(recipient, data)
+                self.assertEqual(frame_type, NOTICE)
         if recipient.dialect is Dialect.NATIVE:
             self.assertEqual(json.loads(payload), expected)
         else:
@@ -284,6 +317,10 @@ class _DialectScenarios(_Loopback):
     def people(self, *names: str) -> list[tuple[Dialect, str]]:
         return [(self.dialect, name) for name in names]
 
+    def dead_reason(self) -> str:
+        """Why a datagram from a member who is gone is dropped: its token, or its key, is no longer known."""
+        return "unknown_key" if self.dialect is Dialect.NATIVE else "unknown_token"
+
     async def test_create_join_relay(self) -> None:
         """
         Relay reaches every other member, byte for byte, and never the
@@ -300,13 +337,26 @@ class _DialectScenarios(_Loopback):
         self.assertEqual((self.server.relay.drops.total, self.server.relay.send_errors), (0, 0))
 
     async def test_address_check(self) -> None:
-        """A valid token from another socket is dropped as wrong_source, and the owner keeps its address."""
+        """
+        Legacy: a valid token from another socket is dropped as wrong_source.
+        Native: another socket has no key, so it can only forge (dropped as
+        unauthenticated) or replay a captured datagram (dropped as replayed).
+        Either way the owner keeps its address, and the intruder hears nothing.
+        """
         alice, bob = await self.room_of(self.people("alice", "bob"))
         intruder = await self.datagram_socket("intruder")
-        intruder.send(alice.message("forged"))
+        if self.dialect is Dialect.NATIVE:
+            captured = alice.say("captured")
+            await self.expect_relay(bob, alice, "captured")
+            intruder.send(alice.forged("forged"))
+            intruder.send(captured)
+            expected = Counter({"unauthenticated": 1, "replayed": 1})
+        else:
+            intruder.send(alice.message("forged"))
+            expected = Counter({"wrong_source": 1})
         await self.say_and_expect(alice, "genuine", [bob])
         await self.say_and_expect(bob, "to alice", [alice])
-        self.assertEqual(self.server.relay.drops.counts, Counter({"wrong_source": 1}))
+        self.assertEqual(self.server.relay.drops.counts, expected)
         self.assertEqual(intruder.pending, 0)
 
     async def test_host_exit_closes_room(self) -> None:
@@ -320,7 +370,9 @@ class _DialectScenarios(_Loopback):
         dave.request(Operation.JOIN, "lobby")
         self.assert_refused(await dave.tcp.next_frame(), Operation.JOIN, Status.ROOM_NOT_FOUND, "lobby", dave)
         await self.enter(dave, Operation.CREATE, "lobby", ["dave"])
-        await self.until(lambda: self.server.relay.drops.counts["unknown_token"] == 1, "bob's datagram dropped")
+        # A native member's key died with its room, as a legacy member's token did.
+        dead = self.dead_reason()
+        await self.until(lambda: self.server.relay.drops.counts[dead] == 1, "bob's datagram dropped")
         self.assertEqual([member.udp.pending for member in (alice, bob, carol)], [0, 0, 0])
 
     async def test_member_exit_leaves(self) -> None:
@@ -351,7 +403,7 @@ class _DialectScenarios(_Loopback):
         # Sent after the ghost: if the ghost were relayed, carol would get it first.
         await self.say_and_expect(alice, "just us", [carol])
         await self.say_and_expect(carol, "yes", [alice])
-        self.assertEqual(self.server.relay.drops.counts, Counter({"unknown_token": 1}))
+        self.assertEqual(self.server.relay.drops.counts, Counter({self.dead_reason(): 1}))
         self.assertEqual(self.server.store.member_count(), 2)
 
     async def test_password_room(self) -> None:

@@ -6,6 +6,7 @@ line. Blocking sockets with timeouts talk to it; every wait is bounded.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -19,7 +20,8 @@ from typing import IO
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.datagrams import encode_legacy
+from chatd.datagrams import FrameType, encode_legacy
+from chatd.seal import Channel, Direction
 from chatd.wire import Frame, Operation, SizeEncoding, State
 from tests.loopback_clients import BlockingClient, free_ports
 
@@ -152,10 +154,19 @@ class TwistdTests(SynchronousTestCase):
         carol = self.client(tcp_port, udp_port)
         self.enter(carol, Operation.JOIN, b"carol", SizeEncoding.ASCII)
         dave = self.client(tcp_port, udp_port)
-        self.enter(dave, Operation.JOIN, json.dumps({"chatd": 1, "username": "dave"}).encode())
+        dave_complete = self.enter(dave, Operation.JOIN, json.dumps({"chatd": 1, "username": "dave"}).encode())
         for model in (alice, bob):
             self.assertEqual(model.recv_datagram(), b"* carol joined lobby")
             self.assertEqual(model.recv_datagram(), b"* dave joined lobby")
+        # The native member seals with the key of its complete frame; the model members get plain text.
+        details = json.loads(dave_complete.payload)
+        dave_udp = Channel(base64.b64decode(details["key"]), details["key_id"], Direction.TO_SERVER)
+        sealed = dave_udp.seal(FrameType.MESSAGE, "sealed ✓".encode())
+        self.assertNotIn("sealed ✓".encode(), sealed)
+        self.assertNotIn(details["token"].encode(), sealed)
+        dave.send_datagram(sealed)
+        for model in (alice, bob):
+            self.assertEqual(model.recv_datagram(), "dave: sealed ✓".encode())
         joined = carol.read_frame()
         self.assertEqual(
             joined, Frame(Operation.NOTICE, State.COMPLETE, "lobby", b"* dave joined lobby", SizeEncoding.ASCII)
