@@ -162,7 +162,7 @@ def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAM
     )
 
 
-SECRET_KEYS = frozenset({"password", "invite", "token"})
+SECRET_KEYS = frozenset({"password", "invite", "token", "key"})
 REDACTED = "[redacted]"
 
 

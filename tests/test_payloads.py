@@ -424,6 +424,10 @@ class LoggablePayloadTests(SynchronousTestCase):
         logged = loggable_payload(b'{"username": "ann", "password": "s3cret", "invite": "tok"}')
         self.assertEqual(logged, '{"username": "ann", "password": "[redacted]", "invite": "[redacted]"}')
 
+    def test_udp_keys_are_redacted(self) -> None:
+        logged = loggable_payload(b'{"chatd": 1, "key": "U7u3LuSh1Iz1g9VwBin2EhelqpXlUlvvAJOKgqhEZaQ=", "key_id": 5}')
+        self.assertEqual(logged, '{"chatd": 1, "key": "[redacted]", "key_id": 5}')
+
     def test_broken_json_is_redacted_whole(self) -> None:
         self.assertEqual(loggable_payload(b'{"username": "ann", "password": "s3cret"'), "[redacted]")
 
