@@ -50,6 +50,9 @@ class IRoomStore(Interface):
     """Rooms, members, tokens and invitations."""
 
     observer = Attribute("The IRoomObserver told of membership changes, or None.")
+    password_checks = Attribute(
+        'A Counter of the join passwords checked, by result ("accepted" or "refused"), for the metrics.'
+    )
 
     def create_room(name: str, request: RoomRequest, dialect: Dialect) -> Deferred[Member]:
         """Create C{name} with the requester as its host."""

@@ -10,6 +10,7 @@ decides who is told what. Nothing here does I/O or logs.
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -118,6 +119,8 @@ class RoomRegistry:
         self._by_token: dict[str, Member] = {}
         self._by_key_id: dict[int, Member] = {}
         self._invitations: dict[str, Room] = {}
+        self.password_checks: Counter[str] = Counter()
+        """Join passwords checked (each an scrypt run), by result: "accepted" or "refused"."""
 
     # -- control operations -------------------------------------------------
 
@@ -169,6 +172,7 @@ class RoomRegistry:
             stored = room.password_hash
             password = request.password
             verified = await self._run_hash(lambda: verify_password(password, stored))
+            self.password_checks["accepted" if verified else "refused"] += 1
             if not verified:
                 raise InvalidPasswordError(f"wrong password for room {name!r}")
             # The world may have moved while the password was checked.

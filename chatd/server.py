@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from chatd.errors import RateLimitedError
 from chatd.interfaces import IRoomObserver, IRoomStore
 from chatd.payloads import Notice, NoticeKind
 from chatd.rooms import CloseReason, HashRunner, LeaveReason, Member, Room, RoomRegistry, run_inline
@@ -92,9 +93,11 @@ class ChatServer:
         with self._log.failuresHandled("while sweeping idle members"):
             self.store.expire()
             self.tcp_factory.prune()
+            rate_limited = self.rate_limit_hits()
             self._log.info(
                 "{event}: {rooms} rooms, {members} members, {connections} connections,"
-                " {datagrams_in} datagrams in, {datagrams_out} out, {dropped} dropped",
+                " {datagrams_in} datagrams in, {datagrams_out} out, {dropped} dropped,"
+                " {bytes_in} bytes in, {bytes_out} out, {rate_limited} rate-limited",
                 event="stats",
                 rooms=len(self.store.rooms()),
                 members=self.store.member_count(),
@@ -102,8 +105,26 @@ class ChatServer:
                 datagrams_in=self.relay.received,
                 datagrams_out=self.relay.sent,
                 dropped=self.relay.drops.total,
+                bytes_in=self.relay.received_bytes,
+                bytes_out=self.relay.sent_bytes,
+                rate_limited=sum(rate_limited.values()),
                 **{f"dropped_{reason}": count for reason, count in self.relay.drops.counts.items()},
+                **{f"rate_limited_{limit}": count for limit, count in rate_limited.items()},
             )
+
+    def rate_limit_hits(self) -> dict[str, int]:
+        """
+        How often each limit turned something away: "datagrams" (a member's
+        messages or bytes per second; the datagram is dropped), "connections"
+        (new TCP connections per address) and "password_attempts" (joins with
+        a password or invitation per address), the last two refused as RATE_LIMITED.
+        """
+        refused = dict(self.tcp_factory.rate_limited)
+        return {
+            "datagrams": self.relay.drops.counts[RateLimitedError.reason],
+            "connections": refused.get("connections", 0),
+            "password_attempts": refused.get("password_attempts", 0),
+        }
 
     def stop(self) -> Deferred[None]:
         """

@@ -1,10 +1,15 @@
 """
 Assembly: the MultiService that twistd runs.
 
-Children, in start order: the UDP relay, the TCP listener, the idle sweep (a
+Children, in start order: the UDP relay, the TCP listener (and the TLS one,
+with a certificate), the metrics endpoint (when asked for), the idle sweep (a
 TimerService) and the shutdown hook. MultiService stops them in reverse, so
 on SIGTERM members are told and TCP connections closed first, while the UDP
 port can still carry notices to members that only have UDP.
+
+At start the soft limit on open files is raised towards the hard one, as
+the magic-wormhole transit relay's increase_rlimits does: each TCP
+connection holds a descriptor, and many systems start processes at 1024.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -23,11 +28,99 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from typing_extensions import override
 
 from chatd.datagrams import MAX_DATAGRAM
+from chatd.metrics import make_registry, metrics_site, metrics_url
 from chatd.ratelimit import is_loopback
 from chatd.rooms import HashRunner
 from chatd.server import ChatServer
 from chatd.settings import Settings
 from chatd.tls import ServerCertificate, load_server_certificate
+
+try:
+    import resource as _resource
+except ImportError:  # pragma: no cover - Windows has no resource module
+    _resource = None  # type: ignore[assignment]
+
+OPEN_FILES_MARGIN = 64
+"""Descriptors needed besides one per TCP connection: listening ports, logs, the reactor's own, metrics scrapes."""
+_SOFT_LIMITS_TO_TRY = (1048576, 65536, 10240, 4096)
+"""Soft limits to try, highest first, when the hard limit is unlimited (macOS) or refused as a soft one."""
+
+_log = Logger()
+
+
+class RLimits(Protocol):
+    """The part of the resource module that raise_open_files_limit uses (a fake in tests)."""
+
+    @property
+    def RLIMIT_NOFILE(self) -> int: ...  # noqa: N802 - the module's spelling
+
+    @property
+    def RLIM_INFINITY(self) -> int: ...  # noqa: N802 - the module's spelling
+
+    def getrlimit(self, resource: int, /) -> tuple[int, int]: ...
+
+    def setrlimit(self, resource: int, limits: tuple[int, int], /) -> None: ...
+
+
+def raise_open_files_limit(max_connections: int, rlimits: RLimits | None = _resource) -> int | None:
+    """
+    Raise the soft limit on open files as far towards the hard limit as the
+    system allows, log what was done, and warn when C{max_connections} (plus
+    L{OPEN_FILES_MARGIN}) would not fit. Returns the soft limit in force,
+    or None where there is no such limit (or no resource module).
+    """
+    if rlimits is None:
+        _log.info("no resource module: the open-files limit is left alone", event="open_files_limit")
+        return None
+    infinity = rlimits.RLIM_INFINITY
+    soft, hard = rlimits.getrlimit(rlimits.RLIMIT_NOFILE)
+    if soft == infinity:
+        _log.info("the open-files limit is unlimited", event="open_files_limit", soft=-1, hard=-1)
+        return None
+    # Linux takes soft = hard; macOS reports an unlimited hard limit but caps
+    # the soft one lower; Cygwin caps it lower still: try until one sticks.
+    targets = [] if hard == infinity else [hard]
+    targets += [limit for limit in _SOFT_LIMITS_TO_TRY if hard == infinity or limit < hard]
+    limit = soft
+    for target in targets:
+        if target <= soft:
+            break
+        try:
+            rlimits.setrlimit(rlimits.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            continue
+        limit = target
+        break
+    shown_hard = "unlimited" if hard == infinity else str(hard)
+    if limit > soft:
+        _log.info(
+            "raised the open-files limit from {previous} to {soft}",
+            event="open_files_limit",
+            previous=soft,
+            soft=limit,
+            hard=-1 if hard == infinity else hard,
+        )
+    else:
+        _log.info(
+            "open-files limit is {soft} (hard limit {hard_shown})",
+            event="open_files_limit",
+            soft=limit,
+            hard=-1 if hard == infinity else hard,
+            hard_shown=shown_hard,
+        )
+    needed = max_connections + OPEN_FILES_MARGIN
+    if needed > limit:
+        _log.warn(
+            "--max-connections {max_connections} needs about {needed} open files, but the limit is {soft}"
+            " (hard limit {hard_shown}): connections past it will fail; raise the hard limit"
+            " (ulimit -Hn, LimitNOFILE=) or lower --max-connections",
+            event="open_files_short",
+            max_connections=max_connections,
+            needed=needed,
+            soft=limit,
+            hard_shown=shown_hard,
+        )
+    return limit
 
 
 class ListeningService(Service):
@@ -88,6 +181,11 @@ class ChatService(MultiService):
         """The TLS port, or None when the daemon has no certificate."""
         return self._listener("tls").port_number if self.tls is not None else None
 
+    @property
+    def metrics_port(self) -> int | None:
+        """The metrics endpoint's port, or None when it is off."""
+        return self._listener("metrics").port_number if self.server.settings.metrics_port is not None else None
+
     def _listener(self, name: str) -> ListeningService:
         service = self.getServiceNamed(name)
         assert isinstance(service, ListeningService)
@@ -97,6 +195,8 @@ class ChatService(MultiService):
     def startService(self) -> None:
         if self._log_observer is not None:
             globalLogPublisher.addObserver(self._log_observer)
+        settings = self.server.settings
+        raise_open_files_limit(settings.max_connections)
         super().startService()
         self.warn_if_legacy_exposed()
         if self.tls is not None:
@@ -111,10 +211,18 @@ class ChatService(MultiService):
         self._log.info(
             "chatd listening on {interface}: TCP port {tcp_port}, UDP port {udp_port}",
             event="listening",
-            interface=self.server.settings.interface,
+            interface=settings.interface,
             tcp_port=self.tcp_port,
             udp_port=self.udp_port,
         )
+        metrics_port = self.metrics_port
+        if metrics_port is not None:
+            self._log.info(
+                "metrics at {url}",
+                event="metrics",
+                url=metrics_url(settings.metrics_interface, metrics_port),
+                metrics_port=metrics_port,
+            )
 
     def warn_if_legacy_exposed(self) -> None:
         settings = self.server.settings
@@ -218,6 +326,21 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
             )
 
         children.append(("tls", ListeningService(listen_tls)))
+    if settings.metrics_port is not None:
+        registry = make_registry(server)
+        metrics_port = settings.metrics_port
+
+        def listen_metrics() -> IListeningPort:
+            site = metrics_site(registry, reactor)
+            # Site is a ServerFactory[_GenericHTTPChannelProtocol], and Twisted's
+            # generic ServerFactory is invariant: a typing wart, not a mismatch.
+            return IReactorTCP(reactor).listenTCP(
+                metrics_port,
+                site,  # type: ignore[arg-type]
+                interface=settings.metrics_interface,
+            )
+
+        children.append(("metrics", ListeningService(listen_metrics)))
     children += [("sweeper", _sweeper(server, reactor)), ("shutdown", _ShutdownHook(server))]
     for name, child in children:
         child.setName(name)

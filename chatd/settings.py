@@ -55,3 +55,7 @@ class Settings:
     password_attempt_burst: float = ratelimit.DEFAULT_JOIN_FAILURE_BURST
     limit_loopback: bool = False
     """Apply the per-address limits to loopback too (they are exempt by default, as in ergo)."""
+    metrics_port: int | None = None
+    """TCP port of the Prometheus metrics endpoint (0: any free one); None turns it off."""
+    metrics_interface: str = "127.0.0.1"
+    """Address the metrics endpoint listens on: loopback unless the scraper is elsewhere."""

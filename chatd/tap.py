@@ -50,6 +50,19 @@ class Options(usage.Options):
         ("tls-port", None, _DEFAULTS.tls_port, "TCP port for native clients over TLS (with --tls-cert).", _port),
         ("tls-cert", None, None, "PEM certificate (chain) for TLS; make one with chatd-cert."),
         ("tls-key", None, None, "PEM private key of --tls-cert."),
+        (
+            "metrics-port",
+            None,
+            None,
+            "TCP port for Prometheus metrics at /metrics (0: any free port); off unless given.",
+            _port,
+        ),
+        (
+            "metrics-interface",
+            None,
+            _DEFAULTS.metrics_interface,
+            "Address the metrics endpoint listens on (IPv4 or IPv6).",
+        ),
         ("idle-timeout", None, _DEFAULTS.idle_timeout, "Seconds without activity before a member is removed.", float),
         ("sweep-interval", None, _DEFAULTS.sweep_interval, "Seconds between sweeps for idle members.", float),
         ("handshake-timeout", None, _DEFAULTS.handshake_timeout, "Seconds a connection has to enter a room.", float),
@@ -107,10 +120,11 @@ class Options(usage.Options):
 
     @override
     def postOptions(self) -> None:
-        try:
-            ipaddress.ip_address(self["interface"])
-        except ValueError:
-            raise usage.UsageError(f"--interface: {self['interface']!r} is not an IP address") from None
+        for name in ("interface", "metrics-interface"):
+            try:
+                ipaddress.ip_address(self[name])
+            except ValueError:
+                raise usage.UsageError(f"--{name}: {self[name]!r} is not an IP address") from None
         for name in (
             "idle-timeout",
             "sweep-interval",
@@ -183,6 +197,8 @@ class Options(usage.Options):
             password_attempts_per_min=self["password-attempts-per-min"],
             password_attempt_burst=self["password-attempt-burst"],
             limit_loopback=bool(self["limit-loopback"]),
+            metrics_port=self["metrics-port"],
+            metrics_interface=self["metrics-interface"],
         )
 
 

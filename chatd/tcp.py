@@ -211,6 +211,7 @@ class RoomProtocol(Protocol):
         guessing = frame.operation is Operation.JOIN and bool(request.password or request.invite)
         # Charged before the check, so that parallel guesses are counted too.
         if guessing and not self._factory.password_attempts.take(self.peer_host):
+            self._factory.rate_limited["password_attempts"] += 1
             wait = self._factory.password_attempts.wait_time(self.peer_host)
             raise RateLimitedError(f"too many password attempts from {self.peer_host}; try again in {wait:.0f} s")
         if frame.operation is Operation.CREATE:
@@ -229,6 +230,10 @@ class RoomProtocol(Protocol):
             self._store.leave(member, LeaveReason.LEFT)
             return
         self.member = member
+        if member.is_host:
+            self._factory.rooms_created += 1
+        else:
+            self._factory.joins += 1
         # A model client is not done until its port arrives: its handshake
         # timer runs on.
         if member.dialect is not Dialect.MODEL:
@@ -442,6 +447,11 @@ class RoomFactory(ServerFactory):
         self.settings = settings
         self.connections: set[RoomProtocol] = set()
         self._per_host: Counter[str] = Counter()
+        self.rooms_created = 0
+        self.joins = 0
+        """Rooms created and joined over this factory's connections (for the metrics)."""
+        self.rate_limited: Counter[str] = Counter()
+        """Requests refused as RATE_LIMITED, by limit: "connections" and "password_attempts"."""
         exempt = None if settings.limit_loopback else is_loopback
         self.new_connections: KeyedLimiter[str] = KeyedLimiter(
             settings.connections_per_s, settings.connection_burst, clock, exempt=exempt
@@ -458,6 +468,7 @@ class RoomFactory(ServerFactory):
         if self._per_host[host] >= self.settings.max_connections_per_host:
             return _Refusal(ServerFullError(f"{host} holds its limit of connections"))
         if not self.new_connections.take(host):
+            self.rate_limited["connections"] += 1
             return _Refusal(RateLimitedError(f"{host} opens connections too fast"))
         return RoomProtocol(self)
 

@@ -10,8 +10,10 @@ never a log line per datagram.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
+from time import perf_counter
 
 from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.interfaces import IReactorTime
@@ -46,6 +48,11 @@ from chatd.seal import REJECT_AFTER, SealedHeader
 Address = tuple[str, int]
 EXIT_COMMAND = b"/exit"
 WARNING_INTERVAL = 10.0
+LATENCY_SAMPLE_EVERY = 16
+"""One received datagram in this many (a power of 2) has its handling timed."""
+LATENCY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+"""Upper bounds, in seconds, of the relay latency histogram's buckets (one more holds the rest)."""
+_SAMPLE_MASK = LATENCY_SAMPLE_EVERY - 1
 
 
 class DropCounter:
@@ -87,6 +94,30 @@ class DropCounter:
         return sum(self.counts.values())
 
 
+class LatencyHistogram:
+    """
+    Seconds spent on sampled datagrams, in fixed buckets: what the metrics
+    endpoint turns into a Prometheus histogram at scrape time.
+
+    C{counts[i]} holds the observations at most C{bounds[i]} and above the
+    bound before it; the last holds those above every bound. Not cumulative,
+    so an observation is one bisection and one list increment.
+    """
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
 class RelayProtocol(DatagramProtocol):
     noisy = False
     _log = Logger()
@@ -98,12 +129,19 @@ class RelayProtocol(DatagramProtocol):
         """Called (at most every few seconds per member) when a member sends too fast."""
         self.drops = DropCounter(clock)
         self.received = 0
+        self.received_bytes = 0
         self.sent = 0
+        self.sent_bytes = 0
         self.send_errors = 0
+        self.latency = LatencyHistogram()
+        """Seconds from arrival to the end of the fan-out, for one datagram in LATENCY_SAMPLE_EVERY."""
 
     @override
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
-        self.received += 1
+        received = self.received = self.received + 1
+        self.received_bytes += len(datagram)
+        # Timing every datagram would cost more than the counters: a sample will do.
+        started = None if received & _SAMPLE_MASK else perf_counter()
         source = (addr[0], addr[1])
         try:
             decoded = decode_datagram(datagram)
@@ -115,6 +153,9 @@ class RelayProtocol(DatagramProtocol):
             self.drops.drop(error.reason, source)
         except Exception:
             self._log.failure("while handling a datagram from {source_host}", source_host=source[0])
+        else:
+            if started is not None:
+                self.latency.observe(perf_counter() - started)
 
     def _legacy(self, datagram: LegacyDatagram, source: Address) -> None:
         member = self._store.member_for_token(datagram.token)
@@ -214,3 +255,4 @@ class RelayProtocol(DatagramProtocol):
             self.send_errors += 1
         else:
             self.sent += 1
+            self.sent_bytes += len(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -65,6 +66,17 @@ class ChatServerTests(SynchronousTestCase):
         (stats,) = [e for e in events if e.get("event") == "stats"]
         self.assertEqual((stats["rooms"], stats["datagrams_in"], stats["dropped"]), (0, 1, 1))
         self.assertEqual(stats["dropped_malformed"], 1)
+        self.assertEqual((stats["bytes_in"], stats["bytes_out"]), (1, 0))
+        self.assertEqual(stats["rate_limited"], 0)
+        for limit in ("datagrams", "connections", "password_attempts"):
+            self.assertEqual(stats[f"rate_limited_{limit}"], 0)
+
+    def test_rate_limit_hits(self) -> None:
+        server, _, _ = make_server(connection_burst=1, limit_loopback=True)
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        server.tcp_factory.buildProtocol(peer)
+        server.tcp_factory.buildProtocol(peer)
+        self.assertEqual(server.rate_limit_hits(), {"datagrams": 0, "connections": 1, "password_attempts": 0})
 
     def test_sweep_never_raises(self) -> None:
         def broken() -> None:

@@ -55,6 +55,8 @@ class OptionsTests(SynchronousTestCase):
             "--password-attempt-burst=24",
             "--limit-loopback",
             "--tls-port=25",
+            "--metrics-port=26",
+            "--metrics-interface=::1",
         ).settings()
         self.assertEqual(
             settings,
@@ -88,12 +90,21 @@ class OptionsTests(SynchronousTestCase):
                 password_attempt_burst=24,
                 limit_loopback=True,
                 tls_port=25,
+                metrics_port=26,
+                metrics_interface="::1",
             ),
         )
 
     def test_short_options(self) -> None:
         settings = parse("-i", "0.0.0.0", "-t", "0", "-u", "0").settings()
         self.assertEqual((settings.interface, settings.tcp_port, settings.udp_port), ("0.0.0.0", 0, 0))
+
+    def test_metrics_are_off_by_default_and_on_loopback(self) -> None:
+        settings = parse().settings()
+        self.assertEqual((settings.metrics_port, settings.metrics_interface), (None, "127.0.0.1"))
+
+    def test_metrics_port_zero_picks_a_free_port(self) -> None:
+        self.assertEqual(parse("--metrics-port=0").settings().metrics_port, 0)
 
     def test_bad_values_are_usage_errors(self) -> None:
         for argv in (
@@ -112,12 +123,25 @@ class OptionsTests(SynchronousTestCase):
             ["--byte-burst=inf"],
             ["--tls-cert=/nonexistent/cert.pem"],
             ["--tls-cert=/nonexistent/cert.pem", "--tls-key=/nonexistent/key.pem"],
+            ["--metrics-port=65536"],
+            ["--metrics-port=-1"],
+            ["--metrics-port=http"],
+            ["--metrics-interface=localhost"],
         ):
             self.assertRaises(UsageError, parse, *argv)
 
     def test_help_names_every_option(self) -> None:
         text = str(Options())
-        for name in ("--interface", "--tcp-port", "--udp-port", "--idle-timeout", "--log-frames", "--log-json"):
+        for name in (
+            "--interface",
+            "--tcp-port",
+            "--udp-port",
+            "--idle-timeout",
+            "--log-frames",
+            "--log-json",
+            "--metrics-port",
+            "--metrics-interface",
+        ):
             self.assertIn(name, text)
 
 
@@ -128,6 +152,10 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIsInstance(service, ChatService)
         self.assertEqual([child.name for child in service], ["udp", "tcp", "sweeper", "shutdown"])
         self.assertEqual(reactor.tcpServers, [])
+
+    def test_metrics_port_adds_the_metrics_listener(self) -> None:
+        service = makeService(parse("--metrics-port=0"), MemoryReactorClock())
+        self.assertEqual([child.name for child in service], ["udp", "tcp", "metrics", "sweeper", "shutdown"])
 
     def test_log_json_option(self) -> None:
         fd, path = tempfile.mkstemp()
