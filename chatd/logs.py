@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import IO
 
-from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
 
 
 def json_observer(path: str) -> ILogObserver:
@@ -20,3 +22,42 @@ def json_observer(path: str) -> ILogObserver:
 def json_stdout_observer() -> ILogObserver:
     """For C{twistd --logger=chatd.logs.json_stdout_observer}: every event as JSON on stdout."""
     return jsonFileLogObserver(sys.stdout)
+
+
+class CountedWarnings:
+    """
+    Counts events by reason, and warns about them at a bounded rate: at most
+    one warning per reason per C{interval} seconds, saying how many more of
+    that reason happened since the last one. For what an attacker can cause
+    at will (garbage datagrams, connection floods), so that a flood costs a
+    counter increment and never a log line each.
+
+    Subclasses give the message: C{format} may use C{reason}, C{suppressed}
+    and the fields passed to L{record}.
+    """
+
+    _log = Logger()
+    format = "{reason} ({suppressed} more since the last warning)"
+    event = "counted"
+
+    def __init__(self, clock: IReactorTime, interval: float = 10.0) -> None:
+        self._clock = clock
+        self._interval = interval
+        self.counts: Counter[str] = Counter()
+        self._quiet_until: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+
+    def record(self, reason: str, **fields: object) -> None:
+        self.counts[reason] += 1
+        now = self._clock.seconds()
+        if now < self._quiet_until.get(reason, 0.0):
+            self._suppressed[reason] += 1
+            return
+        self._quiet_until[reason] = now + self._interval
+        self._log.warn(
+            self.format, event=self.event, reason=reason, suppressed=self._suppressed.pop(reason, 0), **fields
+        )
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())

@@ -35,6 +35,7 @@ from chatd.errors import (
     UnknownOperationError,
 )
 from chatd.interfaces import IMemberConnection, IRoomStore
+from chatd.logs import CountedWarnings
 from chatd.payloads import (
     Dialect,
     Notice,
@@ -163,6 +164,9 @@ class RoomProtocol(Protocol):
             self._enter(frame)
         elif frame.operation is Operation.REGISTER_UDP:
             member = self._member_for(frame)
+            if member.channel is not None:
+                # Its address is learned only from an authenticated datagram.
+                raise NotPermittedError("native clients register with their first sealed datagram")
             self._store.bind_address(member, (self.peer_host, parse_port(frame.payload)))
             self._acknowledge(frame.operation, Status.SUCCESS, frame.room)
         elif frame.operation is Operation.REKEY:
@@ -206,7 +210,7 @@ class RoomProtocol(Protocol):
         if self.dialect is not Dialect.NATIVE and not self._settings.legacy:
             raise NotPermittedError("this server serves native clients only: legacy dialects are turned off")
         request = parse_room_request(frame.payload, self._settings.max_user_name)
-        if request.native_only and not self.secure:
+        if frame.operation is Operation.CREATE and request.native_only and not self.secure:
             raise NotPermittedError("a native-only room can only be created over TLS")
         guessing = frame.operation is Operation.JOIN and bool(request.password or request.invite)
         # Charged before the check, so that parallel guesses are counted too.
@@ -452,6 +456,7 @@ class RoomFactory(ServerFactory):
         """Rooms created and joined over this factory's connections (for the metrics)."""
         self.rate_limited: Counter[str] = Counter()
         """Requests refused as RATE_LIMITED, by limit: "connections" and "password_attempts"."""
+        self.refused = RefusedConnections(clock)
         exempt = None if settings.limit_loopback else is_loopback
         self.new_connections: KeyedLimiter[str] = KeyedLimiter(
             settings.connections_per_s, settings.connection_burst, clock, exempt=exempt
@@ -464,13 +469,17 @@ class RoomFactory(ServerFactory):
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         host = _host_of(addr) if addr is not None else ""
         if len(self.connections) >= self.settings.max_connections:
-            return _Refusal(ServerFullError("the server holds its limit of connections"))
+            return self._refuse(ServerFullError("the server holds its limit of connections"), host)
         if self._per_host[host] >= self.settings.max_connections_per_host:
-            return _Refusal(ServerFullError(f"{host} holds its limit of connections"))
+            return self._refuse(ServerFullError(f"{host} holds its limit of connections"), host)
         if not self.new_connections.take(host):
             self.rate_limited["connections"] += 1
-            return _Refusal(RateLimitedError(f"{host} opens connections too fast"))
+            return self._refuse(RateLimitedError(f"{host} opens connections too fast"), host)
         return RoomProtocol(self)
+
+    def _refuse(self, error: ProtocolError, host: str) -> _Refusal:
+        self.refused.record(error.reason, peer=host)
+        return _Refusal(error)
 
     def prune(self) -> None:
         """Forget per-address limits that carry no information any more (from the sweep)."""
@@ -489,10 +498,15 @@ class RoomFactory(ServerFactory):
                 del self._per_host[protocol.peer_host]
 
 
+class RefusedConnections(CountedWarnings):
+    """Connections refused over a limit, by reason, with a bounded rate of warnings."""
+
+    format = "refused a connection from {peer}: {reason} ({suppressed} more refused for this reason since)"
+    event = "refused_connection"
+
+
 class _Refusal(Protocol):
     """Says why at once, in the binary size encoding, and hangs up."""
-
-    _log = Logger()
 
     def __init__(self, error: ProtocolError) -> None:
         self._error = error
@@ -501,7 +515,6 @@ class _Refusal(Protocol):
     def connectionMade(self) -> None:
         transport: ITransport | None = self.transport
         assert transport is not None
-        self._log.warn("refused a connection: {reason}", event="refused_connection", reason=str(self._error))
         refusal = Frame(Operation.UNKNOWN, State.ACKNOWLEDGE, "", bytes((self._error.status,)))
         transport.write(encode_frame(refusal))
         transport.loseConnection()

@@ -11,7 +11,6 @@ never a log line per datagram.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Callable
 from time import perf_counter
 
@@ -41,6 +40,7 @@ from chatd.errors import (
     WrongSourceError,
 )
 from chatd.interfaces import IRoomStore
+from chatd.logs import CountedWarnings
 from chatd.payloads import Dialect, Notice, decode_text
 from chatd.rooms import LeaveReason, Member
 from chatd.seal import REJECT_AFTER, SealedHeader
@@ -55,43 +55,17 @@ LATENCY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0
 _SAMPLE_MASK = LATENCY_SAMPLE_EVERY - 1
 
 
-class DropCounter:
-    """
-    Counts dropped datagrams by reason, and warns about them at a bounded rate.
+class DropCounter(CountedWarnings):
+    """Dropped datagrams by reason, with a bounded rate of warnings naming the source."""
 
-    At most one warning per reason per C{interval} seconds; the warning says
-    how many more of that reason were dropped since the last one.
-    """
-
-    _log = Logger()
-
-    def __init__(self, clock: IReactorTime, interval: float = WARNING_INTERVAL) -> None:
-        self._clock = clock
-        self._interval = interval
-        self.counts: Counter[str] = Counter()
-        self._quiet_until: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
+    format = (
+        "dropped a datagram from {source_host}:{source_port}: {reason}"
+        " ({suppressed} more dropped for this reason since the last warning)"
+    )
+    event = "dropped"
 
     def drop(self, reason: str, source: Address) -> None:
-        self.counts[reason] += 1
-        now = self._clock.seconds()
-        if now < self._quiet_until.get(reason, 0.0):
-            self._suppressed[reason] += 1
-            return
-        self._quiet_until[reason] = now + self._interval
-        self._log.warn(
-            "dropped a datagram from {source_host}:{source_port}: {reason}"
-            " ({suppressed} more dropped for this reason since the last warning)",
-            event="dropped",
-            source_host=source[0],
-            source_port=source[1],
-            reason=reason,
-            suppressed=self._suppressed.pop(reason, 0),
-        )
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
+        self.record(reason, source_host=source[0], source_port=source[1])
 
 
 class LatencyHistogram:

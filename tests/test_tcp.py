@@ -590,3 +590,34 @@ class RekeyTests(RoomProtocolTestCase):
         _, _, (ack,) = self.enter(Operation.CREATE, "ann", chatd=1, native_only=True)
         self.assertEqual(status_of(ack), Status.NOT_PERMITTED)
         self.assertIn("TLS", json.loads(ack.payload[1:])["message"])
+
+
+class RefusalLogTests(RoomProtocolTestCase):
+    def test_refused_connections_are_counted_and_warned_about_sparingly(self) -> None:
+        events = capture_events(self)
+        self.server, self.clock, self.udp = make_server(connections_per_s=1, connection_burst=1)
+        factory = self.server.tcp_factory
+        flooder = IPv4Address("TCP", "192.0.2.66", 1)
+        for _ in range(50):
+            factory.buildProtocol(flooder)
+        self.clock.advance(10)
+        factory.buildProtocol(flooder)
+        factory.buildProtocol(flooder)
+        warnings = [e for e in events if e.get("event") == "refused_connection"]
+        self.assertEqual(
+            [(w["reason"], w["suppressed"]) for w in warnings], [("rate_limited", 0), ("rate_limited", 48)]
+        )
+        self.assertEqual(factory.refused.counts["rate_limited"], 50)
+
+
+class NativeRegistrationTests(RoomProtocolTestCase):
+    def test_native_members_cannot_register_by_tcp(self) -> None:
+        host, transport, _ = self.enter(Operation.CREATE, "ann", chatd=1)
+        host.dataReceived(request(Operation.REGISTER_UDP, "hoge", "5000"))
+        self.assertEqual(status_of(frames(transport)[0]), Status.NOT_PERMITTED)
+        self.assertIsNone(self.member("hoge", "ann").address)
+
+    def test_native_only_flag_on_join_is_no_obstacle(self) -> None:
+        self.enter(Operation.CREATE, "ann", chatd=1)
+        _, _, (ack, _) = self.enter(Operation.JOIN, "bob", port=40001, chatd=1, native_only=True)
+        self.assertEqual(status_of(ack), Status.SUCCESS)
