@@ -68,7 +68,7 @@ from chatd.events import (
     event_from_notice,
 )
 from chatd.payloads import NATIVE_VERSION, decode_json
-from chatd.seal import OVERHEAD, REKEY_AFTER, Channel, Direction
+from chatd.seal import OVERHEAD, REKEY_AFTER, Channel, Direction, peek_header
 from chatd.tls import ChatTLSCreator, TrustPolicy, explain_tls_failure, tls_endpoint
 from chatd.wire import Frame, FrameDecoder, Operation, State, encode_frame
 
@@ -231,6 +231,8 @@ class ChatClient:
         self._datagrams = _Datagrams(self)
         self._server_udp: tuple[str, int] | None = None
         self._channel: Channel | None = None
+        self._previous_channel: Channel | None = None
+        """The key before a rekey: the server's copies sealed under it may still arrive."""
         self._rekeying = False
         self._udp_waiters: list[Deferred[None]] = []
         self._tls_creator: ChatTLSCreator | None = None
@@ -285,6 +287,7 @@ class ChatClient:
             keepalive_interval=float(answer["keepalive_interval"]),
         )
         self._channel = _channel_from(answer, self._rekey_after)
+        self._previous_channel = None
         self.members = self.info.members
         self.udp_confirmed = False
         self.state = ConnectionState.IN_ROOM
@@ -383,11 +386,16 @@ class ChatClient:
         self._emit(event)
 
     def _datagram_received(self, datagram: bytes, source: tuple[str, int]) -> None:
-        channel = self._channel
-        if source != self._server_udp or channel is None:
+        current = self._channel
+        if source != self._server_udp or current is None:
             return
         try:
-            frame_type, body = channel.open(datagram)
+            header = peek_header(datagram)
+            previous = self._previous_channel
+            channel = previous if previous is not None and header.key_id == previous.key_id else current
+            frame_type, body = channel.open(datagram, header)
+            if channel is current:
+                self._previous_channel = None
             if frame_type == FrameType.RELAY:
                 relayed = decode_relay_body(body)
                 self._emit(MessageReceived(relayed.sender, relayed.text, relayed.timestamp_ms / 1000))
@@ -468,6 +476,7 @@ class ChatClient:
         try:
             assert self.info is not None
             frames = await self._ask(Frame(Operation.REKEY, State.REQUEST, self.info.room, b""))
+            self._previous_channel = self._channel
             self._channel = _channel_from(decode_json(frames[-1].payload), self._rekey_after)
         finally:
             self._rekeying = False

@@ -70,7 +70,10 @@ class IRoomStore(Interface):
         """The live native member whose UDP key has this id, if any."""
 
     def rekey(member: Member) -> Channel:
-        """Give a native member a fresh UDP key (and id); the old one stops working."""
+        """Give a native member a fresh UDP key (and id); the old one is opened until L{confirm_key}."""
+
+    def confirm_key(member: Member) -> None:
+        """The member has used its current key: forget the one before it."""
 
     def bind_address(member: Member, address: tuple[str, int]) -> None:
         """From now on C{member} sends and receives datagrams at C{address}."""

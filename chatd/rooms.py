@@ -76,6 +76,8 @@ class Member:
     """The open TCP connection, while the member holds one."""
     channel: Channel | None = None
     """A native member's UDP key: seals what the server sends it, opens what it sends."""
+    previous_channel: Channel | None = None
+    """The key before the last rekey, still opened until the member has used the new one."""
     rate_limit: MemberRateLimit | None = None
     """Messages and bytes per second this member may send (None: unlimited)."""
 
@@ -222,9 +224,17 @@ class RoomRegistry:
         while key_id in self._by_key_id:
             key_id = new_key_id()
         if member.channel is not None:
-            del self._by_key_id[member.channel.key_id]
+            # Datagrams sealed before the member heard of the new key are
+            # still on their way (as WireGuard keeps its previous keypair).
+            self.confirm_key(member)
+            member.previous_channel = member.channel
         member.channel = Channel(new_key(), key_id, Direction.TO_CLIENT)
         self._by_key_id[key_id] = member
+
+    def confirm_key(self, member: Member) -> None:
+        previous, member.previous_channel = member.previous_channel, None
+        if previous is not None:
+            self._by_key_id.pop(previous.key_id, None)
 
     def rekey(self, member: Member) -> Channel:
         if member.channel is None or self._by_token.get(member.token) is not member:
@@ -282,6 +292,7 @@ class RoomRegistry:
 
     def _forget_member(self, member: Member) -> None:
         del self._by_token[member.token]
+        self.confirm_key(member)
         if member.channel is not None:
             self._by_key_id.pop(member.channel.key_id, None)
 

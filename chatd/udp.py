@@ -150,7 +150,13 @@ class RelayProtocol(DatagramProtocol):
         member = self._store.member_for_key_id(header.key_id)
         if member is None or member.channel is None:
             raise UnknownKeyError("no member holds this key")
-        frame_type, body = member.channel.open(datagram, header)
+        current = member.channel
+        channel = current if header.key_id == current.key_id else member.previous_channel
+        if channel is None:
+            raise UnknownKeyError("no member holds this key")
+        frame_type, body = channel.open(datagram, header)
+        if channel is current and member.previous_channel is not None:
+            self._store.confirm_key(member)
         # Authenticated from here on; still refuse the server's own frame
         # types before the address is learned from this datagram.
         if frame_type not in CLIENT_FRAME_TYPES:

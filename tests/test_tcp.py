@@ -579,6 +579,9 @@ class RekeyTests(RoomProtocolTestCase):
         self.assertEqual(base64.b64decode(fresh["key"]), member.channel.key)
         self.assertEqual(fresh["key_id"], member.channel.key_id)
         self.assertNotEqual(fresh["key_id"], old_id)
+        # The old key is still opened until the member uses the new one.
+        self.assertIs(self.server.store.member_for_key_id(old_id), member)
+        self.server.store.confirm_key(member)
         self.assertIsNone(self.server.store.member_for_key_id(old_id))
 
     def test_legacy_members_have_no_key(self) -> None:

@@ -282,15 +282,17 @@ class NativeRelayTests(RelayTestCase):
         self.assertEqual(self.udp.written, [])
         self.assertEqual(self.relay.drops.counts["unknown_token"], 1)
 
-    def test_rekey_retires_the_old_key(self) -> None:
+    def test_rekey_keeps_the_old_key_until_the_new_one_is_used(self) -> None:
         ann = self.member("ann", Dialect.NATIVE, ANN)
         self.member("bob", Dialect.MODEL, BOB)
         old = self.client_channel(ann)
         self.store.rekey(ann)
         self.clients.pop(ann.name)
-        self.relay.datagramReceived(old.seal(FrameType.MESSAGE, b"old"), ANN)
+        # Sealed before ann heard of the new key: still on its way, still good.
+        self.relay.datagramReceived(old.seal(FrameType.MESSAGE, b"in flight"), ANN)
         self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, b"new"), ANN)
-        self.assertEqual(self.udp.written, [(b"ann: new", BOB)])
+        self.relay.datagramReceived(old.seal(FrameType.MESSAGE, b"too late"), ANN)
+        self.assertEqual(self.udp.written, [(b"ann: in flight", BOB), (b"ann: new", BOB)])
         self.assertEqual(self.relay.drops.counts["unknown_key"], 1)
 
 
