@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import connectProtocol
-from twisted.internet.interfaces import IReactorFDSet, IReactorTime
-from twisted.internet.task import deferLater
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.trial import unittest
-from zope.interface import implementer
 
 import chatd.client
-from chatd.client import ChatClient, ConnectionState, IChatListener, RoomInfo
+from chatd.client import ChatClient, ConnectionState, RoomInfo
 from chatd.errors import (
     ClientError,
     ConnectionFailedError,
@@ -43,7 +39,6 @@ from chatd.errors import (
     UsernameTakenError,
 )
 from chatd.events import (
-    ChatEvent,
     ConnectionLost,
     MemberJoined,
     MemberLeft,
@@ -56,12 +51,10 @@ from chatd.events import (
 )
 from chatd.service import ChatService, make_service
 from chatd.settings import Settings
+from tests.waiting import WAIT, Recorder, bounded, sleep, until
 
 REACTOR: Any = _reactor
-CLOCK = cast(IReactorTime, _reactor)
 HOST = "127.0.0.1"
-WAIT = 5.0
-"""Seconds any single wait may take before the test fails."""
 MAX_DATAGRAM = 4096
 """docs/protocol.md section 7: no datagram, either way, is larger."""
 NATIVE_MESSAGE_OVERHEAD = 15 + 1 + 16
@@ -74,66 +67,6 @@ IDLE: dict[str, Any] = {"idle_timeout": 0.5, "sweep_interval": 0.1, "keepalive_i
 E = TypeVar("E")
 T = TypeVar("T")
 X = TypeVar("X", bound=BaseException)
-
-
-async def bounded(waiting: Deferred[T], what: str, timeout: float = WAIT) -> T:
-    """The result of C{waiting}, or a test failure after C{timeout} seconds."""
-    waiting.addTimeout(timeout, CLOCK)
-    try:
-        return await waiting
-    except DeferredTimeoutError:
-        raise AssertionError(f"not within {timeout:g} s: {what}") from None
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = CLOCK.seconds() + timeout
-    while not predicate():
-        if CLOCK.seconds() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        await deferLater(CLOCK, 0.01)
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(CLOCK, seconds)
-
-
-@implementer(IChatListener)
-class Recorder:
-    """Everything one client heard, in order, and a way to wait for more."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.events: list[ChatEvent] = []
-        self._waiters: list[tuple[Callable[[ChatEvent], bool], Deferred[ChatEvent]]] = []
-
-    def chat_event(self, event: ChatEvent) -> None:
-        self.events.append(event)
-        for waiter in list(self._waiters):
-            matches, waiting = waiter
-            if matches(event):
-                self._waiters.remove(waiter)
-                waiting.callback(event)
-
-    def of(self, kind: type[E]) -> list[E]:
-        return [event for event in self.events if isinstance(event, kind)]
-
-    async def next(self, kind: type[E], where: Callable[[E], bool] = lambda _: True, timeout: float = WAIT) -> E:
-        """The first event of C{kind} that satisfies C{where}: already heard, or within C{timeout}."""
-
-        def matches(event: ChatEvent) -> bool:
-            return isinstance(event, kind) and where(event)
-
-        for event in self.events:
-            if matches(event):
-                return cast(E, event)
-        waiter: tuple[Callable[[ChatEvent], bool], Deferred[ChatEvent]] = (matches, Deferred())
-        self._waiters.append(waiter)
-        try:
-            heard = await bounded(waiter[1], f"{self.name} hears a {kind.__name__}; heard {self.events}", timeout)
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-        return cast(E, heard)
 
 
 @dataclass(frozen=True)

@@ -21,24 +21,20 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
-from zope.interface import implementer
 
 import chatd.passwords
 import chatd.rooms
-from chatd.client import ChatClient, ConnectionState, IChatListener
+from chatd.client import ChatClient, ConnectionState
 from chatd.datagrams import FrameType, RelayedMessage, decode_relay_body, encode_legacy
 from chatd.errors import (
     CertificateChangedError,
@@ -48,7 +44,7 @@ from chatd.errors import (
     RateLimitedError,
     Status,
 )
-from chatd.events import ChatEvent, ConnectionLost, MessageReceived, Reconnecting, ServerStopping, Throttled
+from chatd.events import ConnectionLost, Reconnecting, ServerStopping, Throttled
 from chatd.payloads import Dialect, RoomRequest
 from chatd.rooms import Member
 from chatd.seal import HEADER_SIZE, MAX_KEY_ID, Channel, Direction, Sealer, new_key
@@ -63,87 +59,16 @@ from tests.loopback_clients import (
     DatagramClient,
 )
 from tests.loopback_clients import ChatClient as RawClient
+from tests.waiting import CLOCK, WAIT, Recorder, bounded, sleep, until
 
 REACTOR: Any = _reactor
-CLOCK = cast(IReactorTime, _reactor)
 HOST = "127.0.0.1"
-WAIT = 5.0
-"""Seconds any single wait may take before the test fails."""
 QUIET = 0.3
 """Seconds a socket must stay silent to count as never answered."""
 
 E = TypeVar("E")
 T = TypeVar("T")
 X = TypeVar("X", bound=BaseException)
-
-
-# -- waiting ------------------------------------------------------------------
-
-
-async def bounded(waiting: Deferred[T], what: str, timeout: float = WAIT) -> T:
-    """The result of C{waiting}, or a test failure after C{timeout} seconds."""
-    waiting.addTimeout(timeout, CLOCK)
-    try:
-        return await waiting
-    except DeferredTimeoutError:
-        raise AssertionError(f"not within {timeout:g} s: {what}") from None
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = CLOCK.seconds() + timeout
-    while not predicate():
-        if CLOCK.seconds() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        await deferLater(CLOCK, 0.01)
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(CLOCK, seconds)
-
-
-@implementer(IChatListener)
-class Recorder:
-    """Everything one chatd.client.ChatClient heard, in order, and a way to wait for more."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.events: list[ChatEvent] = []
-        self._waiters: list[tuple[Callable[[ChatEvent], bool], Deferred[ChatEvent]]] = []
-
-    def chat_event(self, event: ChatEvent) -> None:
-        self.events.append(event)
-        for waiter in list(self._waiters):
-            matches, waiting = waiter
-            if matches(event):
-                self._waiters.remove(waiter)
-                waiting.callback(event)
-
-    def of(self, kind: type[E]) -> list[E]:
-        return [event for event in self.events if isinstance(event, kind)]
-
-    def messages_from(self, sender: str) -> list[str]:
-        return [event.text for event in self.of(MessageReceived) if event.sender == sender]
-
-    async def next(self, kind: type[E], where: Callable[[E], bool] = lambda _: True, timeout: float = WAIT) -> E:
-        """The first event of C{kind} that satisfies C{where}: already heard, or within C{timeout}."""
-
-        def matches(event: ChatEvent) -> bool:
-            return isinstance(event, kind) and where(event)
-
-        for event in self.events:
-            if matches(event):
-                return cast(E, event)
-        waiter: tuple[Callable[[ChatEvent], bool], Deferred[ChatEvent]] = (matches, Deferred())
-        self._waiters.append(waiter)
-        try:
-            heard = await bounded(waiter[1], f"{self.name} hears a {kind.__name__}; heard {self.events}", timeout)
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-        return cast(E, heard)
-
-    async def message(self, sender: str, text: str, timeout: float = WAIT) -> MessageReceived:
-        return await self.next(MessageReceived, lambda m: (m.sender, m.text) == (sender, text), timeout)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,93 @@
+"""
+Bounded waiting on the real reactor, for the tests that run real clients
+against a real daemon: every wait ends in a test failure that says what did
+not happen, never in a hang.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar, cast
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from zope.interface import implementer
+
+from chatd.client import IChatListener
+from chatd.events import ChatEvent, MessageReceived
+
+CLOCK = cast(IReactorTime, _reactor)
+WAIT = 5.0
+"""Seconds any single wait may take before the test fails."""
+
+E = TypeVar("E")
+T = TypeVar("T")
+
+
+async def bounded(waiting: Deferred[T], what: str, timeout: float = WAIT) -> T:
+    """The result of C{waiting}, or a test failure after C{timeout} seconds."""
+    waiting.addTimeout(timeout, CLOCK)
+    try:
+        return await waiting
+    except DeferredTimeoutError:
+        raise AssertionError(f"not within {timeout:g} s: {what}") from None
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = CLOCK.seconds() + timeout
+    while not predicate():
+        if CLOCK.seconds() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        await deferLater(CLOCK, 0.01)
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(CLOCK, seconds)
+
+
+@implementer(IChatListener)
+class Recorder:
+    """Everything one chatd.client.ChatClient heard, in order, and a way to wait for more."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.events: list[ChatEvent] = []
+        self._waiters: list[tuple[Callable[[ChatEvent], bool], Deferred[ChatEvent]]] = []
+
+    def chat_event(self, event: ChatEvent) -> None:
+        self.events.append(event)
+        for waiter in list(self._waiters):
+            matches, waiting = waiter
+            if matches(event):
+                self._waiters.remove(waiter)
+                waiting.callback(event)
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+    def messages_from(self, sender: str) -> list[str]:
+        return [event.text for event in self.of(MessageReceived) if event.sender == sender]
+
+    async def next(self, kind: type[E], where: Callable[[E], bool] = lambda _: True, timeout: float = WAIT) -> E:
+        """The first event of C{kind} that satisfies C{where}: already heard, or within C{timeout}."""
+
+        def matches(event: ChatEvent) -> bool:
+            return isinstance(event, kind) and where(event)
+
+        for event in self.events:
+            if matches(event):
+                return cast(E, event)
+        waiter: tuple[Callable[[ChatEvent], bool], Deferred[ChatEvent]] = (matches, Deferred())
+        self._waiters.append(waiter)
+        try:
+            heard = await bounded(waiter[1], f"{self.name} hears a {kind.__name__}; heard {self.events}", timeout)
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return cast(E, heard)
+
+    async def message(self, sender: str, text: str, timeout: float = WAIT) -> MessageReceived:
+        return await self.next(MessageReceived, lambda m: (m.sender, m.text) == (sender, text), timeout)
