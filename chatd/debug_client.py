@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 from twisted.internet import task
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -40,7 +40,6 @@ from twisted.internet.endpoints import (
 from twisted.internet.error import CannotListenError, ConnectError, ConnectionDone, MessageLengthError
 from twisted.internet.interfaces import (
     IAddress,
-    IHalfCloseableProtocol,
     IListeningPort,
     IReactorTCP,
     IReactorTime,
@@ -50,10 +49,8 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.internet.stdio import StandardIO
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from typing_extensions import override
-from zope.interface import implementer
 
 from chatd.debug_commands import (
     DIALECT_NOTES,
@@ -87,6 +84,7 @@ from chatd.debug_describe import (
 )
 from chatd.errors import ProtocolError
 from chatd.payloads import Dialect
+from chatd.stdio_lines import StdioLines
 from chatd.wire import Frame, FrameDecoder, Operation, State, encode_frame
 
 DEFAULT_HOST = "127.0.0.1"
@@ -457,22 +455,15 @@ class DebugClient:
         self.stopped.callback(None)
 
 
-@implementer(IHalfCloseableProtocol)
-class Console(LineReceiver):
+class Console(StdioLines):
     """Lines from stdin to the client; the client's output to stdout."""
 
-    delimiter = b"\n"
-    MAX_LENGTH = 1 << 16
-
     def __init__(self) -> None:
+        super().__init__()
         self.client: DebugClient | None = None
-        self._output_open = True
-        self._lost = False
-        self._lost_waiters: list[Deferred[None]] = []
 
     def write(self, text: str) -> None:
-        if self.transport is not None and self._output_open and not self._lost:
-            self.transport.write(text.encode("utf-8", "backslashreplace") + b"\n")
+        self.write_text(text, "backslashreplace")
 
     @override
     def lineReceived(self, line: bytes) -> None:
@@ -490,45 +481,23 @@ class Console(LineReceiver):
         # Not the default (hang up): the rest of the session is still good.
         self.write(f"!! a line of more than {self.MAX_LENGTH} bytes was dropped")
 
-    # IHalfCloseableProtocol: stdio looks these two up by their Twisted names.
-    def readConnectionLost(self) -> None:  # noqa: N802
+    @override
+    def input_ended(self) -> None:
         """End of input: leave, as quit does."""
-        if self.client is not None:
-            self.client.shutdown()
-
-    def writeConnectionLost(self) -> None:  # noqa: N802
-        """Nobody reads the output any more: leave."""
-        self._output_open = False
-        if self.client is not None:
-            self.client.shutdown()
+        self._shutdown()
 
     @override
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._lost = True
-        waiters, self._lost_waiters = self._lost_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+    def output_lost(self) -> None:
+        """Nobody reads the output any more: leave."""
+        self._shutdown()
+
+    @override
+    def stdio_lost(self) -> None:
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         if self.client is not None:
             self.client.shutdown()
-
-    def close(self, clock: IReactorTime) -> Deferred[None]:
-        """Flush the output and close stdio; fires when done (or after a bounded wait)."""
-        if self._lost or self.transport is None:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        if self._output_open:
-            self._lost_waiters.append(waiter)
-        else:
-            # stdout is gone already, so stdio will not report the close.
-            waiter.callback(None)
-        self.transport.loseConnection()
-        waiter.addTimeout(CLOSE_TIMEOUT, clock)
-        waiter.addErrback(_ignore_timeout)
-        return waiter
-
-
-def _ignore_timeout(failure: Failure) -> None:
-    failure.trap(TimeoutError)
 
 
 # -- main ----------------------------------------------------------------------------------

@@ -89,11 +89,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, assert_never
 
-from twisted.internet.defer import Deferred, TimeoutError, succeed
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import connectionDone
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.stdio import StandardIO
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
@@ -114,6 +112,7 @@ from chatd.events import (
     ServerStopping,
     Throttled,
 )
+from chatd.stdio_lines import StdioLines
 
 PROGRAM = "chatd-chat"
 
@@ -131,8 +130,6 @@ message sent: messages go by UDP and the leave by TCP, and the server must not
 see the leave first (it would drop the message of a member who is gone).
 """
 LEAVE_TIMEOUT = 5.0
-CLOSE_TIMEOUT = 5.0
-"""Seconds to wait for standard output to drain at exit, if nobody reads it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,27 +277,22 @@ class ConsoleOwner(Protocol):
     def output_lost(self) -> None: ...
 
 
-@implementer(IHalfCloseableProtocol)
-class LineConsole(LineReceiver):
+class LineConsole(StdioLines):
     """Standard input and output as lines: bytes in, text to the session; lines out."""
 
-    delimiter = b"\n"
     MAX_LENGTH = 1 << 16
     """Longer than any message can be (one datagram); longer lines are dropped."""
 
     def __init__(self, session: ConsoleOwner) -> None:
+        super().__init__()
         self._session = session
         self._input_ended = False
-        self._output_open = True
-        self._lost = False
         self._skipping = False
         """Dropping the rest of a line that was too long, up to its newline."""
         self._resume_buffer = False
-        self._lost_waiters: list[Deferred[None]] = []
 
     def write_line(self, line: str) -> None:
-        if self.transport is not None and self._output_open and not self._lost:
-            self.transport.write(line.encode("utf-8") + b"\n")
+        self.write_text(line)
 
     def pause_input(self) -> None:
         if self.transport is not None and not self._input_ended and not self.paused:
@@ -348,8 +340,8 @@ class LineConsole(LineReceiver):
         else:
             self._skipping = True
 
-    # IHalfCloseableProtocol: stdio looks these two up by their Twisted names.
-    def readConnectionLost(self) -> None:  # noqa: N802
+    @override
+    def input_ended(self) -> None:
         """End of input: send a last line without a newline, then end the session."""
         self._input_ended = True
         rest = self.clearLineBuffer()
@@ -359,37 +351,14 @@ class LineConsole(LineReceiver):
                 self.lineReceived(line)
         self._session.input_ended()
 
-    def writeConnectionLost(self) -> None:  # noqa: N802
+    @override
+    def output_lost(self) -> None:
         """Nobody reads our output any more: nothing left to do."""
-        self._output_open = False
         self._session.output_lost()
 
     @override
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._lost = True
-        waiters, self._lost_waiters = self._lost_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+    def stdio_lost(self) -> None:
         self._session.output_lost()
-
-    def close(self, clock: IReactorTime) -> Deferred[None]:
-        """Flush the output and close stdio; fires when done, or after CLOSE_TIMEOUT."""
-        if self._lost or self.transport is None:
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        if self._output_open:
-            self._lost_waiters.append(waiter)
-        else:
-            # stdout is gone already, so stdio will not report the close.
-            waiter.callback(None)
-        self.transport.loseConnection()
-        waiter.addTimeout(CLOSE_TIMEOUT, clock)
-        waiter.addErrback(_ignore_timeout)
-        return waiter
-
-
-def _ignore_timeout(failure: Failure) -> None:
-    failure.trap(TimeoutError)
 
 
 @implementer(IChatListener)
