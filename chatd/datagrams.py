@@ -20,8 +20,9 @@ from chatd.seal import OVERHEAD, SEALED_MARKER, SealedHeader, peek_header
 
 MAX_DATAGRAM = 4096
 
-_RELAY_PREFIX = struct.Struct("!QB")
-"""server time in milliseconds, sender name length."""
+RELAY_PREFIX = struct.Struct("!QB")
+"""server time in milliseconds, sender name length: the start of a native RELAY body."""
+_RELAY_PREFIX = RELAY_PREFIX
 
 
 class FrameType(IntEnum):

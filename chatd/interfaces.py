@@ -66,6 +66,11 @@ class IRoomStore(Interface):
     def member_for_token(token: str) -> Member | None:
         """The live member holding C{token}, if any."""
 
+    member_for_token_bytes = Attribute(
+        "A callable from a token's UTF-8 bytes to the live member holding it, or None: the legacy"
+        " datagram path's look-up, without decoding the token."
+    )
+
     def member_for_key_id(key_id: int) -> Member | None:
         """The live native member whose UDP key has this id, if any."""
 

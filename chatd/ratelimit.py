@@ -121,7 +121,9 @@ class TokenBucket:
         return self._burst
 
     def _refill(self) -> None:
-        now = self._clock.seconds()
+        self._refill_at(self._clock.seconds())
+
+    def _refill_at(self, now: float) -> None:
         elapsed = now - self._last
         # A wall clock can step backwards. Counting that as no time (and
         # restarting from now) is what keeps the bucket from refusing
@@ -312,12 +314,17 @@ class MemberRateLimit:
     def allow(self, size: int) -> bool:
         """Charge one message of ``size`` bytes if both limits allow it; else charge nothing."""
         _check_cost(size)
-        # Both checked before either is taken, at the same instant, so the two
-        # takes below cannot fail.
-        allowed = self._messages.level >= 1 and self._bytes.level >= size
+        # Runs for every relayed message: both buckets are brought up to the
+        # same instant with one clock read, checked, and only then charged,
+        # without the public methods' repeated refills and checks.
+        messages, size_bucket = self._messages, self._bytes
+        now = self._clock.seconds()
+        messages._refill_at(now)
+        size_bucket._refill_at(now)
+        allowed = messages._tokens >= 1 and size_bucket._tokens >= size
         if allowed:
-            self._messages.take(1)
-            self._bytes.take(size)
+            messages._tokens -= 1
+            size_bucket._tokens -= size
         self._throttled = not allowed
         return allowed
 

@@ -37,6 +37,8 @@ from chatd.ratelimit import MemberRateLimit
 from chatd.seal import Channel, Direction, new_key, new_key_id
 from chatd.settings import Settings
 
+Recipient = tuple["Member", tuple[str, int], bool]
+"""A relay target: the member, its registered address, and whether its copies are sealed (native)."""
 HashRunner = Callable[[Callable[[], Any]], "Deferred[Any]"]
 """Runs a password hash or check somewhere that does not stall the reactor."""
 TOKEN_BYTES = 16
@@ -80,6 +82,14 @@ class Member:
     """The key before the last rekey, still opened until the member has used the new one."""
     rate_limit: MemberRateLimit | None = None
     """Messages and bytes per second this member may send (None: unlimited)."""
+    name_bytes: bytes = field(init=False, repr=False)
+    """The name as UTF-8, encoded once: every relayed copy and size check needs it."""
+    prefix: bytes = field(init=False, repr=False)
+    """What a legacy recipient sees before this member's messages: C{b"<name>: "}."""
+
+    def __post_init__(self) -> None:
+        self.name_bytes = self.name.encode("utf-8")
+        self.prefix = self.name_bytes + b": "
 
     @property
     def is_host(self) -> bool:
@@ -98,6 +108,17 @@ class Room:
     closed: bool = False
     native_only: bool = False
     """Only native members, whose datagrams are sealed, may join."""
+    name_bytes: bytes = field(init=False, repr=False)
+    """The name as UTF-8: the legacy datagram path compares it with the bytes on the wire."""
+    recipients: tuple[Recipient, ...] = ()
+    """
+    Members with a registered address, in join order, as (member, address,
+    native): what a relay fans out to. Rebuilt by the registry when a member
+    arrives, leaves or changes address, never per datagram.
+    """
+
+    def __post_init__(self) -> None:
+        self.name_bytes = self.name.encode("utf-8")
 
     def names(self) -> tuple[str, ...]:
         return tuple(self.members)
@@ -119,6 +140,10 @@ class RoomRegistry:
         self._rooms: dict[str, Room] = {}
         self._creating: set[str] = set()
         self._by_token: dict[str, Member] = {}
+        self._by_token_bytes: dict[bytes, Member] = {}
+        """The same members keyed by the token's UTF-8 bytes, as legacy datagrams carry it."""
+        self.member_for_token_bytes: Callable[[bytes], Member | None] = self._by_token_bytes.get
+        """The datagram path's look-up: a bare dict.get, so no Python frame per datagram."""
         self._by_key_id: dict[int, Member] = {}
         self._invitations: dict[str, Room] = {}
         self.password_checks: Counter[str] = Counter()
@@ -215,6 +240,7 @@ class RoomRegistry:
         member = Member(username, token, room, dialect, self._clock.seconds(), rate_limit=limit)
         room.members[username] = member
         self._by_token[token] = member
+        self._by_token_bytes[token.encode("utf-8")] = member
         if dialect is Dialect.NATIVE:
             self._give_key(member)
         return member
@@ -259,7 +285,20 @@ class RoomRegistry:
         return self._by_key_id.get(key_id)
 
     def bind_address(self, member: Member, address: tuple[str, int]) -> None:
+        if member.address == address:
+            return
         member.address = address
+        if self._by_token.get(member.token) is member:
+            self._refresh_recipients(member.room)
+
+    def _refresh_recipients(self, room: Room) -> None:
+        # The only writer of Room.recipients: every change of membership or
+        # of a registered address passes through this registry.
+        room.recipients = tuple(
+            (member, member.address, member.channel is not None)
+            for member in room.members.values()
+            if member.address is not None
+        )
 
     def touch(self, member: Member) -> None:
         member.last_active = self._clock.seconds()
@@ -276,6 +315,7 @@ class RoomRegistry:
             return
         self._forget_member(member)
         del room.members[member.name]
+        self._refresh_recipients(room)
         if self.observer is not None:
             self.observer.member_left(member, reason)
 
@@ -286,12 +326,14 @@ class RoomRegistry:
         for member in members:
             self._forget_member(member)
         room.members.clear()
+        room.recipients = ()
         self._forget(room)
         if self.observer is not None:
             self.observer.room_closed(room, members, reason)
 
     def _forget_member(self, member: Member) -> None:
         del self._by_token[member.token]
+        del self._by_token_bytes[member.token.encode("utf-8")]
         self.confirm_key(member)
         if member.channel is not None:
             self._by_key_id.pop(member.channel.key_id, None)

@@ -22,12 +22,20 @@ from typing import Any, Protocol
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IReactorSSL, IReactorTCP, IReactorThreads, IReactorUDP
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorFDSet,
+    IReactorSSL,
+    IReactorTCP,
+    IReactorThreads,
+    IReactorUDP,
+)
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from typing_extensions import override
 
 from chatd.datagrams import MAX_DATAGRAM
+from chatd.fastudp import BatchedUDPPort
 from chatd.metrics import make_registry, metrics_site, metrics_url
 from chatd.ratelimit import is_loopback
 from chatd.rooms import HashRunner
@@ -308,6 +316,12 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
     def listen_udp() -> IListeningPort:
         # One byte more than the limit, so an oversized datagram shows as
         # oversized instead of arriving cut to a plausible length.
+        if settings.udp_io == "batched":
+            port = BatchedUDPPort(
+                settings.udp_port, server.relay, settings.interface, IReactorFDSet(reactor), MAX_DATAGRAM + 1
+            )
+            port.startListening()
+            return port
         return IReactorUDP(reactor).listenUDP(
             settings.udp_port, server.relay, settings.interface, maxPacketSize=MAX_DATAGRAM + 1
         )

@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chatd import ratelimit
+from chatd.fastudp import HAVE_MMSG
 from chatd.passwords import DEFAULT_COST
 from chatd.payloads import DEFAULT_MAX_ROOM_NAME, DEFAULT_MAX_USER_NAME
 from chatd.wire import DEFAULT_MAX_PAYLOAD
+
+UDP_IO_CHOICES = ("batched", "twisted")
+"""How the UDP port does its I/O: chatd's own batching port (chatd.fastudp), or Twisted's stock one."""
+DEFAULT_UDP_IO = "batched" if HAVE_MMSG else "twisted"
+"""Batched where recvmmsg/sendmmsg exist (Linux); elsewhere the stock port, which is as fast as a plain loop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,5 +63,7 @@ class Settings:
     """Apply the per-address limits to loopback too (they are exempt by default, as in ergo)."""
     metrics_port: int | None = None
     """TCP port of the Prometheus metrics endpoint (0: any free one); None turns it off."""
+    udp_io: str = DEFAULT_UDP_IO
+    """One of UDP_IO_CHOICES."""
     metrics_interface: str = "127.0.0.1"
     """Address the metrics endpoint listens on: loopback unless the scraper is elsewhere."""

@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from chatd.logs import json_observer
 from chatd.service import ChatService, exit_cleanly_on_signals, make_service
-from chatd.settings import Settings
+from chatd.settings import UDP_IO_CHOICES, Settings
 from chatd.tls import TLSSetupError, load_server_certificate
 
 _DEFAULTS = Settings()
@@ -62,6 +62,13 @@ class Options(usage.Options):
             None,
             _DEFAULTS.metrics_interface,
             "Address the metrics endpoint listens on (IPv4 or IPv6).",
+        ),
+        (
+            "udp-io",
+            None,
+            _DEFAULTS.udp_io,
+            "UDP I/O: 'batched' (chatd's own port, recvmmsg/sendmmsg; the default on Linux)"
+            " or 'twisted' (Twisted's stock UDP port).",
         ),
         ("idle-timeout", None, _DEFAULTS.idle_timeout, "Seconds without activity before a member is removed.", float),
         ("sweep-interval", None, _DEFAULTS.sweep_interval, "Seconds between sweeps for idle members.", float),
@@ -160,6 +167,8 @@ class Options(usage.Options):
                 load_server_certificate(self["tls-cert"], self["tls-key"])
             except TLSSetupError as error:
                 raise usage.UsageError(str(error)) from None
+        if self["udp-io"] not in UDP_IO_CHOICES:
+            raise usage.UsageError(f"--udp-io must be one of {', '.join(UDP_IO_CHOICES)}")
         cost = self["password-cost"]
         if cost < 2 or cost & (cost - 1):
             raise usage.UsageError("--password-cost must be a power of 2")
@@ -199,6 +208,7 @@ class Options(usage.Options):
             limit_loopback=bool(self["limit-loopback"]),
             metrics_port=self["metrics-port"],
             metrics_interface=self["metrics-interface"],
+            udp_io=self["udp-io"],
         )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
+from twisted.internet.udp import Port as UDPPort
 from twisted.logger import LogLevel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -22,6 +23,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import chatd.service
+from chatd.fastudp import HAVE_MMSG, BatchedUDPPort
 from chatd.service import (
     OPEN_FILES_MARGIN,
     ListeningService,
@@ -29,7 +31,7 @@ from chatd.service import (
     make_service,
     raise_open_files_limit,
 )
-from chatd.settings import Settings
+from chatd.settings import UDP_IO_CHOICES, Settings
 from tests.helpers import capture_events
 
 
@@ -160,15 +162,28 @@ class RealStartStopTests(TestCase):
     timeout = 10
 
     async def test_ports_are_free_again_after_stop(self) -> None:
-        service = make_service(Settings(tcp_port=0, udp_port=0, password_cost=2), reactor)
-        service.startService()
-        tcp_port, udp_port = service.tcp_port, service.udp_port
-        self.assertNotEqual(tcp_port, 0)
-        await service.stopService()
-        again = make_service(Settings(tcp_port=tcp_port, udp_port=udp_port, password_cost=2), reactor)
-        again.startService()
-        self.assertEqual((again.tcp_port, again.udp_port), (tcp_port, udp_port))
-        await again.stopService()
+        for udp_io in UDP_IO_CHOICES if HAVE_MMSG else ("twisted",):
+            service = make_service(Settings(tcp_port=0, udp_port=0, password_cost=2, udp_io=udp_io), reactor)
+            service.startService()
+            tcp_port, udp_port = service.tcp_port, service.udp_port
+            self.assertNotEqual(tcp_port, 0)
+            await service.stopService()
+            again = make_service(Settings(tcp_port=tcp_port, udp_port=udp_port, password_cost=2), reactor)
+            again.startService()
+            self.assertEqual((again.tcp_port, again.udp_port), (tcp_port, udp_port))
+            await again.stopService()
+
+    async def test_udp_io_picks_the_port(self) -> None:
+        for udp_io, kind in (("batched", BatchedUDPPort), ("twisted", UDPPort)):
+            if udp_io == "batched" and not HAVE_MMSG:
+                continue
+            service = make_service(Settings(tcp_port=0, udp_port=0, password_cost=2, udp_io=udp_io), reactor)
+            service.startService()
+            listener = service.getServiceNamed("udp")
+            assert isinstance(listener, ListeningService)
+            self.assertIsInstance(listener.port, kind)
+            self.assertNotEqual(service.udp_port, 0)
+            await service.stopService()
 
     async def test_start_raises_and_logs_the_open_files_limit(self) -> None:
         events = capture_events(self)

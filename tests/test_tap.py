@@ -9,6 +9,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from chatd.fastudp import HAVE_MMSG
 from chatd.service import ChatService
 from chatd.settings import Settings
 from chatd.tap import Options, makeService
@@ -57,6 +58,7 @@ class OptionsTests(SynchronousTestCase):
             "--tls-port=25",
             "--metrics-port=26",
             "--metrics-interface=::1",
+            "--udp-io=twisted",
         ).settings()
         self.assertEqual(
             settings,
@@ -92,8 +94,13 @@ class OptionsTests(SynchronousTestCase):
                 tls_port=25,
                 metrics_port=26,
                 metrics_interface="::1",
+                udp_io="twisted",
             ),
         )
+
+    def test_udp_io_defaults_to_batched_where_recvmmsg_exists(self) -> None:
+        self.assertEqual(parse().settings().udp_io, "batched" if HAVE_MMSG else "twisted")
+        self.assertEqual(parse("--udp-io=batched").settings().udp_io, "batched")
 
     def test_short_options(self) -> None:
         settings = parse("-i", "0.0.0.0", "-t", "0", "-u", "0").settings()
@@ -127,6 +134,7 @@ class OptionsTests(SynchronousTestCase):
             ["--metrics-port=-1"],
             ["--metrics-port=http"],
             ["--metrics-interface=localhost"],
+            ["--udp-io=epoll"],
         ):
             self.assertRaises(UsageError, parse, *argv)
 
@@ -141,6 +149,7 @@ class OptionsTests(SynchronousTestCase):
             "--log-json",
             "--metrics-port",
             "--metrics-interface",
+            "--udp-io",
         ):
             self.assertIn(name, text)
 

@@ -174,10 +174,10 @@ class DropTests(RelayTestCase):
     def test_unexpected_errors_are_logged_not_raised(self) -> None:
         ann = self.member("ann", Dialect.MODEL, ANN)
 
-        def broken(token: str) -> Member:
+        def broken(member: Member) -> None:
             raise RuntimeError("boom")
 
-        self.store.member_for_token = broken  # type: ignore[method-assign]
+        self.store.touch = broken  # type: ignore[method-assign]
         self.say(ann, "hi")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
