@@ -45,6 +45,7 @@ import errno
 import socket
 import struct
 import sys
+from collections.abc import Sequence
 from typing import Any, Final
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -443,6 +444,62 @@ class BatchedUDPPort:
         _NAME.pack_into(self._smsgs_view, index * _MMSG_SIZE, destination[0], destination[1])
         _IOV.pack_into(self._siov_view, index * _IOV_SIZE, self._last_base, size)
         self._queued = index + 1
+
+    def write_many(self, data: bytes, addresses: Sequence[Address]) -> int:
+        """
+        Send C{data} to each of C{addresses}, as a write per address would,
+        and return how many of them failed (an invalid address, an oversized
+        datagram, a refused sendto): a failure is counted, never raised, and
+        costs the other addresses nothing. Within C{doRead} every copy is
+        queued in one call, pointing at one copy of the payload in the arena.
+        """
+        size = len(data)
+        if not (self._in_read and self.batched) or size > 65507:
+            return self._write_each(data, addresses)
+        failed = 0
+        destinations = self._destinations
+        names, iovs = self._smsgs_view, self._siov_view
+        pack_name, pack_iov = _NAME.pack_into, _IOV.pack_into
+        index = self._queued
+        for addr in addresses:
+            destination = destinations.get(addr)
+            if destination is None:
+                self._queued = index
+                try:
+                    destination = self._new_destination(addr)  # May flush the queue.
+                except InvalidAddressError:
+                    failed += 1
+                    continue
+                index = self._queued
+            if index == SEND_BATCH:
+                self._queued = index
+                self._flush()
+                index = 0
+            if data is not self._last_data:
+                # The first copy, or the first since a flush emptied the arena.
+                used = self._arena_used
+                if used + size > SEND_ARENA:
+                    self._queued = index
+                    self._flush()
+                    index = used = 0
+                self._sarena_view[used : used + size] = data
+                self._last_data = data
+                self._last_base = self._sarena_base + used
+                self._arena_used = used + size
+            pack_name(names, index * _MMSG_SIZE, destination[0], destination[1])
+            pack_iov(iovs, index * _IOV_SIZE, self._last_base, size)
+            index += 1
+        self._queued = index
+        return failed
+
+    def _write_each(self, data: bytes, addresses: Sequence[Address]) -> int:
+        failed = 0
+        for addr in addresses:
+            try:
+                self.write(data, addr)
+            except (OSError, MessageLengthError, InvalidAddressError):
+                failed += 1
+        return failed
 
     def _new_destination(self, addr: Address) -> tuple[int, int, ctypes.Array[ctypes.c_char]]:
         raw = encode_sockaddr(self._family, addr)

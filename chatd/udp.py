@@ -238,13 +238,21 @@ class RelayProtocol(DatagramProtocol):
         legacy = sender.prefix + message
         native: bytes | None = None
         sent = sent_bytes = errors = 0
+        # The batching port queues every legacy copy (the same bytes) in one
+        # call; Twisted's stock port gets a write per recipient.
+        write_many = getattr(transport, "write_many", None)
+        legacy_addresses: list[Address] | None = [] if write_many is not None else None
         # Room.recipients is kept by the registry: registered members only,
         # in join order, each with its address, so the loop does no look-ups.
         for member, address, sealed in sender.room.recipients:
             if member is sender:
                 continue
             data = legacy
-            if sealed:
+            if not sealed:
+                if legacy_addresses is not None:
+                    legacy_addresses.append(address)
+                    continue
+            else:
                 if native is None:
                     native = RELAY_PREFIX.pack(int(self._clock.seconds() * 1000), len(sender.name_bytes))
                     native += sender.name_bytes + message
@@ -265,6 +273,13 @@ class RelayProtocol(DatagramProtocol):
             else:
                 sent += 1
                 sent_bytes += len(data)
+        if legacy_addresses:
+            assert write_many is not None
+            failed = write_many(legacy, legacy_addresses)
+            errors += failed
+            delivered = len(legacy_addresses) - failed
+            sent += delivered
+            sent_bytes += delivered * len(legacy)
         self.sent += sent
         self.sent_bytes += sent_bytes
         if errors:

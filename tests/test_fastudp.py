@@ -34,7 +34,15 @@ from typing_extensions import override
 
 import chatd.rooms
 from chatd.datagrams import MAX_DATAGRAM, FrameType, encode_legacy, encode_relay_body, relay_text
-from chatd.fastudp import HAVE_MMSG, RECV_BATCH, SEND_ARENA, BatchedUDPPort, decode_sockaddr, encode_sockaddr
+from chatd.fastudp import (
+    HAVE_MMSG,
+    RECV_BATCH,
+    SEND_ARENA,
+    SEND_BATCH,
+    BatchedUDPPort,
+    decode_sockaddr,
+    encode_sockaddr,
+)
 from chatd.payloads import Dialect, RoomRequest
 from chatd.rooms import Member
 from chatd.seal import Channel, Direction
@@ -70,6 +78,20 @@ class Recorder(DatagramProtocol):
     @override
     def stopProtocol(self) -> None:
         self.stopped = True
+
+
+class FanOut(DatagramProtocol):
+    """Sends every datagram that arrives to C{targets} with one write_many, and keeps what it returned."""
+
+    def __init__(self, targets: list[tuple[Any, ...]]) -> None:
+        self.targets = targets
+        self.failed: list[int] = []
+
+    @override
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        transport: Any = self.transport
+        assert isinstance(transport, BatchedUDPPort)
+        self.failed.append(transport.write_many(datagram, self.targets))
 
 
 def client(family: int = socket.AF_INET, host: str = "127.0.0.1", rcvbuf: int = 4 << 20) -> socket.socket:
@@ -164,6 +186,35 @@ class _PortTests(_MixinBase):
             # Compared by a digest: difflib on megabytes of mismatch would take minutes.
             self.assertEqual([(len(d), d[:1], d[-1:]) for d in got], [(len(d), d[:1], d[-1:]) for d in expected])
             self.assertTrue(got == expected)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_write_many_isolates_invalid_addresses_past_a_send_batch(self) -> Deferred[None]:
+        async def run() -> None:
+            socks = [self.sock() for _ in range(3)]
+            copies = SEND_BATCH // len(socks) + 50
+            invalid: list[tuple[Any, ...]] = [("no-such-host.invalid", 1), ("::1", 5), ("127.0.0.1", 70000)]
+            targets: list[tuple[Any, ...]] = []
+            for i in range(copies):
+                targets.extend(s.getsockname() for s in socks)
+                if i % 300 == 0:
+                    targets.append(invalid[(i // 300) % len(invalid)])
+            bad = len(targets) - copies * len(socks)
+            protocol = FanOut(targets)
+            port = self.listen(protocol)
+            sender = self.sock()
+            for i in range(2):
+                sender.sendto(b"many %d" % i, ("127.0.0.1", port.getHost().port))
+            await self.until(lambda: len(protocol.failed) == 2)
+            self.assertEqual(protocol.failed, [bad, bad])
+            for s in socks:
+                self.assertEqual(self.recv_n(s, 2 * copies), [b"many 0"] * copies + [b"many 1"] * copies)
+            self.assertEqual(drain(sender), [])
+            self.assertEqual(port.send_errors, 0)
+            # Outside doRead each copy goes at once; an oversized datagram fails for every address.
+            self.assertEqual(port.write_many(b"now", [socks[0].getsockname(), invalid[0]]), 1)
+            self.assertEqual(socks[0].recv(100), b"now")
+            self.assertEqual(port.write_many(b"x" * 65508, [socks[0].getsockname()] * 2), 2)
 
         return Deferred.fromCoroutine(run())
 
