@@ -23,17 +23,16 @@ import tempfile
 from collections.abc import Sequence
 from typing import TextIO
 
-from chatd.tls import (
+from chatd.certificates import (
     CERT_FILE_NAME,
     DEFAULT_DAYS,
     DEFAULT_HOSTNAMES,
     KEY_FILE_NAME,
-    PinStore,
-    PinStoreError,
     fingerprint,
     make_self_signed,
-    server_key,
 )
+from chatd.errors import PinStoreError
+from chatd.pins import PinStore, server_key
 
 DEFAULT_TLS_PORT = 9003
 """The port shown in the suggested twistd command line (the daemon's --tls-port)."""

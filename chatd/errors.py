@@ -264,3 +264,17 @@ class CertificateError(ClientError):
 
 class CertificateChangedError(CertificateError):
     """The server's certificate differs from the one pinned on first use: possibly an attack."""
+
+
+class TLSSetupError(ChatError, ValueError):
+    """
+    A TLS file or setting cannot be used: missing, unreadable, not PEM, or a
+    key that does not belong to its certificate. The message names the file.
+
+    Also a ValueError, so that the daemon's option checking can turn it into a
+    usage error like any other bad value.
+    """
+
+
+class PinStoreError(TLSSetupError):
+    """The file of pinned server fingerprints cannot be read or written."""

@@ -34,6 +34,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from typing_extensions import override
 
+from chatd.certificates import ServerCertificate, load_server_certificate
 from chatd.datagrams import MAX_DATAGRAM
 from chatd.fastudp import BatchedUDPPort
 from chatd.metrics import make_registry, metrics_site, metrics_url
@@ -41,7 +42,6 @@ from chatd.ratelimit import is_loopback
 from chatd.rooms import HashRunner
 from chatd.server import ChatServer
 from chatd.settings import Settings
-from chatd.tls import ServerCertificate, load_server_certificate
 
 try:
     import resource as _resource

@@ -13,10 +13,11 @@ from typing import Any
 from twisted.python import usage
 from typing_extensions import override
 
+from chatd.certificates import load_server_certificate
+from chatd.errors import TLSSetupError
 from chatd.logs import json_observer
 from chatd.service import ChatService, exit_cleanly_on_signals, make_service
 from chatd.settings import UDP_IO_CHOICES, Settings
-from chatd.tls import TLSSetupError, load_server_certificate
 
 _DEFAULTS = Settings()
 

@@ -34,6 +34,7 @@ from twisted.trial import unittest
 
 import chatd.passwords
 import chatd.rooms
+from chatd.certificates import fingerprint, make_self_signed
 from chatd.client import ChatClient, ConnectionState
 from chatd.datagrams import FrameType, RelayedMessage, decode_relay_body, encode_legacy
 from chatd.errors import (
@@ -46,11 +47,12 @@ from chatd.errors import (
 )
 from chatd.events import ConnectionLost, Reconnecting, ServerStopping, Throttled
 from chatd.payloads import Dialect, RoomRequest
+from chatd.pins import PinStore, default_pin_path
 from chatd.rooms import Member
 from chatd.seal import HEADER_SIZE, MAX_KEY_ID, Channel, Direction, Sealer, new_key
 from chatd.service import ChatService, make_service
 from chatd.settings import Settings
-from chatd.tls import PinStore, TrustPolicy, default_pin_path, fingerprint, make_self_signed
+from chatd.tls import TrustPolicy
 from chatd.wire import Frame, Operation, State
 from tests.helpers import capture_events, make_server
 from tests.loopback_clients import (
@@ -107,7 +109,7 @@ def temporary_directory(case: unittest.SynchronousTestCase) -> str:
 
 
 def write_certificate(directory: str, name: str) -> Certificate:
-    """A fresh self-signed pair (chatd.tls.make_self_signed) in C{directory}."""
+    """A fresh self-signed pair (chatd.certificates.make_self_signed) in C{directory}."""
     cert_pem, key_pem = make_self_signed()
     paths = []
     for suffix, data in (("cert", cert_pem), ("key", key_pem)):

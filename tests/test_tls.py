@@ -43,24 +43,24 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from chatd import cert_tool
-from chatd.errors import CertificateChangedError, CertificateError, ChatError, ConnectionFailedError
-from chatd.tls import (
+from chatd.certificates import (
     DEFAULT_HOSTNAMES,
-    ChatTLSCreator,
-    PinStore,
-    PinStoreError,
-    TLSSetupError,
-    TrustPolicy,
-    client_connection_creator,
-    default_pin_path,
-    explain_tls_failure,
     fingerprint,
     load_server_certificate,
     make_self_signed,
     normalize_fingerprint,
-    server_key,
     server_tls_options,
 )
+from chatd.errors import (
+    CertificateChangedError,
+    CertificateError,
+    ChatError,
+    ConnectionFailedError,
+    PinStoreError,
+    TLSSetupError,
+)
+from chatd.pins import PinStore, default_pin_path, server_key
+from chatd.tls import ChatTLSCreator, TrustPolicy, client_connection_creator, explain_tls_failure
 
 CLOCK = cast(IReactorTime, _reactor)
 WAIT = 5.0
