@@ -249,6 +249,8 @@ class Notice:
     reason: str = ""
     idle_timeout: float = 0.0
     members: tuple[str, ...] = field(default=())
+    _encoded: dict[tuple[bool, Dialect], bytes] = field(default_factory=dict, compare=False, repr=False)
+    """One encoding per (about the recipient?, dialect): a room's notice goes to every member."""
 
     def text_for(self, recipient: str) -> str:
         about_you = recipient == self.user
@@ -281,6 +283,12 @@ class Notice:
         return encode_json(obj)
 
     def encode_for(self, recipient: str, dialect: Dialect) -> bytes:
-        if dialect is Dialect.NATIVE:
-            return self.to_json(recipient)
-        return self.text_for(recipient).encode("utf-8")
+        # The payload differs only for the member the notice is about, so a
+        # join in a room of N is encoded twice, not N times (N names each).
+        key = (recipient == self.user, dialect)
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            native = dialect is Dialect.NATIVE
+            encoded = self.to_json(recipient) if native else self.text_for(recipient).encode("utf-8")
+            self._encoded[key] = encoded
+        return encoded

@@ -457,3 +457,18 @@ class NativeOnlyRequestTests(SynchronousTestCase):
     def test_throttled_notice_text(self) -> None:
         notice = Notice(NoticeKind.THROTTLED, "hoge", "eve")
         self.assertEqual(notice.text_for("eve"), "* you are sending too fast: messages are being dropped; slow down")
+
+
+class NoticeEncodingCacheTests(SynchronousTestCase):
+    def test_encoded_once_per_kind_of_recipient(self) -> None:
+        notice = Notice(NoticeKind.TIMED_OUT, "hoge", "bob", idle_timeout=300.0, members=("ann", "cat"))
+        for_ann = notice.encode_for("ann", Dialect.NATIVE)
+        self.assertIs(notice.encode_for("cat", Dialect.NATIVE), for_ann)
+        self.assertIn(b"bob was removed", for_ann)
+        self.assertIn(b"you were removed", notice.encode_for("bob", Dialect.NATIVE))
+        self.assertEqual(
+            notice.encode_for("ann", Dialect.SEED), b"* bob was removed from hoge after 300 s without activity"
+        )
+        self.assertEqual(
+            notice, Notice(NoticeKind.TIMED_OUT, "hoge", "bob", idle_timeout=300.0, members=("ann", "cat"))
+        )
