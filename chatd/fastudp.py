@@ -22,12 +22,18 @@ On Linux with recvmmsg, one C{doRead}:
   - queues what the protocol writes meanwhile (one copy per distinct payload:
     a fan-out of the same bytes is copied once) and sends the queue with one
     sendmmsg per L{SEND_BATCH} datagrams at the end of each received batch;
+  - takes a room's worth of copies of one payload in one call through a
+    L{Fanout} prepared for the room (C{port.fanout(addresses)}): the
+    destinations are encoded once, when the room changes, and queueing N
+    copies is two slice stores, with no Python work per copy;
   - stops at EAGAIN, or after L{MAX_PER_WAKEUP} datagrams so that TCP
     connections get their turn.
 
 Elsewhere (or with C{batch=False}) it reads with a plain recvfrom loop and
 sends each write at once with sendto. A write outside C{doRead} (a notice
 caused by a TCP event, say) is always sent at once: nothing would flush it.
+L{WriteEachFanout} gives any other transport (Twisted's stock port) the
+same fan-out interface, a write per address.
 
 Send errors behave as the stock port's where they can: an address that is
 not a numeric address of the socket's family raises InvalidAddressError and
@@ -45,7 +51,7 @@ import errno
 import socket
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -107,12 +113,16 @@ _NAMELEN_AT: Final = _MsgHdr.msg_namelen.offset
 _LEN_AT: Final = _MMsgHdr.msg_len.offset
 _RECEIVED: Final = struct.Struct(f"={_NAMELEN_AT}xI{_LEN_AT - _NAMELEN_AT - 4}xI")
 """msg_namelen and msg_len of one mmsghdr: what the kernel wrote for a received datagram."""
-_NAME: Final = struct.Struct("@PI")
-"""msg_name and msg_namelen, at the start of an mmsghdr (native layout, as the C struct)."""
 _IOV: Final = struct.Struct("@PN")
 """One iovec: base and length."""
 _FAMILY: Final = struct.Struct("=H")
 """sa_family_t in host order, as Linux lays out sockaddr_in and sockaddr_in6."""
+_POINTER_SIZE: Final = ctypes.sizeof(ctypes.c_void_p)
+_NAME_STRIDE: Final = _MMSG_SIZE // _POINTER_SIZE
+"""mmsghdrs counted in pointers: msg_name, the first field, of consecutive entries is this far apart."""
+assert _MMSG_SIZE % _POINTER_SIZE == 0
+_SOCKADDR_LEN: Final = {socket.AF_INET: 16, socket.AF_INET6: 28}
+"""sizeof(sockaddr_in) and sizeof(sockaddr_in6): what encode_sockaddr gives for each family."""
 
 
 def _load_mmsg() -> tuple[Any, Any] | None:
@@ -219,7 +229,7 @@ class BatchedUDPPort:
         self._max_packet_size = max_packet_size
         self._rcvbuf = rcvbuf
         self._max_per_wakeup = max_per_wakeup
-        self._family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        self.family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         self._socket: socket.socket | None = None
         self._fd = -1
         self.rcvbuf_granted = 0
@@ -235,6 +245,8 @@ class BatchedUDPPort:
         self._arena_used = 0
         self._last_data: bytes | None = None
         self._last_base = 0
+        self._pinned: list[Fanout] = []
+        """Fan-outs that queued copies point into: kept alive until the queue is sent."""
         if self.batched:
             self._setup_buffers()
 
@@ -266,15 +278,19 @@ class BatchedUDPPort:
         self._siov_view = memoryview(self._siov).cast("B")
         self._smsgs = (_MMsgHdr * SEND_BATCH)()
         self._smsgs_view = memoryview(self._smsgs).cast("B")
+        # Every destination of this port is a sockaddr of its family, of one
+        # length: set once, so that a fan-out only stores the pointers.
         for i in range(SEND_BATCH):
             header = self._smsgs[i].msg_hdr
             header.msg_iov = ctypes.addressof(self._siov[i])
             header.msg_iovlen = 1
+            header.msg_namelen = _SOCKADDR_LEN[self.family]
+        self._sname_view = self._smsgs_view.cast("P")
 
     # -- IListeningPort -----------------------------------------------------
 
     def startListening(self) -> None:  # noqa: N802 - the interface\'s name
-        sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
         try:
             sock.bind((self._interface, self._port))
         except OSError as error:
@@ -305,7 +321,7 @@ class BatchedUDPPort:
 
     def getHost(self) -> IPv4Address | IPv6Address:  # noqa: N802 - the interface\'s name
         assert self._socket is not None, "the port is not listening"
-        if self._family == socket.AF_INET6:
+        if self.family == socket.AF_INET6:
             host, port, flowinfo, scope = self._socket.getsockname()
             return IPv6Address("UDP", host, port, flowinfo, scope)
         host, port = self._socket.getsockname()
@@ -343,6 +359,7 @@ class BatchedUDPPort:
         rview, names, meta = self._rview, self._rnames_view, self._rmsgs_view
         slot = self._max_packet_size
         sources = self._sources
+        deliver = self.protocol.datagramReceived
         budget = self._max_per_wakeup
         while budget > 0 and self._socket is not None:
             wanted = min(RECV_BATCH, budget)
@@ -369,7 +386,10 @@ class BatchedUDPPort:
                         if addr is None:
                             continue
                     start = i * slot
-                    self._deliver(rview[start : start + length].tobytes(), addr)
+                    try:
+                        deliver(rview[start : start + length].tobytes(), addr)
+                    except Exception:
+                        self._protocol_failed(addr)
             finally:
                 self._in_read = False
                 self._flush()
@@ -408,9 +428,12 @@ class BatchedUDPPort:
         try:
             self.protocol.datagramReceived(data, addr)
         except Exception:
-            # One bad datagram, or a bug, must not stop the port or the batch.
-            self.protocol_errors += 1
-            self._log.failure("the protocol failed on a datagram from {host}", host=addr[0])
+            self._protocol_failed(addr)
+
+    def _protocol_failed(self, addr: Address) -> None:
+        # One bad datagram, or a bug, must not stop the port or the batch.
+        self.protocol_errors += 1
+        self._log.failure("the protocol failed on a datagram from {host}", host=addr[0])
 
     # -- the transport side -------------------------------------------------
 
@@ -426,83 +449,67 @@ class BatchedUDPPort:
             raise MessageLengthError("message too long")
         if self._queued == SEND_BATCH:
             self._flush()
+        base = self._payload_base(data)
+        index = self._queued
+        self._sname_view[index * _NAME_STRIDE] = destination[0]
+        _IOV.pack_into(self._siov_view, index * _IOV_SIZE, base, size)
+        self._queued = index + 1
+
+    def _payload_base(self, data: bytes) -> int:
+        """
+        Where C{data} lies in the send arena. A fan-out queues the same bytes
+        object for every recipient: it is copied in once, and every copy
+        points at it. A full arena is sent first.
+        """
         if data is not self._last_data:
-            # Fan-out writes the same bytes object to every recipient: it is
-            # copied into the arena once, and every copy points at it.
+            size = len(data)
             used = self._arena_used
             if used + size > SEND_ARENA:
-                if size > SEND_ARENA:
-                    self._send_now(data, addr)
-                    return
                 self._flush()
                 used = 0
             self._sarena_view[used : used + size] = data
             self._last_data = data
             self._last_base = self._sarena_base + used
             self._arena_used = used + size
-        index = self._queued
-        _NAME.pack_into(self._smsgs_view, index * _MMSG_SIZE, destination[0], destination[1])
-        _IOV.pack_into(self._siov_view, index * _IOV_SIZE, self._last_base, size)
-        self._queued = index + 1
+        return self._last_base
 
-    def write_many(self, data: bytes, addresses: Sequence[Address]) -> int:
+    def fanout(self, addresses: Sequence[Address]) -> Fanout:
         """
-        Send C{data} to each of C{addresses}, as a write per address would,
-        and return how many of them failed (an invalid address, an oversized
-        datagram, a refused sendto): a failure is counted, never raised, and
-        costs the other addresses nothing. Within C{doRead} every copy is
-        queued in one call, pointing at one copy of the payload in the arena.
+        Prepare C{addresses} for repeated sends of one payload to all of
+        them but one (L{Fanout.send}): what a relay does for every message
+        of a room whose membership changes rarely.
         """
+        return Fanout(self, addresses)
+
+    def _send_fanout(self, data: bytes, fanout: Fanout, skip: int) -> int:
         size = len(data)
-        if not (self._in_read and self.batched) or size > 65507:
-            return self._write_each(data, addresses)
-        failed = 0
-        destinations = self._destinations
-        names, iovs = self._smsgs_view, self._siov_view
-        pack_name, pack_iov = _NAME.pack_into, _IOV.pack_into
-        index = self._queued
-        for addr in addresses:
-            destination = destinations.get(addr)
-            if destination is None:
-                self._queued = index
-                try:
-                    destination = self._new_destination(addr)  # May flush the queue.
-                except InvalidAddressError:
-                    failed += 1
-                    continue
-                index = self._queued
-            if index == SEND_BATCH:
-                self._queued = index
+        if not self.batched or size > 65507:
+            return write_each(self.write, data, fanout.addresses, skip)
+        ring_start, count, failed = fanout.span(skip)
+        ring, names, iovs, stride = fanout.ring, self._sname_view, self._siov_view, _NAME_STRIDE
+        while count:
+            if self._queued == SEND_BATCH:
                 self._flush()
-                index = 0
-            if data is not self._last_data:
-                # The first copy, or the first since a flush emptied the arena.
-                used = self._arena_used
-                if used + size > SEND_ARENA:
-                    self._queued = index
-                    self._flush()
-                    index = used = 0
-                self._sarena_view[used : used + size] = data
-                self._last_data = data
-                self._last_base = self._sarena_base + used
-                self._arena_used = used + size
-            pack_name(names, index * _MMSG_SIZE, destination[0], destination[1])
-            pack_iov(iovs, index * _IOV_SIZE, self._last_base, size)
-            index += 1
-        self._queued = index
-        return failed
-
-    def _write_each(self, data: bytes, addresses: Sequence[Address]) -> int:
-        failed = 0
-        for addr in addresses:
-            try:
-                self.write(data, addr)
-            except (OSError, MessageLengthError, InvalidAddressError):
-                failed += 1
+            iov = _IOV.pack(self._payload_base(data), size)
+            # Queued copies point into the fan-out's own address buffer: it
+            # is kept until they are sent, even if the relay drops it meanwhile.
+            self._pinned.append(fanout)
+            index = self._queued
+            chunk = min(count, SEND_BATCH - index)
+            # Every copy's msg_name is one strided store from the ring, and
+            # every copy's iovec the same pair: no Python work per copy.
+            names[index * stride : (index + chunk) * stride : stride] = ring[ring_start : ring_start + chunk]
+            iovs[index * _IOV_SIZE : (index + chunk) * _IOV_SIZE] = iov * chunk
+            self._queued = index + chunk
+            ring_start += chunk
+            count -= chunk
+        if not self._in_read:
+            # Nothing else would send them: a write outside doRead goes at once.
+            self._flush()
         return failed
 
     def _new_destination(self, addr: Address) -> tuple[int, int, ctypes.Array[ctypes.c_char]]:
-        raw = encode_sockaddr(self._family, addr)
+        raw = encode_sockaddr(self.family, addr)
         if len(self._destinations) >= ADDRESS_CACHE_SIZE:
             # Queued datagrams point into these buffers: send them before forgetting.
             self._flush()
@@ -537,6 +544,7 @@ class BatchedUDPPort:
         self._arena_used = 0
         self._last_data = None
         if not count or self._socket is None or _MMSG is None:
+            self._pinned.clear()
             return
         sendmmsg = _MMSG[1]
         base = ctypes.addressof(self._smsgs)
@@ -554,3 +562,88 @@ class BatchedUDPPort:
             # failed for it alone, and send the others.
             self.send_errors += 1
             first += 1
+        # Only now may the fan-outs the queue pointed into be freed.
+        self._pinned.clear()
+
+
+class Fanout:
+    """
+    Destinations prepared once for sending one payload to all of them but
+    one, again and again, as a relay does for every message of a room.
+
+    Each address is encoded to its sockaddr once, into one buffer, and the
+    pointers to them are laid out twice in a row (the ring): "everyone but
+    the i-th" is then the contiguous run of n - 1 pointers from i + 1, which
+    the port copies into a batch with one strided store, so a copy costs no
+    Python work at all. An address that is not a numeric address of the
+    port's family is left out and counted as failed at every send, as a
+    write to it would have failed.
+    """
+
+    def __init__(self, port: BatchedUDPPort, addresses: Sequence[Address]) -> None:
+        self._port = port
+        self.addresses = tuple(addresses)
+        encoded: list[bytes] = []
+        self._position: list[int] = []
+        """Where each of C{addresses} is among the valid ones; -1 for an invalid one."""
+        for addr in self.addresses:
+            try:
+                raw = encode_sockaddr(port.family, addr)
+            except InvalidAddressError:
+                self._position.append(-1)
+                continue
+            self._position.append(len(encoded))
+            encoded.append(raw)
+        self.invalid = len(self.addresses) - len(encoded)
+        """Addresses that cannot be sent to: each send fails for them."""
+        self.size = len(encoded)
+        length = _SOCKADDR_LEN[port.family]
+        self._names = ctypes.create_string_buffer(b"".join(encoded), max(1, len(encoded) * length))
+        base = ctypes.addressof(self._names)
+        pointers = (ctypes.c_void_p * (2 * self.size))(*(base + (i % self.size) * length for i in range(2 * self.size)))
+        self._pointers = pointers
+        self.ring = memoryview(pointers).cast("B").cast("P")
+
+    def span(self, skip: int) -> tuple[int, int, int]:
+        """
+        For a send to all of C{addresses} but C{addresses[skip]}: where in
+        the ring the valid destinations start, how many there are, and how
+        many of the others are invalid (they fail).
+        """
+        position = self._position[skip] if skip >= 0 else -1
+        if position >= 0:
+            return position + 1, self.size - 1, self.invalid
+        return 0, self.size, self.invalid - (skip >= 0)
+
+    def send(self, data: bytes, skip: int = -1) -> int:
+        """
+        Send C{data} to every address but C{addresses[skip]} (to all with -1)
+        and return how many failed. A failure is counted, never raised, and
+        costs the other addresses nothing. Within C{doRead} the copies join
+        the batch; outside it they go at once, in one sendmmsg.
+        """
+        return self._port._send_fanout(data, self, skip)
+
+
+class WriteEachFanout:
+    """L{Fanout}'s interface on any transport: a write per address (Twisted's stock UDP port)."""
+
+    def __init__(self, write: Callable[[bytes, Address], None], addresses: Sequence[Address]) -> None:
+        self._write = write
+        self.addresses = tuple(addresses)
+
+    def send(self, data: bytes, skip: int = -1) -> int:
+        return write_each(self._write, data, self.addresses, skip)
+
+
+def write_each(write: Callable[[bytes, Address], None], data: bytes, addresses: Sequence[Address], skip: int) -> int:
+    """Write C{data} to every address but C{addresses[skip]}; return how many writes failed (never raise)."""
+    failed = 0
+    for i, addr in enumerate(addresses):
+        if i == skip:
+            continue
+        try:
+            write(data, addr)
+        except (OSError, MessageLengthError, InvalidAddressError):
+            failed += 1
+    return failed

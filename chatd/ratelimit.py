@@ -313,20 +313,31 @@ class MemberRateLimit:
 
     def allow(self, size: int) -> bool:
         """Charge one message of ``size`` bytes if both limits allow it; else charge nothing."""
-        _check_cost(size)
-        # Runs for every relayed message: both buckets are brought up to the
-        # same instant with one clock read, checked, and only then charged,
-        # without the public methods' repeated refills and checks.
+        if type(size) is not int or size < 0:
+            _check_cost(size)
+        # Runs for every relayed message, so it is written out: both buckets
+        # are brought up to the same instant with one clock read (as
+        # TokenBucket._refill_at does, without its calls), checked, and only
+        # then charged.
         messages, size_bucket = self._messages, self._bytes
         now = self._clock.seconds()
-        messages._refill_at(now)
-        size_bucket._refill_at(now)
-        allowed = messages._tokens >= 1 and size_bucket._tokens >= size
-        if allowed:
+        elapsed = now - messages._last
+        if elapsed > 0:
+            level = messages._tokens + elapsed * messages._rate
+            messages._tokens = level if level < messages._burst else messages._burst
+        messages._last = now
+        elapsed = now - size_bucket._last
+        if elapsed > 0:
+            level = size_bucket._tokens + elapsed * size_bucket._rate
+            size_bucket._tokens = level if level < size_bucket._burst else size_bucket._burst
+        size_bucket._last = now
+        if messages._tokens >= 1 and size_bucket._tokens >= size:
             messages._tokens -= 1
             size_bucket._tokens -= size
-        self._throttled = not allowed
-        return allowed
+            self._throttled = False
+            return True
+        self._throttled = True
+        return False
 
     def wait_time(self, size: int) -> float:
         """Seconds until a message of ``size`` bytes would be allowed; infinity if it never will be."""

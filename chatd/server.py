@@ -69,6 +69,7 @@ class ChatServer:
         for member in members:
             self._tell(member, notice)
             self._hang_up(member)
+        self.relay.forget_room(room)
         self._log.info("room {room} closed: {reason}", event="room_closed", room=room.name, reason=reason.value)
 
     def _throttled(self, member: Member) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from time import perf_counter
 
 from twisted.internet.error import InvalidAddressError, MessageLengthError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from typing_extensions import override
@@ -40,11 +40,12 @@ from chatd.errors import (
     WrongRoomError,
     WrongSourceError,
 )
+from chatd.fastudp import Fanout, WriteEachFanout
 from chatd.interfaces import IRoomStore
 from chatd.logs import CountedWarnings
 from chatd.payloads import Dialect, Notice, decode_text
 from chatd.ratelimit import MemberRateLimit
-from chatd.rooms import LeaveReason, Member
+from chatd.rooms import LeaveReason, Member, Recipient, Room
 from chatd.seal import REJECT_AFTER, SealedHeader
 
 Address = tuple[str, int]
@@ -94,6 +95,32 @@ class LatencyHistogram:
         return sum(self.counts)
 
 
+class RoomFanout:
+    """
+    A room's recipients prepared for relaying, from one value of
+    C{Room.recipients} (the registry replaces that tuple on every change of
+    membership or address, so identity tells whether this is current).
+
+    Legacy members all get the same bytes, so they form one fan-out: the
+    batching port's L{Fanout} (addresses encoded once, no Python work per
+    copy) or a write per address on Twisted's stock port. Native members
+    get a copy sealed under each one's own key, so they stay a list.
+    """
+
+    def __init__(self, recipients: tuple[Recipient, ...], transport: IUDPTransport) -> None:
+        self.recipients = recipients
+        self.transport = transport
+        legacy = [(member, address) for member, address, sealed in recipients if not sealed]
+        self.legacy_index = {member: i for i, (member, _) in enumerate(legacy)}
+        """Each legacy recipient's place in the fan-out: the one skipped when it is the sender."""
+        self.legacy: Fanout | WriteEachFanout | None = None
+        if legacy:
+            addresses = [address for _, address in legacy]
+            prepare = getattr(transport, "fanout", None)
+            self.legacy = prepare(addresses) if prepare is not None else WriteEachFanout(transport.write, addresses)
+        self.sealed = tuple((member, address) for member, address, sealed in recipients if sealed)
+
+
 class RelayProtocol(DatagramProtocol):
     noisy = False
     _log = Logger()
@@ -112,6 +139,8 @@ class RelayProtocol(DatagramProtocol):
         self.send_errors = 0
         self.latency = LatencyHistogram()
         """Seconds from arrival to the end of the fan-out, for one datagram in LATENCY_SAMPLE_EVERY."""
+        self._fanouts: dict[Room, RoomFanout] = {}
+        """Each room's recipients prepared for sending, rebuilt when Room.recipients changes."""
 
     @override
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
@@ -229,33 +258,31 @@ class RelayProtocol(DatagramProtocol):
         limit = sender.rate_limit
         if limit is not None and not limit.allow(len(message)):
             self._throttle(sender, limit)
+        room = sender.room
         transport = self.transport
         if transport is None:
             # The port is closed (shutting down): nothing can be sent any more.
-            self.send_errors += sum(1 for member, _, _ in sender.room.recipients if member is not sender)
+            self.send_errors += sum(1 for member, _, _ in room.recipients if member is not sender)
             return
-        write = transport.write
-        legacy = sender.prefix + message
-        native: bytes | None = None
+        fanout = self._fanouts.get(room)
+        if fanout is None or fanout.recipients is not room.recipients or fanout.transport is not transport:
+            fanout = self._fanouts[room] = RoomFanout(room.recipients, transport)
         sent = sent_bytes = errors = 0
-        # The batching port queues every legacy copy (the same bytes) in one
-        # call; Twisted's stock port gets a write per recipient.
-        write_many = getattr(transport, "write_many", None)
-        legacy_addresses: list[Address] | None = [] if write_many is not None else None
-        # Room.recipients is kept by the registry: registered members only,
-        # in join order, each with its address, so the loop does no look-ups.
-        for member, address, sealed in sender.room.recipients:
-            if member is sender:
-                continue
-            data = legacy
-            if not sealed:
-                if legacy_addresses is not None:
-                    legacy_addresses.append(address)
+        if fanout.legacy is not None:
+            legacy = sender.prefix + message
+            skip = fanout.legacy_index.get(sender, -1)
+            # Every legacy copy is the same bytes: one call for them all.
+            failed = fanout.legacy.send(legacy, skip)
+            sent = len(fanout.legacy_index) - (skip >= 0) - failed
+            sent_bytes = sent * len(legacy)
+            errors = failed
+        if fanout.sealed:
+            native = RELAY_PREFIX.pack(int(self._clock.seconds() * 1000), len(sender.name_bytes))
+            native += sender.name_bytes + message
+            write = transport.write
+            for member, address in fanout.sealed:
+                if member is sender:
                     continue
-            else:
-                if native is None:
-                    native = RELAY_PREFIX.pack(int(self._clock.seconds() * 1000), len(sender.name_bytes))
-                    native += sender.name_bytes + message
                 channel = member.channel
                 assert channel is not None
                 if channel.sent >= REJECT_AFTER:
@@ -264,26 +291,23 @@ class RelayProtocol(DatagramProtocol):
                     continue
                 # Re-sealed for each recipient, under its own key and counter.
                 data = channel.seal(FrameType.RELAY, native)
-            # One recipient's failure (gone interface, oversized, wrong
-            # family) must not cost the others their copy.
-            try:
-                write(data, address)
-            except (OSError, MessageLengthError, InvalidAddressError):
-                errors += 1
-            else:
-                sent += 1
-                sent_bytes += len(data)
-        if legacy_addresses:
-            assert write_many is not None
-            failed = write_many(legacy, legacy_addresses)
-            errors += failed
-            delivered = len(legacy_addresses) - failed
-            sent += delivered
-            sent_bytes += delivered * len(legacy)
+                # One recipient's failure (gone interface, oversized, wrong
+                # family) must not cost the others their copy.
+                try:
+                    write(data, address)
+                except (OSError, MessageLengthError, InvalidAddressError):
+                    errors += 1
+                else:
+                    sent += 1
+                    sent_bytes += len(data)
         self.sent += sent
         self.sent_bytes += sent_bytes
         if errors:
             self.send_errors += errors
+
+    def forget_room(self, room: Room) -> None:
+        """Drop what was prepared for relaying in C{room} (it is closed)."""
+        self._fanouts.pop(room, None)
 
     def _throttle(self, member: Member, limit: MemberRateLimit) -> None:
         if self.on_throttled is not None and limit.should_warn():

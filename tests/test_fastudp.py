@@ -40,6 +40,8 @@ from chatd.fastudp import (
     SEND_ARENA,
     SEND_BATCH,
     BatchedUDPPort,
+    Fanout,
+    WriteEachFanout,
     decode_sockaddr,
     encode_sockaddr,
 )
@@ -80,18 +82,26 @@ class Recorder(DatagramProtocol):
         self.stopped = True
 
 
-class FanOut(DatagramProtocol):
-    """Sends every datagram that arrives to C{targets} with one write_many, and keeps what it returned."""
+class FanOutRelay(DatagramProtocol):
+    """
+    Sends every datagram that arrives to C{targets} through one prepared
+    fan-out, skipping the target at the index the datagram's first byte
+    names (255: none), and keeps what each send returned.
+    """
 
     def __init__(self, targets: list[tuple[Any, ...]]) -> None:
         self.targets = targets
         self.failed: list[int] = []
+        self.fanout: Fanout | None = None
 
     @override
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         transport: Any = self.transport
         assert isinstance(transport, BatchedUDPPort)
-        self.failed.append(transport.write_many(datagram, self.targets))
+        if self.fanout is None:
+            self.fanout = transport.fanout(self.targets)
+        skip = -1 if datagram[0] == 255 else datagram[0]
+        self.failed.append(self.fanout.send(datagram[1:], skip))
 
 
 def client(family: int = socket.AF_INET, host: str = "127.0.0.1", rcvbuf: int = 4 << 20) -> socket.socket:
@@ -189,34 +199,68 @@ class _PortTests(_MixinBase):
 
         return Deferred.fromCoroutine(run())
 
-    def test_write_many_isolates_invalid_addresses_past_a_send_batch(self) -> Deferred[None]:
+    def test_fanout_skips_one_isolates_invalid_addresses_and_fills_batches(self) -> Deferred[None]:
         async def run() -> None:
             socks = [self.sock() for _ in range(3)]
             copies = SEND_BATCH // len(socks) + 50
             invalid: list[tuple[Any, ...]] = [("no-such-host.invalid", 1), ("::1", 5), ("127.0.0.1", 70000)]
-            targets: list[tuple[Any, ...]] = []
+            targets: list[tuple[Any, ...]] = [socks[0].getsockname()]
             for i in range(copies):
-                targets.extend(s.getsockname() for s in socks)
+                targets.extend(s.getsockname() for s in socks[1:])
                 if i % 300 == 0:
                     targets.append(invalid[(i // 300) % len(invalid)])
-            bad = len(targets) - copies * len(socks)
-            protocol = FanOut(targets)
+            bad = len(targets) - 1 - copies * 2
+            protocol = FanOutRelay(targets)
             port = self.listen(protocol)
             sender = self.sock()
-            for i in range(2):
-                sender.sendto(b"many %d" % i, ("127.0.0.1", port.getHost().port))
-            await self.until(lambda: len(protocol.failed) == 2)
-            self.assertEqual(protocol.failed, [bad, bad])
-            for s in socks:
-                self.assertEqual(self.recv_n(s, 2 * copies), [b"many 0"] * copies + [b"many 1"] * copies)
-            self.assertEqual(drain(sender), [])
+            # To everyone; then to everyone but the first target; then to
+            # everyone but an invalid one (which fails anyway).
+            skip_invalid = targets.index(invalid[0])
+            for skip, text in ((255, b"all"), (0, b"not 0"), (skip_invalid, b"not bad")):
+                sender.sendto(bytes([skip]) + text, ("127.0.0.1", port.getHost().port))
+            await self.until(lambda: len(protocol.failed) == 3)
+            self.assertEqual(protocol.failed, [bad, bad, bad - 1])
+            self.assertEqual(self.recv_n(socks[0], 2), [b"all", b"not bad"])
+            for s in socks[1:]:
+                self.assertEqual(
+                    self.recv_n(s, 3 * copies), [b"all"] * copies + [b"not 0"] * copies + [b"not bad"] * copies
+                )
+            for s in [sender, *socks]:
+                self.assertEqual(drain(s), [])
             self.assertEqual(port.send_errors, 0)
-            # Outside doRead each copy goes at once; an oversized datagram fails for every address.
-            self.assertEqual(port.write_many(b"now", [socks[0].getsockname(), invalid[0]]), 1)
-            self.assertEqual(socks[0].recv(100), b"now")
-            self.assertEqual(port.write_many(b"x" * 65508, [socks[0].getsockname()] * 2), 2)
+            # Outside doRead the copies go at once; an oversized datagram fails for every address.
+            fanout = port.fanout([socks[0].getsockname(), invalid[0], socks[1].getsockname()])
+            self.assertEqual(fanout.send(b"now"), 1)
+            self.assertEqual(fanout.send(b"but 2", skip=2), 1)
+            self.assertEqual(self.recv_n(socks[0], 2), [b"now", b"but 2"])
+            self.assertEqual(self.recv_n(socks[1], 1), [b"now"])
+            self.assertEqual(fanout.send(b"x" * 65508), 3)
+            self.assertEqual(port.fanout([]).send(b"nobody"), 0)
 
         return Deferred.fromCoroutine(run())
+
+    def test_write_each_fanout_on_the_stock_port(self) -> None:
+        written: list[tuple[bytes, tuple[Any, ...]]] = []
+
+        def write(data: bytes, addr: tuple[Any, ...]) -> None:
+            if addr[1] == 0:
+                raise InvalidAddressError(addr, "no")
+            written.append((data, addr))
+
+        fanout = WriteEachFanout(write, [("127.0.0.1", 1), ("127.0.0.1", 0), ("127.0.0.1", 2)])
+        self.assertEqual(fanout.send(b"a"), 1)
+        self.assertEqual(fanout.send(b"b", skip=0), 1)
+        self.assertEqual(fanout.send(b"c", skip=1), 0)
+        self.assertEqual(
+            written,
+            [
+                (b"a", ("127.0.0.1", 1)),
+                (b"a", ("127.0.0.1", 2)),
+                (b"b", ("127.0.0.1", 2)),
+                (b"c", ("127.0.0.1", 1)),
+                (b"c", ("127.0.0.1", 2)),
+            ],
+        )
 
     def test_ipv6(self) -> Deferred[None]:
         if not has_ipv6_loopback():
