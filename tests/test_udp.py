@@ -81,6 +81,29 @@ class LegacyRelayTests(RelayTestCase):
         self.say(ann, "hi")
         self.assertEqual(self.udp.written, [(b"ann: hi", BOB)])
 
+    def test_recipients_follow_membership_and_addresses(self) -> None:
+        # The relay prepares each room's recipients once and must notice
+        # every change: a join, an address change, a departure, a closing.
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        bob = self.member("bob", Dialect.MODEL, BOB)
+        self.say(ann, "one")
+        self.assertEqual(self.udp.written, [(b"ann: one", BOB)])
+        cat = self.member("cat", Dialect.SEED, CAT)
+        self.say(ann, "two")
+        self.assertEqual(sorted(self.udp.written), [(b"ann: two", BOB), (b"ann: two", CAT)])
+        self.udp.written.clear()
+        self.store.bind_address(bob, EVE)
+        self.say(cat, "three")
+        self.assertEqual(sorted(self.udp.written), [(b"cat: three", ANN), (b"cat: three", EVE)])
+        self.udp.written.clear()
+        self.store.leave(cat, LeaveReason.LEFT)
+        self.udp.written.clear()
+        self.say(ann, "four")
+        self.assertEqual(self.udp.written, [(b"ann: four", EVE)])
+        self.udp.written.clear()
+        self.store.leave(ann, LeaveReason.LEFT)
+        self.assertEqual(self.relay._fanouts, {})
+
     def test_activity_is_recorded(self) -> None:
         ann = self.member("ann", Dialect.MODEL, ANN)
         self.clock.advance(100)
