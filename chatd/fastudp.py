@@ -481,33 +481,6 @@ class BatchedUDPPort:
         """
         return Fanout(self, addresses)
 
-    def _send_fanout(self, data: bytes, fanout: Fanout, skip: int) -> int:
-        size = len(data)
-        if not self.batched or size > 65507:
-            return write_each(self.write, data, fanout.addresses, skip)
-        ring_start, count, failed = fanout.span(skip)
-        ring, names, iovs, stride = fanout.ring, self._sname_view, self._siov_view, _NAME_STRIDE
-        while count:
-            if self._queued == SEND_BATCH:
-                self._flush()
-            iov = _IOV.pack(self._payload_base(data), size)
-            # Queued copies point into the fan-out's own address buffer: it
-            # is kept until they are sent, even if the relay drops it meanwhile.
-            self._pinned.append(fanout)
-            index = self._queued
-            chunk = min(count, SEND_BATCH - index)
-            # Every copy's msg_name is one strided store from the ring, and
-            # every copy's iovec the same pair: no Python work per copy.
-            names[index * stride : (index + chunk) * stride : stride] = ring[ring_start : ring_start + chunk]
-            iovs[index * _IOV_SIZE : (index + chunk) * _IOV_SIZE] = iov * chunk
-            self._queued = index + chunk
-            ring_start += chunk
-            count -= chunk
-        if not self._in_read:
-            # Nothing else would send them: a write outside doRead goes at once.
-            self._flush()
-        return failed
-
     def _new_destination(self, addr: Address) -> tuple[int, int, ctypes.Array[ctypes.c_char]]:
         raw = encode_sockaddr(self.family, addr)
         if len(self._destinations) >= ADDRESS_CACHE_SIZE:
@@ -604,17 +577,6 @@ class Fanout:
         self._pointers = pointers
         self.ring = memoryview(pointers).cast("B").cast("P")
 
-    def span(self, skip: int) -> tuple[int, int, int]:
-        """
-        For a send to all of C{addresses} but C{addresses[skip]}: where in
-        the ring the valid destinations start, how many there are, and how
-        many of the others are invalid (they fail).
-        """
-        position = self._position[skip] if skip >= 0 else -1
-        if position >= 0:
-            return position + 1, self.size - 1, self.invalid
-        return 0, self.size, self.invalid - (skip >= 0)
-
     def send(self, data: bytes, skip: int = -1) -> int:
         """
         Send C{data} to every address but C{addresses[skip]} (to all with -1)
@@ -622,7 +584,41 @@ class Fanout:
         costs the other addresses nothing. Within C{doRead} the copies join
         the batch; outside it they go at once, in one sendmmsg.
         """
-        return self._port._send_fanout(data, self, skip)
+        # Runs for every relayed message: the port's queue is filled from
+        # here, in one Python call (this class is the port's own helper).
+        port = self._port
+        size = len(data)
+        if not port.batched or size > 65507:
+            return write_each(port.write, data, self.addresses, skip)
+        position = self._position[skip] if skip >= 0 else -1
+        if position >= 0:
+            ring_start, count, failed = position + 1, self.size - 1, self.invalid
+        else:
+            ring_start, count, failed = 0, self.size, self.invalid - (skip >= 0)
+        ring, names, iovs = self.ring, port._sname_view, port._siov_view
+        while count:
+            if port._queued == SEND_BATCH:
+                port._flush()
+            base = port._last_base if data is port._last_data else port._payload_base(data)
+            iov = _IOV.pack(base, size)
+            # Queued copies point into this fan-out's address buffer: the
+            # port keeps it until they are sent, even if the relay drops it.
+            port._pinned.append(self)
+            index = port._queued
+            chunk = min(count, SEND_BATCH - index)
+            # Every copy's msg_name is one strided store from the ring, and
+            # every copy's iovec the same pair: no Python work per copy.
+            names[index * _NAME_STRIDE : (index + chunk) * _NAME_STRIDE : _NAME_STRIDE] = ring[
+                ring_start : ring_start + chunk
+            ]
+            iovs[index * _IOV_SIZE : (index + chunk) * _IOV_SIZE] = iov * chunk
+            port._queued = index + chunk
+            ring_start += chunk
+            count -= chunk
+        if not port._in_read:
+            # Nothing else would send them: a write outside doRead goes at once.
+            port._flush()
+        return failed
 
 
 class WriteEachFanout:
