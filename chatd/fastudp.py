@@ -231,6 +231,7 @@ class BatchedUDPPort:
         self._max_per_wakeup = max_per_wakeup
         self.family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         self._socket: socket.socket | None = None
+        self._log_prefix = f"{type(protocol).__name__} (UDP)"
         self._fd = -1
         self.rcvbuf_granted = 0
         """SO_RCVBUF as the kernel set it (Linux reports twice what it grants for its bookkeeping)."""
@@ -333,7 +334,8 @@ class BatchedUDPPort:
         return self._fd
 
     def logPrefix(self) -> str:  # noqa: N802 - the interface\'s name
-        return f"{type(self.protocol).__name__} (UDP)"
+        # Asked on every wake-up by the reactor: built once.
+        return self._log_prefix
 
     def connectionLost(self, reason: Failure | None) -> None:  # noqa: N802 - the interface\'s name
         sock, self._socket = self._socket, None
@@ -393,8 +395,9 @@ class BatchedUDPPort:
             finally:
                 self._in_read = False
                 self._flush()
-            if count < wanted:
-                return
+            # A partial batch does not mean the socket is empty: the peers
+            # answered while it was handled. One more call that finds nothing
+            # costs less than a turn of the reactor that finds one datagram.
             budget -= count
 
     def _new_source(self, raw: bytes) -> Address | None:
