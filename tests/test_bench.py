@@ -192,6 +192,12 @@ class StatsTests(SynchronousTestCase):
         self.assertTrue(saturated)
         self.assertIn("10,000", why or "")
         self.assertFalse(stats.saturation([30.0], 4, 10_000.0, 9_990.0)[0])
+        # Sharing the machine: all CPUs busy, the server under a core, so the workers took its CPU.
+        saturated, why = stats.saturation([66.0, 68.0], 2, None, 1000.0, server_cpu_pct=51.0, machine_busy_pct=94.0)
+        self.assertTrue(saturated)
+        self.assertIn("94 % busy", why or "")
+        self.assertFalse(stats.saturation([66.0, 68.0], 2, None, 1000.0, server_cpu_pct=99.0, machine_busy_pct=94.0)[0])
+        self.assertFalse(stats.saturation([40.0, 40.0], 2, None, 1000.0, server_cpu_pct=43.0, machine_busy_pct=60.0)[0])
 
     def info(self, **changes: Any) -> stats.RunInfo:
         values: dict[str, Any] = {
@@ -278,6 +284,19 @@ class StatsTests(SynchronousTestCase):
         table = stats.render_table(report)
         self.assertIn("unknown (give --server-pid)", table)
         self.assertIn("warning: the generator, not the server, may be the bottleneck", table)
+
+    def test_report_nothing_saturated_suggests_a_larger_window(self) -> None:
+        results = [stats.WorkerResult(0, sent=10, expected=10, delivered=10, cpu_s=0.5, cpu_interval_s=2.0)]
+        report = stats.build_report(self.info(server_cpu_pct=43.0, window=8), results)
+        self.assertFalse(report["generator_saturated"])
+        self.assertEqual(len(report["warnings"]), 1)
+        self.assertIn("only 8 messages are in flight", report["warnings"][0])
+        # One message in flight is a latency measurement (pingpong), and open
+        # loop has no window to raise: no such hint.
+        report = stats.build_report(self.info(server_cpu_pct=43.0, window=1), results)
+        self.assertEqual(report["warnings"], [])
+        report = stats.build_report(self.info(server_cpu_pct=43.0, window=None, rate=5.0), results)
+        self.assertEqual(report["warnings"], [])
 
 
 class ScenarioTests(SynchronousTestCase):

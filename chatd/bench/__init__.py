@@ -45,7 +45,9 @@ The report (C{--json} prints it as one JSON object; the table shows the same):
    /proc/stat (null where unavailable);
  - C{generator_saturated}: true when the generator itself may have limited the
    run (a worker at 90 % of a core or more, the workers together at 90 % of
-   the cores they could use, or, in open loop, less than 95 % of the asked
-   rate offered);
+   the cores they could use, in open loop less than 95 % of the asked rate
+   offered, or the machine's CPUs 80 % busy or more while the server used
+   less than 90 % of a core: the generator shared the machine and took the
+   CPU the server lacked);
  - C{warnings}: the warnings, as text.
 """

@@ -20,6 +20,8 @@ SATURATION_PCT = 90.0
 RATE_SHORTFALL = 0.95
 """In open loop, offering less than this share of the asked rate means the generator fell behind."""
 MACHINE_BUSY_PCT = 95.0
+SHARED_MACHINE_PCT = 80.0
+"""All CPUs this busy, and the server under SATURATION_PCT: the generator took the CPU the server lacked."""
 LOSS_WARNING_PCT = 1.0
 
 
@@ -115,16 +117,23 @@ def busy_percent(before: tuple[int, int], after: tuple[int, int]) -> float | Non
 
 
 def saturation(
-    worker_cpu_pct: Sequence[float], cores: int, rate: float | None, sent_per_s: float
+    worker_cpu_pct: Sequence[float],
+    cores: int,
+    rate: float | None,
+    sent_per_s: float,
+    server_cpu_pct: float | None = None,
+    machine_busy_pct: float | None = None,
 ) -> tuple[bool, str | None]:
     """
     Whether the generator may itself have limited the run, and why.
 
     Each worker is one thread, so one at or above 90 % of a core limits its
     share of the load; the workers together near 100 % of the cores they could
-    use (fewer when there are fewer CPUs than workers) limit the whole; and in
+    use (fewer when there are fewer CPUs than workers) limit the whole; in
     open loop, offering clearly less than the asked rate means the generator
-    fell behind.
+    fell behind; and a machine whose CPUs are nearly all busy while the server
+    uses well under a core means the generator, sharing the machine, took
+    the CPU the server could have used.
     """
     reasons: list[str] = []
     busiest = max(worker_cpu_pct, default=0.0)
@@ -134,6 +143,16 @@ def saturation(
         reasons.append(f"a worker process used {busiest:.0f} % of a core")
     elif total >= SATURATION_PCT * usable:
         reasons.append(f"the workers used {total:.0f} % CPU, {total / usable:.0f} % of the {usable} cores they had")
+    elif (
+        server_cpu_pct is not None
+        and machine_busy_pct is not None
+        and server_cpu_pct < SATURATION_PCT
+        and machine_busy_pct >= SHARED_MACHINE_PCT
+    ):
+        reasons.append(
+            f"the machine's CPUs were {machine_busy_pct:.0f} % busy while the server used {server_cpu_pct:.0f} %"
+            f" of a core: the workers ({total:.0f} % CPU) took the rest"
+        )
     if rate is not None and rate > 0 and sent_per_s < RATE_SHORTFALL * rate:
         reasons.append(f"it offered {sent_per_s:,.0f} messages/s of the {rate:,.0f}/s asked for")
     if not reasons:
@@ -223,7 +242,9 @@ def build_report(info: RunInfo, results: Sequence[WorkerResult], notes: Sequence
     duration = info.duration_s
     sent_per_s = per_second(total.sent, duration)
     worker_cpu = [round(result.cpu_pct, 1) for result in sorted(results, key=lambda each: each.index)]
-    saturated, why = saturation(worker_cpu, info.cores, info.rate, sent_per_s)
+    saturated, why = saturation(
+        worker_cpu, info.cores, info.rate, sent_per_s, info.server_cpu_pct, info.machine_cpu_busy_pct
+    )
     hist = total.latency_hist
     samples = sum(hist.values())
     members_total = info.rooms * info.members
@@ -234,6 +255,16 @@ def build_report(info: RunInfo, results: Sequence[WorkerResult], notes: Sequence
         warnings.append(
             f"the machine's CPUs were {info.machine_cpu_busy_pct:.0f} % busy: the generator and the server"
             " competed for CPU, so the figures are a lower bound"
+        )
+    elif (
+        info.window is not None
+        and info.window > 1
+        and info.server_cpu_pct is not None
+        and info.server_cpu_pct < SATURATION_PCT
+    ):
+        warnings.append(
+            f"neither the server ({info.server_cpu_pct:.0f} % of a core) nor the generator was saturated: only"
+            f" {info.window} messages are in flight at a time (--window); a larger window loads the server more"
         )
     if total.refused:
         warnings.append(
