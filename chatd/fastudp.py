@@ -39,7 +39,9 @@ Send errors behave as the stock port's where they can: an address that is
 not a numeric address of the socket's family raises InvalidAddressError and
 an oversized datagram MessageLengthError, at the write. A datagram the kernel
 refuses at the batch's sendmmsg can no longer be reported to its writer; it
-is skipped (the rest of the batch still goes) and counted in L{send_errors}.
+is skipped (the rest of the batch still goes), counted in L{send_errors},
+and reported to a protocol that has C{sends_refused(count, size)} (the relay
+counts a copy as sent when it queues it).
 """
 
 from __future__ import annotations
@@ -524,7 +526,7 @@ class BatchedUDPPort:
             return
         sendmmsg = _MMSG[1]
         base = ctypes.addressof(self._smsgs)
-        first = 0
+        first = refused = refused_bytes = 0
         while first < count:
             sent = sendmmsg(self._fd, base + first * _MMSG_SIZE, count - first, 0)
             if sent > 0:
@@ -536,10 +538,17 @@ class BatchedUDPPort:
             # The first datagram left was refused (its destination, or a
             # full buffer): skip it, as the stock port's write would have
             # failed for it alone, and send the others.
-            self.send_errors += 1
+            refused += 1
+            refused_bytes += _IOV.unpack_from(self._siov_view, first * _IOV_SIZE)[1]
             first += 1
         # Only now may the fan-outs the queue pointed into be freed.
         self._pinned.clear()
+        if refused:
+            self.send_errors += refused
+            # The writer counted these as sent when it queued them: tell it.
+            report = getattr(self.protocol, "sends_refused", None)
+            if report is not None:
+                report(refused, refused_bytes)
 
 
 class Fanout:

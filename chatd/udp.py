@@ -305,6 +305,16 @@ class RelayProtocol(DatagramProtocol):
         if errors:
             self.send_errors += errors
 
+    def sends_refused(self, count: int, size: int) -> None:
+        """
+        The batching port's report: C{count} datagrams of C{size} bytes in
+        all, counted here as sent when they were queued, were refused by the
+        kernel when the batch went out.
+        """
+        self.sent -= count
+        self.sent_bytes -= size
+        self.send_errors += count
+
     def forget_room(self, room: Room) -> None:
         """Drop what was prepared for relaying in C{room} (it is closed)."""
         self._fanouts.pop(room, None)

@@ -342,10 +342,40 @@ class _PortTests(_MixinBase):
         self.assertTrue(port.rcvbuf_granted > 212992 // 2)
 
 
+class RefusalRecorder(Recorder):
+    """Writes every datagram back, with a copy to the broadcast address between (which the kernel refuses)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[tuple[int, int]] = []
+
+    @override
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        assert self.transport is not None
+        self.transport.write(b"first " + datagram, addr)
+        self.transport.write(b"refused " + datagram, ("255.255.255.255", 9))
+        self.transport.write(b"last " + datagram, addr)
+
+    def sends_refused(self, count: int, size: int) -> None:
+        self.refused.append((count, size))
+
+
 class BatchedPortTests(_PortTests, TestCase):
     batch = True
     if not HAVE_MMSG:  # pragma: no cover - Linux has them
         skip = "no recvmmsg/sendmmsg here"
+
+    def test_a_datagram_refused_in_a_batch_is_reported_and_the_rest_go(self) -> Deferred[None]:
+        async def run() -> None:
+            protocol = RefusalRecorder()
+            port = self.listen(protocol)
+            sock = self.sock()
+            sock.sendto(b"hi", ("127.0.0.1", port.getHost().port))
+            await self.until(lambda: port.send_errors == 1)
+            self.assertEqual(self.recv_n(sock, 2), [b"first hi", b"last hi"])
+            self.assertEqual(protocol.refused, [(1, len(b"refused hi"))])
+
+        return Deferred.fromCoroutine(run())
 
 
 class FallbackPortTests(_PortTests, TestCase):

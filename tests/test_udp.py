@@ -104,6 +104,18 @@ class LegacyRelayTests(RelayTestCase):
         self.store.leave(ann, LeaveReason.LEFT)
         self.assertEqual(self.relay._fanouts, {})
 
+    def test_copies_the_port_refused_later_are_not_counted_as_sent(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        before = (self.relay.sent, self.relay.sent_bytes, self.relay.send_errors)
+        self.say(ann, "hi")
+        counts = (self.relay.sent, self.relay.sent_bytes, self.relay.send_errors)
+        self.assertEqual([b - a for a, b in zip(before, counts, strict=True)], [1, len(b"ann: hi"), 0])
+        # The batching port reports, after its sendmmsg, a copy it had taken.
+        self.relay.sends_refused(1, len(b"ann: hi"))
+        counts = (self.relay.sent, self.relay.sent_bytes, self.relay.send_errors)
+        self.assertEqual([b - a for a, b in zip(before, counts, strict=True)], [0, 0, 1])
+
     def test_activity_is_recorded(self) -> None:
         ann = self.member("ann", Dialect.MODEL, ANN)
         self.clock.advance(100)
