@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from chatd.bench import stats
-from chatd.bench.main import Interrupted, _interrupt, machine_times, read_text
+from chatd.bench.errors import Interrupted, interrupt
+from chatd.bench.probes import machine_times, read_text
 
 RELAY_MODULE: Final = "chatd.bench.ceiling"
 """Run as C{python -m RELAY_MODULE relay --udp-port P --ctl-port C}: the Python relay."""
@@ -425,7 +426,7 @@ def make_compare_config(parser: argparse.ArgumentParser, arguments: argparse.Nam
 def run_compare(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
     """The C{compare} subcommand, from its parsed options: every run, then the tables (or JSON); the exit status."""
     config = make_compare_config(parser, arguments)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         results, complete = compare(config)
     finally:
