@@ -196,6 +196,45 @@ def encode_sockaddr(family: int, addr: Address) -> bytes:
         raise InvalidAddressError(addr, "not a numeric address of the port's family") from None
 
 
+class ReceiveBuffers:
+    """
+    Everything recvmmsg fills, allocated once and reached through
+    memoryviews: L{RECV_BATCH} slots of C{headroom + size} bytes, each
+    datagram read C{headroom} bytes into its slot (room to write something
+    in front of it without a copy), the source addresses, L{_SOCKADDR_SIZE}
+    bytes each, and the mmsghdrs pointing at them (C{meta}: msg_namelen and
+    msg_len of datagram i are L{_RECEIVED} at i * L{_MMSG_SIZE}).
+    """
+
+    def __init__(self, size: int, headroom: int = 0) -> None:
+        self.slot = headroom + size
+        self._data = ctypes.create_string_buffer(RECV_BATCH * self.slot)
+        self.base = ctypes.addressof(self._data)
+        self.view = memoryview(self._data).cast("B")
+        self._names = ctypes.create_string_buffer(RECV_BATCH * _SOCKADDR_SIZE)
+        self.names = memoryview(self._names).cast("B")
+        self._iov = (_IOVec * RECV_BATCH)()
+        self._msgs = (_MMsgHdr * RECV_BATCH)()
+        for i in range(RECV_BATCH):
+            self._iov[i].iov_base = self.base + i * self.slot + headroom
+            self._iov[i].iov_len = size
+            header = self._msgs[i].msg_hdr
+            header.msg_name = ctypes.addressof(self._names) + i * _SOCKADDR_SIZE
+            header.msg_namelen = _SOCKADDR_SIZE
+            header.msg_iov = ctypes.addressof(self._iov[i])
+            header.msg_iovlen = 1
+        # The kernel overwrites msg_namelen: restored from this copy before each call.
+        self._template = bytes(self._msgs)
+        self._address = ctypes.addressof(self._msgs)
+        self.meta = memoryview(self._msgs).cast("B")
+
+    def receive(self, recvmmsg: Any, fd: int, wanted: int) -> int:
+        """One non-blocking recvmmsg for up to C{wanted} datagrams: how many came, or -1 (see ctypes.get_errno)."""
+        ctypes.memmove(self._msgs, self._template, len(self._template))
+        result: int = recvmmsg(fd, self._address, wanted, socket.MSG_DONTWAIT, None)
+        return result
+
+
 @implementer(IReadDescriptor, IListeningPort)
 class BatchedUDPPort:
     """
@@ -256,24 +295,7 @@ class BatchedUDPPort:
     def _setup_buffers(self) -> None:
         # Everything the system calls read or write is allocated here, once,
         # and reached afterwards through memoryviews and struct.pack_into.
-        slot = self._max_packet_size
-        self._rbuf = ctypes.create_string_buffer(RECV_BATCH * slot)
-        self._rview = memoryview(self._rbuf).cast("B")
-        self._rnames = ctypes.create_string_buffer(RECV_BATCH * _SOCKADDR_SIZE)
-        self._rnames_view = memoryview(self._rnames).cast("B")
-        self._riov = (_IOVec * RECV_BATCH)()
-        self._rmsgs = (_MMsgHdr * RECV_BATCH)()
-        for i in range(RECV_BATCH):
-            self._riov[i].iov_base = ctypes.addressof(self._rbuf) + i * slot
-            self._riov[i].iov_len = slot
-            header = self._rmsgs[i].msg_hdr
-            header.msg_name = ctypes.addressof(self._rnames) + i * _SOCKADDR_SIZE
-            header.msg_namelen = _SOCKADDR_SIZE
-            header.msg_iov = ctypes.addressof(self._riov[i])
-            header.msg_iovlen = 1
-        # The kernel overwrites msg_namelen: restored from this copy before each call.
-        self._rmsgs_template = bytes(self._rmsgs)
-        self._rmsgs_view = memoryview(self._rmsgs).cast("B")
+        self._received = ReceiveBuffers(self._max_packet_size)
         self._sarena = ctypes.create_string_buffer(SEND_ARENA)
         self._sarena_view = memoryview(self._sarena).cast("B")
         self._sarena_base = ctypes.addressof(self._sarena)
@@ -358,17 +380,14 @@ class BatchedUDPPort:
     def _read_batches(self) -> None:
         assert _MMSG is not None
         recvmmsg = _MMSG[0]
-        rmsgs, template = self._rmsgs, self._rmsgs_template
-        rmsgs_address = ctypes.addressof(rmsgs)
-        rview, names, meta = self._rview, self._rnames_view, self._rmsgs_view
-        slot = self._max_packet_size
+        buffers = self._received
+        rview, names, meta, slot = buffers.view, buffers.names, buffers.meta, buffers.slot
         sources = self._sources
         deliver = self.protocol.datagramReceived
         budget = self._max_per_wakeup
         while budget > 0 and self._socket is not None:
             wanted = min(RECV_BATCH, budget)
-            ctypes.memmove(rmsgs, template, len(template))
-            count = recvmmsg(self._fd, rmsgs_address, wanted, socket.MSG_DONTWAIT, None)
+            count = buffers.receive(recvmmsg, self._fd, wanted)
             if count < 0:
                 error = ctypes.get_errno()
                 if error == errno.EINTR or error in _IGNORED_RECV_ERRORS:

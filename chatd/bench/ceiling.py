@@ -60,6 +60,7 @@ from chatd.fastudp import (
     MAX_PER_WAKEUP,
     RECV_BATCH,
     SEND_BATCH,
+    ReceiveBuffers,
     _IOVec,
     _MMsgHdr,
     encode_sockaddr,
@@ -72,8 +73,6 @@ MAX_DATAGRAM: Final = 4096
 """Longest datagram relayed, as relay_c's MAXDGRAM: a longer one is dropped."""
 HEADROOM: Final = 16
 """Bytes before each receive slot, so that the C{m<k>: } prefix always fits in front of the message."""
-SLOT: Final = HEADROOM + MAX_DATAGRAM + 8
-"""One receive slot: headroom, then room for MAX_DATAGRAM + 1 bytes (a longer datagram shows as too long)."""
 QUEUE_LIMIT: Final = 16 * SEND_BATCH
 """Copies queued at most before they are sent (unless one message alone has more)."""
 SOCKADDR_IN_SIZE: Final = _SOCKADDR_LEN[socket.AF_INET]
@@ -177,24 +176,7 @@ class CeilingRelay:
         self._fd = sock.fileno()
         self.members, self._buffers = build_members(registrations)
         # Receiving: RECV_BATCH slots, each headroom + datagram, and their source addresses.
-        self._rbuf = ctypes.create_string_buffer(RECV_BATCH * SLOT)
-        self._rbase = ctypes.addressof(self._rbuf)
-        self._rview = memoryview(self._rbuf).cast("B")
-        self._rnames = ctypes.create_string_buffer(RECV_BATCH * _SOCKADDR_SIZE)
-        self._rnames_view = memoryview(self._rnames).cast("B")
-        self._riov = (_IOVec * RECV_BATCH)()
-        self._rmsgs = (_MMsgHdr * RECV_BATCH)()
-        for i in range(RECV_BATCH):
-            self._riov[i].iov_base = self._rbase + i * SLOT + HEADROOM
-            self._riov[i].iov_len = MAX_DATAGRAM + 1
-            header = self._rmsgs[i].msg_hdr
-            header.msg_name = ctypes.addressof(self._rnames) + i * _SOCKADDR_SIZE
-            header.msg_namelen = _SOCKADDR_SIZE
-            header.msg_iov = ctypes.addressof(self._riov[i])
-            header.msg_iovlen = 1
-        # The kernel overwrites msg_namelen: restored from this copy before each call.
-        self._rmsgs_template = bytes(self._rmsgs)
-        self._rmsgs_view = memoryview(self._rmsgs).cast("B")
+        self._received = ReceiveBuffers(MAX_DATAGRAM + 1, HEADROOM)
         # Sending: a queue that holds a whole received batch's copies, up to QUEUE_LIMIT.
         fanout = max((member.copies for member in self.members.values()), default=0)
         self.capacity = max(1, fanout, min(RECV_BATCH * fanout, QUEUE_LIMIT))
@@ -218,14 +200,12 @@ class CeilingRelay:
         pass
 
     def doRead(self) -> None:  # noqa: N802 - the interface's name
-        recvmmsg, rmsgs, template = self._recvmmsg, self._rmsgs, self._rmsgs_template
-        rmsgs_address = ctypes.addressof(rmsgs)
-        meta, names, rview, rbase = self._rmsgs_view, self._rnames_view, self._rview, self._rbase
+        recvmmsg, received = self._recvmmsg, self._received
+        meta, names, rview, rbase, slot = received.meta, received.names, received.view, received.base, received.slot
         members, snames, siov, capacity = self.members, self._snames, self._siov_view, self.capacity
         budget = MAX_PER_WAKEUP
         while budget > 0:
-            ctypes.memmove(rmsgs, template, len(template))
-            count = recvmmsg(self._fd, rmsgs_address, RECV_BATCH, socket.MSG_DONTWAIT, None)
+            count = received.receive(recvmmsg, self._fd, RECV_BATCH)
             if count < 0:
                 if ctypes.get_errno() == errno.EINTR:
                     continue
@@ -233,7 +213,7 @@ class CeilingRelay:
             queued = 0
             for i in range(count):
                 _namelen, length = _RECEIVED.unpack_from(meta, i * _MMSG_SIZE)
-                start = i * SLOT + HEADROOM
+                start = i * slot + HEADROOM
                 if not 2 <= length <= MAX_DATAGRAM:
                     continue
                 head = 2 + rview[start] + rview[start + 1]
