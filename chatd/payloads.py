@@ -23,6 +23,7 @@ from chatd.errors import (
     Status,
     UnsupportedVersionError,
 )
+from chatd.wire import Frame, SizeEncoding
 
 NATIVE_VERSION = 1
 SUPPORTED_VERSIONS = (NATIVE_VERSION,)
@@ -251,6 +252,14 @@ class Notice:
     members: tuple[str, ...] = field(default=())
     _encoded: dict[tuple[bool, Dialect], bytes] = field(default_factory=dict, compare=False, repr=False)
     """One encoding per (about the recipient?, dialect): a room's notice goes to every member."""
+    frames: dict[tuple[bool, Dialect, SizeEncoding], tuple[Frame, bytes]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """
+    The notice as a TCP frame and its bytes, per (about the recipient?,
+    dialect, size encoding), filled by the TCP protocol: a join in a room of
+    N is framed a few times, not N times.
+    """
 
     def text_for(self, recipient: str) -> str:
         about_you = recipient == self.user

@@ -328,12 +328,12 @@ class RoomProtocol(Protocol):
         payload = acknowledge_payload(status, self.dialect or Dialect.MODEL, message)
         self._send(Frame(operation, State.ACKNOWLEDGE, room, payload, self._encoding))
 
-    def _send(self, frame: Frame) -> None:
+    def _send(self, frame: Frame, encoded: bytes | None = None) -> None:
         if self._lost:
             return
         assert self.transport is not None
         self._log_frame("sent", frame)
-        self.transport.write(encode_frame(frame))
+        self.transport.write(encode_frame(frame) if encoded is None else encoded)
 
     def _log_frame(self, direction: str, frame: Frame) -> None:
         if not self._settings.log_frames:
@@ -358,8 +358,13 @@ class RoomProtocol(Protocol):
         member = self.member
         if member is None:
             return
-        payload = notice.encode_for(member.name, member.dialect)
-        self._send(Frame(Operation.NOTICE, State.COMPLETE, notice.room, payload, self._encoding))
+        key = (member.name == notice.user, member.dialect, self._encoding)
+        framed = notice.frames.get(key)
+        if framed is None:
+            payload = notice.encode_for(member.name, member.dialect)
+            frame = Frame(Operation.NOTICE, State.COMPLETE, notice.room, payload, self._encoding)
+            framed = notice.frames[key] = (frame, encode_frame(frame))
+        self._send(*framed)
 
     def close(self) -> None:
         self._close()
