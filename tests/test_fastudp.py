@@ -281,6 +281,12 @@ class _PortTests(_MixinBase):
             port.write(b"pair", ("::1", sock.getsockname()[1]))
             self.assertEqual(sock.recv(100), b"pair")
             self.assertRaises(InvalidAddressError, port.write, b"x", ("127.0.0.1", 9))
+            # A fan-out of IPv6 destinations (28-byte sockaddrs), one skipped, one of the wrong family.
+            others = [self.sock(socket.AF_INET6, "::1") for _ in range(2)]
+            fanout = port.fanout([s.getsockname() for s in [sock, *others]] + [("127.0.0.1", 9)])
+            self.assertEqual(fanout.send(b"to six", skip=0), 1)
+            self.assertEqual([s.recv(100) for s in others], [b"to six", b"to six"])
+            self.assertEqual(drain(sock), [])
 
         return Deferred.fromCoroutine(run())
 
