@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import Any
 
-from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IReactorFDSet
-from twisted.trial import unittest
 
 import chatd.client
-from chatd.client import ChatClient, ConnectionState, RoomInfo
+from chatd.client import ConnectionState, RoomInfo
 from chatd.errors import (
     ClientError,
     ConnectionFailedError,
@@ -49,12 +47,9 @@ from chatd.events import (
     RoomClosed,
     ServerStopping,
 )
-from chatd.service import ChatService, make_service
-from chatd.settings import Settings
-from tests.waiting import WAIT, Recorder, bounded, sleep, until
+from tests.client_cases import HOST, REACTOR, ClientCase, Person
+from tests.waiting import bounded, sleep, until
 
-REACTOR: Any = _reactor
-HOST = "127.0.0.1"
 MAX_DATAGRAM = 4096
 """docs/protocol.md section 7: no datagram, either way, is larger."""
 NATIVE_MESSAGE_OVERHEAD = 15 + 1 + 16
@@ -64,74 +59,14 @@ RELAY_OVERHEAD = NATIVE_MESSAGE_OVERHEAD + 9
 IDLE: dict[str, Any] = {"idle_timeout": 0.5, "sweep_interval": 0.1, "keepalive_interval": 0.1}
 """A server that removes a member after half a second of silence, and asks for a keepalive every 0.1 s."""
 
-E = TypeVar("E")
-T = TypeVar("T")
-X = TypeVar("X", bound=BaseException)
 
-
-@dataclass(frozen=True)
-class Person:
-    client: ChatClient
-    heard: Recorder
-
-    @property
-    def info(self) -> RoomInfo:
-        assert self.client.info is not None
-        return self.client.info
-
-
-class ClientTests(unittest.TestCase):
+class ClientTests(ClientCase):
     timeout = 10
 
     # -- fixtures -----------------------------------------------------------
 
-    def serve(self, tcp_port: int = 0, udp_port: int = 0, **overrides: Any) -> ChatService:
-        """A started chatd on loopback, stopped at cleanup."""
-        settings = Settings(interface=HOST, tcp_port=tcp_port, udp_port=udp_port, password_cost=2, **overrides)
-        service = make_service(settings, REACTOR)
-        service.startService()
-        self.addCleanup(service.stopService)
-        return service
-
-    def person(self, service: ChatService, name: str, **options: Any) -> Person:
-        """A client of C{service} that has not entered a room yet; it leaves at cleanup."""
-        heard = Recorder(name)
-        options = {"request_timeout": WAIT, "first_retry_delay": 0.1, "max_retry_delay": 0.5, **options}
-        client = ChatClient(REACTOR, HOST, service.tcp_port, service.udp_port, heard, **options)
-        self.addCleanup(client.leave)
-        return Person(client, heard)
-
-    async def enter(
-        self,
-        service: ChatService,
-        name: str,
-        room: str = "lobby",
-        *,
-        create: bool = False,
-        password: str | None = None,
-        invite: str | None = None,
-        **options: Any,
-    ) -> Person:
-        """A person in C{room}, whose UDP address the server knows (its keepalive was answered)."""
-        person = self.person(service, name, **options)
-        if create:
-            entering = person.client.create(room, name, password)
-        else:
-            entering = person.client.join(room, name, password, invite)
-        await bounded(entering, f"{name} enters {room}")
-        await self.keepalive_answered(person)
-        return person
-
     async def keepalive_answered(self, person: Person) -> None:
         await until(lambda: person.client.udp_confirmed, f"the server answers {person.heard.name}'s keepalive")
-
-    async def refused(self, attempt: Deferred[Any], kind: type[X]) -> X:
-        """The error C{attempt} fails with, which must be a C{kind}."""
-        try:
-            result = await bounded(attempt, f"a {kind.__name__}")
-        except kind as error:
-            return error
-        raise self.failureException(f"expected {kind.__name__}, got {result!r}")
 
     def open_sockets(self) -> set[object]:
         """Every socket the reactor watches (TCP and UDP ports and connections, not its wakers)."""

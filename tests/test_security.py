@@ -22,11 +22,10 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
@@ -35,7 +34,7 @@ from twisted.trial import unittest
 import chatd.passwords
 import chatd.rooms
 from chatd.certificates import fingerprint, make_self_signed
-from chatd.client import ChatClient, ConnectionState
+from chatd.client import ConnectionState
 from chatd.datagrams import FrameType, RelayedMessage, decode_relay_body, encode_legacy
 from chatd.errors import (
     CertificateChangedError,
@@ -50,10 +49,10 @@ from chatd.payloads import Dialect, RoomRequest
 from chatd.pins import PinStore, default_pin_path
 from chatd.rooms import Member
 from chatd.seal import HEADER_SIZE, MAX_KEY_ID, Channel, Direction, Sealer, new_key
-from chatd.service import ChatService, make_service
-from chatd.settings import Settings
+from chatd.service import ChatService
 from chatd.tls import TrustPolicy
 from chatd.wire import Frame, Operation, State
+from tests.client_cases import HOST, ClientCase
 from tests.helpers import capture_events, make_server
 from tests.loopback_clients import (
     NO_CAPTURE,
@@ -61,37 +60,10 @@ from tests.loopback_clients import (
     DatagramClient,
 )
 from tests.loopback_clients import ChatClient as RawClient
-from tests.waiting import CLOCK, WAIT, Recorder, bounded, sleep, until
+from tests.waiting import CLOCK, bounded, sleep, until
 
-REACTOR: Any = _reactor
-HOST = "127.0.0.1"
 QUIET = 0.3
 """Seconds a socket must stay silent to count as never answered."""
-
-E = TypeVar("E")
-T = TypeVar("T")
-X = TypeVar("X", bound=BaseException)
-
-
-@dataclass(frozen=True)
-class Person:
-    """A chatd.client.ChatClient and what it heard."""
-
-    client: ChatClient
-    heard: Recorder
-
-    @property
-    def channel(self) -> Channel:
-        """The client's current UDP key."""
-        channel = self.client._channel
-        assert channel is not None
-        return channel
-
-    def send_raw(self, datagram: bytes) -> None:
-        """Send bytes from the client's own UDP socket, as if the client had."""
-        transport = self.client._datagrams.transport
-        assert transport is not None and self.client._server_udp is not None
-        transport.write(datagram, self.client._server_udp)
 
 
 @dataclass(frozen=True)
@@ -135,71 +107,21 @@ def flip(data: bytes, index: int, bit: int) -> bytes:
 # -- the fixture ----------------------------------------------------------------
 
 
-class _ServiceCase(unittest.TestCase):
-    """Starts services and clients, and stops them all at cleanup."""
+class _ServiceCase(ClientCase):
+    """Starts services (with TLS when given a certificate) and clients, and stops them all at cleanup."""
 
     timeout = 30
 
     def serve(self, tls: Certificate | None = None, **overrides: Any) -> ChatService:
         """A started chatd on loopback ports the OS picks (TLS too, given a certificate)."""
-        options: dict[str, Any] = {"interface": HOST, "tcp_port": 0, "udp_port": 0, "password_cost": 2}
         if tls is not None:
-            options.update(tls_cert=tls.cert, tls_key=tls.key, tls_port=0)
-        service = make_service(Settings(**{**options, **overrides}), REACTOR)
-        service.startService()
-        self.addCleanup(service.stopService)
-        return service
+            overrides = {"tls_cert": tls.cert, "tls_key": tls.key, "tls_port": 0, **overrides}
+        return super().serve(**overrides)
 
     def certificate(self, name: str = "server") -> Certificate:
         if not hasattr(self, "_directory"):
             self._directory = temporary_directory(self)
         return write_certificate(self._directory, name)
-
-    # -- chatd.client -------------------------------------------------------
-
-    def person(self, service: ChatService, name: str, tls: TrustPolicy | None = None, **options: Any) -> Person:
-        """A chatd.client of C{service} (its TLS port when C{tls} is given); it leaves at cleanup."""
-        heard = Recorder(name)
-        options = {"request_timeout": WAIT, "first_retry_delay": 0.1, "max_retry_delay": 0.5, **options}
-        port = service.tcp_port
-        if tls is not None:
-            assert service.tls_port is not None
-            port = service.tls_port
-        client = ChatClient(REACTOR, HOST, port, service.udp_port, heard, tls=tls, **options)
-        self.addCleanup(client.leave)
-        return Person(client, heard)
-
-    async def enter(
-        self,
-        service: ChatService,
-        name: str,
-        room: str = "lobby",
-        *,
-        create: bool = False,
-        password: str | None = None,
-        tls: TrustPolicy | None = None,
-        within: float = WAIT,
-        **options: Any,
-    ) -> Person:
-        """A person in C{room}, whose keepalive the server has answered, within C{within} seconds."""
-        deadline = CLOCK.seconds() + within
-        person = self.person(service, name, tls, **options)
-        entering = person.client.create(room, name, password) if create else person.client.join(room, name, password)
-        await bounded(entering, f"{name} enters {room}", within)
-        await until(
-            lambda: person.client.udp_confirmed,
-            f"the server answers {name}'s keepalive",
-            max(0.0, deadline - CLOCK.seconds()),
-        )
-        return person
-
-    async def refused(self, attempt: Deferred[Any], kind: type[X]) -> X:
-        """The error C{attempt} fails with, which must be a C{kind}."""
-        try:
-            result = await bounded(attempt, f"a {kind.__name__}")
-        except kind as error:
-            return error
-        raise self.failureException(f"expected {kind.__name__}, got {result!r}")
 
     # -- test clients (tests/loopback_clients.py) ----------------------------
 
