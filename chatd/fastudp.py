@@ -281,7 +281,8 @@ class BatchedUDPPort:
         self.protocol_errors = 0
         """Exceptions the protocol raised from datagramReceived (logged, never let out of doRead)."""
         self._sources: dict[bytes, Address] = {}
-        self._destinations: dict[Address, tuple[int, int, ctypes.Array[ctypes.c_char]]] = {}
+        self._destinations: dict[Address, tuple[int, ctypes.Array[ctypes.c_char]]] = {}
+        """Each destination's sockaddr, encoded once: its address in memory, and the buffer that holds it."""
         self._in_read = False
         self._queued = 0
         self._arena_used = 0
@@ -505,14 +506,15 @@ class BatchedUDPPort:
         """
         return Fanout(self, addresses)
 
-    def _new_destination(self, addr: Address) -> tuple[int, int, ctypes.Array[ctypes.c_char]]:
+    def _new_destination(self, addr: Address) -> tuple[int, ctypes.Array[ctypes.c_char]]:
         raw = encode_sockaddr(self.family, addr)
         if len(self._destinations) >= ADDRESS_CACHE_SIZE:
             # Queued datagrams point into these buffers: send them before forgetting.
             self._flush()
             self._destinations.clear()
         buffer = ctypes.create_string_buffer(raw, len(raw))
-        destination = (ctypes.addressof(buffer), len(raw), buffer)
+        # Its length is the family's, set in every mmsghdr once: only the pointer is stored per copy.
+        destination = (ctypes.addressof(buffer), buffer)
         self._destinations[addr] = destination
         return destination
 
@@ -630,8 +632,7 @@ class Fanout:
         while count:
             if port._queued == SEND_BATCH:
                 port._flush()
-            base = port._last_base if data is port._last_data else port._payload_base(data)
-            iov = _IOV.pack(base, size)
+            iov = _IOV.pack(port._payload_base(data), size)
             # Queued copies point into this fan-out's address buffer: the
             # port keeps it until they are sent, even if the relay drops it.
             port._pinned.append(self)
