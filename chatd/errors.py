@@ -132,6 +132,18 @@ class RoomFullError(ProtocolError):
     reason = "room_full"
 
 
+class TooManyRoomsError(ServerFullError):
+    """One address holds its limit of open rooms (--max-rooms-per-host)."""
+
+    reason = "too_many_rooms"
+
+
+class TooManyInvitationsError(RoomFullError):
+    """The room holds its limit of live invitations (--max-invitations)."""
+
+    reason = "too_many_invitations"
+
+
 class NotPermittedError(ProtocolError):
     """The request is valid but not allowed to this peer, or not in this state."""
 
@@ -192,6 +204,22 @@ class ReplayedError(ProtocolError):
 class RateLimitedError(ProtocolError):
     status = Status.RATE_LIMITED
     reason = "rate_limited"
+
+
+class HashingBusyError(RateLimitedError):
+    """Password hashing is at its limit, for the daemon or for one address (--max-hashing...)."""
+
+    reason = "hashing_busy"
+
+
+class ForgeryLimitedError(ProtocolError):
+    """
+    A sealed datagram dropped before decryption: its key id (from a source
+    other than its member's) or its source address has failed authentication
+    too often (--auth-failures-per-s).
+    """
+
+    reason = "auth_failures_limited"
 
 
 class InternalServerError(ProtocolError):

@@ -67,3 +67,34 @@ class Settings:
     """One of UDP_IO_CHOICES."""
     metrics_interface: str = "127.0.0.1"
     """Address the metrics endpoint listens on: loopback unless the scraper is elsewhere."""
+    send_queue: int = 256 * 1024
+    """
+    Most bytes waiting to be sent to one TCP peer (an IRC server's sendq):
+    over it the connection is not read until the peer catches up.
+    """
+    send_queue_timeout: float = 5.0
+    """Seconds a TCP peer may stay over send_queue before it is disconnected (aborted)."""
+    max_invitations: int = 100
+    """Most live (unspent, unexpired) invitations one room holds."""
+    max_rooms_per_host: int = 10
+    """Most open rooms created from one address (loopback exempt unless limit_loopback)."""
+    max_hashing: int = 4
+    """
+    Most password hashes (scrypt, for creates and joins alike) computed at
+    once in the whole daemon: each holds 128 * r * N bytes (16 MiB at the
+    default cost) while it runs.
+    """
+    max_hashing_per_host: int = 1
+    """Most password hashes computed at once for one address (loopback exempt unless limit_loopback)."""
+    auth_failures_per_s: float = 5.0
+    """
+    Sealed datagrams that fail authentication, per second, tolerated per key
+    id (from sources other than its member's address) and per source address;
+    past that, datagrams from those are dropped before any decryption.
+    """
+    auth_failure_burst: float = 20.0
+    presence_interval: float = 1.0
+    """
+    Seconds over which a room's join and leave notices are coalesced: the first
+    change goes out at once, later ones in one batch at the end of the interval.
+    """

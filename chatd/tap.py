@@ -124,6 +124,57 @@ class Options(usage.Options):
             "Joins with a password or invitation at once from one address.",
             float,
         ),
+        (
+            "send-queue",
+            None,
+            _DEFAULTS.send_queue,
+            "Most bytes waiting to be sent to one TCP peer; over it the peer is not read.",
+            int,
+        ),
+        (
+            "send-queue-timeout",
+            None,
+            _DEFAULTS.send_queue_timeout,
+            "Seconds a TCP peer may stay over --send-queue before it is disconnected.",
+            float,
+        ),
+        ("max-invitations", None, _DEFAULTS.max_invitations, "Most live invitations per room.", int),
+        (
+            "max-rooms-per-host",
+            None,
+            _DEFAULTS.max_rooms_per_host,
+            "Most open rooms created from one address.",
+            int,
+        ),
+        ("max-hashing", None, _DEFAULTS.max_hashing, "Most password hashes computed at once.", int),
+        (
+            "max-hashing-per-host",
+            None,
+            _DEFAULTS.max_hashing_per_host,
+            "Most password hashes computed at once for one address.",
+            int,
+        ),
+        (
+            "auth-failures-per-s",
+            None,
+            _DEFAULTS.auth_failures_per_s,
+            "Unauthenticated sealed datagrams per second tolerated per key id and per source address.",
+            float,
+        ),
+        (
+            "auth-failure-burst",
+            None,
+            _DEFAULTS.auth_failure_burst,
+            "Unauthenticated sealed datagrams at once tolerated per key id and per source address.",
+            float,
+        ),
+        (
+            "presence-interval",
+            None,
+            _DEFAULTS.presence_interval,
+            "Seconds over which a room's join and leave notices are coalesced.",
+            float,
+        ),
     )
 
     @override
@@ -140,6 +191,8 @@ class Options(usage.Options):
             "frame-timeout",
             "keepalive-interval",
             "invite-ttl",
+            "send-queue-timeout",
+            "presence-interval",
         ):
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be more than 0")
@@ -152,10 +205,23 @@ class Options(usage.Options):
             "connection-burst",
             "password-attempts-per-min",
             "password-attempt-burst",
+            "auth-failures-per-s",
+            "auth-failure-burst",
         ):
             if not 0 < self[name] < float("inf"):
                 raise usage.UsageError(f"--{name} must be a positive number")
-        for name in ("max-payload", "max-rooms", "max-members", "max-connections", "max-connections-per-host"):
+        for name in (
+            "max-payload",
+            "max-rooms",
+            "max-members",
+            "max-connections",
+            "max-connections-per-host",
+            "send-queue",
+            "max-invitations",
+            "max-rooms-per-host",
+            "max-hashing",
+            "max-hashing-per-host",
+        ):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
         for name in ("max-room-name", "max-user-name"):
@@ -210,6 +276,15 @@ class Options(usage.Options):
             metrics_port=self["metrics-port"],
             metrics_interface=self["metrics-interface"],
             udp_io=self["udp-io"],
+            send_queue=self["send-queue"],
+            send_queue_timeout=self["send-queue-timeout"],
+            max_invitations=self["max-invitations"],
+            max_rooms_per_host=self["max-rooms-per-host"],
+            max_hashing=self["max-hashing"],
+            max_hashing_per_host=self["max-hashing-per-host"],
+            auth_failures_per_s=self["auth-failures-per-s"],
+            auth_failure_burst=self["auth-failure-burst"],
+            presence_interval=self["presence-interval"],
         )
 
 

@@ -59,6 +59,15 @@ class OptionsTests(SynchronousTestCase):
             "--metrics-port=26",
             "--metrics-interface=::1",
             "--udp-io=twisted",
+            "--send-queue=27",
+            "--send-queue-timeout=28",
+            "--max-invitations=29",
+            "--max-rooms-per-host=30",
+            "--max-hashing=31",
+            "--max-hashing-per-host=32",
+            "--auth-failures-per-s=33",
+            "--auth-failure-burst=34",
+            "--presence-interval=35",
         ).settings()
         self.assertEqual(
             settings,
@@ -95,6 +104,15 @@ class OptionsTests(SynchronousTestCase):
                 metrics_port=26,
                 metrics_interface="::1",
                 udp_io="twisted",
+                send_queue=27,
+                send_queue_timeout=28,
+                max_invitations=29,
+                max_rooms_per_host=30,
+                max_hashing=31,
+                max_hashing_per_host=32,
+                auth_failures_per_s=33,
+                auth_failure_burst=34,
+                presence_interval=35,
             ),
         )
 
