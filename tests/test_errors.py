@@ -35,6 +35,10 @@ EXPECTED: dict[type[ProtocolError], tuple[Status, str, bool]] = {
     errors.ReplayedError: (Status.MALFORMED_REQUEST, "replayed", False),
     errors.InternalServerError: (Status.INTERNAL_ERROR, "internal_error", True),
     errors.UnknownStatusError: (Status.MALFORMED_REQUEST, "unknown_status", False),
+    errors.TooManyRoomsError: (Status.SERVER_FULL, "too_many_rooms", False),
+    errors.TooManyInvitationsError: (Status.ROOM_FULL, "too_many_invitations", False),
+    errors.HashingBusyError: (Status.RATE_LIMITED, "hashing_busy", False),
+    errors.ForgeryLimitedError: (Status.MALFORMED_REQUEST, "auth_failures_limited", False),
 }
 """Every ProtocolError subclass: the status a TCP peer is told, the drop reason, whether it closes."""
 
