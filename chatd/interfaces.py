@@ -54,8 +54,11 @@ class IRoomStore(Interface):
         'A Counter of the join passwords checked, by result ("accepted" or "refused"), for the metrics.'
     )
 
-    def create_room(name: str, request: RoomRequest, dialect: Dialect) -> Deferred[Member]:
-        """Create C{name} with the requester as its host."""
+    def create_room(name: str, request: RoomRequest, dialect: Dialect, origin: str = "") -> Deferred[Member]:
+        """
+        Create C{name} with the requester as its host. C{origin} is the
+        requester's address, which the per-address room limit counts by.
+        """
 
     def join_room(name: str, request: RoomRequest, dialect: Dialect) -> Deferred[Member]:
         """Join C{name}, by password or invitation when it needs one."""

@@ -151,7 +151,7 @@ class RoomRegistry:
 
     # -- control operations -------------------------------------------------
 
-    def create_room(self, name: str, request: RoomRequest, dialect: Dialect) -> Deferred[Member]:
+    def create_room(self, name: str, request: RoomRequest, dialect: Dialect, origin: str = "") -> Deferred[Member]:
         return Deferred.fromCoroutine(self._create_room(name, request, dialect))
 
     async def _create_room(self, name: str, request: RoomRequest, dialect: Dialect) -> Member:

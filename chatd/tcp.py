@@ -219,7 +219,7 @@ class RoomProtocol(Protocol):
             wait = self._factory.password_attempts.wait_time(self.peer_host)
             raise RateLimitedError(f"too many password attempts from {self.peer_host}; try again in {wait:.0f} s")
         if frame.operation is Operation.CREATE:
-            entered = self._store.create_room(frame.room, request, self.dialect)
+            entered = self._store.create_room(frame.room, request, self.dialect, origin=self.peer_host)
         else:
             entered = self._store.join_room(frame.room, request, self.dialect)
         self._busy = True
