@@ -161,9 +161,12 @@ class Creates(Attack):
         }
 
     def cleanup(self) -> None:
-        for room, token in getattr(self, "rooms", []):
+        for index, (room, token) in enumerate(getattr(self, "rooms", [])):
             with contextlib.suppress(OSError):
                 self.udp.sendto(legacy_datagram(room, token, "/exit"), self.server)
+            if index % 100 == 99:
+                # Paced, so that the daemon's UDP receive buffer does not drop /exits and leave rooms behind.
+                time.sleep(0.005)
         with contextlib.suppress(AttributeError):
             self.udp.close()
 
