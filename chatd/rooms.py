@@ -553,6 +553,8 @@ class RoomRegistry:
             for member in list(room.members.values()):
                 if not self._is_live(member) or member.room is not room:
                     del room.members[member.name]
+                    if member.room is room:
+                        self._unregister_member(member)
                     self._refresh_recipients(room)
                     self.repaired["members"] += 1
         for name, room in list(self._rooms.items()):
