@@ -53,18 +53,40 @@ class IRoomStore(Interface):
     password_checks = Attribute(
         'A Counter of the join passwords checked, by result ("accepted" or "refused"), for the metrics.'
     )
+    refused = Attribute(
+        "A Counter of the requests this store's limits refused, for the metrics, by limit:"
+        ' "hashing" (max_hashing password hashes already in flight: RATE_LIMITED),'
+        ' "rooms_per_host" (the origin address holds max_rooms_per_host open rooms: SERVER_FULL),'
+        ' "invitations" (the room holds max_invitations live invitations: ROOM_FULL).'
+    )
+    repaired = Attribute(
+        "A Counter of what expire() found broken and removed, by kind, each a bug to log:"
+        ' "rooms" (open without a live host among its members), "members" (holding a token'
+        ' without being in an open room, or listed by a room without a live token), "key_ids" and'
+        ' "invitations" (pointing at no live member or open room), "origins" (per-origin room'
+        " counts that had drifted from the open rooms, recounted)."
+    )
+    hashing_in_flight = Attribute(
+        "How many password hashes and checks (create and join) have been handed to the hash runner"
+        " and not finished: at most max_hashing, each holding scrypt's memory while it runs."
+    )
 
     def create_room(name: str, request: RoomRequest, dialect: Dialect, origin: str = "") -> Deferred[Member]:
         """
         Create C{name} with the requester as its host. C{origin} is the
         requester's address, which the per-address room limit counts by.
+        The room appears whole (with its host) or, if anything fails, not at all.
         """
 
     def join_room(name: str, request: RoomRequest, dialect: Dialect) -> Deferred[Member]:
         """Join C{name}, by password or invitation when it needs one."""
 
     def mint_invitation(member: Member) -> str:
-        """A single-use token that lets one person join C{member}'s room without its password."""
+        """
+        A single-use token that lets one person join C{member}'s room without
+        its password; refused (TooManyInvitationsError) while the room holds
+        max_invitations live ones.
+        """
 
     def member_for_token(token: str) -> Member | None:
         """The live member holding C{token}, if any."""
@@ -96,7 +118,11 @@ class IRoomStore(Interface):
         """Close C{room}; every token of it stops working."""
 
     def expire() -> None:
-        """Remove idle members and stale invitations."""
+        """
+        Remove idle members and stale invitations; and, as a last resort
+        against bugs, rooms without a live host and members without an open
+        room, each counted in C{repaired}.
+        """
 
     def rooms() -> list[Room]:
         """Every open room."""
