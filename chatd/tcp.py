@@ -470,8 +470,9 @@ class RoomProtocol(Protocol):
         self._cancel_timers()
         transport = self.transport
         assert transport is not None
-        # TCP transports can abort, and so can TLS ones: ISSLTransport extends
-        # ITCPTransport (and TLSMemoryBIOProtocol provides what it wraps).
+        # TCP transports can abort, and TLS ones too: the TLS port's
+        # transports are TCP ones that declare ISSLTransport, which extends
+        # ITCPTransport (a TLSMemoryBIOProtocol declares what it wraps).
         if ITCPTransport.providedBy(transport):
             ITCPTransport(transport).abortConnection()
         else:
@@ -555,7 +556,9 @@ class RoomProtocol(Protocol):
         wanted = self._busy or self._write_paused
         # The transport produces what the peer sends (TCP and TLS do).
         producer = IPushProducer(self.transport, None)
-        if wanted == self._reading_paused or self._lost or producer is None:
+        # Once closing, the transport reads no more by itself: resuming an
+        # aborted one would only wake the reactor for nothing.
+        if wanted == self._reading_paused or self._closing or producer is None:
             return
         self._reading_paused = wanted
         if wanted:
@@ -629,9 +632,9 @@ class RoomFactory(ServerFactory):
         """Connections aborted over a limit, by L{AbortReason}."""
         self._hashing: Counter[str] = Counter()
         """Creates and joins carrying a password in the store's hands, by address."""
-        self._hashing_exempt = None if settings.limit_loopback else is_loopback
         self.refused = RefusedConnections(clock)
         exempt = None if settings.limit_loopback else is_loopback
+        self._hashing_exempt = exempt
         self.new_connections: KeyedLimiter[str] = KeyedLimiter(
             settings.connections_per_s, settings.connection_burst, clock, exempt=exempt
         )
