@@ -7,6 +7,7 @@ finish, is aborted too. And the per-address limits on password requests.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import replace
@@ -14,10 +15,17 @@ from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IReactorTCP, ISystemHandle, ITCPTransport
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IReactorSSL, IReactorTCP, ISystemHandle, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from typing_extensions import override
 
+from chatd.certificates import load_server_certificate, make_self_signed
 from chatd.errors import Status
 from chatd.server import ChatServer
 from chatd.settings import Settings
@@ -25,7 +33,7 @@ from chatd.tcp import AbortReason, RoomProtocol
 from chatd.wire import Operation, SizeEncoding
 from tests.helpers import FAST, ManualRunner, capture_events, connect, frames, make_server, request
 from tests.tcp_cases import answered, check_invariants, status_of
-from tests.waiting import CLOCK, until
+from tests.waiting import CLOCK, bounded, until
 
 ASCII = SizeEncoding.ASCII
 OUTSIDER = "192.0.2.9"
@@ -303,3 +311,62 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(
             (settings.send_queue, settings.send_queue_timeout, settings.max_hashing_per_host), (256 * 1024, 5.0, 1)
         )
+
+
+class _Collector(Protocol):
+    """A client that sends one request, keeps what it hears, and tells when the server hangs up."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first = first
+        self.received = b""
+        self.lost: Deferred[None] = Deferred()
+
+    @override
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.first)
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    @override
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+
+class TLSCloseTests(TestCase):
+    """Over TLS, a producer left registered would keep a close from ever finishing."""
+
+    def server_options(self) -> CertificateOptions:
+        """The daemon's own TLS options, for a fresh self-signed certificate."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        cert_pem, key_pem = make_self_signed()
+        with open(cert_path, "wb") as cert_file:
+            cert_file.write(cert_pem)
+        with open(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as key_file:
+            key_file.write(key_pem)
+        return load_server_certificate(cert_path, key_path).options
+
+    async def test_server_close_over_tls_finishes(self) -> None:
+        server = ChatServer(CLOCK, replace(FAST, send_queue_timeout=3.0))
+        factory = server.tcp_factory
+        port = IReactorSSL(_reactor).listenSSL(0, factory, self.server_options(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        assert isinstance(address, IPv4Address)
+        client = _Collector(request(Operation.CREATE, "secure", {"username": "ann", "chatd": 1}))
+        # The server's certificate is not checked: this test is about closing.
+        endpoint = SSL4ClientEndpoint(_reactor, "127.0.0.1", address.port, CertificateOptions())
+        await bounded(connectProtocol(endpoint, client), "the client connects over TLS")
+        await until(lambda: server.store.member_count() == 1, "the host enters over TLS")
+        (protocol,) = factory.connections
+        self.assertTrue(protocol.secure)
+        self.assertTrue(ITCPTransport.providedBy(protocol.transport))
+        protocol.close()
+        await bounded(client.lost, "the server's close reaches the client", timeout=2.0)
+        await until(lambda: not factory.connections, "the server's side is closed too", timeout=2.0)
+        self.assertEqual(factory.aborted, {})
+        self.assertEqual(server.store.rooms(), [])
