@@ -8,7 +8,9 @@ finish, is aborted too. And the per-address limits on password requests.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import time
 from dataclasses import replace
 from typing import Any
@@ -340,8 +342,8 @@ class TLSCloseTests(TestCase):
 
     def server_options(self) -> CertificateOptions:
         """The daemon's own TLS options, for a fresh self-signed certificate."""
-        directory = self.mktemp()
-        os.makedirs(directory)
+        directory = tempfile.mkdtemp(prefix="chatd-tls-")
+        self.addCleanup(shutil.rmtree, directory, True)
         cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
         cert_pem, key_pem = make_self_signed()
         with open(cert_path, "wb") as cert_file:
