@@ -7,17 +7,34 @@ uses that request's size encoding and payload form. For the seed and native
 dialects the open connection is the member's presence; the model dialect
 sends its UDP port as 2 raw bytes and the server then closes the connection,
 as that dialect expects.
+
+Each connection is a streaming producer on its transport (Twisted's producer
+API, both ways): the transport pauses it when its send buffer is full, and it
+pauses the transport's reading while a request is in flight or its answers
+cannot be sent. A peer that does not read is aborted once
+Settings.send_queue bytes wait for it, or once it has not read for
+Settings.send_queue_timeout seconds; so is a close that does not finish in
+that time. The frames of one connection are handled in a loop, never by
+recursion, however many arrive in one chunk.
 """
 
 from __future__ import annotations
 
 import base64
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,6 +42,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from chatd.errors import (
+    HashingBusyError,
     MalformedFrameError,
     NotPermittedError,
     ProtocolError,
@@ -56,6 +74,9 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import ITransport
 
 
+_T = TypeVar("_T")
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -66,7 +87,20 @@ def _host_of(address: IAddress) -> str:
     return str(address)
 
 
-@implementer(IMemberConnection)
+class AbortReason:
+    """Why a connection was aborted: the keys of L{RoomFactory.aborted}."""
+
+    SEND_QUEUE = "send_queue"
+    """More than Settings.send_queue bytes waited for a peer that does not read."""
+    SEND_QUEUE_TIMEOUT = "send_queue_timeout"
+    """The peer did not read for Settings.send_queue_timeout seconds."""
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    """No room (or, model dialect, no UDP port) within Settings.handshake_timeout."""
+    CLOSE_TIMEOUT = "close_timeout"
+    """A close did not finish within Settings.send_queue_timeout."""
+
+
+@implementer(IMemberConnection, IPushProducer)
 class RoomProtocol(Protocol):
     _log = Logger()
 
@@ -82,10 +116,27 @@ class RoomProtocol(Protocol):
         self._encoding = SizeEncoding.BINARY
         self._busy = False
         """A create or join is in flight; later frames wait for its answer."""
+        self._processing = False
+        """
+        L{_process}'s loop is running: a create or join answered at once,
+        inside it, lets the loop go on instead of starting another (one
+        stack level per pipelined request would end in RecursionError).
+        """
+        self._write_paused = False
+        """The transport's send buffer is full: it has paused us (IPushProducer)."""
+        self._reading_paused = False
+        """We have paused the transport's reading (busy, or the peer does not read)."""
+        self._registered = False
+        """We are the transport's producer (until a close unregisters us)."""
+        self.queued_bytes = 0
+        """Bytes written since the transport paused us: what the peer has not taken."""
         self._closing = False
+        self._aborted = False
         self._lost = False
         self._handshake_timer: IDelayedCall | None = None
         self._frame_timer: IDelayedCall | None = None
+        self._send_queue_timer: IDelayedCall | None = None
+        self._close_timer: IDelayedCall | None = None
         self._close_waiters: list[Deferred[None]] = []
 
     # -- connection life ----------------------------------------------------
@@ -100,6 +151,12 @@ class RoomProtocol(Protocol):
         assert self.transport is not None
         self.peer_host = _host_of(self.transport.getPeer())
         self._factory.connection_opened(self)
+        consumer = IConsumer(self.transport, None)
+        if consumer is not None:
+            # Streaming: the transport tells us when its buffer is full and
+            # when it has drained (pauseProducing, resumeProducing).
+            consumer.registerProducer(self, True)
+            self._registered = True
         self._handshake_timer = self._clock.callLater(self._settings.handshake_timeout, self._handshake_expired)
 
     @override
@@ -128,7 +185,24 @@ class RoomProtocol(Protocol):
         self._process()
 
     def _process(self) -> None:
-        while not self._busy and not self._closing:
+        """
+        Handle every whole frame buffered, in order, until one must wait: a
+        create or join in flight, a peer that does not read, or a close.
+        """
+        if self._processing:
+            # Called back from inside the loop below (an answer that came at
+            # once): the loop goes on by itself.
+            return
+        self._processing = True
+        try:
+            self._process_frames()
+        finally:
+            self._processing = False
+        self._update_reading()
+        self._watch_partial_frame()
+
+    def _process_frames(self) -> None:
+        while not self._busy and not self._closing and not self._write_paused:
             try:
                 item = self._decoder.next()
             except ProtocolError as error:
@@ -151,7 +225,6 @@ class RoomProtocol(Protocol):
                 self._log.failure("while handling a request from {peer}", peer=self.peer_host)
                 self._acknowledge(Operation.UNKNOWN, Status.INTERNAL_ERROR, "", "internal error")
                 self._close()
-        self._watch_partial_frame()
 
     # -- requests -----------------------------------------------------------
 
@@ -212,16 +285,28 @@ class RoomProtocol(Protocol):
         request = parse_room_request(frame.payload, self._settings.max_user_name)
         if frame.operation is Operation.CREATE and request.native_only and not self.secure:
             raise NotPermittedError("a native-only room can only be created over TLS")
-        guessing = frame.operation is Operation.JOIN and bool(request.password or request.invite)
+        # A password costs an scrypt run, to set it (create) or to check it
+        # (join): from one address, few at once and few a minute.
+        hashing = bool(request.password)
+        if hashing and not self._factory.may_hash(self.peer_host):
+            self._factory.rate_limited["hashing"] += 1
+            raise HashingBusyError(f"{self.peer_host} already has a password request in progress; try again")
+        attempt = hashing or (frame.operation is Operation.JOIN and bool(request.invite))
         # Charged before the check, so that parallel guesses are counted too.
-        if guessing and not self._factory.password_attempts.take(self.peer_host):
+        if attempt and not self._factory.password_attempts.take(self.peer_host):
             self._factory.rate_limited["password_attempts"] += 1
             wait = self._factory.password_attempts.wait_time(self.peer_host)
             raise RateLimitedError(f"too many password attempts from {self.peer_host}; try again in {wait:.0f} s")
+        if hashing:
+            self._factory.hashing_started(self.peer_host)
         if frame.operation is Operation.CREATE:
             entered = self._store.create_room(frame.room, request, self.dialect, origin=self.peer_host)
         else:
             entered = self._store.join_room(frame.room, request, self.dialect)
+        if hashing:
+            # However it ends, and even if this connection has gone: the
+            # hash ran until now.
+            entered.addBoth(self._factory.hashing_finished, self.peer_host)
         self._busy = True
         entered.addCallbacks(self._entered, self._not_entered, errbackArgs=(frame.operation, frame.room))
         entered.addErrback(lambda failure: self._log.failure("while answering a create or join", failure))
@@ -329,11 +414,19 @@ class RoomProtocol(Protocol):
         self._send(Frame(operation, State.ACKNOWLEDGE, room, payload, self._encoding))
 
     def _send(self, frame: Frame, encoded: bytes | None = None) -> None:
-        if self._lost:
+        if self._lost or self._aborted:
             return
         assert self.transport is not None
         self._log_frame("sent", frame)
-        self.transport.write(encode_frame(frame) if encoded is None else encoded)
+        data = encode_frame(frame) if encoded is None else encoded
+        if self._write_paused:
+            # The transport buffers it (beyond its own buffer size) for a
+            # peer that is not reading: bounded here.
+            self.queued_bytes += len(data)
+            if self.queued_bytes > self._settings.send_queue:
+                self._abort_for(AbortReason.SEND_QUEUE)
+                return
+        self.transport.write(data)
 
     def _log_frame(self, direction: str, frame: Frame) -> None:
         if not self._settings.log_frames:
@@ -371,11 +464,34 @@ class RoomProtocol(Protocol):
 
     def abort(self) -> None:
         """Close at once, dropping what was not yet sent."""
-        # Every stream transport Twisted has (TCP, TLS, the test fakes) can
-        # abort, though ITransport does not say so.
-        abort = getattr(self.transport, "abortConnection", None)
-        if not self._lost and abort is not None:
-            abort()
+        if self._lost or self._aborted:
+            return
+        self._aborted = self._closing = True
+        self._cancel_timers()
+        transport = self.transport
+        assert transport is not None
+        # TCP transports can abort, and TLS ones too: the TLS port's
+        # transports are TCP ones that declare ISSLTransport, which extends
+        # ITCPTransport (a TLSMemoryBIOProtocol declares what it wraps).
+        if ITCPTransport.providedBy(transport):
+            ITCPTransport(transport).abortConnection()
+        else:
+            # A transport that cannot abort (none of Twisted's streams).
+            transport.loseConnection()
+
+    def _abort_for(self, reason: str) -> None:
+        """Abort because a limit was hit: logged and counted by C{reason} (an L{AbortReason})."""
+        if self._lost or self._aborted:
+            return
+        self._factory.aborted[reason] += 1
+        self._log.info(
+            "aborting connection from {peer}: {reason}",
+            event="aborted",
+            peer=self.peer_host,
+            reason=reason,
+            queued_bytes=self.queued_bytes,
+        )
+        self.abort()
 
     def when_closed(self) -> Deferred[None]:
         waiter: Deferred[None] = Deferred()
@@ -386,12 +502,69 @@ class RoomProtocol(Protocol):
         return waiter
 
     def _close(self) -> None:
+        """Close once what was sent is flushed; abort if that takes too long."""
         if self._closing:
             return
         self._closing = True
         self._cancel_timers()
         assert self.transport is not None
+        if self._registered:
+            # A transport with a producer registered does not finish closing
+            # (TCP when the producer is paused, TLS at all): nothing more is
+            # produced anyway.
+            self._registered = False
+            IConsumer(self.transport).unregisterProducer()
+        self._close_timer = self._clock.callLater(
+            self._settings.send_queue_timeout, self._abort_for, AbortReason.CLOSE_TIMEOUT
+        )
         self.transport.loseConnection()
+
+    # -- IPushProducer: the transport's send buffer -------------------------
+
+    def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer's spelling
+        """The transport's send buffer is full: the peer is not reading fast enough."""
+        if self._write_paused or self._closing:
+            return
+        self._write_paused = True
+        self.queued_bytes = 0
+        self._send_queue_timer = self._clock.callLater(
+            self._settings.send_queue_timeout, self._abort_for, AbortReason.SEND_QUEUE_TIMEOUT
+        )
+        self._update_reading()
+        # A frame waiting here waits for the peer, not for its own bytes.
+        self._watch_partial_frame()
+
+    def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer's spelling
+        """The transport has sent what it held: read and answer again."""
+        if not self._write_paused:
+            return
+        self._write_paused = False
+        self.queued_bytes = 0
+        self._cancel_timer(self._send_queue_timer)
+        self._send_queue_timer = None
+        if not self._closing:
+            self._process()
+
+    def stopProducing(self) -> None:  # noqa: N802 - IPushProducer's spelling
+        """The connection is going (connectionLost follows): nothing more is sent."""
+        self._closing = True
+        self._registered = False
+        self._cancel_timers()
+
+    def _update_reading(self) -> None:
+        """Read from the peer only while its requests can be answered."""
+        wanted = self._busy or self._write_paused
+        # The transport produces what the peer sends (TCP and TLS do).
+        producer = IPushProducer(self.transport, None)
+        # Once closing, the transport reads no more by itself: resuming an
+        # aborted one would only wake the reactor for nothing.
+        if wanted == self._reading_paused or self._closing or producer is None:
+            return
+        self._reading_paused = wanted
+        if wanted:
+            producer.pauseProducing()
+        else:
+            producer.resumeProducing()
 
     # -- timers -------------------------------------------------------------
 
@@ -400,7 +573,7 @@ class RoomProtocol(Protocol):
         Start the frame timer when a frame begins; it is not reset by more
         bytes, so a peer dribbling one byte at a time still runs out of time.
         """
-        waiting = self._decoder.buffered > 0 and not self._busy and not self._closing
+        waiting = self._decoder.buffered > 0 and not self._busy and not self._closing and not self._write_paused
         if waiting and self._frame_timer is None:
             self._frame_timer = self._clock.callLater(self._settings.frame_timeout, self._frame_expired)
         elif not waiting and self._frame_timer is not None:
@@ -422,21 +595,15 @@ class RoomProtocol(Protocol):
         self._handshake_timer = None
         # Even with a request in flight: a create or join that takes this
         # long has gone wrong, and _entered copes with a closed connection.
-        if self.member is None:
-            self._log.info(
-                "closing connection from {peer}: {reason}", event="closing", peer=self.peer_host, reason="no_room"
-            )
-            self._close()
-        elif self.member.address is None and self.member.dialect is Dialect.MODEL:
-            self._log.info(
-                "closing connection from {peer}: {reason}", event="closing", peer=self.peer_host, reason="no_port"
-            )
-            self._close()
+        # Aborted, not closed: a peer that stalls its handshake may well not
+        # read either, and a close would wait for it.
+        if self.member is None or (self.member.address is None and self.member.dialect is Dialect.MODEL):
+            self._abort_for(AbortReason.HANDSHAKE_TIMEOUT)
 
     def _cancel_timers(self) -> None:
-        self._cancel_timer(self._handshake_timer)
-        self._cancel_timer(self._frame_timer)
-        self._handshake_timer = self._frame_timer = None
+        for timer in (self._handshake_timer, self._frame_timer, self._send_queue_timer, self._close_timer):
+            self._cancel_timer(timer)
+        self._handshake_timer = self._frame_timer = self._send_queue_timer = self._close_timer = None
 
     @staticmethod
     def _cancel_timer(timer: IDelayedCall | None) -> None:
@@ -460,9 +627,14 @@ class RoomFactory(ServerFactory):
         self.joins = 0
         """Rooms created and joined over this factory's connections (for the metrics)."""
         self.rate_limited: Counter[str] = Counter()
-        """Requests refused as RATE_LIMITED, by limit: "connections" and "password_attempts"."""
+        """Requests refused as RATE_LIMITED, by limit: "connections", "password_attempts" and "hashing"."""
+        self.aborted: Counter[str] = Counter()
+        """Connections aborted over a limit, by L{AbortReason}."""
+        self._hashing: Counter[str] = Counter()
+        """Creates and joins carrying a password in the store's hands, by address."""
         self.refused = RefusedConnections(clock)
         exempt = None if settings.limit_loopback else is_loopback
+        self._hashing_exempt = exempt
         self.new_connections: KeyedLimiter[str] = KeyedLimiter(
             settings.connections_per_s, settings.connection_burst, clock, exempt=exempt
         )
@@ -490,6 +662,26 @@ class RoomFactory(ServerFactory):
         """Forget per-address limits that carry no information any more (from the sweep)."""
         self.new_connections.prune()
         self.password_attempts.prune()
+
+    def may_hash(self, host: str) -> bool:
+        """Whether C{host} may have one more password hashed now (--max-hashing-per-host)."""
+        if self._hashing_exempt is not None and self._hashing_exempt(host):
+            return True
+        return self._hashing[host] < self.settings.max_hashing_per_host
+
+    def hashing_started(self, host: str) -> None:
+        self._hashing[host] += 1
+
+    def hashing_finished(self, result: _T, host: str) -> _T:
+        """A callback and errback: passes C{result} on."""
+        self._hashing[host] -= 1
+        if not self._hashing[host]:
+            del self._hashing[host]
+        return result
+
+    def hashing_in_progress(self, host: str) -> int:
+        """Creates and joins with a password from C{host} that the store has not answered yet."""
+        return self._hashing[host]
 
     def connection_opened(self, protocol: RoomProtocol) -> None:
         self.connections.add(protocol)

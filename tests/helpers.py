@@ -9,10 +9,12 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, FakeDatagramTransport, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import directlyProvides
 
 from chatd.server import ChatServer
 from chatd.settings import Settings
@@ -41,6 +43,8 @@ def connect(server: ChatServer, host: str = "127.0.0.1", port: int = 40000) -> t
     protocol = server.tcp_factory.buildProtocol(peer)
     assert isinstance(protocol, RoomProtocol)
     transport = StringTransport(peerAddress=peer)
+    # As a TCP (or TLS) transport, it can abort: abortConnection sets disconnected.
+    directlyProvides(transport, ITCPTransport)
     protocol.makeConnection(transport)
     return protocol, transport
 

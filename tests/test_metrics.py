@@ -46,7 +46,7 @@ class CollectorTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.server, self.clock, self.udp = make_server(
-            message_burst=3, password_attempt_burst=2, connection_burst=5, limit_loopback=True
+            message_burst=3, password_attempt_burst=3, connection_burst=5, limit_loopback=True
         )
         self.registry = make_registry(self.server)
 
@@ -92,7 +92,8 @@ class CollectorTests(SynchronousTestCase):
         protocol, transport = connect(self.server, port=3)
         protocol.dataReceived(request(Operation.JOIN, "hoge", {"username": "eve", "password": "guess"}))
         self.assertEqual(frames(transport)[0].payload[:1], bytes((Status.INVALID_PASSWORD,)))
-        # The burst of two password attempts from 127.0.0.1 is spent: refused before any check.
+        # The burst of three password attempts from 127.0.0.1 (the create, the join, the guess)
+        # is spent: refused before any check.
         protocol.dataReceived(request(Operation.JOIN, "hoge", {"username": "eve", "password": "again"}))
         self.assertEqual(frames(transport)[0].payload[:1], bytes((Status.RATE_LIMITED,)))
 

@@ -249,11 +249,13 @@ class TimeoutTests(RoomProtocolTestCase):
         self.assertFalse(transport.disconnecting)
 
     def test_handshake_timeout(self) -> None:
+        """Aborted, not closed: a peer that stalls its handshake may not read either."""
         _protocol, transport = connect(self.server)
         self.clock.advance(29)
         self.assertFalse(transport.disconnecting)
         self.clock.advance(1)
-        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.disconnected)  # what StringTransport.abortConnection sets
+        self.assertEqual(self.server.tcp_factory.aborted, {"handshake_timeout": 1})
 
     def test_model_client_must_send_its_port_in_time(self) -> None:
         self.enter(Operation.CREATE, "ann", encoding=ASCII)
@@ -261,7 +263,7 @@ class TimeoutTests(RoomProtocolTestCase):
         self.clock.advance(29)
         self.assertFalse(transport.disconnecting)
         self.clock.advance(1)
-        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.disconnected)
 
     def test_tcp_requests_count_as_activity(self) -> None:
         host, _, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
@@ -275,8 +277,9 @@ class TimeoutTests(RoomProtocolTestCase):
         self.server.store._run_hash = runner  # type: ignore[attr-defined]
         bob, transport = connect(self.server, port=40001)
         bob.dataReceived(request(Operation.JOIN, "hoge", {"username": "bob", "password": "pw"}, ASCII))
+        self.assertEqual(transport.producerState, "paused")
         self.clock.advance(30)
-        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.disconnected)
         runner.release()
         self.assertEqual(frames(transport), [])
         self.assertEqual(self.server.store.rooms()[0].names(), ("ann",))
