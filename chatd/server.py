@@ -46,7 +46,7 @@ class ChatServer:
 
     def member_joined(self, member: Member) -> None:
         room = member.room
-        notice = Notice(NoticeKind.MEMBER_JOINED, room.name, member.name, members=room.names())
+        notice = Notice(NoticeKind.MEMBER_JOINED, room.name, member.name)
         for other in room.members.values():
             if other is not member:
                 self._tell(other, notice)
@@ -54,7 +54,7 @@ class ChatServer:
     def member_left(self, member: Member, reason: LeaveReason) -> None:
         room = member.room
         kind = NoticeKind.TIMED_OUT if reason is LeaveReason.TIMED_OUT else NoticeKind.MEMBER_LEFT
-        notice = Notice(kind, room.name, member.name, idle_timeout=self.settings.idle_timeout, members=room.names())
+        notice = Notice(kind, room.name, member.name, idle_timeout=self.settings.idle_timeout)
         for other in room.members.values():
             self._tell(other, notice)
         if reason is LeaveReason.TIMED_OUT:
