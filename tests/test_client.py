@@ -127,6 +127,8 @@ class ClientTests(ClientCase):
         alice = await self.enter(service, "alice", create=True)
         bob = await self.enter(service, "bob")
         carol = await self.enter(service, "carol")
+        # carol's join may be held for the presence interval: bob hears it before he goes.
+        await bob.heard.next(MemberJoined)
         await bounded(bob.client.leave(), "bob leaves")
         self.assertEqual(bob.client.state, ConnectionState.CLOSED)
         for person in (alice, carol):
