@@ -29,6 +29,11 @@ from chatd.settings import Settings
 from chatd.tcp import RoomFactory
 from chatd.udp import RelayProtocol
 
+_BEFORE_THE_WINDOW = -1
+"""The sequence a member who was in the room before its presence window opened counts as entering at."""
+_EVERYONE = _BEFORE_THE_WINDOW - 1
+"""A change's C{told_after} when every member there before it is to hear of it."""
+
 
 @dataclass(eq=False, slots=True)
 class _Change:
@@ -37,6 +42,8 @@ class _Change:
     member: Member
     notice: Notice
     sequence: int
+    told_after: int = _EVERYONE
+    """Only members who entered after this sequence hear of it."""
 
 
 @dataclass(eq=False, slots=True)
@@ -46,10 +53,10 @@ class _PresenceWindow:
 
     The change that opens a window is sent at once; the ones after it are
     held until the window ends, then sent as their net effect: a member who
-    joined and left within the window is never mentioned. A member hears of
-    a change only if it was in the room before the change (its create or
-    join answer listed everyone there at that moment, so an earlier change
-    would be told twice).
+    joined and left within the window is not mentioned to those who never
+    heard of it. A member hears of a change only if it was in the room before
+    the change (its create or join answer listed everyone there at that
+    moment, so an earlier change would be told twice).
     """
 
     timer: IDelayedCall | None = None
@@ -71,14 +78,27 @@ class _PresenceWindow:
                 # The same member object: a rejoin under the same name is a
                 # new member (a new token, maybe another person), never cancelled.
                 if earlier.member is change.member:
-                    del self.held[index]
-                    self.entered.pop(change.member, None)
+                    self._cancel(index, change)
                     return
         self.held.append(change)
 
+    def _cancel(self, index: int, leave: _Change) -> None:
+        """A held join, and now the same member's leave: nobody who was there before hears of either."""
+        join = self.held.pop(index)
+        del self.entered[leave.member]
+        # Whoever entered in between was listed the member on entering, so
+        # still has to hear that it left; if nobody did, nothing is kept.
+        if any(join.sequence < entered < leave.sequence for entered in self.entered.values()):
+            leave.told_after = join.sequence
+            self.held.append(leave)
+
     def hears_of(self, member: Member, change: _Change) -> bool:
-        """Whether C{member} is to be told of C{change}: it was in the room before it, and it is not about it."""
-        return member is not change.member and self.entered.get(member, -1) < change.sequence
+        """
+        Whether C{member} is to be told of C{change}: it is not about it, and
+        it entered before it (and after C{told_after}).
+        """
+        entered = self.entered.get(member, _BEFORE_THE_WINDOW)
+        return member is not change.member and change.told_after < entered < change.sequence
 
 
 @implementer(IRoomObserver)
