@@ -171,8 +171,8 @@ class ChatServer:
             return
         for change in window.held:
             self._announce(room, window, change)
-        # Something was said: the room's next change waits for the next batch,
-        # so that batches are at least an interval apart.
+        # A batch went out: the room's next change waits for the next one, so
+        # that one room's batches are at least an interval apart.
         following = _PresenceWindow()
         following.timer = self.clock.callLater(self.settings.presence_interval, self._end_window, room)
         self._presence[room] = following
