@@ -80,6 +80,12 @@ DEFAULT_UDP_PORT = 9002
 _CLIENT_MAX_PAYLOAD = 1 << 16
 
 
+_ANSWERED_WITH_COMPLETE = frozenset(
+    {Operation.CREATE, Operation.JOIN, Operation.INVITE, Operation.REKEY, Operation.MEMBERS}
+)
+"""Requests whose success acknowledge is followed by a complete frame."""
+
+
 class IChatListener(Interface):
     """Told everything the client hears, as typed events (chatd.events)."""
 
@@ -368,7 +374,7 @@ class ChatClient:
                 if len(frame.payload) > 1:
                     message = str(decode_json(frame.payload[1:]).get("message", ""))
                 request.answered.errback(error_for_status(status, message))
-            elif request.operation not in (Operation.CREATE, Operation.JOIN, Operation.INVITE, Operation.REKEY):
+            elif request.operation not in _ANSWERED_WITH_COMPLETE:
                 # These answer with a complete frame after the acknowledge; the others end here.
                 request.answered.callback(request.frames)
         elif frame.state is State.COMPLETE:
@@ -376,7 +382,8 @@ class ChatClient:
 
     def _notice(self, notice: dict[str, Any]) -> None:
         me = self.info.user if self.info is not None else ""
-        event = event_from_notice(notice, me)
+        # Notices carry the change, not the list: we keep the list ourselves.
+        event = event_from_notice(notice, me, self.members)
         if event is None:
             return
         if isinstance(event, MemberJoined | MemberLeft):
@@ -492,6 +499,25 @@ class ChatClient:
             raise NotPermittedError("only the host can invite")
         frames = await self._ask(Frame(Operation.INVITE, State.REQUEST, self.info.room, b""))
         return str(decode_json(frames[-1].payload)["invite"])
+
+    def refresh_members(self) -> Deferred[tuple[str, ...]]:
+        """
+        Ask the server who is in the room (operation 7), and keep its answer
+        as L{members}. The list is kept up to date from notices anyway; this
+        is for a client that doubts its own (a user's explicit question).
+        """
+        return Deferred.fromCoroutine(self._refresh_members())
+
+    async def _refresh_members(self) -> tuple[str, ...]:
+        if self.state is not ConnectionState.IN_ROOM or self.info is None:
+            raise NotInRoomError("not in a room")
+        frames = await self._ask(Frame(Operation.MEMBERS, State.REQUEST, self.info.room, b""))
+        answer = decode_json(frames[-1].payload)
+        listed = answer.get("members")
+        if not isinstance(listed, list):
+            raise MalformedFrameError("the member list has no 'members' array")
+        self.members = tuple(str(name) for name in listed)
+        return self.members
 
     # -- leaving and losing ---------------------------------------------------
 

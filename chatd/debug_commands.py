@@ -48,6 +48,7 @@ commands (one a line; arguments with spaces in quotes, as in a shell):
   port [PORT]                   send a UDP port as 2 raw bytes (model dialect);
                                 default: this client's UDP port
   rekey [ROOM]                  ask for a new UDP key (operation 6, native members only)
+  members [ROOM]                ask for the room's member list (operation 7, native members only)
   say TEXT                      legacy chat datagram, with the room and token learned
   nsay TEXT                     native MESSAGE datagram, sealed with the UDP key learned
   keepalive                     native KEEPALIVE datagram, sealed with the UDP key learned
@@ -309,6 +310,12 @@ def _parse_rekey(rest: str, session: Session) -> Action:
     return _request(Operation.REKEY, room, b"", session)
 
 
+def _parse_members(rest: str, session: Session) -> Action:
+    words = _words(rest, "members [ROOM]", 0, 1)
+    room = words[0] if words else session.room or ""
+    return _request(Operation.MEMBERS, room, b"", session)
+
+
 def _parse_register(rest: str, session: Session) -> Action:
     port = _port_or_ours(_words(rest, "register [PORT]", 0, 1), session)
     return _request(Operation.REGISTER_UDP, session.room or "", str(port).encode("ascii"), session)
@@ -394,6 +401,7 @@ _PARSERS: dict[str, Callable[[str, Session], Action]] = {
     "invite": _parse_invite,
     "register": _parse_register,
     "rekey": _parse_rekey,
+    "members": _parse_members,
     "port": _parse_port_bytes,
     "say": _parse_say,
     "nsay": _parse_nsay,

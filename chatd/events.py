@@ -114,16 +114,26 @@ ChatEvent = (
 )
 
 
-def event_from_notice(notice: dict[str, Any], me: str) -> ChatEvent | None:
+def event_from_notice(notice: dict[str, Any], me: str, members: tuple[str, ...] = ()) -> ChatEvent | None:
     """
     The event for a native notice (docs/protocol.md, "Notices"), as seen by
     member C{me}; None for an event this client does not know (a newer server).
+
+    A notice says who came or went, not who is there: C{members} is the list
+    the client holds (from its create or join answer, or operation 7), and a
+    C{MemberJoined} or C{MemberLeft} carries that list with the change
+    applied (L{apply_presence}). A notice that does carry C{"members"} (a
+    server from before notices became changes only) is taken at its word.
     """
     kind = notice.get("event")
     room = str(notice.get("room", ""))
     user = str(notice.get("user", ""))
     text = str(notice.get("text", ""))
-    members = tuple(str(name) for name in notice.get("members", ()))
+    listed = notice.get("members")
+    if isinstance(listed, list):
+        members = tuple(str(name) for name in listed)
+    elif kind in ("joined", "left", "timed_out"):
+        members = apply_presence(members, user, joined=kind == "joined")
     if kind == "joined":
         return MemberJoined(user, members, text)
     if kind == "left":
@@ -139,3 +149,15 @@ def event_from_notice(notice: dict[str, Any], me: str) -> ChatEvent | None:
     if kind == "throttled":
         return Throttled(room, text)
     return None
+
+
+def apply_presence(members: tuple[str, ...], user: str, *, joined: bool) -> tuple[str, ...]:
+    """
+    C{members} after C{user} joined (added at the end: the list is in join
+    order) or left. Idempotent, because a change can reach a client whose
+    list already holds it: a change the server held back (docs/protocol.md,
+    "Coalescing") that happened before an operation 7 answer arrives after it.
+    """
+    if joined:
+        return members if user in members else (*members, user)
+    return tuple(name for name in members if name != user)

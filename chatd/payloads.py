@@ -215,6 +215,14 @@ def encode_json(obj: dict[str, Any]) -> bytes:
     return json.dumps({"chatd": NATIVE_VERSION, **obj}, ensure_ascii=False).encode("utf-8")
 
 
+def members_payload(members: tuple[str, ...], host: str | None) -> bytes:
+    """
+    The native answer to operation 7 (MEMBERS): everyone in the room, in the
+    order they entered, and the host's name (None only for a room being closed).
+    """
+    return encode_json({"members": list(members), "host": host})
+
+
 def decode_json(payload: bytes) -> dict[str, Any]:
     """Parse a native JSON payload (client side, and tests)."""
     try:
@@ -241,7 +249,11 @@ class Notice:
     A system message about a room: who came, who went, why it ended.
 
     C{user} is the member the notice is about, if any. Legacy clients get
-    L{text_for} as plain text; native clients get L{to_json}.
+    L{text_for} as plain text; native clients get L{to_json}. A notice says
+    what changed, never who is in the room: its size does not grow with the
+    room, so telling a room of N about a change costs N notices, not N
+    squared names (the member list comes with the create or join answer and
+    from operation 7, L{members_payload}).
     """
 
     kind: NoticeKind
@@ -249,7 +261,6 @@ class Notice:
     user: str | None = None
     reason: str = ""
     idle_timeout: float = 0.0
-    members: tuple[str, ...] = field(default=())
     _encoded: dict[tuple[bool, Dialect], bytes] = field(default_factory=dict, compare=False, repr=False)
     """One encoding per (about the recipient?, dialect): a room's notice goes to every member."""
     frames: dict[tuple[bool, Dialect, SizeEncoding], tuple[Frame, bytes]] = field(
@@ -283,7 +294,6 @@ class Notice:
             "event": self.kind.value,
             "room": self.room,
             "text": self.text_for(recipient),
-            "members": list(self.members),
         }
         if self.user is not None:
             obj["user"] = self.user
@@ -293,7 +303,7 @@ class Notice:
 
     def encode_for(self, recipient: str, dialect: Dialect) -> bytes:
         # The payload differs only for the member the notice is about, so a
-        # join in a room of N is encoded twice, not N times (N names each).
+        # join in a room of N is encoded twice, not N times.
         key = (recipient == self.user, dialect)
         encoded = self._encoded.get(key)
         if encoded is None:

@@ -5,12 +5,19 @@ Like twisted.names' resolver, one controller object serves both transports.
 It also decides who is told what when membership changes: notices go over
 the member's TCP connection while it is open (UDP may lose them) and as a
 datagram otherwise.
+
+Join and leave notices say only what changed, and a room's bursts of them are
+coalesced (L{_PresenceWindow}): someone who comes and goes as fast as they
+can connect costs each member a notice or two per presence interval, not one
+per visit.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -21,6 +28,77 @@ from chatd.rooms import CloseReason, HashRunner, LeaveReason, Member, Room, Room
 from chatd.settings import Settings
 from chatd.tcp import RoomFactory
 from chatd.udp import RelayProtocol
+
+_BEFORE_THE_WINDOW = -1
+"""The sequence a member who was in the room before its presence window opened counts as entering at."""
+_EVERYONE = _BEFORE_THE_WINDOW - 1
+"""A change's C{told_after} when every member there before it is to hear of it."""
+
+
+@dataclass(eq=False, slots=True)
+class _Change:
+    """One join or leave in a room, numbered within its presence window."""
+
+    member: Member
+    notice: Notice
+    sequence: int
+    told_after: int = _EVERYONE
+    """Only members who entered after this sequence hear of it."""
+
+
+@dataclass(eq=False, slots=True)
+class _PresenceWindow:
+    """
+    One room's presence notices over one presence interval.
+
+    The change that opens a window is sent at once; the ones after it are
+    held until the window ends, then sent as their net effect: a member who
+    joined and left within the window is not mentioned to those who never
+    heard of it. A member hears of a change only if it was in the room before
+    the change (its create or join answer listed everyone there at that
+    moment, so an earlier change would be told twice).
+    """
+
+    timer: IDelayedCall | None = None
+    next_sequence: int = 0
+    held: list[_Change] = field(default_factory=list)
+    entered: dict[Member, int] = field(default_factory=dict)
+    """Members who joined during this window, with the sequence of their join."""
+
+    def number(self, member: Member, notice: Notice) -> _Change:
+        change = _Change(member, notice, self.next_sequence)
+        self.next_sequence += 1
+        if notice.kind is NoticeKind.MEMBER_JOINED:
+            self.entered[member] = change.sequence
+        return change
+
+    def hold(self, change: _Change) -> None:
+        if change.notice.kind is not NoticeKind.MEMBER_JOINED:
+            for index, earlier in enumerate(self.held):
+                # The same member object: a rejoin under the same name is a
+                # new member (a new token, maybe another person), never cancelled.
+                if earlier.member is change.member:
+                    self._cancel(index, change)
+                    return
+        self.held.append(change)
+
+    def _cancel(self, index: int, leave: _Change) -> None:
+        """A held join, and now the same member's leave: nobody who was there before hears of either."""
+        join = self.held.pop(index)
+        del self.entered[leave.member]
+        # Whoever entered in between was listed the member on entering, so
+        # still has to hear that it left; if nobody did, nothing is kept.
+        if any(join.sequence < entered < leave.sequence for entered in self.entered.values()):
+            leave.told_after = join.sequence
+            self.held.append(leave)
+
+    def hears_of(self, member: Member, change: _Change) -> bool:
+        """
+        Whether C{member} is to be told of C{change}: it is not about it, and
+        it entered before it (and after C{told_after}).
+        """
+        entered = self.entered.get(member, _BEFORE_THE_WINDOW)
+        return member is not change.member and change.told_after < entered < change.sequence
 
 
 @implementer(IRoomObserver)
@@ -41,28 +119,28 @@ class ChatServer:
         self.relay = RelayProtocol(self.store, clock)
         self.relay.on_throttled = self._throttled
         self.tcp_factory = RoomFactory(self.store, clock, self.settings)
+        self._presence: dict[Room, _PresenceWindow] = {}
+        """The rooms whose presence window is open: a change there now is held."""
 
     # -- IRoomObserver ------------------------------------------------------
 
     def member_joined(self, member: Member) -> None:
-        room = member.room
-        notice = Notice(NoticeKind.MEMBER_JOINED, room.name, member.name, members=room.names())
-        for other in room.members.values():
-            if other is not member:
-                self._tell(other, notice)
+        self._presence_changed(member, Notice(NoticeKind.MEMBER_JOINED, member.room.name, member.name))
 
     def member_left(self, member: Member, reason: LeaveReason) -> None:
         room = member.room
         kind = NoticeKind.TIMED_OUT if reason is LeaveReason.TIMED_OUT else NoticeKind.MEMBER_LEFT
-        notice = Notice(kind, room.name, member.name, idle_timeout=self.settings.idle_timeout, members=room.names())
-        for other in room.members.values():
-            self._tell(other, notice)
+        notice = Notice(kind, room.name, member.name, idle_timeout=self.settings.idle_timeout)
         if reason is LeaveReason.TIMED_OUT:
+            # Its last word from the room, before its connection closes: never held.
             self._tell(member, notice)
+        self._presence_changed(member, notice)
         self._hang_up(member)
         self._log.info("{user} {event} {room}", user=member.name, event=reason.value, room=room.name)
 
     def room_closed(self, room: Room, members: list[Member], reason: CloseReason) -> None:
+        # Held joins and leaves are stale: the close notice says it all.
+        self._close_window(room)
         kind = NoticeKind.SERVER_STOPPING if reason is CloseReason.SERVER_STOPPING else NoticeKind.ROOM_CLOSED
         host = room.host.name if room.host is not None else None
         notice = Notice(kind, room.name, host, reason=reason.value, idle_timeout=self.settings.idle_timeout)
@@ -71,6 +149,43 @@ class ChatServer:
             self._hang_up(member)
         self.relay.forget_room(room)
         self._log.info("room {room} closed: {reason}", event="room_closed", room=room.name, reason=reason.value)
+
+    # -- presence notices ---------------------------------------------------
+
+    def _presence_changed(self, member: Member, notice: Notice) -> None:
+        """A join or leave in C{member}'s room: told at once if the room was quiet, else held."""
+        room = member.room
+        window = self._presence.get(room)
+        if window is not None:
+            window.hold(window.number(member, notice))
+            return
+        window = _PresenceWindow()
+        self._announce(room, window, window.number(member, notice))
+        if self.settings.presence_interval > 0:
+            window.timer = self.clock.callLater(self.settings.presence_interval, self._end_window, room)
+            self._presence[room] = window
+
+    def _end_window(self, room: Room) -> None:
+        window = self._presence.pop(room, None)
+        if window is None or not window.held or room.closed:
+            return
+        for change in window.held:
+            self._announce(room, window, change)
+        # A batch went out: the room's next change waits for the next one, so
+        # that one room's batches are at least an interval apart.
+        following = _PresenceWindow()
+        following.timer = self.clock.callLater(self.settings.presence_interval, self._end_window, room)
+        self._presence[room] = following
+
+    def _announce(self, room: Room, window: _PresenceWindow, change: _Change) -> None:
+        for other in room.members.values():
+            if window.hears_of(other, change):
+                self._tell(other, change.notice)
+
+    def _close_window(self, room: Room) -> None:
+        window = self._presence.pop(room, None)
+        if window is not None and window.timer is not None and window.timer.active():
+            window.timer.cancel()
 
     def _throttled(self, member: Member) -> None:
         self._tell(member, Notice(NoticeKind.THROTTLED, member.room.name, member.name))
@@ -135,6 +250,9 @@ class ChatServer:
         """
         for room in self.store.rooms():
             self.store.close_room(room, CloseReason.SERVER_STOPPING)
+        for room in list(self._presence):
+            # A store that closed a room without telling us must not leave a timer behind.
+            self._close_window(room)
         connections = list(self.tcp_factory.connections)
         closed = [connection.when_closed() for connection in connections]
         for connection in connections:

@@ -62,6 +62,7 @@ from chatd.payloads import (
     error_payload,
     is_native_request,
     loggable_payload,
+    members_payload,
     parse_port,
     parse_room_request,
 )
@@ -248,6 +249,15 @@ class RoomProtocol(Protocol):
             self._acknowledge(frame.operation, Status.SUCCESS, frame.room)
             payload = encode_json({"key": _b64(channel.key), "key_id": channel.key_id})
             self._send(Frame(Operation.REKEY, State.COMPLETE, member.room.name, payload, self._encoding))
+        elif frame.operation is Operation.MEMBERS:
+            member = self._member_for(frame)
+            if member.dialect is not Dialect.NATIVE:
+                # Legacy clients read only the notice texts; they have no use for it.
+                raise NotPermittedError("only native clients can ask for the member list")
+            room = member.room
+            self._acknowledge(frame.operation, Status.SUCCESS, frame.room)
+            payload = members_payload(room.names(), room.host.name if room.host is not None else None)
+            self._send(Frame(Operation.MEMBERS, State.COMPLETE, room.name, payload, self._encoding))
         elif frame.operation is Operation.INVITE:
             member = self._member_for(frame)
             if not member.is_host:

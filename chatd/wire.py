@@ -36,6 +36,8 @@ class Operation(IntEnum):
     NOTICE = 5
     REKEY = 6
     """Native only: replace the member's UDP key (before its counter runs out)."""
+    MEMBERS = 7
+    """Native only: ask for the room's member list (notices carry only the changes)."""
 
 
 class State(IntEnum):

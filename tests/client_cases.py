@@ -56,8 +56,18 @@ class ClientCase(unittest.TestCase):
     """Starts services and clients, and stops them all at cleanup."""
 
     def serve(self, **overrides: Any) -> ChatService:
-        """A started chatd on loopback (ports the OS picks unless given), stopped at cleanup."""
-        options: dict[str, Any] = {"interface": HOST, "tcp_port": 0, "udp_port": 0, "password_cost": 2}
+        """
+        A started chatd on loopback (ports the OS picks unless given), stopped
+        at cleanup. Its presence interval is short: most tests check what a
+        client hears, not how the server paces it (tests that do say so).
+        """
+        options: dict[str, Any] = {
+            "interface": HOST,
+            "tcp_port": 0,
+            "udp_port": 0,
+            "password_cost": 2,
+            "presence_interval": 0.05,
+        }
         service = make_service(Settings(**{**options, **overrides}), REACTOR)
         service.startService()
         self.addCleanup(service.stopService)

@@ -127,6 +127,8 @@ class ClientTests(ClientCase):
         alice = await self.enter(service, "alice", create=True)
         bob = await self.enter(service, "bob")
         carol = await self.enter(service, "carol")
+        # carol's join may be held for the presence interval: bob hears it before he goes.
+        await bob.heard.next(MemberJoined)
         await bounded(bob.client.leave(), "bob leaves")
         self.assertEqual(bob.client.state, ConnectionState.CLOSED)
         for person in (alice, carol):
@@ -421,6 +423,40 @@ class ClientTests(ClientCase):
         self.assertEqual(alice.heard.events, [])
         alice.client.tcp_port = service.tcp_port
         await bounded(alice.client.create("lobby", "alice"), "alice creates lobby on the real port")
+
+    async def test_members_kept_from_changes(self) -> None:
+        """
+        Notices carry only who came or went (and a burst comes coalesced, at
+        the server's default pace): every client's list ends right all the same.
+        """
+        service = self.serve(presence_interval=1.0)
+        alice = await self.enter(service, "alice", create=True)
+        bob = await self.enter(service, "bob")
+        carol = await self.enter(service, "carol")
+        dave = await self.enter(service, "dave")
+        await bounded(carol.client.leave(), "carol leaves")
+        self.assertEqual(dave.client.members, ("alice", "bob", "carol", "dave"))
+        for person in (alice, bob, dave):
+            await until(
+                lambda person=person: person.client.members == ("alice", "bob", "dave"),  # type: ignore[misc]
+                f"{person.heard.name} knows who is left",
+            )
+        # dave entered after carol: her leaving is a change to his list, her coming was not.
+        self.assertEqual([event.user for event in dave.heard.of(MemberJoined)], [])
+        self.assertEqual(
+            dave.heard.of(MemberLeft), [MemberLeft("carol", ("alice", "bob", "dave"), "* carol left lobby")]
+        )
+
+    async def test_refresh_members(self) -> None:
+        service = self.serve()
+        alice = await self.enter(service, "alice", create=True)
+        bob = await self.enter(service, "bob")
+        self.assertEqual(await bounded(bob.client.refresh_members(), "bob asks who is there"), ("alice", "bob"))
+        # A list gone wrong (a notice missed) is put right.
+        alice.client.members = ("alice", "ghost")
+        self.assertEqual(await bounded(alice.client.refresh_members(), "alice asks"), ("alice", "bob"))
+        self.assertEqual(alice.client.members, ("alice", "bob"))
+        await self.refused(self.person(service, "carol").client.refresh_members(), NotInRoomError)
 
     async def test_not_in_room(self) -> None:
         service = self.serve()

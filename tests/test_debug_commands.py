@@ -231,6 +231,18 @@ class ParseCommandTests(SynchronousTestCase):
         self.assertEqual(sent_frame("rekey", Session(dialect=Dialect.SEED)).encoding, SizeEncoding.ASCII)
         self.assert_refused("rekey a b", "usage: rekey [ROOM]")
 
+    def test_members(self) -> None:
+        frame = sent_frame("members", native_member())
+        self.assertEqual(
+            (frame.operation, frame.state, frame.room, frame.payload, frame.encoding),
+            (Operation.MEMBERS, State.REQUEST, "hoge", b"", SizeEncoding.BINARY),
+        )
+        self.assertEqual(encode_frame(frame)[1:3], b"\x07\x00")
+        # Anyone may ask, to see the server refuse a legacy member or a stranger.
+        self.assertEqual(sent_frame("members", Session()).room, "")
+        self.assertEqual(sent_frame("members other").room, "other")
+        self.assert_refused("members a b", "usage: members [ROOM]")
+
     def test_raw(self) -> None:
         self.assertEqual(parse("raw 0401 00 31"), SendBytes(b"\x04\x01\x00\x31"))
         # The client's own hex output can be pasted back.
@@ -291,6 +303,7 @@ class ParseCommandTests(SynchronousTestCase):
             "join",
             "invite",
             "rekey",
+            "members",
             "register",
             "port",
             "say",

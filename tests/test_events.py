@@ -21,6 +21,7 @@ from chatd.events import (
     RoomClosed,
     ServerStopping,
     Throttled,
+    apply_presence,
     event_from_notice,
 )
 from chatd.payloads import Dialect, Notice, NoticeKind
@@ -33,28 +34,50 @@ def notice(**members: Any) -> dict[str, Any]:
 
 class EventFromNoticeTests(SynchronousTestCase):
     def test_joined(self) -> None:
+        """A notice names the newcomer; the list is the client's own, with it added."""
         event = event_from_notice(
-            notice(event="joined", room="hoge", text="* bob joined hoge", members=["alice", "bob"], user="bob"),
-            "alice",
+            notice(event="joined", room="hoge", text="* bob joined hoge", user="bob"), "alice", ("alice",)
         )
         self.assertEqual(event, MemberJoined("bob", ("alice", "bob"), "* bob joined hoge"))
 
     def test_left(self) -> None:
         # The notice of docs/protocol.md section 8.5, byte for byte.
-        raw = (
-            '{"chatd": 1, "event": "left", "room": "hoge", "text": "* carol left hoge",'
-            ' "members": ["alice", "bob"], "user": "carol"}'
-        )
-        event = event_from_notice(json.loads(raw), "bob")
+        raw = '{"chatd": 1, "event": "left", "room": "hoge", "text": "* carol left hoge", "user": "carol"}'
+        event = event_from_notice(json.loads(raw), "bob", ("alice", "carol", "bob"))
         self.assertEqual(event, MemberLeft("carol", ("alice", "bob"), "* carol left hoge"))
         assert isinstance(event, MemberLeft)
         self.assertFalse(event.timed_out)
+
+    def test_changes_already_known_change_nothing(self) -> None:
+        """
+        A change held back by the server can arrive after a member list that
+        holds it already (docs/protocol.md 4.6): applying it again is harmless.
+        """
+        joined = notice(event="joined", room="hoge", text="t", user="bob")
+        left = notice(event="left", room="hoge", text="t", user="carol")
+        self.assertEqual(
+            event_from_notice(joined, "alice", ("alice", "bob")), MemberJoined("bob", ("alice", "bob"), "t")
+        )
+        self.assertEqual(event_from_notice(left, "alice", ("alice", "bob")), MemberLeft("carol", ("alice", "bob"), "t"))
+
+    def test_apply_presence_keeps_join_order(self) -> None:
+        self.assertEqual(apply_presence(("a", "b", "c"), "b", joined=False), ("a", "c"))
+        self.assertEqual(apply_presence(("a", "c"), "b", joined=True), ("a", "c", "b"))
+        self.assertEqual(apply_presence((), "a", joined=True), ("a",))
+        self.assertEqual(apply_presence(("a",), "z", joined=False), ("a",))
+
+    def test_a_member_list_in_the_notice_is_taken_at_its_word(self) -> None:
+        """A server from before notices carried only the change sent the whole list: it wins."""
+        event = event_from_notice(
+            notice(event="left", room="hoge", text="t", members=["alice", "bob"], user="carol"), "bob", ("zed",)
+        )
+        self.assertEqual(event, MemberLeft("carol", ("alice", "bob"), "t"))
 
     def test_timed_out_about_another(self) -> None:
         """Someone else was removed: an ordinary departure, marked as timed out."""
         text = "* bob was removed from hoge after 300 s without activity"
         event = event_from_notice(
-            notice(event="timed_out", room="hoge", text=text, members=["alice"], user="bob"), "alice"
+            notice(event="timed_out", room="hoge", text=text, user="bob"), "alice", ("alice", "bob")
         )
         self.assertEqual(event, MemberLeft("bob", ("alice",), text, timed_out=True))
 
@@ -62,7 +85,7 @@ class EventFromNoticeTests(SynchronousTestCase):
         """The same notice about this client itself: it is out of the room."""
         text = "* you were removed from hoge after 300 s without activity"
         event = event_from_notice(
-            notice(event="timed_out", room="hoge", text=text, members=["alice"], user="bob"), "bob"
+            notice(event="timed_out", room="hoge", text=text, user="bob"), "bob", ("alice", "bob")
         )
         self.assertEqual(event, RemovedForInactivity("hoge", text))
 
@@ -70,7 +93,7 @@ class EventFromNoticeTests(SynchronousTestCase):
         # The notice of docs/protocol.md section 8.8, byte for byte.
         raw = (
             '{"chatd": 1, "event": "room_closed", "room": "lobby", "text": "* room lobby was closed: the host left",'
-            ' "members": [], "user": "bob", "reason": "the host left"}'
+            ' "user": "bob", "reason": "the host left"}'
         )
         event = event_from_notice(json.loads(raw), "carol")
         self.assertEqual(event, RoomClosed("lobby", "the host left", "* room lobby was closed: the host left"))
@@ -78,8 +101,7 @@ class EventFromNoticeTests(SynchronousTestCase):
     def test_room_closed_to_the_host(self) -> None:
         """A closed room is a closed room, also for the member it names."""
         event = event_from_notice(
-            notice(event="room_closed", room="lobby", text="t", members=[], user="bob", reason="the host timed out"),
-            "bob",
+            notice(event="room_closed", room="lobby", text="t", user="bob", reason="the host timed out"), "bob"
         )
         self.assertEqual(event, RoomClosed("lobby", "the host timed out", "t"))
 
@@ -87,12 +109,7 @@ class EventFromNoticeTests(SynchronousTestCase):
         text = "* the server is shutting down; room lobby is closed"
         event = event_from_notice(
             notice(
-                event="server_stopping",
-                room="lobby",
-                text=text,
-                members=[],
-                user="alice",
-                reason="the server is shutting down",
+                event="server_stopping", room="lobby", text=text, user="alice", reason="the server is shutting down"
             ),
             "bob",
         )
@@ -108,13 +125,13 @@ class EventFromNoticeTests(SynchronousTestCase):
     def test_unknown_members_ignored(self) -> None:
         """Members a later version adds change nothing (docs/protocol.md section 9)."""
         event = event_from_notice(
-            notice(event="joined", room="r", text="t", members=["a", "b"], user="b", colour="blue", since=12), "a"
+            notice(event="joined", room="r", text="t", user="b", colour="blue", since=12), "a", ("a",)
         )
         self.assertEqual(event, MemberJoined("b", ("a", "b"), "t"))
 
     def test_missing_fields(self) -> None:
-        """Absent strings read as empty and an absent member list as no members."""
-        self.assertEqual(event_from_notice({"event": "left"}, "a"), MemberLeft("", (), ""))
+        """Absent strings read as empty; the client's list is then left as it was."""
+        self.assertEqual(event_from_notice({"event": "left"}, "a", ("a",)), MemberLeft("", ("a",), ""))
         self.assertEqual(event_from_notice({"event": "room_closed"}, "a"), RoomClosed("", "", ""))
 
     def test_every_server_notice_is_known(self) -> None:
@@ -130,7 +147,7 @@ class EventFromNoticeTests(SynchronousTestCase):
         }
         self.assertEqual(set(expected), set(NoticeKind))
         for kind, (for_subject, for_other) in expected.items():
-            sent = Notice(kind, "hoge", "bob", reason="why", idle_timeout=5.0, members=("alice",))
+            sent = Notice(kind, "hoge", "bob", reason="why", idle_timeout=5.0)
             for recipient, wanted in (("bob", for_subject), ("alice", for_other)):
                 payload = sent.encode_for(recipient, Dialect.NATIVE)
                 event = event_from_notice(json.loads(payload), recipient)
