@@ -119,6 +119,8 @@ class ChatServer:
         self.relay = RelayProtocol(self.store, clock)
         self.relay.on_throttled = self._throttled
         self.tcp_factory = RoomFactory(self.store, clock, self.settings)
+        self._repairs_reported: dict[str, int] = {}
+        """The store's repair counts at the last sweep: only new repairs are logged."""
         self._presence: dict[Room, _PresenceWindow] = {}
         """The rooms whose presence window is open: a change there now is held."""
 
@@ -208,6 +210,7 @@ class ChatServer:
         """Remove idle members and log the counters; never raises (TimerService would stop)."""
         with self._log.failuresHandled("while sweeping idle members"):
             self.store.expire()
+            self._report_repairs()
             self.tcp_factory.prune()
             rate_limited = self.rate_limit_hits()
             self._log.info(
@@ -226,21 +229,53 @@ class ChatServer:
                 rate_limited=sum(rate_limited.values()),
                 **{f"dropped_{reason}": count for reason, count in self.relay.drops.counts.items()},
                 **{f"rate_limited_{limit}": count for limit, count in rate_limited.items()},
+                **{f"refused_{limit}": count for limit, count in self.limit_refusals().items()},
+                **{f"aborted_{reason}": count for reason, count in self.tcp_factory.aborted.items()},
+            )
+
+    def _report_repairs(self) -> None:
+        """
+        Log what the store's sweep had to repair since the last sweep. Each
+        repair is a room or member that a create, join or departure left
+        half done: a bug of ours, so it is logged as an error, not counted quietly.
+        """
+        repaired = dict(self.store.repaired)
+        new = {kind: count - self._repairs_reported.get(kind, 0) for kind, count in repaired.items()}
+        new = {kind: count for kind, count in new.items() if count > 0}
+        self._repairs_reported = repaired
+        if new:
+            self._log.error(
+                "bug: the sweep repaired the room store ({repairs}): a create, join or departure was left half done",
+                event="store_repaired",
+                repairs=", ".join(f"{count} {kind}" for kind, count in sorted(new.items())),
+                **{f"repaired_{kind}": count for kind, count in new.items()},
             )
 
     def rate_limit_hits(self) -> dict[str, int]:
         """
         How often each limit turned something away: "datagrams" (a member's
         messages or bytes per second; the datagram is dropped), "connections"
-        (new TCP connections per address) and "password_attempts" (joins with
-        a password or invitation per address), the last two refused as RATE_LIMITED.
+        (new TCP connections per address), "password_attempts" (creates and
+        joins with a password, joins with an invitation, per address),
+        "hashing" (password hashes already running in the whole daemon) and
+        "hashing_per_host" (already running for one address); all but the
+        first are refused as RATE_LIMITED.
         """
         refused = dict(self.tcp_factory.rate_limited)
         return {
             "datagrams": self.relay.drops.counts[RateLimitedError.reason],
             "connections": refused.get("connections", 0),
             "password_attempts": refused.get("password_attempts", 0),
+            "hashing": self.store.refused["hashing"],
+            "hashing_per_host": refused.get("hashing", 0),
         }
+
+    def limit_refusals(self) -> dict[str, int]:
+        """
+        How often a cap on what one peer may hold refused a request:
+        "rooms_per_host" (SERVER_FULL) and "invitations" (ROOM_FULL).
+        """
+        return {limit: self.store.refused[limit] for limit in ("rooms_per_host", "invitations")}
 
     def stop(self) -> Deferred[None]:
         """

@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.base import DelayedCall
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -75,15 +76,33 @@ class ChatServerTests(SynchronousTestCase):
         self.assertEqual(stats["dropped_malformed"], 1)
         self.assertEqual((stats["bytes_in"], stats["bytes_out"]), (1, 0))
         self.assertEqual(stats["rate_limited"], 0)
-        for limit in ("datagrams", "connections", "password_attempts"):
+        for limit in ("datagrams", "connections", "password_attempts", "hashing", "hashing_per_host"):
             self.assertEqual(stats[f"rate_limited_{limit}"], 0)
+        for limit in ("rooms_per_host", "invitations"):
+            self.assertEqual(stats[f"refused_{limit}"], 0)
+
+    def test_sweep_logs_repairs_as_a_bug_once(self) -> None:
+        events = capture_events(self)
+        host = self.successResultOf(self.server.store.create_room("lobby", RoomRequest("alice"), Dialect.SEED))
+        # A half-done departure, as a bug could leave it: the room has lost its host.
+        host.room.host = None
+        self.server.sweep()
+        self.assertEqual(self.server.store.rooms(), [])
+        (bug,) = [e for e in events if e.get("event") == "store_repaired"]
+        self.assertEqual(bug["log_level"], LogLevel.error)
+        self.assertEqual(bug["repaired_rooms"], 1)
+        self.server.sweep()
+        self.assertEqual(len([e for e in events if e.get("event") == "store_repaired"]), 1)
 
     def test_rate_limit_hits(self) -> None:
         server, _, _ = make_server(connection_burst=1, limit_loopback=True)
         peer = IPv4Address("TCP", "127.0.0.1", 40000)
         server.tcp_factory.buildProtocol(peer)
         server.tcp_factory.buildProtocol(peer)
-        self.assertEqual(server.rate_limit_hits(), {"datagrams": 0, "connections": 1, "password_attempts": 0})
+        self.assertEqual(
+            server.rate_limit_hits(),
+            {"datagrams": 0, "connections": 1, "password_attempts": 0, "hashing": 0, "hashing_per_host": 0},
+        )
 
     def test_sweep_never_raises(self) -> None:
         def broken() -> None:
