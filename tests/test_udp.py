@@ -497,6 +497,18 @@ class ForgeryTests(RelayTestCase):
         self.assertEqual(self.relay.prune(), 2)
         self.assertEqual(self.relay.prune(), 0)
 
+    def test_a_clock_stepping_back_does_not_prolong_a_refusal_past_the_sweep(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        forger = self.forger(ann)
+        for _ in range(self.BURST + 1):
+            self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
+        self.assertEqual(self.opened, self.BURST)
+        self.clock.rightNow -= 100  # the wall clock set back
+        self.relay.prune()
+        self.clock.advance(1 / self.RATE)
+        self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
+        self.assertEqual(self.opened, self.BURST + 1)
+
 
 class SizeTests(RelayTestCase):
     def test_relayed_copies_fit_in_a_datagram(self) -> None:
