@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.internet.ssl import (
+    AcceptableCiphers,
     CertificateOptions,
     TLSVersion,
 )
@@ -46,6 +47,16 @@ CERT_FILE_NAME = "chatd-cert.pem"
 KEY_FILE_NAME = "chatd-key.pem"
 
 FINGERPRINT_PREFIX = "SHA256:"
+
+SERVER_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""
+The TLS 1.2 suites the server accepts, as an OpenSSL cipher string: forward
+secret key exchange (ECDHE) and an AEAD (AES-GCM or ChaCha20-Poly1305) only,
+so no CBC (Lucky 13 and its kin), no RSA key exchange (no forward secrecy),
+no SHA-1 MACs. Every TLS 1.3 suite is already of that kind and always
+offered. Every client chatd ships, and every TLS library of the last decade,
+has one of these.
+"""
 
 _EXPIRY_WARNING = datetime.timedelta(days=30)
 
@@ -257,6 +268,7 @@ def load_server_certificate(cert_path: str, key_path: str) -> ServerCertificate:
         certificate=leaf,  # type: ignore[arg-type]
         extraCertChain=list(intermediates),  # type: ignore[arg-type]
         raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(SERVER_CIPHERS),
     )
     try:
         # Build the context now: a problem OpenSSL finds must stop the start-up,
@@ -291,5 +303,8 @@ def load_server_certificate(cert_path: str, key_path: str) -> ServerCertificate:
 
 
 def server_tls_options(cert_path: str, key_path: str) -> CertificateOptions:
-    """The server's TLS options (TLS 1.2 at least) from PEM files; see L{load_server_certificate}."""
+    """
+    The server's TLS options (TLS 1.3, or TLS 1.2 with the AEAD suites of
+    L{SERVER_CIPHERS}) from PEM files; see L{load_server_certificate}.
+    """
     return load_server_certificate(cert_path, key_path).options

@@ -84,6 +84,7 @@ UDP_DROP_REASONS = tuple(
         errors.UnregisteredError,
         errors.UnknownKeyError,
         errors.AuthenticationFailedError,
+        errors.ForgeryLimitedError,
         errors.ReplayedError,
         errors.RateLimitedError,
     )

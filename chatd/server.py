@@ -116,7 +116,7 @@ class ChatServer:
         self.settings = settings or Settings()
         self.store: IRoomStore = store or RoomRegistry(clock, self.settings, run_hash)
         self.store.observer = self
-        self.relay = RelayProtocol(self.store, clock)
+        self.relay = RelayProtocol(self.store, clock, self.settings)
         self.relay.on_throttled = self._throttled
         self.tcp_factory = RoomFactory(self.store, clock, self.settings)
         self._repairs_reported: dict[str, int] = {}

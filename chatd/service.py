@@ -7,6 +7,9 @@ TimerService) and the shutdown hook. MultiService stops them in reverse, so
 on SIGTERM members are told and TCP connections closed first, while the UDP
 port can still carry notices to members that only have UDP.
 
+At start it warns when legacy dialects (clear text) or the metrics endpoint
+(what the daemon carries) can be reached from beyond loopback.
+
 At start the soft limit on open files is raised towards the hard one, as
 the magic-wormhole transit relay's increase_rlimits does: each TCP
 connection holds a descriptor, and many systems start processes at 1024.
@@ -207,6 +210,7 @@ class ChatService(MultiService):
         raise_open_files_limit(settings.max_connections)
         super().startService()
         self.warn_if_legacy_exposed()
+        self.warn_if_metrics_exposed()
         if self.tls is not None:
             self._log.info(
                 "TLS for native clients on port {tls_port}, certificate {fingerprint}",
@@ -240,6 +244,18 @@ class ChatService(MultiService):
                 " clear text; use --no-legacy to serve native clients only (see docs/security.md)",
                 event="legacy_exposed",
                 interface=settings.interface,
+            )
+
+    def warn_if_metrics_exposed(self) -> None:
+        settings = self.server.settings
+        if settings.metrics_port is not None and not is_loopback(settings.metrics_interface):
+            # An empty interface is every address, so it warns too.
+            self._log.warn(
+                "the metrics endpoint listens on {metrics_interface}: /metrics tells anyone who can reach it"
+                " how many rooms, members and connections the daemon has and how much traffic it carries;"
+                " bind it to loopback (--metrics-interface 127.0.0.1) or firewall it (see docs/security.md)",
+                event="metrics_exposed",
+                metrics_interface=settings.metrics_interface or "every address",
             )
 
     @override

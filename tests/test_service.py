@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
 from twisted.internet.udp import Port as UDPPort
-from twisted.logger import LogLevel
+from twisted.logger import LogLevel, formatEvent
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -247,3 +247,37 @@ class LegacyExposureTests(SynchronousTestCase):
         self.assertEqual(self.warnings_for(interface="127.0.0.1"), [])
         self.assertEqual(self.warnings_for(interface="::1"), [])
         self.assertEqual(self.warnings_for(interface="0.0.0.0", legacy=False), [])
+
+
+class MetricsExposureTests(TestCase):
+    timeout = 10
+
+    def warnings_for(self, **settings: Any) -> list[dict[str, Any]]:
+        events = capture_events(self)
+        make_service(Settings(**settings), MemoryReactorClock()).warn_if_metrics_exposed()
+        return [e for e in events if e.get("event") == "metrics_exposed"]
+
+    def test_warns_when_metrics_are_served_beyond_loopback(self) -> None:
+        for interface in ("0.0.0.0", "::", "192.0.2.7", ""):
+            (warning,) = self.warnings_for(metrics_port=9100, metrics_interface=interface)
+            self.assertEqual(warning["log_level"], LogLevel.warn)
+            text = formatEvent(warning)
+            self.assertIn("/metrics tells anyone who can reach it", text)
+            self.assertIn("bind it to loopback", text)
+            self.assertIn("firewall it", text)
+
+    def test_quiet_on_loopback_or_when_off(self) -> None:
+        self.assertEqual(self.warnings_for(metrics_port=9100, metrics_interface="127.0.0.1"), [])
+        self.assertEqual(self.warnings_for(metrics_port=9100, metrics_interface="::1"), [])
+        self.assertEqual(self.warnings_for(metrics_port=None, metrics_interface="0.0.0.0"), [])
+
+    async def test_start_up_warns(self) -> None:
+        # A real start on loopback ports, with the endpoint's interface taken
+        # for a public one: what matters is that starting says it, once.
+        self.patch(chatd.service, "is_loopback", lambda host: False)
+        events = capture_events(self)
+        settings = Settings(tcp_port=0, udp_port=0, metrics_port=0, password_cost=2)
+        service = make_service(settings, reactor)
+        service.startService()
+        await service.stopService()
+        self.assertEqual([e["event"] for e in events if e.get("event") == "metrics_exposed"], ["metrics_exposed"])

@@ -14,6 +14,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import ssl
 import stat
 import sys
 import tempfile
@@ -37,6 +39,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IHandshakeListener, IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.ssl import CertificateOptions
+from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from typing_extensions import override
@@ -603,6 +606,86 @@ class HandshakeTests(unittest.TestCase):
         self.assertIsInstance(error, ConnectionFailedError)
         self.assertIn(f"127.0.0.1:{server.port}", str(error))
         self.assertFalse(os.path.exists(self.pins.path))
+
+
+def _python_handshake(port: int, ca_pem: bytes, tls_1_2_ciphers: str | None) -> tuple[str, str] | ssl.SSLError:
+    """
+    A handshake by Python's ssl module (OpenSSL as a client, not Twisted's
+    code): TLS 1.2 offering only C{tls_1_2_ciphers}, or TLS 1.3 when None.
+    Returns the version and suite agreed, or the error the handshake failed
+    with. Blocking, bounded by L{WAIT}: run it in a thread.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cadata=ca_pem.decode("ascii"))
+    if tls_1_2_ciphers is None:
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+    else:
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(tls_1_2_ciphers)
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"ping")
+                echoed = tls.recv(4)
+                assert echoed == b"ping", echoed
+                version, cipher = tls.version(), tls.cipher()
+                assert version is not None and cipher is not None
+                return version, cipher[0]
+        except ssl.SSLError as error:
+            return error
+
+
+class CipherSuiteTests(unittest.TestCase):
+    """The server offers AEAD suites only: TLS 1.3, or TLS 1.2 with ECDHE and AES-GCM or ChaCha20-Poly1305."""
+
+    timeout = 10
+
+    def setUp(self) -> None:
+        self.directory = _temporary_directory(self)
+        self.cert_pem, self.key_pem = make_self_signed()
+        self.cert = _write(self.directory, "cert.pem", self.cert_pem, 0o644)
+        self.key = _write(self.directory, "key.pem", self.key_pem)
+
+    def test_tls_1_2_suites_are_ecdhe_with_an_aead(self) -> None:
+        context = server_tls_options(self.cert, self.key).getContext()
+        names = [name for name in SSL.Connection(context, None).get_cipher_list() if not name.startswith("TLS_")]
+        self.assertTrue(names)
+        for name in names:
+            self.assertTrue(name.startswith("ECDHE-"), name)
+            self.assertTrue(name.endswith(("-GCM-SHA256", "-GCM-SHA384", "-CHACHA20-POLY1305")), name)
+
+    async def handshake(self, tls_1_2_ciphers: str | None) -> tuple[str, str] | ssl.SSLError:
+        endpoint = SSL4ServerEndpoint(_reactor, 0, server_tls_options(self.cert, self.key), interface="127.0.0.1")
+        factory = _EchoFactory()
+        server = _Server(await endpoint.listen(factory), factory)
+        self.addCleanup(lambda: Deferred.fromCoroutine(server.stop()))
+        result: Deferred[tuple[str, str] | ssl.SSLError] = deferToThread(
+            _python_handshake, server.port, self.cert_pem, tls_1_2_ciphers
+        )
+        return await result.addTimeout(WAIT, CLOCK)
+
+    async def test_tls_1_2_with_only_a_cbc_suite_is_refused(self) -> None:
+        try:
+            # The client side must be able to offer it, or the test proves nothing.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers("ECDHE-ECDSA-AES128-SHA")
+        except ssl.SSLError:
+            raise unittest.SkipTest("this OpenSSL cannot offer ECDHE-ECDSA-AES128-SHA at all") from None
+        result = await self.handshake("ECDHE-ECDSA-AES128-SHA")
+        self.assertIsInstance(result, ssl.SSLError)
+        self.assertIn("HANDSHAKE_FAILURE", str(result).upper())
+
+    async def test_tls_1_2_with_aes_gcm_is_accepted(self) -> None:
+        result = await self.handshake("ECDHE-ECDSA-AES128-GCM-SHA256")
+        self.assertEqual(result, ("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256"))
+
+    async def test_tls_1_2_with_chacha20_poly1305_is_accepted(self) -> None:
+        result = await self.handshake("ECDHE-ECDSA-CHACHA20-POLY1305")
+        self.assertEqual(result, ("TLSv1.2", "ECDHE-ECDSA-CHACHA20-POLY1305"))
+
+    async def test_tls_1_3_is_accepted(self) -> None:
+        result = await self.handshake(None)
+        assert not isinstance(result, ssl.SSLError), result
+        self.assertEqual(result[0], "TLSv1.3")
 
 
 # -- chatd-cert -----------------------------------------------------------------------------

@@ -12,9 +12,10 @@ from chatd.datagrams import (
     decode_relay_body,
     encode_legacy,
 )
+from chatd.errors import AuthenticationFailedError
 from chatd.payloads import Dialect, RoomRequest
 from chatd.rooms import LeaveReason, Member
-from chatd.seal import Channel, Direction, new_key, peek_header
+from chatd.seal import Channel, Direction, SealedHeader, Sealer, new_key, peek_header
 from tests.helpers import capture_events, make_server
 
 ANN = ("127.0.0.1", 5000)
@@ -331,6 +332,184 @@ class NativeRelayTests(RelayTestCase):
         self.relay.datagramReceived(old.seal(FrameType.MESSAGE, b"too late"), ANN)
         self.assertEqual(self.udp.written, [(b"ann: in flight", BOB), (b"ann: new", BOB)])
         self.assertEqual(self.relay.drops.counts["unknown_key"], 1)
+
+
+class ForgeryTests(RelayTestCase):
+    """
+    Forgeries under a live key id (it travels in clear) are refused before
+    decryption once the key id, or the source host, has failed
+    authentication auth_failure_burst times (refilled at
+    auth_failures_per_s), so that they cost no more than garbage.
+    """
+
+    RATE = 5.0
+    BURST = 20
+
+    def setUp(self) -> None:
+        self.server, self.clock, self.udp = make_server(auth_failures_per_s=self.RATE, auth_failure_burst=self.BURST)
+        self.relay = self.server.relay
+        self.store = self.server.store
+        self.clients = {}
+        self.opened = 0
+        """Every call of the AEAD open, whatever its outcome."""
+        self.failed = 0
+        """The calls of the AEAD open that did not authenticate."""
+        original_open = Sealer.open
+
+        def counting_open(sealer: Sealer, direction: Direction, datagram: bytes) -> tuple[SealedHeader, int, bytes]:
+            self.opened += 1
+            try:
+                return original_open(sealer, direction, datagram)
+            except AuthenticationFailedError:
+                self.failed += 1
+                raise
+
+        self.patch(Sealer, "open", counting_open)
+
+    def forger(self, victim: Member) -> Channel:
+        """Someone who saw the victim's key id on the wire, but not its key."""
+        assert victim.channel is not None
+        forger = Channel(new_key(), victim.channel.key_id, Direction.TO_SERVER)
+        # Counters the victim has not used, so that the replay window (checked
+        # before decrypting, and cheap) does not refuse the forgeries for us.
+        forger.sent = 1 << 40
+        return forger
+
+    def test_forgery_flood_does_not_stop_the_members_own_datagrams(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        forger = self.forger(ann)
+        forgeries, step = 10_000, 0.001
+        relayed = 0
+        for n in range(forgeries):
+            # From loopback, like the member: loopback is not exempt here.
+            self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
+            if n % 100 == 0:
+                self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, f"real {n}".encode()), ANN)
+                relayed += 1
+            self.clock.advance(step)
+        elapsed = forgeries * step
+        self.assertEqual(self.udp.written, [(f"ann: real {n}".encode(), BOB) for n in range(0, forgeries, 100)])
+        self.assertEqual(ann.address, ANN)
+        # Every decryption that failed was a forgery; the member's all succeeded.
+        self.assertEqual(self.opened - self.failed, relayed)
+        self.assertLessEqual(self.failed, self.BURST + self.RATE * elapsed + 1)
+        self.assertGreaterEqual(self.failed, self.BURST)
+        counts = self.relay.drops.counts
+        self.assertEqual(counts["unauthenticated"], self.failed)
+        self.assertEqual(counts["auth_failures_limited"], forgeries - self.failed)
+        self.assertEqual(self.relay.drops.total, forgeries)
+
+    def test_forgeries_past_the_burst_never_reach_the_aead(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        forger = self.forger(ann)
+        for _ in range(self.BURST):
+            self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
+        self.assertEqual((self.opened, self.failed), (self.BURST, self.BURST))
+        for _ in range(1000):
+            self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
+        # Refused on the clear header alone, like garbage: no decryption.
+        self.assertEqual(self.opened, self.BURST)
+        self.assertEqual(self.relay.drops.counts["auth_failures_limited"], 1000)
+        # The allowance comes back at the configured rate, one try at a time.
+        self.clock.advance(1 / self.RATE)
+        self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
+        self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
+        self.assertEqual(self.opened, self.BURST + 1)
+
+    def test_roaming_member_whose_key_is_not_attacked_still_moves(self) -> None:
+        attacker, roamed = ("203.0.113.9", 6666), ("198.51.100.4", 5555)
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        bob = self.member("bob", Dialect.NATIVE, BOB)
+        self.member("cat", Dialect.MODEL, CAT)
+        forger = self.forger(ann)
+        for _ in range(1000):
+            self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), attacker)
+        self.relay.datagramReceived(self.native(bob, FrameType.MESSAGE, b"moved"), roamed)
+        self.assertEqual(bob.address, roamed)
+        self.assertIn((b"bob: moved", CAT), self.udp.written)
+
+    def test_a_key_under_attack_cannot_roam_until_the_attack_stops(self) -> None:
+        attacker, roamed = ("203.0.113.9", 6666), ("198.51.100.4", 5555)
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        forger = self.forger(ann)
+        for _ in range(self.BURST):
+            self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), attacker)
+        self.relay.datagramReceived(self.native(ann, FrameType.KEEPALIVE), roamed)
+        self.assertEqual(ann.address, ANN)
+        self.assertEqual(self.relay.drops.counts["auth_failures_limited"], 1)
+        # Its registered address still works meanwhile, and once the key id's
+        # failures have drained, the move goes through.
+        self.relay.datagramReceived(self.native(ann, FrameType.KEEPALIVE), ANN)
+        self.assertEqual(len(self.udp.written), 1)
+        self.clock.advance(self.BURST / self.RATE)
+        self.relay.datagramReceived(self.native(ann, FrameType.KEEPALIVE), roamed)
+        self.assertEqual(ann.address, roamed)
+
+    def test_a_source_host_that_fails_too_often_is_refused_for_every_key(self) -> None:
+        attacker = ("203.0.113.9", 6666)
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        bob = self.member("bob", Dialect.NATIVE, None)
+        forger = self.forger(ann)
+        for _ in range(self.BURST):
+            self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), attacker)
+        # Another key id from the same host (another port: a NAT, or the
+        # attacker trying the next key it saw) is refused unopened ...
+        opened = self.opened
+        self.relay.datagramReceived(self.native(bob, FrameType.KEEPALIVE), ("203.0.113.9", 7000))
+        self.assertEqual(self.opened, opened)
+        self.assertIsNone(bob.address)
+        # ... while a first registration from anywhere else goes through.
+        self.relay.datagramReceived(self.native(bob, FrameType.KEEPALIVE), ("198.51.100.4", 5555))
+        self.assertEqual(bob.address, ("198.51.100.4", 5555))
+
+    def test_unknown_key_ids_cost_the_source_nothing(self) -> None:
+        # No decryption is spent on them, and charging them would let a
+        # spoofer use up a victim host's allowance without knowing any key.
+        host = ("198.51.100.4", 5555)
+        ann = self.member("ann", Dialect.NATIVE, None)
+        assert ann.channel is not None
+        stranger = Channel(new_key(), ann.channel.key_id ^ 1, Direction.TO_SERVER)
+        for _ in range(1000):
+            self.relay.datagramReceived(stranger.seal(FrameType.KEEPALIVE, b""), host)
+        self.assertEqual(self.relay.drops.counts["unknown_key"], 1000)
+        self.relay.datagramReceived(self.native(ann, FrameType.KEEPALIVE), host)
+        self.assertEqual(ann.address, host)
+
+    def test_failures_from_the_registered_address_are_opened_and_not_charged(self) -> None:
+        # Only a spoofer of the exact address and port gets here; the
+        # member's own path is never refused, at a decryption each.
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        forger = self.forger(ann)
+        for _ in range(self.BURST * 3):
+            self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), ANN)
+        self.assertEqual(self.failed, self.BURST * 3)
+        self.assertEqual(self.relay.drops.counts["auth_failures_limited"], 0)
+        roamed = ("198.51.100.4", 5555)
+        self.relay.datagramReceived(self.native(ann, FrameType.KEEPALIVE), roamed)
+        self.assertEqual(ann.address, roamed)
+
+    def test_prune_forgets_buckets_that_have_refilled(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        forger = self.forger(ann)
+        self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
+        self.assertEqual(self.relay.prune(), 0)
+        self.clock.advance(1 / self.RATE)
+        # One bucket per key id and one per source host, both full again.
+        self.assertEqual(self.relay.prune(), 2)
+        self.assertEqual(self.relay.prune(), 0)
+
+    def test_a_clock_stepping_back_does_not_prolong_a_refusal_past_the_sweep(self) -> None:
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        forger = self.forger(ann)
+        for _ in range(self.BURST + 1):
+            self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
+        self.assertEqual(self.opened, self.BURST)
+        self.clock.rightNow -= 100  # the wall clock set back
+        self.relay.prune()
+        self.clock.advance(1 / self.RATE)
+        self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
+        self.assertEqual(self.opened, self.BURST + 1)
 
 
 class SizeTests(RelayTestCase):
