@@ -33,8 +33,20 @@ C{time.perf_counter} calls. The names are stable; dashboards may rely on them:
   - C{chatd_rate_limited_total{limit}} (counter): what a rate limit turned
     away: C{datagrams} (a member's messages or bytes per second; dropped),
     C{connections} (new TCP connections per address) and
-    C{password_attempts} (joins with a password or invitation per address),
-    the last two refused with RATE_LIMITED.
+    C{password_attempts} (creates and joins with a password, joins with an
+    invitation, per address), C{hashing} (password hashes already running in
+    the daemon) and C{hashing_per_host} (already running for one address),
+    all but the first refused with RATE_LIMITED.
+  - C{chatd_limit_refused_total{limit}} (counter): requests refused by a
+    cap on what one peer may hold: C{rooms_per_host} (SERVER_FULL) and
+    C{invitations} (live invitations of one room; ROOM_FULL).
+  - C{chatd_tcp_aborted_total{reason}} (counter): TCP connections reset by
+    the daemon: C{send_queue} and C{send_queue_timeout} (a peer that does not
+    read what it is sent), C{handshake_timeout}, C{close_timeout}.
+  - C{chatd_password_hashing} (gauge): password hashes running now.
+  - C{chatd_store_repaired_total{kind}} (counter): what the sweep found half
+    done and removed (a bug of chatd's whenever it is not 0): C{rooms},
+    C{members}, C{key_ids}, C{invitations}, C{origins}.
   - C{chatd_rooms_created_total} (counter): rooms created.
   - C{chatd_joins_total} (counter): joins of existing rooms.
   - C{chatd_password_checks_total{result}} (counter): join passwords checked
@@ -67,6 +79,7 @@ from typing_extensions import override
 
 from chatd import errors
 from chatd.server import ChatServer
+from chatd.tcp import AbortReason
 from chatd.udp import LATENCY_SAMPLE_EVERY
 
 METRICS_PATH = b"metrics"
@@ -92,6 +105,14 @@ UDP_DROP_REASONS = tuple(
 """Why the UDP side drops datagrams: reported from the first scrape on, at 0 until it happens."""
 
 PASSWORD_CHECK_RESULTS = ("accepted", "refused")
+
+ABORT_REASONS = (
+    AbortReason.SEND_QUEUE,
+    AbortReason.SEND_QUEUE_TIMEOUT,
+    AbortReason.HANDSHAKE_TIMEOUT,
+    AbortReason.CLOSE_TIMEOUT,
+)
+"""Why the daemon resets TCP connections: reported from the first scrape on, at 0 until it happens."""
 
 
 class ChatCollector:
@@ -137,6 +158,31 @@ class ChatCollector:
         for limit, count in server.rate_limit_hits().items():
             limited.add_metric([limit], count)
         yield limited
+        refused = CounterMetricFamily(
+            "chatd_limit_refused", "Requests refused by a cap on what one peer may hold, by limit.", labels=["limit"]
+        )
+        for limit, count in server.limit_refusals().items():
+            refused.add_metric([limit], count)
+        yield refused
+        aborted = CounterMetricFamily(
+            "chatd_tcp_aborted", "TCP connections reset by the daemon, by reason.", labels=["reason"]
+        )
+        aborted_counts = dict.fromkeys(ABORT_REASONS, 0)
+        aborted_counts.update(factory.aborted)
+        for reason, count in sorted(aborted_counts.items()):
+            aborted.add_metric([reason], count)
+        yield aborted
+        yield GaugeMetricFamily(
+            "chatd_password_hashing", "Password hashes running now.", value=server.store.hashing_in_flight
+        )
+        repaired = CounterMetricFamily(
+            "chatd_store_repaired",
+            "What the sweep found half done and removed, by kind: a bug of chatd's whenever it is not 0.",
+            labels=["kind"],
+        )
+        for kind, count in sorted(dict(server.store.repaired).items()):
+            repaired.add_metric([kind], count)
+        yield repaired
         yield CounterMetricFamily("chatd_rooms_created", "Rooms created.", value=factory.rooms_created)
         yield CounterMetricFamily("chatd_joins", "Joins of existing rooms.", value=factory.joins)
         checks = CounterMetricFamily(

@@ -212,6 +212,7 @@ class ChatServer:
             self.store.expire()
             self._report_repairs()
             self.tcp_factory.prune()
+            self.relay.prune()
             rate_limited = self.rate_limit_hits()
             self._log.info(
                 "{event}: {rooms} rooms, {members} members, {connections} connections,"

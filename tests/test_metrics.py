@@ -21,7 +21,7 @@ from typing_extensions import override
 import chatd.metrics
 from chatd.datagrams import encode_legacy
 from chatd.errors import Status
-from chatd.metrics import UDP_DROP_REASONS, make_registry, metrics_url
+from chatd.metrics import ABORT_REASONS, UDP_DROP_REASONS, make_registry, metrics_url
 from chatd.service import ChatService, make_service
 from chatd.settings import Settings
 from chatd.tcp import RoomProtocol
@@ -73,6 +73,10 @@ class CollectorTests(SynchronousTestCase):
             "chatd_rate_limited_total",
             "chatd_joins_total",
             "chatd_password_checks_total",
+            "chatd_limit_refused_total",
+            "chatd_tcp_aborted_total",
+            "chatd_password_hashing",
+            "chatd_store_repaired_total",
         ):
             self.assertIn(name, DOCUMENTED)
 
@@ -81,8 +85,13 @@ class CollectorTests(SynchronousTestCase):
             self.assertEqual(value(self.registry, name), 0)
         for reason in UDP_DROP_REASONS:
             self.assertEqual(value(self.registry, "chatd_datagrams_dropped_total", reason=reason), 0)
-        for limit in ("datagrams", "connections", "password_attempts"):
+        for limit in ("datagrams", "connections", "password_attempts", "hashing", "hashing_per_host"):
             self.assertEqual(value(self.registry, "chatd_rate_limited_total", limit=limit), 0)
+        for limit in ("rooms_per_host", "invitations"):
+            self.assertEqual(value(self.registry, "chatd_limit_refused_total", limit=limit), 0)
+        for reason in ABORT_REASONS:
+            self.assertEqual(value(self.registry, "chatd_tcp_aborted_total", reason=reason), 0)
+        self.assertEqual(value(self.registry, "chatd_password_hashing"), 0)
         self.assertEqual(value(self.registry, "chatd_relay_latency_seconds_count"), 0)
         self.assertEqual(value(self.registry, "chatd_relay_latency_seconds_bucket", le="+Inf"), 0)
 
@@ -105,6 +114,23 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(value(self.registry, "chatd_password_checks_total", result="accepted"), 1)
         self.assertEqual(value(self.registry, "chatd_password_checks_total", result="refused"), 1)
         self.assertEqual(value(self.registry, "chatd_rate_limited_total", limit="password_attempts"), 1)
+
+    def test_caps_aborts_and_repairs(self) -> None:
+        self.server, self.clock, _ = make_server(max_invitations=1)
+        self.registry = make_registry(self.server)
+        protocol, transport = connect(self.server, port=1)
+        protocol.dataReceived(request(Operation.CREATE, "hoge", {"chatd": 1, "username": "ann"}))
+        for _ in range(2):
+            protocol.dataReceived(request(Operation.INVITE, "hoge", b""))
+        statuses = [f.payload[0] for f in frames(transport) if f.state is State.ACKNOWLEDGE]
+        self.assertEqual(statuses[-1], Status.ROOM_FULL)
+        self.assertEqual(value(self.registry, "chatd_limit_refused_total", limit="invitations"), 1)
+        # A peer that stops reading, for longer than the send queue allows.
+        protocol.pauseProducing()
+        self.clock.advance(self.server.settings.send_queue_timeout + 1)
+        self.assertEqual(value(self.registry, "chatd_tcp_aborted_total", reason="send_queue_timeout"), 1)
+        self.server.store.repaired["rooms"] += 1
+        self.assertEqual(value(self.registry, "chatd_store_repaired_total", kind="rooms"), 1)
 
     def test_connection_rate_limit_refusals(self) -> None:
         factory = self.server.tcp_factory
