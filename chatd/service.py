@@ -40,6 +40,7 @@ from typing_extensions import override
 from chatd.certificates import ServerCertificate, load_server_certificate
 from chatd.datagrams import MAX_DATAGRAM
 from chatd.fastudp import BatchedUDPPort
+from chatd.malloc import return_large_blocks_to_the_system
 from chatd.metrics import make_registry, metrics_site, metrics_url
 from chatd.ratelimit import is_loopback
 from chatd.rooms import HashRunner
@@ -208,6 +209,11 @@ class ChatService(MultiService):
             globalLogPublisher.addObserver(self._log_observer)
         settings = self.server.settings
         raise_open_files_limit(settings.max_connections)
+        if not return_large_blocks_to_the_system():
+            self._log.info(
+                "no mallopt: memory freed by password hashing may stay with the process",
+                event="malloc_not_tuned",
+            )
         super().startService()
         self.warn_if_legacy_exposed()
         self.warn_if_metrics_exposed()
