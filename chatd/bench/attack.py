@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from chatd.bench.arguments import port_number, positive, positive_int
 from chatd.bench.attack_floods import Forgery, Garbage, PasswordCreates, RoomSquat
 from chatd.bench.attack_legit import LEGIT_ADDRESS, Delivery, LegitPair, PairError, make_pair
 from chatd.bench.attack_tcp import Attack, Invitations, NeverReads, Pipelined, PresenceChurn, unique
@@ -203,21 +204,16 @@ def attack_names(text: str) -> list[str]:
     return names
 
 
-def positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Attack a live chatd on 127.0.0.1 and measure its RSS and a legitimate pair's delivery.",
     )
-    parser.add_argument("--tcp-port", type=int, default=9001)
-    parser.add_argument("--udp-port", type=int, default=9002)
-    parser.add_argument("--server-pid", type=int, help="the daemon's process id, for its RSS (/proc/PID/status)")
+    parser.add_argument("--tcp-port", type=port_number, default=9001)
+    parser.add_argument("--udp-port", type=port_number, default=9002)
+    parser.add_argument(
+        "--server-pid", type=positive_int, help="the daemon's process id, for its RSS (/proc/PID/status)"
+    )
     parser.add_argument(
         "--attack", type=attack_names, default=list(ATTACKS), help=f"comma-separated: {', '.join(ATTACKS)}"
     )
@@ -236,8 +232,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate", type=positive, default=20_000.0, help="datagrams/s of garbage and forgery (default 20000)"
     )
-    parser.add_argument("--members", type=int, default=250, help="presence-churn room size (default 250)")
-    parser.add_argument("--connections", type=int, default=8, help="never-reads connections (default 8)")
+    parser.add_argument("--members", type=positive_int, default=250, help="presence-churn room size (default 250)")
+    parser.add_argument("--connections", type=positive_int, default=8, help="never-reads connections (default 8)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return parser
 

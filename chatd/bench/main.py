@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from chatd.bench import scenarios, stats
+from chatd.bench.arguments import non_negative, port_number, positive, positive_int
 from chatd.bench.config import PROG, Config
 from chatd.bench.errors import BenchError, Interrupted, interrupt
 from chatd.bench.probes import available_cpus
@@ -43,34 +44,6 @@ generator_cpu_pct, workers, generator_saturated, warnings, and more (see the
 chatd.bench module). Exit status 0, 1 on an error (or when nothing was
 delivered), 2 on bad options, 130 when interrupted.
 """
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a port number")
-    return value
-
-
-def non_negative(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a non-negative number")
-    return value
-
-
-def positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
 
 
 def make_parser() -> argparse.ArgumentParser:
