@@ -98,6 +98,38 @@ class Reconnecting:
 class Reconnected:
     room: str
     members: tuple[str, ...]
+    host: str | None = None
+    """Who hosts the room now (None if this client cannot tell)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingForHost:
+    """
+    After a server restart the room is gone, and only the member that was
+    its host may create it again: this client, a member, retries its join.
+    """
+
+    room: str
+    host: str | None
+    """The host it waits for, if known."""
+    attempt: int
+    delay: float
+    """Seconds until the next try."""
+    gives_up_in: float
+    """Seconds until it stops waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class UdpPathLost:
+    """Keepalives have gone unanswered: messages cannot be delivered over UDP."""
+
+    silent_for: float
+    """Seconds since the last datagram from the server."""
+
+
+@dataclass(frozen=True, slots=True)
+class UdpPathRestored:
+    """Datagrams from the server arrive again after a L{UdpPathLost}."""
 
 
 ChatEvent = (
@@ -111,6 +143,9 @@ ChatEvent = (
     | ConnectionLost
     | Reconnecting
     | Reconnected
+    | WaitingForHost
+    | UdpPathLost
+    | UdpPathRestored
 )
 
 

@@ -30,7 +30,13 @@ start with C{* }, the client's own connection news with C{! }:
     connection lost               C{! connection lost: <reason>; reconnecting}
                                   (without C{; reconnecting} if it will not)
     reconnecting                  C{! reconnecting in 0.5 s (attempt 1)}
-    reconnected                   C{! reconnected to hoge; members: alice, bob}
+    reconnected                   C{! reconnected to hoge; members: alice, bob;
+                                  host: alice}
+    waiting for the host          C{! waiting for alice to reopen hoge: trying
+                                  again in 2 s (attempt 3; giving up in 55 s)}
+    UDP unanswered; back again    C{! no UDP from the server for 12 s: messages
+                                  cannot be delivered}; C{! UDP from the server
+                                  again: messages are delivered}
     ============================  =================================================
 
 Control characters (and U+2028, U+2029) in names and texts are written as
@@ -57,7 +63,11 @@ and fields are stable; new keys may be added at the end, never removed.
     C{"throttled"}       C{room}, C{text}: we sent too fast, messages were dropped
     C{"connection_lost"} C{reason}, C{will_reconnect} (bool)
     C{"reconnecting"}    C{attempt} (int), C{delay} (float seconds)
-    C{"reconnected"}     C{room}, C{members}
+    C{"reconnected"}     C{room}, C{members}, C{host} (string, or null if unknown)
+    C{"waiting_for_host"} C{room}, C{host} (or null), C{attempt}, C{delay},
+                         C{gives_up_in} (float seconds)
+    C{"udp_lost"}        C{silent_for} (float seconds since the last datagram)
+    C{"udp_restored"}    (nothing more)
     ===================  ===========================================================
 
     {"event": "message", "sender": "alice", "text": "hello", "time": 1795885041.972, "action": false}
@@ -111,6 +121,9 @@ from chatd.events import (
     RoomClosed,
     ServerStopping,
     Throttled,
+    UdpPathLost,
+    UdpPathRestored,
+    WaitingForHost,
 )
 from chatd.stdio_lines import StdioLines
 
@@ -168,7 +181,18 @@ def format_text(event: LineEvent) -> str:
         case Reconnecting():
             line = f"! reconnecting in {event.delay:g} s (attempt {event.attempt})"
         case Reconnected():
-            line = f"! reconnected to {event.room}; members: {', '.join(event.members)}"
+            host = f"; host: {event.host}" if event.host is not None else ""
+            line = f"! reconnected to {event.room}; members: {', '.join(event.members)}{host}"
+        case WaitingForHost():
+            host = event.host if event.host is not None else "the host"
+            line = (
+                f"! waiting for {host} to reopen {event.room}: trying again in {event.delay:g} s"
+                f" (attempt {event.attempt}; giving up in {event.gives_up_in:.0f} s)"
+            )
+        case UdpPathLost():
+            line = f"! no UDP from the server for {event.silent_for:.0f} s: messages cannot be delivered"
+        case UdpPathRestored():
+            line = "! UDP from the server again: messages are delivered"
         case _:
             assert_never(event)
     return one_line(line)
@@ -216,7 +240,20 @@ def event_object(event: LineEvent) -> dict[str, Any]:
         case Reconnecting():
             return {"event": "reconnecting", "attempt": event.attempt, "delay": event.delay}
         case Reconnected():
-            return {"event": "reconnected", "room": event.room, "members": list(event.members)}
+            return {"event": "reconnected", "room": event.room, "members": list(event.members), "host": event.host}
+        case WaitingForHost():
+            return {
+                "event": "waiting_for_host",
+                "room": event.room,
+                "host": event.host,
+                "attempt": event.attempt,
+                "delay": event.delay,
+                "gives_up_in": event.gives_up_in,
+            }
+        case UdpPathLost():
+            return {"event": "udp_lost", "silent_for": event.silent_for}
+        case UdpPathRestored():
+            return {"event": "udp_restored"}
         case _:
             assert_never(event)
 

@@ -41,6 +41,9 @@ from chatd.events import (
     RoomClosed,
     ServerStopping,
     Throttled,
+    UdpPathLost,
+    UdpPathRestored,
+    WaitingForHost,
 )
 from chatd.line_mode import (
     EXIT_ENDED,
@@ -170,8 +173,24 @@ EVENTS: list[tuple[LineEvent, str, dict[str, Any]]] = [
     (
         Reconnected("hoge", ("alice", "bob")),
         "! reconnected to hoge; members: alice, bob",
-        {"event": "reconnected", "room": "hoge", "members": ["alice", "bob"]},
+        {"event": "reconnected", "room": "hoge", "members": ["alice", "bob"], "host": None},
     ),
+    (
+        Reconnected("hoge", ("alice", "bob"), "alice"),
+        "! reconnected to hoge; members: alice, bob; host: alice",
+        {"event": "reconnected", "room": "hoge", "members": ["alice", "bob"], "host": "alice"},
+    ),
+    (
+        WaitingForHost("hoge", "alice", 3, 2.0, 55.0),
+        "! waiting for alice to reopen hoge: trying again in 2 s (attempt 3; giving up in 55 s)",
+        {"event": "waiting_for_host", "room": "hoge", "host": "alice", "attempt": 3, "delay": 2.0, "gives_up_in": 55.0},
+    ),
+    (
+        UdpPathLost(12.3),
+        "! no UDP from the server for 12 s: messages cannot be delivered",
+        {"event": "udp_lost", "silent_for": 12.3},
+    ),
+    (UdpPathRestored(), "! UDP from the server again: messages are delivered", {"event": "udp_restored"}),
 ]
 
 
