@@ -95,12 +95,13 @@ import contextlib
 import json
 import sys
 import unicodedata
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, assert_never
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -110,6 +111,7 @@ from chatd.chat_cli import ChatArguments, make_client
 from chatd.client import ConnectionState, IChatListener, RoomInfo
 from chatd.errors import ChatError, MessageTooLongError, NotInRoomError
 from chatd.events import (
+    ACTION_PREFIX,
     ChatEvent,
     ConnectionLost,
     MemberJoined,
@@ -126,6 +128,7 @@ from chatd.events import (
     WaitingForHost,
 )
 from chatd.stdio_lines import StdioLines
+from chatd.tui.commands import Command, HelpEntry, Parsed, Run, Say, Unknown, Usage, parse
 
 PROGRAM = "chatd-chat"
 
@@ -143,6 +146,16 @@ message sent: messages go by UDP and the leave by TCP, and the server must not
 see the leave first (it would drop the message of a member who is gone).
 """
 LEAVE_TIMEOUT = 5.0
+"""Seconds leaving may take before we exit anyway (the server notices a closed connection)."""
+RECONNECT_GRACE = 5.0
+"""
+Seconds that lines read while reconnecting wait, after the end of input (or
+C{/exit}), for the connection to come back before they are given up.
+"""
+PENDING_LIMIT = 1000
+"""Lines read while reconnecting that are kept to send once back; more are dropped, each with a warning."""
+EXIT_TEXT = "/exit"
+"""A message of just this text is, to the server, leaving the room (the legacy protocol's word)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +172,62 @@ class Entered:
         return cls(info.room, info.user, info.host, info.members)
 
 
-LineEvent = ChatEvent | Entered
+@dataclass(frozen=True, slots=True)
+class Members:
+    """The answer to C{/who}: who is in the room, as this client knows it."""
+
+    room: str
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """The answer to C{/invite}: a single-use token for the room."""
+
+    room: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class HelpLine:
+    """One line of the answer to C{/help}."""
+
+    usage: str
+    description: str
+
+
+CommandAnswer = Members | Invitation | HelpLine
+LineEvent = ChatEvent | Entered | CommandAnswer
 """Everything line mode prints."""
+
+
+# -- slash commands: what a line means -----------------------------------------------------
+
+LINE_ALIASES: dict[str, Command] = {"exit": Command.QUIT}
+"""Words line mode knows besides the terminal app's: C{/exit}, the legacy server's word for leaving."""
+
+LINE_HELP: tuple[HelpEntry, ...] = (
+    HelpEntry("/help", "this list"),
+    HelpEntry("/who", "list the room's members"),
+    HelpEntry("/me TEXT", "send an action, shown as '* name TEXT'"),
+    HelpEntry("/invite", "(host) make a single-use invitation token"),
+    HelpEntry("/close", "(host) close the room for everyone, and exit"),
+    HelpEntry("/exit", "leave the room and exit, as the end of input does (also /quit, /leave)"),
+    HelpEntry("//TEXT", "send TEXT starting with one '/'"),
+)
+
+
+def parse_line(line: str) -> Parsed | None:
+    """
+    What a line of input asks for: the terminal app's parsing (chatd.tui.commands),
+    with line mode's aliases; None for a blank line.
+    """
+    parsed = parse(line)
+    if isinstance(parsed, Unknown):
+        alias = LINE_ALIASES.get(parsed.name.lower())
+        if alias is not None:
+            return Run(alias, line[1:].partition(" ")[2].strip())
+    return parsed
 
 
 # -- formatting: pure, one event to one line -----------------------------------------------
@@ -193,6 +260,12 @@ def format_text(event: LineEvent) -> str:
             line = f"! no UDP from the server for {event.silent_for:.0f} s: messages cannot be delivered"
         case UdpPathRestored():
             line = "! UDP from the server again: messages are delivered"
+        case Members():
+            line = f"= members of {event.room}: {', '.join(event.members)}"
+        case Invitation():
+            line = f"= invitation to {event.room}: {event.token}"
+        case HelpLine():
+            line = f"= {event.usage}: {event.description}"
         case _:
             assert_never(event)
     return one_line(line)
@@ -254,6 +327,12 @@ def event_object(event: LineEvent) -> dict[str, Any]:
             return {"event": "udp_lost", "silent_for": event.silent_for}
         case UdpPathRestored():
             return {"event": "udp_restored"}
+        case Members():
+            return {"event": "members", "room": event.room, "members": list(event.members)}
+        case Invitation():
+            return {"event": "invitation", "room": event.room, "token": event.token}
+        case HelpLine():
+            return {"event": "help", "usage": event.usage, "description": event.description}
         case _:
             assert_never(event)
 
@@ -305,7 +384,7 @@ def report_to_stderr(message: str) -> None:
 class ConsoleOwner(Protocol):
     """What the console tells about its input and output (a LineSession, or a test's fake)."""
 
-    def send(self, text: str) -> None: ...
+    def line_read(self, line: str) -> None: ...
 
     def warn(self, message: str) -> None: ...
 
@@ -364,7 +443,7 @@ class LineConsole(StdioLines):
         except UnicodeDecodeError:
             self._session.warn("not sent: the line is not valid UTF-8")
             return
-        self._session.send(text)
+        self._session.line_read(text)
 
     @override
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -411,7 +490,16 @@ class LineSession:
         self.client = make_client(reactor, arguments, self)
         self.ended: Deferred[int] = Deferred()
         """Fires with the exit status once the session should end."""
+        self.closing_message: str | None = None
+        """Why the session ended, for standard error once standard output has drained."""
+        self._room = arguments.room or ""
         self._last_sent: float | None = None
+        self._reconnecting = False
+        self._pending: deque[str] = deque()
+        """Messages read while reconnecting, to send once back in the room."""
+        self._input_over = False
+        """The end of input, or /exit, has come: no more lines are read."""
+        self._grace: IDelayedCall | None = None
 
     async def run(self, attach: Callable[[LineConsole], object]) -> int:
         """Enter the room, chat until the end, leave; the exit status."""
@@ -425,6 +513,10 @@ class LineSession:
             status = EXIT_INTERNAL
             await self._leave()
         await self.console.close(self._clock)
+        if self.closing_message is not None:
+            # Only now: standard output is written by the reactor, later than a
+            # write to standard error, and this line explains the last event.
+            self.warn(self.closing_message)
         return status
 
     async def _chat(self) -> int:
@@ -446,7 +538,8 @@ class LineSession:
                 f"first TLS connection to {arguments.host} port {arguments.tcp_port}: pinned its certificate"
                 f" {self.client.newly_pinned}; check it with whoever runs the server"
             )
-        self.console.write_line(self._format(Entered.from_info(info)))
+        self._room = info.room
+        self._write(Entered.from_info(info))
         self.console.resume_input()
         status = await self.ended
         await self._leave()
@@ -457,25 +550,65 @@ class LineSession:
             # The server answers datagrams in order: once it answers this
             # keepalive, every earlier message has been relayed.
             await self.client.flush(FLUSH_TIMEOUT)
-        # Leaving is closing our own sockets; the server notices either way,
-        # and a failure here must not hide the exit status.
+        # Leaving is closing our own sockets (and, while reconnecting, no longer
+        # retrying); the server notices either way, and a failure here must not
+        # hide the exit status.
         with contextlib.suppress(Exception):
             await self.client.leave().addTimeout(LEAVE_TIMEOUT, self._clock)
 
     def _end(self, status: int, message: str | None = None) -> None:
         if self.ended.called:
             return
-        if message is not None:
-            self.warn(message)
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+        if self._pending and message is not None:
+            message = f"{message}; {_count_lines(len(self._pending))} not sent"
+        self._pending.clear()
+        self.closing_message = message
         self.console.pause_input()
         self.ended.callback(status)
 
     def warn(self, message: str) -> None:
         self._report(message)
 
+    def _write(self, event: LineEvent) -> None:
+        self.console.write_line(self._format(event))
+
     # -- from the console ------------------------------------------------------------------
 
-    def send(self, text: str) -> None:
+    def line_read(self, line: str) -> None:
+        """One line of input: a message, or (starting with C{/}) a command."""
+        if not line.startswith("/"):
+            self._say(line)
+            return
+        match parse_line(line):
+            case Say(text=text):
+                self._say(text)
+            case Run() as command:
+                self._run(command)
+            case Unknown(name=name):
+                self.warn(f"unknown command /{name}: not sent (/help lists the commands; //{name} sends it as text)")
+            case Usage(message=message):
+                self.warn(message)
+            case None:
+                pass
+
+    def _say(self, text: str) -> None:
+        if text.strip() == EXIT_TEXT:
+            # The server would take it for leaving, and the client would
+            # silently rejoin: say so rather than send it (reached by "//exit").
+            self.warn(f"not sent: the server takes the text {EXIT_TEXT} as leaving the room; {EXIT_TEXT} leaves")
+            return
+        if self._reconnecting:
+            if len(self._pending) < PENDING_LIMIT:
+                self._pending.append(text)
+            else:
+                self.warn(f"not sent: reconnecting, and {PENDING_LIMIT} lines already wait")
+            return
+        self._send(text)
+
+    def _send(self, text: str) -> None:
         try:
             self.client.send(text)
         except (MessageTooLongError, NotInRoomError) as error:
@@ -483,8 +616,66 @@ class LineSession:
         else:
             self._last_sent = self._clock.seconds()
 
+    def _run(self, run: Run) -> None:
+        match run.command:
+            case Command.ME:
+                self._say(ACTION_PREFIX + run.argument)
+            case Command.HELP:
+                for entry in LINE_HELP:
+                    self._write(HelpLine(entry.usage, entry.description))
+            case Command.WHO:
+                self._write(Members(self._room, self.client.members))
+            case Command.INVITE:
+                self._invite()
+            case Command.CLOSE:
+                # A room lasts as long as its host stays: the host leaving closes it.
+                if self._is_host():
+                    self._finish_input()
+                else:
+                    self.warn(f"only the room's host can close it; {EXIT_TEXT} leaves it")
+            case Command.LEAVE | Command.QUIT:
+                # Line mode has no other room to go to: leaving is the end.
+                self._finish_input()
+            case _:
+                assert_never(run.command)
+
+    def _is_host(self) -> bool:
+        info = self.client.info
+        return info is not None and info.host
+
+    def _invite(self) -> None:
+        if not self._is_host():
+            self.warn("only the room's host can invite; ask the host for an invitation")
+            return
+
+        def show(token: str) -> None:
+            self._write(Invitation(self._room, token))
+
+        def failed(failure: Failure) -> None:
+            self.warn(f"no invitation: {failure.getErrorMessage()}")
+
+        self.client.invite().addCallbacks(show, failed)
+
+    def _finish_input(self) -> None:
+        """The end of input, or /exit: send what waits, then leave and exit."""
+        if self._input_over:
+            return
+        self._input_over = True
+        # After /exit, the lines that follow it are left unread.
+        self.console.pause_input()
+        if not self._pending:
+            # Nothing waits to be sent, so nothing to wait for, even while
+            # reconnecting: leaving stops the retries.
+            self._end(EXIT_OK)
+            return
+        self._grace = self._clock.callLater(RECONNECT_GRACE, self._give_up)
+
+    def _give_up(self) -> None:
+        self._grace = None
+        self._end(EXIT_ENDED, "end of input while reconnecting")
+
     def input_ended(self) -> None:
-        self._end(EXIT_OK)
+        self._finish_input()
 
     def output_lost(self) -> None:
         self._end(EXIT_OK)
@@ -492,15 +683,21 @@ class LineSession:
     # -- from the client -------------------------------------------------------------------
 
     def chat_event(self, event: ChatEvent) -> None:
-        self.console.write_line(self._format(event))
+        self._write(event)
         match event:
             case ConnectionLost(will_reconnect=True):
-                # Lines read now could not be sent: leave them in the pipe.
-                self.console.pause_input()
+                # Input is still read, so that its end is seen (and ends the
+                # session); messages wait in _pending until we are back.
+                self._reconnecting = True
             case ConnectionLost():
                 self._end(EXIT_ENDED, f"lost the connection to the server: {event.reason}")
             case Reconnected():
-                self.console.resume_input()
+                self._reconnecting = False
+                self._room = event.room
+                while self._pending and not self._reconnecting:
+                    self._send(self._pending.popleft())
+                if self._input_over:
+                    self._end(EXIT_OK)
             case RoomClosed() | RemovedForInactivity():
                 self._end(EXIT_ENDED, event.text.removeprefix("* "))
             case _:
@@ -534,6 +731,10 @@ def run_line_mode(
         return EXIT_INTERNAL
 
     return Deferred.fromCoroutine(session.run(attach)).addErrback(internal_error)
+
+
+def _count_lines(count: int) -> str:
+    return f"{count} line{'s' if count != 1 else ''}"
 
 
 def _unexpected(error: object) -> str:

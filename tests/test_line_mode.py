@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -28,7 +28,8 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from chatd.chat_cli import ChatArguments
-from chatd.client import ChatClient, IChatListener
+from chatd.client import ChatClient, ConnectionState, IChatListener, RoomInfo
+from chatd.errors import NotInRoomError
 from chatd.events import (
     ChatEvent,
     ConnectionLost,
@@ -51,17 +52,23 @@ from chatd.line_mode import (
     EXIT_NOT_ENTERED,
     EXIT_OK,
     EXIT_USAGE,
+    PENDING_LIMIT,
+    RECONNECT_GRACE,
     Entered,
+    HelpLine,
+    Invitation,
     LineConsole,
     LineEvent,
     LineSession,
     format_json,
     format_text,
     one_line,
+    parse_line,
     run_line_mode,
 )
 from chatd.service import ChatService, make_service
 from chatd.settings import Settings
+from chatd.tui.commands import Command, Run, Say, Unknown
 
 CLOCK = cast(IReactorTime, _reactor)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -258,8 +265,8 @@ class FakeOwner:
         self.warnings: list[str] = []
         self.ended: list[str] = []
 
-    def send(self, text: str) -> None:
-        self.sent.append(text)
+    def line_read(self, line: str) -> None:
+        self.sent.append(line)
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -352,57 +359,269 @@ class LineConsoleTests(SynchronousTestCase):
         self.assertEqual(self.owner.ended, ["output"])
 
 
-class SessionEventTests(SynchronousTestCase):
-    """What a session does on each event, without a network (the client is never started)."""
+class FakeClient:
+    """What a LineSession uses of a ChatClient, recorded; no network."""
+
+    def __init__(self, *, host: bool = False) -> None:
+        self.state = ConnectionState.IN_ROOM
+        self.info: RoomInfo | None = RoomInfo("hoge", "alice", host, ("alice", "bob"), 300.0, 30.0)
+        self.members: tuple[str, ...] = ("alice", "bob")
+        self.sent: list[str] = []
+        self.invitation: Deferred[str] = Deferred()
+
+    def send(self, text: str) -> None:
+        if self.state is not ConnectionState.IN_ROOM:
+            raise NotInRoomError("reconnecting")
+        self.sent.append(text)
+
+    def invite(self) -> Deferred[str]:
+        return self.invitation
+
+
+class _SessionCase(SynchronousTestCase):
+    """A session without a network: a fake client, a fake clock."""
 
     def setUp(self) -> None:
         self.reports: list[str] = []
-        arguments = ChatArguments(room="hoge", name="alice", line=True)
-        self.session = LineSession(_reactor, arguments, self.reports.append)
+        self.clock = Clock()
+        self.session = self.make_session()
         self.transport = attached(self.session.console)
+        self.client = FakeClient()
+        self.session.client = cast(ChatClient, self.client)
 
-    def test_reconnecting_pauses_input_until_reconnected(self) -> None:
+    def make_session(self, **fields: Any) -> LineSession:
+        arguments = ChatArguments(room="hoge", name="alice", line=True, **fields)
+        return LineSession(self.clock, arguments, self.reports.append)
+
+    def output(self) -> str:
+        data: bytes = self.transport.value()
+        return data.decode("utf-8")
+
+    def read(self, data: str) -> None:
+        self.session.console.dataReceived(data.encode("utf-8"))
+
+    def lose_connection(self) -> None:
+        self.client.state = ConnectionState.RECONNECTING
         self.session.chat_event(ConnectionLost("gone", will_reconnect=True))
-        self.assertEqual(self.transport.producerState, "paused")
         self.session.chat_event(Reconnecting(1, 0.5))
+
+    def reconnect(self) -> None:
+        self.client.state = ConnectionState.IN_ROOM
         self.session.chat_event(Reconnected("hoge", ("alice",)))
+
+
+class SessionEventTests(_SessionCase):
+    """What a session does on each event."""
+
+    def test_reconnecting_keeps_reading_and_lines_wait(self) -> None:
+        self.lose_connection()
+        # Still reading: otherwise the end of input could not be seen.
         self.assertEqual(self.transport.producerState, "producing")
+        self.read("one\n/me waves\n")
+        self.assertEqual(self.client.sent, [])
+        self.reconnect()
+        self.assertEqual(self.client.sent, ["one", "/me waves"])
         self.assertEqual(
-            self.transport.value().decode(),
+            self.output(),
             "! connection lost: gone; reconnecting\n"
             "! reconnecting in 0.5 s (attempt 1)\n"
             "! reconnected to hoge; members: alice\n",
         )
         self.assertNoResult(self.session.ended)
 
+    def test_end_of_input_while_reconnecting_ends_at_once(self) -> None:
+        self.lose_connection()
+        self.session.console.readConnectionLost()
+        self.assertEqual(self.successResultOf(self.session.ended), EXIT_OK)
+        self.assertEqual((self.reports, self.session.closing_message), ([], None))
+
+    def test_lines_waiting_at_end_of_input_get_a_grace(self) -> None:
+        self.lose_connection()
+        self.read("one\nlast")
+        self.session.console.readConnectionLost()
+        self.clock.advance(RECONNECT_GRACE - 0.1)
+        self.assertNoResult(self.session.ended)
+        self.reconnect()
+        self.assertEqual(self.client.sent, ["one", "last"])
+        self.assertEqual(self.successResultOf(self.session.ended), EXIT_OK)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_lines_waiting_at_end_of_input_are_given_up(self) -> None:
+        self.lose_connection()
+        self.read("one\ntwo\n")
+        self.session.console.readConnectionLost()
+        self.clock.advance(RECONNECT_GRACE)
+        self.assertEqual(self.successResultOf(self.session.ended), EXIT_ENDED)
+        self.assertEqual(self.session.closing_message, "end of input while reconnecting; 2 lines not sent")
+        self.assertEqual(self.client.sent, [])
+
+    def test_lines_while_reconnecting_are_bounded(self) -> None:
+        self.lose_connection()
+        self.read("x\n" * (PENDING_LIMIT + 2))
+        self.assertEqual(self.reports, [f"not sent: reconnecting, and {PENDING_LIMIT} lines already wait"] * 2)
+        self.reconnect()
+        self.assertEqual(len(self.client.sent), PENDING_LIMIT)
+
     def test_room_closed_ends_with_3(self) -> None:
         self.session.chat_event(RoomClosed("hoge", "the host left", "* room hoge was closed: the host left"))
         self.assertEqual(self.successResultOf(self.session.ended), EXIT_ENDED)
-        self.assertEqual(self.reports, ["room hoge was closed: the host left"])
+        # Said on stderr only once stdout has drained (LineSession.run).
+        self.assertEqual(self.reports, [])
+        self.assertEqual(self.session.closing_message, "room hoge was closed: the host left")
 
     def test_removed_ends_with_3(self) -> None:
         self.session.chat_event(RemovedForInactivity("hoge", "* you were removed from hoge after 1 s without activity"))
         self.assertEqual(self.successResultOf(self.session.ended), EXIT_ENDED)
-        self.assertEqual(self.reports, ["you were removed from hoge after 1 s without activity"])
+        self.assertEqual(self.session.closing_message, "you were removed from hoge after 1 s without activity")
 
     def test_connection_lost_for_good_ends_with_3(self) -> None:
+        self.lose_connection()
+        self.read("unsent\n")
         self.session.chat_event(ConnectionLost("gone", will_reconnect=False))
         self.assertEqual(self.successResultOf(self.session.ended), EXIT_ENDED)
-        self.assertEqual(self.reports, ["lost the connection to the server: gone"])
+        self.assertEqual(self.session.closing_message, "lost the connection to the server: gone; 1 line not sent")
 
     def test_server_stopping_goes_on(self) -> None:
         self.session.chat_event(ServerStopping("hoge", "* the server is shutting down; room hoge is closed"))
         self.assertNoResult(self.session.ended)
 
     def test_json_output(self) -> None:
-        arguments = ChatArguments(room="hoge", name="alice", line=True, json=True)
-        session = LineSession(_reactor, arguments, self.reports.append)
+        session = self.make_session(json=True)
         transport = attached(session.console)
         session.chat_event(MessageReceived("bob", HELLO, 2.5))
         self.assertEqual(
             transport.value(),
             f'{{"event": "message", "sender": "bob", "text": "{HELLO}", "time": 2.5, "action": false}}\n'.encode(),
         )
+
+
+class SlashCommandTests(_SessionCase):
+    """Lines starting with a slash, as the terminal app reads them (chatd.tui.commands)."""
+
+    def test_exit_leaves_and_reads_no_further(self) -> None:
+        self.read("before\n/exit\nafter\n")
+        self.assertEqual(self.successResultOf(self.session.ended), EXIT_OK)
+        self.assertEqual(self.client.sent, ["before"])
+        self.assertEqual(self.transport.producerState, "paused")
+        self.assertEqual((self.output(), self.reports), ("", []))
+
+    def test_quit_leave_and_exit_in_any_case(self) -> None:
+        for line in ("/quit", "/leave", "/EXIT now"):
+            session = self.make_session()
+            attached(session.console)
+            session.console.dataReceived(f"{line}\n".encode())
+            self.assertEqual(self.successResultOf(session.ended), EXIT_OK, line)
+
+    def test_exit_while_reconnecting_is_the_end_of_input(self) -> None:
+        self.lose_connection()
+        self.read("one\n/exit\n")
+        self.assertNoResult(self.session.ended)
+        self.reconnect()
+        self.assertEqual(self.client.sent, ["one"])
+        self.assertEqual(self.successResultOf(self.session.ended), EXIT_OK)
+
+    def test_who(self) -> None:
+        self.read("/who\n")
+        self.assertEqual(self.output(), "= members of hoge: alice, bob\n")
+
+    def test_who_json(self) -> None:
+        session = self.make_session(json=True)
+        session.client = cast(ChatClient, self.client)
+        transport = attached(session.console)
+        session.console.dataReceived(b"/who\n")
+        self.assertEqual(transport.value(), b'{"event": "members", "room": "hoge", "members": ["alice", "bob"]}\n')
+
+    def test_help(self) -> None:
+        self.read("/help\n")
+        self.assertEqual(
+            self.output().splitlines(),
+            [
+                "= /help: this list",
+                "= /who: list the room's members",
+                "= /me TEXT: send an action, shown as '* name TEXT'",
+                "= /invite: (host) make a single-use invitation token",
+                "= /close: (host) close the room for everyone, and exit",
+                "= /exit: leave the room and exit, as the end of input does (also /quit, /leave)",
+                "= //TEXT: send TEXT starting with one '/'",
+            ],
+        )
+
+    def test_help_json(self) -> None:
+        self.assertEqual(
+            json.loads(format_json(HelpLine("/who", "list the room's members"))),
+            {"event": "help", "usage": "/who", "description": "list the room's members"},
+        )
+
+    def test_me(self) -> None:
+        self.read("/me waves\n/me\n")
+        self.assertEqual(self.client.sent, ["/me waves"])
+        self.assertEqual(self.reports, ["/me needs some text: /me waves"])
+
+    def test_unknown_command_is_not_sent(self) -> None:
+        self.read("/frobnicate now\n/\n")
+        self.assertEqual(self.client.sent, [])
+        self.assertEqual(
+            self.reports,
+            [
+                "unknown command /frobnicate: not sent (/help lists the commands; //frobnicate sends it as text)",
+                "unknown command /: not sent (/help lists the commands; // sends it as text)",
+            ],
+        )
+        self.assertNoResult(self.session.ended)
+
+    def test_double_slash_sends_one(self) -> None:
+        self.read("//frobnicate\n//\na/b\n")
+        self.assertEqual(self.client.sent, ["/frobnicate", "/", "a/b"])
+
+    def test_the_text_exit_is_never_sent(self) -> None:
+        # The server would take it for leaving the room.
+        self.read("//exit\n /exit \n")
+        self.assertEqual(self.client.sent, [])
+        self.assertEqual(
+            self.reports, ["not sent: the server takes the text /exit as leaving the room; /exit leaves"] * 2
+        )
+        self.assertNoResult(self.session.ended)
+
+    def test_invite_as_host(self) -> None:
+        self.client = FakeClient(host=True)
+        self.session.client = cast(ChatClient, self.client)
+        self.read("/invite\n")
+        self.client.invitation.callback("Zx8pLm2Qv7RtY4nB0cKd9w")
+        self.assertEqual(self.output(), "= invitation to hoge: Zx8pLm2Qv7RtY4nB0cKd9w\n")
+        self.assertEqual(
+            json.loads(format_json(Invitation("hoge", "Zx8pLm2Qv7RtY4nB0cKd9w"))),
+            {"event": "invitation", "room": "hoge", "token": "Zx8pLm2Qv7RtY4nB0cKd9w"},
+        )
+
+    def test_invite_refused(self) -> None:
+        self.client = FakeClient(host=True)
+        self.session.client = cast(ChatClient, self.client)
+        self.read("/invite\n")
+        self.client.invitation.errback(NotInRoomError("not in a room"))
+        self.assertEqual(self.reports, ["no invitation: not in a room"])
+
+    def test_invite_and_close_not_host(self) -> None:
+        self.read("/invite\n/close\n")
+        self.assertEqual(
+            self.reports,
+            [
+                "only the room's host can invite; ask the host for an invitation",
+                "only the room's host can close it; /exit leaves it",
+            ],
+        )
+        self.assertNoResult(self.session.ended)
+
+    def test_close_as_host(self) -> None:
+        self.client = FakeClient(host=True)
+        self.session.client = cast(ChatClient, self.client)
+        self.read("/close\n")
+        self.assertEqual(self.successResultOf(self.session.ended), EXIT_OK)
+
+    def test_parse_line(self) -> None:
+        self.assertEqual(parse_line("/exit"), Run(Command.QUIT))
+        self.assertEqual(parse_line("/Exit  soon "), Run(Command.QUIT, "soon"))
+        self.assertEqual(parse_line("/exits"), Unknown("exits"))
+        self.assertEqual(parse_line("//exit"), Say("/exit"))
 
 
 # -- sessions in this process, against the real service ------------------------------------
@@ -422,9 +641,15 @@ class InProcessSession:
 
     def __init__(self, reactor: Any, arguments: ChatArguments) -> None:
         self.reports: list[str] = []
+        self.reported_after_stdout_closed: list[bool] = []
+        """For each report: whether standard output was closed (so drained) before it."""
         self.console: LineConsole | None = None
         self.transport = StringTransportWithDisconnection()
-        self.status = run_line_mode(reactor, arguments, attach=self._attach, report=self.reports.append)
+        self.status = run_line_mode(reactor, arguments, attach=self._attach, report=self._report)
+
+    def _report(self, message: str) -> None:
+        self.reports.append(message)
+        self.reported_after_stdout_closed.append(not self.transport.connected)
 
     def _attach(self, console: LineConsole) -> object:
         self.console = console
@@ -607,6 +832,8 @@ class InRoomTests(_ServiceTestCase):
             "* you joined hoge as bob; members: alice, bob\n* room hoge was closed: the host left\n",
         )
         self.assertEqual(session.reports, ["room hoge was closed: the host left"])
+        # After the event's line has gone out, not before it.
+        self.assertEqual(session.reported_after_stdout_closed, [True])
 
     async def test_output_lost_leaves(self) -> None:
         _, heard = await self.host()
