@@ -6,12 +6,47 @@ Line mode of C{chatd-chat} (C{--line}): chat from scripts and bots.
 It creates or joins the room, then sends each line of standard input as one
 message, and writes everything it hears to standard output, one event per
 line, each line written as soon as the event arrives. At the end of input it
-sends a last line that has no newline, leaves the room and exits 0.
+sends a last line that has no newline; then, as at C{/exit}, it leaves the
+room and exits 0.
 
 Input: UTF-8 lines ending in LF; a CR before the LF is dropped; an empty line
 is not sent; a line that is not UTF-8, or too long for one datagram, is not
-sent and a warning goes to standard error. Lines typed while the client is
-reconnecting wait, unread, until it is back in the room.
+sent and a warning goes to standard error. Lines read while the client is
+reconnecting wait (up to 1000 of them, L{PENDING_LIMIT}; more are not sent,
+each with a warning) and go out once it is back in the room.
+
+Commands: a line that starts with C{/} is a command, as in the terminal app
+(chatd.tui.commands; the name's case does not matter), never text for the
+room. Their answers go to standard output and start with C{= }:
+
+    =====================  ====================================================
+    line                   what it does
+    =====================  ====================================================
+    C{/exit} (C{/quit},    as the end of input: leave the room, exit 0; the
+    C{/leave})             lines after it are not read
+    C{/close}              the host only: the same (the host leaving closes
+                           the room for everyone)
+    C{/who}                C{= members of hoge: alice, bob}
+    C{/me TEXT}            sends the action C{/me TEXT}
+    C{/invite}             the host only: C{= invitation to hoge: TOKEN}
+    C{/help}               one line per command: C{= /who: list the room's
+                           members}
+    C{//TEXT}              sends C{/TEXT}: text that starts with a slash, as
+                           in IRC
+    =====================  ====================================================
+
+An unknown command (C{/frobnicate}), a command used wrongly (C{/me} alone),
+or one only the host may use is one line on standard error, and nothing is
+sent. Nor is a message that is just C{/exit} (C{//exit}): the server would
+take it for leaving the room.
+
+End of input while reconnecting: nothing to wait for if every line read was
+sent, so the client stops reconnecting, and exits 0 at once. Lines that still
+wait get L{RECONNECT_GRACE} (5 s) for the connection to come back; if it does
+not, they are given up and the exit status is 3, with C{end of input while
+reconnecting; 2 lines not sent} on standard error. Either way the process ends
+within RECONNECT_GRACE + FLUSH_TIMEOUT + LEAVE_TIMEOUT + the output's
+CLOSE_TIMEOUT (16 s) of the end of input, wherever the server is.
 
 Output, text form (the default), for people and simple scripts. Room notices
 start with C{* }, the client's own connection news with C{! }:
@@ -68,25 +103,33 @@ and fields are stable; new keys may be added at the end, never removed.
                          C{gives_up_in} (float seconds)
     C{"udp_lost"}        C{silent_for} (float seconds since the last datagram)
     C{"udp_restored"}    (nothing more)
+    C{"members"}         C{room}, C{members}: the answer to C{/who}
+    C{"invitation"}      C{room}, C{token}: the answer to C{/invite}
+    C{"help"}            C{usage}, C{description}: one per command, for C{/help}
     ===================  ===========================================================
 
     {"event": "message", "sender": "alice", "text": "hello", "time": 1795885041.972, "action": false}
 
 Exit status, with one line C{chatd-chat: ...} on standard error for every
-status but 0 (argparse writes its own for 2):
+status but 0 (argparse writes its own for 2). That line is written once
+standard output has drained and closed, so it comes after the event it
+explains, also where both go to one file:
 
     = =====================================================================
-    0 end of input: we left the room (or nobody reads our output any more)
+    0 end of input or C{/exit}: we left the room (or nobody reads our
+      output any more)
     1 could not enter the room: server not running or unreachable, room
       exists, no such room, wrong password, invalid invitation, name taken
     2 usage: bad or missing arguments (from argparse, before we start)
     3 the room ended under us: closed by its host, or we were removed for
-      inactivity, or the connection was lost for good
+      inactivity, or the connection was lost for good; or the input ended
+      while reconnecting, and lines read were never sent
     4 an unexpected error (a bug): reported in one line, no traceback
     = =====================================================================
 
 A server that stops is not the end: the client reconnects (see
-chatd.client), and line mode goes on once it is back.
+chatd.client), and line mode goes on once it is back, unless the input ends
+first (above).
 """
 
 from __future__ import annotations
