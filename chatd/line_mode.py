@@ -40,6 +40,11 @@ or one only the host may use is one line on standard error, and nothing is
 sent. Nor is a message that is just C{/exit} (C{//exit}): the server would
 take it for leaving the room.
 
+Standard error gets one line per warning, each written only once the
+standard output lines before it have gone out, so that the two, read
+together, keep the order of the input. An answer still on its way at the end
+of input (C{/invite}) is waited for, up to L{ANSWER_TIMEOUT} (5 s).
+
 End of input while reconnecting: nothing to wait for if every line read was
 sent, so the client stops reconnecting, and exits 0 at once. Lines that still
 wait get L{RECONNECT_GRACE} (5 s) for the connection to come back; if it does
@@ -143,7 +148,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, assert_never
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.stdio import StandardIO
 from twisted.python.failure import Failure
@@ -195,6 +200,8 @@ RECONNECT_GRACE = 5.0
 Seconds that lines read while reconnecting wait, after the end of input (or
 C{/exit}), for the connection to come back before they are given up.
 """
+ANSWER_TIMEOUT = 5.0
+"""Seconds the end waits for the answers to commands still on their way (an C{/invite})."""
 PENDING_LIMIT = 1000
 """Lines read while reconnecting that are kept to send once back; more are dropped, each with a warning."""
 EXIT_TEXT = "/exit"
@@ -543,6 +550,8 @@ class LineSession:
         self._input_over = False
         """The end of input, or /exit, has come: no more lines are read."""
         self._grace: IDelayedCall | None = None
+        self._answers_due: list[Deferred[None]] = []
+        """Commands whose answer is on its way (an /invite): the end waits for them."""
 
     async def run(self, attach: Callable[[LineConsole], object]) -> int:
         """Enter the room, chat until the end, leave; the exit status."""
@@ -589,6 +598,11 @@ class LineSession:
         return status
 
     async def _leave(self) -> None:
+        if self._answers_due:
+            # "/invite" then the end of input: the script wants its token.
+            waiting = DeferredList(list(self._answers_due), consumeErrors=True)
+            with contextlib.suppress(Exception):
+                await waiting.addTimeout(ANSWER_TIMEOUT, self._clock)
         if self._last_sent is not None and self.client.state is ConnectionState.IN_ROOM:
             # The server answers datagrams in order: once it answers this
             # keepalive, every earlier message has been relayed.
@@ -613,7 +627,8 @@ class LineSession:
         self.ended.callback(status)
 
     def warn(self, message: str) -> None:
-        self._report(message)
+        # After the output lines before it: it may be about one of them.
+        self.console.after_output(lambda: self._report(message))
 
     def _write(self, event: LineEvent) -> None:
         self.console.write_line(self._format(event))
@@ -697,7 +712,10 @@ class LineSession:
         def failed(failure: Failure) -> None:
             self.warn(f"no invitation: {failure.getErrorMessage()}")
 
-        self.client.invite().addCallbacks(show, failed)
+        answered = self.client.invite().addCallbacks(show, failed)
+        if not answered.called:
+            self._answers_due.append(answered)
+            answered.addBoth(lambda _: self._answers_due.remove(answered))
 
     def _finish_input(self) -> None:
         """The end of input, or /exit: send what waits, then leave and exit."""
@@ -764,7 +782,9 @@ def run_line_mode(
     if attach is None:
 
         def attach(console: LineConsole) -> object:
-            return StandardIO(console, reactor=reactor)
+            stdio = StandardIO(console, reactor=reactor)
+            console.watch_output()
+            return stdio
 
     session = LineSession(reactor, arguments, report)
 

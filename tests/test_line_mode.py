@@ -359,6 +359,53 @@ class LineConsoleTests(SynchronousTestCase):
         self.assertEqual(self.owner.ended, ["output"])
 
 
+class DrainingTransport(StringTransportWithDisconnection):
+    """A StringTransport that, as stdio's does, tells a pull producer when its output has drained."""
+
+    def drain(self) -> None:
+        assert self.producer is not None
+        self.producer.resumeProducing()
+
+
+class AfterOutputTests(SynchronousTestCase):
+    """StdioLines.after_output: stderr lines wait for the stdout lines before them."""
+
+    def setUp(self) -> None:
+        self.console = LineConsole(FakeOwner())
+        self.transport = DrainingTransport()
+        self.transport.protocol = self.console
+        self.console.makeConnection(self.transport)
+        self.console.watch_output()
+        self.done: list[str] = []
+
+    def test_nothing_written_acts_at_once(self) -> None:
+        self.console.after_output(lambda: self.done.append("warned"))
+        self.assertEqual(self.done, ["warned"])
+
+    def test_waits_for_the_lines_before_it(self) -> None:
+        self.console.write_line("event")
+        self.console.after_output(lambda: self.done.append("first"))
+        self.console.after_output(lambda: self.done.append("second"))
+        self.assertEqual(self.done, [])
+        self.transport.drain()
+        self.assertEqual(self.done, ["first", "second"])
+        self.console.after_output(lambda: self.done.append("third"))
+        self.assertEqual(self.done, ["first", "second", "third"])
+
+    def test_close_lets_it_go_and_unregisters(self) -> None:
+        self.console.write_line("event")
+        self.console.after_output(lambda: self.done.append("warned"))
+        self.successResultOf(self.console.close(Clock()))
+        self.assertEqual(self.done, ["warned"])
+        self.assertIsNone(self.transport.producer)
+
+    def test_output_lost_lets_it_go(self) -> None:
+        self.console.write_line("event")
+        self.console.after_output(lambda: self.done.append("warned"))
+        self.console.writeConnectionLost()
+        self.assertEqual(self.done, ["warned"])
+
+
 class FakeClient:
     """What a LineSession uses of a ChatClient, recorded; no network."""
 

@@ -172,3 +172,22 @@ class LineModeAgainstDaemonTests(TestCase):
             "* room hoge was closed: the host left\n"
             "chatd-chat: room hoge was closed: the host left\n",
         )
+
+    async def test_answers_and_errors_in_the_order_of_the_input(self) -> None:
+        alice = self.spawn("--room", "hoge", "--name", "alice", "--create", merge_stderr=True)
+        await self.output_line(alice, 1)
+        # The end of input comes at once: the invitation is still awaited.
+        alice.write("/who\n/nope\n/invite\n")
+        alice.close_stdin()
+        self.assertEqual(await self.exit_status(alice), EXIT_OK)
+        lines = alice.stdout.decode("utf-8").splitlines()
+        self.assertEqual(
+            lines[:3],
+            [
+                "* you created hoge as alice; members: alice",
+                "= members of hoge: alice",
+                "chatd-chat: unknown command /nope: not sent (/help lists the commands; //nope sends it as text)",
+            ],
+        )
+        self.assertEqual(len(lines), 4, lines)
+        self.assertRegex(lines[3], r"^= invitation to hoge: [A-Za-z0-9_-]{22}$")
