@@ -132,7 +132,13 @@ class ChatServer:
     def member_left(self, member: Member, reason: LeaveReason) -> None:
         room = member.room
         kind = NoticeKind.TIMED_OUT if reason is LeaveReason.TIMED_OUT else NoticeKind.MEMBER_LEFT
-        notice = Notice(kind, room.name, member.name, idle_timeout=self.settings.idle_timeout)
+        notice = Notice(
+            kind,
+            room.name,
+            member.name,
+            idle_timeout=self.settings.idle_timeout,
+            for_silence=reason is LeaveReason.TIMED_OUT,
+        )
         if reason is LeaveReason.TIMED_OUT:
             # Its last word from the room, before its connection closes: never held.
             self._tell(member, notice)
@@ -145,7 +151,15 @@ class ChatServer:
         self._close_window(room)
         kind = NoticeKind.SERVER_STOPPING if reason is CloseReason.SERVER_STOPPING else NoticeKind.ROOM_CLOSED
         host = room.host.name if room.host is not None else None
-        notice = Notice(kind, room.name, host, reason=reason.value, idle_timeout=self.settings.idle_timeout)
+        notice = Notice(
+            kind,
+            room.name,
+            host,
+            reason=reason.value,
+            idle_timeout=self.settings.idle_timeout,
+            # The host itself was removed for silence: a model host is told so.
+            for_silence=reason is CloseReason.HOST_TIMED_OUT,
+        )
         for member in members:
             self._tell(member, notice)
             self._hang_up(member)

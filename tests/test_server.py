@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from chatd.interfaces import IMemberConnection, IRoomObserver
-from chatd.payloads import Dialect, RoomRequest
+from chatd.payloads import MODEL_ROOM_CLOSED, Dialect, RoomRequest
 from chatd.rooms import Member
 from chatd.tcp import RoomProtocol
 from chatd.wire import Frame, Operation, SizeEncoding, State
@@ -43,9 +43,8 @@ class ChatServerTests(SynchronousTestCase):
         stopped = self.server.stop()
         (notice,) = frames(host_transport)
         self.assertEqual(notice.payload, b"* the server is shutting down; room hoge is closed")
-        self.assertEqual(
-            self.udp.written, [(b"* the server is shutting down; room hoge is closed", ("127.0.0.1", 5001))]
-        )
+        # The model member, by UDP, in the sentence its client ends on.
+        self.assertEqual(self.udp.written, [(MODEL_ROOM_CLOSED.encode("utf-8"), ("127.0.0.1", 5001))])
         self.assertTrue(host_transport.disconnecting)
         self.assertTrue(idle_transport.disconnecting)
         self.assertEqual(self.server.store.rooms(), [])
