@@ -708,7 +708,8 @@ class RoomFactory(ServerFactory):
 class RefusedConnections(CountedWarnings):
     """Connections refused over a limit, by reason, with a bounded rate of warnings."""
 
-    format = "refused a connection from {peer}: {reason} ({suppressed} more refused for this reason since)"
+    format = "refused a connection from {peer}: {reason}{since}"
+    since_format = " ({suppressed} more were refused for this reason since the last warning)"
     event = "refused_connection"
 
 

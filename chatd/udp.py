@@ -84,10 +84,8 @@ _NOT_REFUSED = -math.inf
 class DropCounter(CountedWarnings):
     """Dropped datagrams by reason, with a bounded rate of warnings naming the source."""
 
-    format = (
-        "dropped a datagram from {source_host}:{source_port}: {reason}"
-        " ({suppressed} more dropped for this reason since the last warning)"
-    )
+    format = "dropped a datagram from {source_host}:{source_port}: {reason}{since}"
+    since_format = " ({suppressed} more were dropped for this reason since the last warning)"
     event = "dropped"
 
     def drop(self, reason: str, source: Address) -> None:

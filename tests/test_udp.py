@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from twisted.logger import LogLevel
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.datagrams import (
@@ -209,6 +209,15 @@ class DropTests(RelayTestCase):
         warnings = [e for e in events if e["log_level"] == LogLevel.warn]
         self.assertEqual([(w["reason"], w["suppressed"]) for w in warnings], [("malformed", 0), ("malformed", 99)])
         self.assertEqual((warnings[0]["source_host"], warnings[0]["source_port"]), EVE)
+        # Nothing kept quiet: nothing said about it; otherwise a whole clause.
+        self.assertEqual(
+            [formatEvent(w) for w in warnings],
+            [
+                "dropped a datagram from 127.0.0.1:6666: malformed",
+                "dropped a datagram from 127.0.0.1:6666: malformed"
+                " (99 more were dropped for this reason since the last warning)",
+            ],
+        )
         self.assertEqual(self.relay.drops.counts["malformed"], 101)
 
     def test_unexpected_errors_are_logged_not_raised(self) -> None:
