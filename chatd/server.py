@@ -221,17 +221,25 @@ class ChatServer:
     # -- housekeeping -------------------------------------------------------
 
     def sweep(self) -> None:
-        """Remove idle members and log the counters; never raises (TimerService would stop)."""
+        """Remove idle members and forget what has expired; never raises (TimerService would stop)."""
         with self._log.failuresHandled("while sweeping idle members"):
             self.store.expire()
             self._report_repairs()
             self.tcp_factory.prune()
             self.relay.prune()
+
+    def log_stats(self) -> None:
+        """
+        Log the counters as one C{stats} event, every C{stats_interval}: not
+        every sweep, which may run ten times a second. Never raises.
+        """
+        with self._log.failuresHandled("while logging the counters"):
             rate_limited = self.rate_limit_hits()
             self._log.info(
                 "{event}: {rooms} rooms, {members} members, {connections} connections,"
                 " {datagrams_in} datagrams in, {datagrams_out} out, {dropped} dropped,"
-                " {bytes_in} bytes in, {bytes_out} out, {rate_limited} rate-limited",
+                " {bytes_in} bytes in, {bytes_out} out, {rate_limited} rate-limited,"
+                " {refused_frames} TCP frames refused",
                 event="stats",
                 rooms=len(self.store.rooms()),
                 members=self.store.member_count(),
@@ -242,10 +250,12 @@ class ChatServer:
                 bytes_in=self.relay.received_bytes,
                 bytes_out=self.relay.sent_bytes,
                 rate_limited=sum(rate_limited.values()),
+                refused_frames=sum(self.tcp_factory.refused_requests.values()),
                 **{f"dropped_{reason}": count for reason, count in self.relay.drops.counts.items()},
                 **{f"rate_limited_{limit}": count for limit, count in rate_limited.items()},
                 **{f"refused_{limit}": count for limit, count in self.limit_refusals().items()},
                 **{f"aborted_{reason}": count for reason, count in self.tcp_factory.aborted.items()},
+                **{f"refused_frames_{reason}": count for reason, count in self.tcp_factory.refused_requests.items()},
             )
 
     def _report_repairs(self) -> None:

@@ -504,6 +504,7 @@ class InternalErrorTests(RoomProtocolTestCase):
         bob.dataReceived(b"\x13\x89")
         _, _, _ = self.enter(Operation.JOIN, "ann", port=40002)
         self.server.sweep()
+        self.server.log_stats()
         ours = [e for e in events if e["log_namespace"].startswith("chatd.")]
         self.assertEqual(
             [e["event"] for e in ours],
