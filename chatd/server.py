@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -314,6 +314,9 @@ class ChatServer:
             # A store that closed a room without telling us must not leave a timer behind.
             self._close_window(room)
         connections = list(self.tcp_factory.connections)
+        if not connections:
+            # Nothing to flush: no grace period to wait for, not even a timer.
+            return succeed(None)
         closed = [connection.when_closed() for connection in connections]
         for connection in connections:
             connection.close()
