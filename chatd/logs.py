@@ -32,12 +32,16 @@ class CountedWarnings:
     at will (garbage datagrams, connection floods), so that a flood costs a
     counter increment and never a log line each.
 
-    Subclasses give the message: C{format} may use C{reason}, C{suppressed}
-    and the fields passed to L{record}.
+    Subclasses give the message: C{format} may use C{reason}, C{since} and
+    the fields passed to L{record}. C{since} is empty when nothing was kept
+    quiet since the last warning (a "0 more" says nothing), and otherwise
+    C{since_format} with C{suppressed} filled in, a whole clause. The
+    event also carries C{suppressed} as a number, 0 included.
     """
 
     _log = Logger()
-    format = "{reason} ({suppressed} more since the last warning)"
+    format = "{reason}{since}"
+    since_format = " ({suppressed} more of these since the last warning)"
     event = "counted"
 
     def __init__(self, clock: IReactorTime, interval: float = 10.0) -> None:
@@ -54,9 +58,9 @@ class CountedWarnings:
             self._suppressed[reason] += 1
             return
         self._quiet_until[reason] = now + self._interval
-        self._log.warn(
-            self.format, event=self.event, reason=reason, suppressed=self._suppressed.pop(reason, 0), **fields
-        )
+        suppressed = self._suppressed.pop(reason, 0)
+        since = self.since_format.format(suppressed=suppressed) if suppressed else ""
+        self._log.warn(self.format, event=self.event, reason=reason, suppressed=suppressed, since=since, **fields)
 
     @property
     def total(self) -> int:

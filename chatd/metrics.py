@@ -43,6 +43,11 @@ C{time.perf_counter} calls. The names are stable; dashboards may rely on them:
   - C{chatd_tcp_aborted_total{reason}} (counter): TCP connections reset by
     the daemon: C{send_queue} and C{send_queue_timeout} (a peer that does not
     read what it is sent), C{handshake_timeout}, C{close_timeout}.
+  - C{chatd_tcp_refused_total{reason}} (counter): TCP frames answered
+    with a refusal, by the reason of chatd.errors: malformed frames
+    (C{malformed}, C{too_large}, C{invalid_utf8}, C{unknown_operation},
+    C{timed_out}) and refused requests (C{room_exists}, C{invalid_password},
+    C{not_permitted}, ...); every reason reported from the start, at 0.
   - C{chatd_password_hashing} (gauge): password hashes running now.
   - C{chatd_store_repaired_total{kind}} (counter): what the sweep found half
     done and removed (a bug of chatd's whenever it is not 0): C{rooms},
@@ -103,6 +108,32 @@ UDP_DROP_REASONS = tuple(
     )
 )
 """Why the UDP side drops datagrams: reported from the first scrape on, at 0 until it happens."""
+
+TCP_REFUSAL_REASONS = tuple(
+    error.reason
+    for error in (
+        errors.MalformedFrameError,
+        errors.FrameTooLargeError,
+        errors.InvalidUTF8Error,
+        errors.UnknownOperationError,
+        errors.InvalidNameError,
+        errors.UnsupportedVersionError,
+        errors.RoomExistsError,
+        errors.RoomNotFoundError,
+        errors.InvalidPasswordError,
+        errors.InvalidInvitationError,
+        errors.UsernameTakenError,
+        errors.ServerFullError,
+        errors.TooManyRoomsError,
+        errors.RoomFullError,
+        errors.TooManyInvitationsError,
+        errors.NotPermittedError,
+        errors.RequestTimeoutError,
+        errors.RateLimitedError,
+        errors.HashingBusyError,
+    )
+)
+"""Why a TCP frame is answered with a refusal: reported from the first scrape on, at 0 until it happens."""
 
 PASSWORD_CHECK_RESULTS = ("accepted", "refused")
 
@@ -172,6 +203,14 @@ class ChatCollector:
         for reason, count in sorted(aborted_counts.items()):
             aborted.add_metric([reason], count)
         yield aborted
+        tcp_refused = CounterMetricFamily(
+            "chatd_tcp_refused", "TCP frames answered with a refusal, by reason.", labels=["reason"]
+        )
+        refused_counts = dict.fromkeys(TCP_REFUSAL_REASONS, 0)
+        refused_counts.update(factory.refused_requests)
+        for reason, count in sorted(refused_counts.items()):
+            tcp_refused.add_metric([reason], count)
+        yield tcp_refused
         yield GaugeMetricFamily(
             "chatd_password_hashing", "Password hashes running now.", value=server.store.hashing_in_flight
         )

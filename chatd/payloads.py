@@ -31,6 +31,14 @@ DEFAULT_MAX_ROOM_NAME = 64
 DEFAULT_MAX_USER_NAME = 32
 NOTICE_MARK = "*"
 """Every notice's text starts with this; no user name may."""
+MODEL_ROOM_CLOSED = "チャットルームが閉じられました"
+"""
+What a model-dialect member is told when its room closes (host left, host
+closed it, host timed out, server stopping): the course's model client ends
+its program only on this exact text (or L{MODEL_REMOVED_FOR_SILENCE}).
+"""
+MODEL_REMOVED_FOR_SILENCE = "しばらく発言しなかったので、チャットルームから退出させました"
+"""What a model-dialect member is told when it is itself removed for silence: the other sentence its client ends on."""
 
 
 class Dialect(Enum):
@@ -163,7 +171,12 @@ def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAM
     )
 
 
-SECRET_KEYS = frozenset({"password", "invite", "token", "key"})
+SECRET_KEYS = frozenset({"password", "invite", "token", "key", "key_id"})
+"""
+Redacted from logged payloads: the secrets, and the UDP key id, which is
+in clear on every sealed datagram, so a log that put it next to a user name
+would tie that person to their UDP flow (docs/architecture.md, "Logging").
+"""
 REDACTED = "[redacted]"
 
 
@@ -261,6 +274,11 @@ class Notice:
     user: str | None = None
     reason: str = ""
     idle_timeout: float = 0.0
+    for_silence: bool = False
+    """
+    C{user} was removed for silence: always so for TIMED_OUT, and for a
+    ROOM_CLOSED whose host timed out (the host is C{user} then).
+    """
     _encoded: dict[tuple[bool, Dialect], bytes] = field(default_factory=dict, compare=False, repr=False)
     """One encoding per (about the recipient?, dialect): a room's notice goes to every member."""
     frames: dict[tuple[bool, Dialect, SizeEncoding], tuple[Frame, bytes]] = field(
@@ -289,6 +307,21 @@ class Notice:
             return "* you are sending too fast: messages are being dropped; slow down"
         return f"* the server is shutting down; room {self.room} is closed"
 
+    def model_text_for(self, recipient: str) -> str:
+        """
+        The text for a model-dialect member: the course's model client ends
+        its program only on one of its server's two exact sentences, so the
+        notices that end a membership are those sentences, nothing added (a
+        member left running in a room that no longer exists would be
+        stranded); every other notice keeps chatd's wording.
+        """
+        about_you = recipient == self.user
+        if self.kind in (NoticeKind.ROOM_CLOSED, NoticeKind.SERVER_STOPPING):
+            return MODEL_REMOVED_FOR_SILENCE if about_you and self.for_silence else MODEL_ROOM_CLOSED
+        if self.kind is NoticeKind.TIMED_OUT and about_you:
+            return MODEL_REMOVED_FOR_SILENCE
+        return self.text_for(recipient)
+
     def to_json(self, recipient: str) -> bytes:
         obj: dict[str, Any] = {
             "event": self.kind.value,
@@ -307,7 +340,11 @@ class Notice:
         key = (recipient == self.user, dialect)
         encoded = self._encoded.get(key)
         if encoded is None:
-            native = dialect is Dialect.NATIVE
-            encoded = self.to_json(recipient) if native else self.text_for(recipient).encode("utf-8")
+            if dialect is Dialect.NATIVE:
+                encoded = self.to_json(recipient)
+            elif dialect is Dialect.MODEL:
+                encoded = self.model_text_for(recipient).encode("utf-8")
+            else:
+                encoded = self.text_for(recipient).encode("utf-8")
             self._encoded[key] = encoded
         return encoded

@@ -76,15 +76,29 @@ def new_token() -> str:
 
 class LeaveReason(Enum):
     LEFT = "left"
+    """Its connection went away (closed, lost, or the handshake ran out)."""
+    EXITED = "exited"
+    """It said so: the C{/exit} message. A host that does this closes the room on purpose."""
     TIMED_OUT = "timed_out"
 
 
 class CloseReason(Enum):
     HOST_LEFT = "the host left"
+    """The host's connection went away: it may not have meant to end the room."""
+    HOST_CLOSED = "the host closed the room"
+    """The host ended the room on purpose (C{/exit})."""
     HOST_TIMED_OUT = "the host timed out"
     SERVER_STOPPING = "the server is shutting down"
     BROKEN = "the room lost its host"
     """Closed by L{RoomRegistry.expire}'s repair: a bug left the room without a live host."""
+
+
+_HOST_DEPARTURES = {
+    LeaveReason.LEFT: CloseReason.HOST_LEFT,
+    LeaveReason.EXITED: CloseReason.HOST_CLOSED,
+    LeaveReason.TIMED_OUT: CloseReason.HOST_TIMED_OUT,
+}
+"""Why a room closes when its host leaves for each reason."""
 
 
 @dataclass(eq=False)
@@ -108,10 +122,13 @@ class Member:
     """The name as UTF-8, encoded once: every relayed copy and size check needs it."""
     prefix: bytes = field(init=False, repr=False)
     """What a legacy recipient sees before this member's messages: C{b"<name>: "}."""
+    action_prefix: bytes = field(init=False, repr=False)
+    """What a legacy recipient sees instead of C{/me } in this member's actions: C{b"* <name> "}."""
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
         self.prefix = self.name_bytes + b": "
+        self.action_prefix = b"* " + self.name_bytes + b" "
 
     @property
     def is_host(self) -> bool:
@@ -495,8 +512,7 @@ class RoomRegistry:
             return
         room = member.room
         if member.is_host:
-            close = CloseReason.HOST_TIMED_OUT if reason is LeaveReason.TIMED_OUT else CloseReason.HOST_LEFT
-            self.close_room(room, close)
+            self.close_room(room, _HOST_DEPARTURES[reason])
             return
         self._unregister_member(member)
         if room.members.get(member.name) is member:

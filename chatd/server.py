@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -132,7 +132,13 @@ class ChatServer:
     def member_left(self, member: Member, reason: LeaveReason) -> None:
         room = member.room
         kind = NoticeKind.TIMED_OUT if reason is LeaveReason.TIMED_OUT else NoticeKind.MEMBER_LEFT
-        notice = Notice(kind, room.name, member.name, idle_timeout=self.settings.idle_timeout)
+        notice = Notice(
+            kind,
+            room.name,
+            member.name,
+            idle_timeout=self.settings.idle_timeout,
+            for_silence=reason is LeaveReason.TIMED_OUT,
+        )
         if reason is LeaveReason.TIMED_OUT:
             # Its last word from the room, before its connection closes: never held.
             self._tell(member, notice)
@@ -145,7 +151,15 @@ class ChatServer:
         self._close_window(room)
         kind = NoticeKind.SERVER_STOPPING if reason is CloseReason.SERVER_STOPPING else NoticeKind.ROOM_CLOSED
         host = room.host.name if room.host is not None else None
-        notice = Notice(kind, room.name, host, reason=reason.value, idle_timeout=self.settings.idle_timeout)
+        notice = Notice(
+            kind,
+            room.name,
+            host,
+            reason=reason.value,
+            idle_timeout=self.settings.idle_timeout,
+            # The host itself was removed for silence: a model host is told so.
+            for_silence=reason is CloseReason.HOST_TIMED_OUT,
+        )
         for member in members:
             self._tell(member, notice)
             self._hang_up(member)
@@ -207,17 +221,25 @@ class ChatServer:
     # -- housekeeping -------------------------------------------------------
 
     def sweep(self) -> None:
-        """Remove idle members and log the counters; never raises (TimerService would stop)."""
+        """Remove idle members and forget what has expired; never raises (TimerService would stop)."""
         with self._log.failuresHandled("while sweeping idle members"):
             self.store.expire()
             self._report_repairs()
             self.tcp_factory.prune()
             self.relay.prune()
+
+    def log_stats(self) -> None:
+        """
+        Log the counters as one C{stats} event, every C{stats_interval}: not
+        every sweep, which may run ten times a second. Never raises.
+        """
+        with self._log.failuresHandled("while logging the counters"):
             rate_limited = self.rate_limit_hits()
             self._log.info(
                 "{event}: {rooms} rooms, {members} members, {connections} connections,"
                 " {datagrams_in} datagrams in, {datagrams_out} out, {dropped} dropped,"
-                " {bytes_in} bytes in, {bytes_out} out, {rate_limited} rate-limited",
+                " {bytes_in} bytes in, {bytes_out} out, {rate_limited} rate-limited,"
+                " {refused_frames} TCP frames refused",
                 event="stats",
                 rooms=len(self.store.rooms()),
                 members=self.store.member_count(),
@@ -228,10 +250,12 @@ class ChatServer:
                 bytes_in=self.relay.received_bytes,
                 bytes_out=self.relay.sent_bytes,
                 rate_limited=sum(rate_limited.values()),
+                refused_frames=sum(self.tcp_factory.refused_requests.values()),
                 **{f"dropped_{reason}": count for reason, count in self.relay.drops.counts.items()},
                 **{f"rate_limited_{limit}": count for limit, count in rate_limited.items()},
                 **{f"refused_{limit}": count for limit, count in self.limit_refusals().items()},
                 **{f"aborted_{reason}": count for reason, count in self.tcp_factory.aborted.items()},
+                **{f"refused_frames_{reason}": count for reason, count in self.tcp_factory.refused_requests.items()},
             )
 
     def _report_repairs(self) -> None:
@@ -290,6 +314,9 @@ class ChatServer:
             # A store that closed a room without telling us must not leave a timer behind.
             self._close_window(room)
         connections = list(self.tcp_factory.connections)
+        if not connections:
+            # Nothing to flush: no grace period to wait for, not even a timer.
+            return succeed(None)
         closed = [connection.when_closed() for connection in connections]
         for connection in connections:
             connection.close()

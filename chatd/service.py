@@ -2,9 +2,10 @@
 Assembly: the MultiService that twistd runs.
 
 Children, in start order: the UDP relay, the TCP listener (and the TLS one,
-with a certificate), the metrics endpoint (when asked for), the idle sweep (a
-TimerService) and the shutdown hook. MultiService stops them in reverse, so
-on SIGTERM members are told and TCP connections closed first, while the UDP
+with a certificate), the metrics endpoint (when asked for), the idle sweep and
+the stats log line (each a TimerService at its own interval), and the shutdown
+hook. MultiService stops them in reverse, so on SIGTERM members are told and
+TCP connections closed first, while the UDP
 port can still carry notices to members that only have UDP.
 
 At start it warns when legacy dialects (clear text) or the metrics endpoint
@@ -377,14 +378,18 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
             )
 
         children.append(("metrics", ListeningService(listen_metrics)))
-    children += [("sweeper", _sweeper(server, reactor)), ("shutdown", _ShutdownHook(server))]
+    children += [
+        ("sweeper", _every(server.settings.sweep_interval, server.sweep, reactor)),
+        ("stats", _every(server.settings.stats_interval, server.log_stats, reactor)),
+        ("shutdown", _ShutdownHook(server)),
+    ]
     for name, child in children:
         child.setName(name)
         child.setServiceParent(top)
     return top
 
 
-def _sweeper(server: ChatServer, clock: Any) -> TimerService:
-    sweeper = TimerService(server.settings.sweep_interval, server.sweep)
-    sweeper.clock = clock
-    return sweeper
+def _every(interval: float, work: Callable[[], None], clock: Any) -> TimerService:
+    timer = TimerService(interval, work)
+    timer.clock = clock
+    return timer

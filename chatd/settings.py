@@ -5,10 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from chatd import ratelimit
+from chatd.datagrams import MAX_DATAGRAM
 from chatd.fastudp import HAVE_MMSG
 from chatd.passwords import DEFAULT_COST
 from chatd.payloads import DEFAULT_MAX_ROOM_NAME, DEFAULT_MAX_USER_NAME
 from chatd.wire import DEFAULT_MAX_PAYLOAD
+
+KEEPALIVES_PER_IDLE_TIMEOUT = 2
+"""
+The idle timeout must span this many keepalive intervals: a native member
+whose one keepalive is lost (UDP) is still in its room when the next arrives.
+"""
 
 UDP_IO_CHOICES = ("batched", "twisted")
 """How the UDP port does its I/O: chatd's own batching port (chatd.fastudp), or Twisted's stock one."""
@@ -28,6 +35,9 @@ class Settings:
     idle_timeout: float = 300.0
     """Seconds without a datagram (message or keepalive) before a member is removed."""
     sweep_interval: float = 20.0
+    """Seconds between sweeps for idle members (and expired invitations and limits)."""
+    stats_interval: float = 60.0
+    """Seconds between two C{stats} log events (the counters); apart from the sweep, which may run far more often."""
     handshake_timeout: float = 30.0
     """Seconds a new TCP connection has to create or join a room."""
     frame_timeout: float = 10.0
@@ -98,3 +108,38 @@ class Settings:
     Seconds over which a room's join and leave notices are coalesced: the first
     change goes out at once, later ones in one batch at the end of the interval.
     """
+
+    def contradiction(self) -> str | None:
+        """
+        What makes these settings contradict each other, in one line naming
+        the options, or None. Each value may be fine alone; together they
+        would make the daemon do what nobody asked for (docs/security.md,
+        "Settings that contradict each other").
+        """
+        needed = KEEPALIVES_PER_IDLE_TIMEOUT * self.keepalive_interval
+        if self.idle_timeout < needed:
+            return (
+                f"--idle-timeout {self.idle_timeout:g} is shorter than {KEEPALIVES_PER_IDLE_TIMEOUT} keepalive"
+                f" intervals ({needed:g} s): a native member that loses one keepalive would be removed"
+                " (a host's room closed); raise --idle-timeout or lower --keepalive-interval"
+            )
+        if self.sweep_interval > self.idle_timeout:
+            return (
+                f"--sweep-interval {self.sweep_interval:g} is longer than --idle-timeout {self.idle_timeout:g}:"
+                f" silent members would stay up to {self.idle_timeout + self.sweep_interval:g} s;"
+                " lower --sweep-interval"
+            )
+        if self.message_burst < 1:
+            return f"--message-burst {self.message_burst:g} is less than 1: no member could ever send a message"
+        if self.byte_burst < MAX_DATAGRAM:
+            return (
+                f"--byte-burst {self.byte_burst:g} is less than a datagram ({MAX_DATAGRAM} bytes):"
+                " the longest messages the relay accepts would always be dropped"
+            )
+        if self.tls_cert and self.tls_port != 0 and self.tls_port == self.tcp_port:
+            return f"--tls-port and --tcp-port are both {self.tcp_port}: they need a port each"
+        if self.metrics_port and self.metrics_interface == self.interface:
+            for name, port in (("--tcp-port", self.tcp_port), ("--tls-port", self.tls_port if self.tls_cert else 0)):
+                if port == self.metrics_port:
+                    return f"--metrics-port and {name} are both {port} on {self.interface}: they need a port each"
+        return None

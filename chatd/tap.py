@@ -2,7 +2,8 @@
 The twistd plugin's two names: Options and makeService.
 
 C{twistd -n chatd --help} lists every option. Values are checked in
-postOptions, so a bad one is a one-line usage error, never a traceback.
+postOptions, so a bad one is a one-line usage error, never a traceback; so
+are settings that contradict each other (L{Settings.contradiction}).
 """
 
 from __future__ import annotations
@@ -71,15 +72,29 @@ class Options(usage.Options):
             "UDP I/O: 'batched' (chatd's own port, recvmmsg/sendmmsg; the default on Linux)"
             " or 'twisted' (Twisted's stock UDP port).",
         ),
-        ("idle-timeout", None, _DEFAULTS.idle_timeout, "Seconds without activity before a member is removed.", float),
+        (
+            "idle-timeout",
+            None,
+            _DEFAULTS.idle_timeout,
+            "Seconds without activity before a member is removed; at least twice --keepalive-interval,"
+            " and no shorter than --sweep-interval.",
+            float,
+        ),
         ("sweep-interval", None, _DEFAULTS.sweep_interval, "Seconds between sweeps for idle members.", float),
+        (
+            "stats-interval",
+            None,
+            _DEFAULTS.stats_interval,
+            "Seconds between two 'stats' log lines (the counters).",
+            float,
+        ),
         ("handshake-timeout", None, _DEFAULTS.handshake_timeout, "Seconds a connection has to enter a room.", float),
         ("frame-timeout", None, _DEFAULTS.frame_timeout, "Seconds a started TCP frame has to arrive whole.", float),
         (
             "keepalive-interval",
             None,
             _DEFAULTS.keepalive_interval,
-            "Seconds between keepalives, as told to native clients.",
+            "Seconds between keepalives, as told to native clients; at most half --idle-timeout.",
             float,
         ),
         ("max-payload", None, _DEFAULTS.max_payload, "Largest TCP payload accepted, in bytes.", int),
@@ -99,9 +114,15 @@ class Options(usage.Options):
         ("password-cost", None, _DEFAULTS.password_cost, "scrypt cost N for room passwords (a power of 2).", int),
         ("log-json", None, None, "Also write every log event as JSON to this file ('-' for standard output)."),
         ("messages-per-s", None, _DEFAULTS.messages_per_s, "Messages per second one member may send.", float),
-        ("message-burst", None, _DEFAULTS.message_burst, "Messages one member may send at once.", float),
+        ("message-burst", None, _DEFAULTS.message_burst, "Messages one member may send at once (at least 1).", float),
         ("bytes-per-s", None, _DEFAULTS.bytes_per_s, "Message bytes per second one member may send.", float),
-        ("byte-burst", None, _DEFAULTS.byte_burst, "Message bytes one member may send at once.", float),
+        (
+            "byte-burst",
+            None,
+            _DEFAULTS.byte_burst,
+            "Message bytes one member may send at once (at least 4096, a datagram).",
+            float,
+        ),
         (
             "connections-per-s",
             None,
@@ -187,6 +208,7 @@ class Options(usage.Options):
         for name in (
             "idle-timeout",
             "sweep-interval",
+            "stats-interval",
             "handshake-timeout",
             "frame-timeout",
             "keepalive-interval",
@@ -239,6 +261,11 @@ class Options(usage.Options):
         cost = self["password-cost"]
         if cost < 2 or cost & (cost - 1):
             raise usage.UsageError("--password-cost must be a power of 2")
+        # Each value is fine alone; some together would make the daemon do
+        # what nobody asked for (evict members that keep alive, say).
+        contradiction = self.settings().contradiction()
+        if contradiction is not None:
+            raise usage.UsageError(contradiction)
 
     def settings(self) -> Settings:
         return Settings(
@@ -250,6 +277,7 @@ class Options(usage.Options):
             tls_key=self["tls-key"],
             idle_timeout=self["idle-timeout"],
             sweep_interval=self["sweep-interval"],
+            stats_interval=self["stats-interval"],
             handshake_timeout=self["handshake-timeout"],
             frame_timeout=self["frame-timeout"],
             keepalive_interval=self["keepalive-interval"],

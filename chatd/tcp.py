@@ -409,6 +409,9 @@ class RoomProtocol(Protocol):
     # -- answers ------------------------------------------------------------
 
     def _refuse(self, error: ProtocolError, operation: Operation, room: str = "") -> None:
+        # Every refusal counted, as dropped datagrams are: a peer sending
+        # garbage frames shows in the metrics, not only in the log.
+        self._factory.refused_requests[error.reason] += 1
         if self._decoder.encoding_hint is not None and self.dialect is None:
             self._encoding = self._decoder.encoding_hint
         payload = error_payload(error, self.dialect or Dialect.MODEL)
@@ -640,6 +643,11 @@ class RoomFactory(ServerFactory):
         """Requests refused as RATE_LIMITED, by limit: "connections", "password_attempts" and "hashing"."""
         self.aborted: Counter[str] = Counter()
         """Connections aborted over a limit, by L{AbortReason}."""
+        self.refused_requests: Counter[str] = Counter()
+        """
+        Frames answered with a refusal (a non-zero status), by the reason of
+        the error (chatd.errors): malformed frames, and requests refused.
+        """
         self._hashing: Counter[str] = Counter()
         """Creates and joins carrying a password in the store's hands, by address."""
         self.refused = RefusedConnections(clock)
@@ -708,7 +716,8 @@ class RoomFactory(ServerFactory):
 class RefusedConnections(CountedWarnings):
     """Connections refused over a limit, by reason, with a bounded rate of warnings."""
 
-    format = "refused a connection from {peer}: {reason} ({suppressed} more refused for this reason since)"
+    format = "refused a connection from {peer}: {reason}{since}"
+    since_format = " ({suppressed} more were refused for this reason since the last warning)"
     event = "refused_connection"
 
 

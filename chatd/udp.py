@@ -64,6 +64,13 @@ from chatd.settings import Settings
 
 Address = tuple[str, int]
 EXIT_COMMAND = b"/exit"
+ACTION_PREFIX = b"/me "
+"""
+A message starting with this is an action (chatd.events.ACTION_PREFIX):
+legacy recipients, whose clients show text as it comes, get it as
+C{* <name> <action>}, as chatd's own clients show it; native recipients get
+the text as sent and render it themselves.
+"""
 WARNING_INTERVAL = 10.0
 LATENCY_SAMPLE_EVERY = 16
 """One received datagram in this many (a power of 2) has its handling timed."""
@@ -77,10 +84,8 @@ _NOT_REFUSED = -math.inf
 class DropCounter(CountedWarnings):
     """Dropped datagrams by reason, with a bounded rate of warnings naming the source."""
 
-    format = (
-        "dropped a datagram from {source_host}:{source_port}: {reason}"
-        " ({suppressed} more dropped for this reason since the last warning)"
-    )
+    format = "dropped a datagram from {source_host}:{source_port}: {reason}{since}"
+    since_format = " ({suppressed} more were dropped for this reason since the last warning)"
     event = "dropped"
 
     def drop(self, reason: str, source: Address) -> None:
@@ -398,8 +403,8 @@ class RelayProtocol(DatagramProtocol):
     def _message(self, sender: Member, message: bytes) -> None:
         # The substring test spares the stripped copy for every other message.
         if EXIT_COMMAND in message and message.strip() == EXIT_COMMAND:
-            # The host's /exit closes the room; anyone else's is leaving it.
-            self._store.leave(sender, LeaveReason.LEFT)
+            # The host's /exit closes the room on purpose; anyone else's is leaving it.
+            self._store.leave(sender, LeaveReason.EXITED)
             return
         if len(sender.name_bytes) + len(message) + RELAY_OVERHEAD > MAX_DATAGRAM:
             check_relay_size(sender.name, message)
@@ -417,7 +422,11 @@ class RelayProtocol(DatagramProtocol):
             fanout = self._fanouts[room] = RoomFanout(room.recipients, transport)
         sent = sent_bytes = errors = 0
         if fanout.legacy is not None:
-            legacy = sender.prefix + message
+            if message.startswith(ACTION_PREFIX):
+                # Shorter than the usual copy, so the size check above holds.
+                legacy = sender.action_prefix + message[len(ACTION_PREFIX) :]
+            else:
+                legacy = sender.prefix + message
             skip = fanout.legacy_index.get(sender, -1)
             # Every legacy copy is the same bytes: one call for them all.
             failed = fanout.legacy.send(legacy, skip)

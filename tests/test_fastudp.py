@@ -420,7 +420,7 @@ class PlainRelay(RelayProtocol):
     @override
     def _message(self, sender: Member, message: bytes) -> None:
         if message.strip() == EXIT_COMMAND:
-            self._store.leave(sender, chatd.rooms.LeaveReason.LEFT)
+            self._store.leave(sender, chatd.rooms.LeaveReason.EXITED)
             return
         from chatd.datagrams import check_relay_size
 
@@ -436,7 +436,9 @@ class PlainRelay(RelayProtocol):
                     native = encode_relay_body(sender.name, message, int(self._clock.seconds() * 1000))
                 self._send_sealed(member, FrameType.RELAY, native)
             else:
-                if legacy is None:
+                if legacy is None and message.startswith(b"/me "):
+                    legacy = b"* " + sender.name.encode() + b" " + message[4:]
+                elif legacy is None:
                     legacy = relay_text(sender.name, message)
                 self._send(member.address, legacy)
 

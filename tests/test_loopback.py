@@ -27,7 +27,7 @@ from twisted.trial import unittest
 
 from chatd.datagrams import FrameType
 from chatd.errors import Status
-from chatd.payloads import Dialect
+from chatd.payloads import MODEL_REMOVED_FOR_SILENCE, MODEL_ROOM_CLOSED, Dialect
 from chatd.seal import KEY_BYTES, MAX_KEY_ID
 from chatd.service import ChatService, make_service
 from chatd.settings import Settings
@@ -239,11 +239,13 @@ class _Loopback(_MixinBase):
         *,
         user: str | None = None,
         reason: str | None = None,
+        model_text: str | None = None,
     ) -> None:
         """
         A system notice: over TCP while the member holds its connection (seed
         and native), as a datagram otherwise (model); plain text for legacy
-        clients, JSON for native ones.
+        clients, JSON for native ones. C{model_text}, when given, is what a
+        model member gets instead of C{text} (docs/protocol.md 4.6).
         """
         expected: dict[str, Any] = {
             "chatd": 1,
@@ -271,14 +273,19 @@ class _Loopback(_MixinBase):
                 self.assertEqual(frame_type, NOTICE)
         if recipient.dialect is Dialect.NATIVE:
             self.assertEqual(json.loads(payload), expected)
+        elif recipient.dialect is Dialect.MODEL and model_text is not None:
+            self.assertEqual(payload, model_text.encode("utf-8"))
         else:
             self.assertEqual(payload, text.encode("utf-8"))
 
-    async def expect_room_closed(self, members: list[ChatClient], host: str, room: str = "lobby") -> None:
-        reason = "the host left"
+    async def expect_room_closed(
+        self, members: list[ChatClient], host: str, room: str = "lobby", reason: str = "the host closed the room"
+    ) -> None:
         for member in members:
             text = f"* room {room} was closed: {reason}"
-            await self.expect_notice(member, "room_closed", text, user=host, reason=reason)
+            await self.expect_notice(
+                member, "room_closed", text, user=host, reason=reason, model_text=MODEL_ROOM_CLOSED
+            )
         for member in members:
             # The server hangs up on members it told over TCP.
             await member.tcp.when_closed()
@@ -447,7 +454,8 @@ class _HeldConnectionScenarios(_DialectScenarios):
     async def test_host_tcp_close_closes_room(self) -> None:
         alice, bob, carol = await self.room_of(self.people("alice", "bob", "carol"))
         await alice.tcp.close()
-        await self.expect_room_closed([bob, carol], "alice")
+        # Its connection went away: it may not have meant to end the room.
+        await self.expect_room_closed([bob, carol], "alice", reason="the host left")
         self.assertEqual((self.server.store.rooms(), self.server.store.member_count()), ([], 0))
 
 
@@ -508,7 +516,8 @@ class IdleTests(_Loopback, unittest.TestCase):
             {"chatd": 1, "event": "timed_out", "room": "lobby", "text": text, "user": "bob"},
         )
         data, _ = await bob.udp.next_datagram()
-        self.assertEqual(data, b"* you were removed from lobby after 1 s without activity")
+        # The model client's own sentence: it ends its program on nothing else.
+        self.assertEqual(data, MODEL_REMOVED_FOR_SILENCE.encode("utf-8"))
         self.assertEqual(self.server.store.member_count(), 1)
         # Now alice falls silent too: the host timing out closes the room.
         reason = "the host timed out"

@@ -21,7 +21,7 @@ from typing_extensions import override
 import chatd.metrics
 from chatd.datagrams import encode_legacy
 from chatd.errors import Status
-from chatd.metrics import ABORT_REASONS, UDP_DROP_REASONS, make_registry, metrics_url
+from chatd.metrics import ABORT_REASONS, TCP_REFUSAL_REASONS, UDP_DROP_REASONS, make_registry, metrics_url
 from chatd.service import ChatService, make_service
 from chatd.settings import Settings
 from chatd.tcp import RoomProtocol
@@ -75,6 +75,7 @@ class CollectorTests(SynchronousTestCase):
             "chatd_password_checks_total",
             "chatd_limit_refused_total",
             "chatd_tcp_aborted_total",
+            "chatd_tcp_refused_total",
             "chatd_password_hashing",
             "chatd_store_repaired_total",
         ):
@@ -91,6 +92,8 @@ class CollectorTests(SynchronousTestCase):
             self.assertEqual(value(self.registry, "chatd_limit_refused_total", limit=limit), 0)
         for reason in ABORT_REASONS:
             self.assertEqual(value(self.registry, "chatd_tcp_aborted_total", reason=reason), 0)
+        for reason in TCP_REFUSAL_REASONS:
+            self.assertEqual(value(self.registry, "chatd_tcp_refused_total", reason=reason), 0)
         self.assertEqual(value(self.registry, "chatd_password_hashing"), 0)
         self.assertEqual(value(self.registry, "chatd_relay_latency_seconds_count"), 0)
         self.assertEqual(value(self.registry, "chatd_relay_latency_seconds_bucket", le="+Inf"), 0)
@@ -131,6 +134,17 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(value(self.registry, "chatd_tcp_aborted_total", reason="send_queue_timeout"), 1)
         self.server.store.repaired["rooms"] += 1
         self.assertEqual(value(self.registry, "chatd_store_repaired_total", kind="rooms"), 1)
+
+    def test_refused_frames_are_counted_by_reason(self) -> None:
+        protocol, transport = connect(self.server, port=1)
+        protocol.dataReceived(request(Operation.JOIN, "nowhere", {"username": "ann"}))
+        self.assertEqual(frames(transport)[0].payload[:1], bytes((Status.ROOM_NOT_FOUND,)))
+        # A frame whose payload is not UTF-8: refused, and the connection closed.
+        protocol.dataReceived(request(Operation.CREATE, "hoge", b"\xff"))
+        self.assertEqual(frames(transport)[0].payload[:1], bytes((Status.MALFORMED_REQUEST,)))
+        self.assertEqual(value(self.registry, "chatd_tcp_refused_total", reason="room_not_found"), 1)
+        self.assertEqual(value(self.registry, "chatd_tcp_refused_total", reason="invalid_utf8"), 1)
+        self.assertEqual(self.server.tcp_factory.refused_requests, {"room_not_found": 1, "invalid_utf8": 1})
 
     def test_connection_rate_limit_refusals(self) -> None:
         factory = self.server.tcp_factory

@@ -20,6 +20,8 @@ from chatd.errors import (
 )
 from chatd.payloads import (
     DEFAULT_MAX_USER_NAME,
+    MODEL_REMOVED_FOR_SILENCE,
+    MODEL_ROOM_CLOSED,
     NATIVE_VERSION,
     Dialect,
     Notice,
@@ -344,9 +346,29 @@ class NoticeTests(SynchronousTestCase):
         notice = Notice(NoticeKind.TIMED_OUT, "hoge", "bob", idle_timeout=300.0)
         self.assertEqual(notice.text_for("bob"), "* you were removed from hoge after 300 s without activity")
         self.assertEqual(
-            notice.encode_for("bob", Dialect.MODEL),
+            notice.encode_for("bob", Dialect.SEED),
             b"* you were removed from hoge after 300 s without activity",
         )
+        # The model client's own sentence, nothing added: it ends its program on it.
+        self.assertEqual(notice.encode_for("bob", Dialect.MODEL), MODEL_REMOVED_FOR_SILENCE.encode("utf-8"))
+        self.assertEqual(
+            notice.encode_for("ann", Dialect.MODEL), b"* bob was removed from hoge after 300 s without activity"
+        )
+
+    def test_model_members_get_the_closing_sentence(self) -> None:
+        closing = "チャットルームが閉じられました".encode()
+        self.assertEqual(MODEL_ROOM_CLOSED.encode("utf-8"), closing)
+        for reason in ("the host left", "the host closed the room", "the host timed out"):
+            notice = Notice(NoticeKind.ROOM_CLOSED, "hoge", "ann", reason=reason)
+            self.assertEqual(notice.encode_for("bob", Dialect.MODEL), closing)
+            self.assertEqual(notice.encode_for("bob", Dialect.SEED), f"* room hoge was closed: {reason}".encode())
+            self.assertEqual(json.loads(notice.encode_for("bob", Dialect.NATIVE))["text"], notice.text_for("bob"))
+        stopping = Notice(NoticeKind.SERVER_STOPPING, "hoge", "ann", reason="the server is shutting down")
+        self.assertEqual(stopping.encode_for("ann", Dialect.MODEL), closing)
+        # A host removed for silence is told so; its members, that their room closed.
+        timed_out = Notice(NoticeKind.ROOM_CLOSED, "hoge", "ann", reason="the host timed out", for_silence=True)
+        self.assertEqual(timed_out.encode_for("ann", Dialect.MODEL), MODEL_REMOVED_FOR_SILENCE.encode("utf-8"))
+        self.assertEqual(timed_out.encode_for("bob", Dialect.MODEL), closing)
 
     def test_timed_out_fractional_seconds(self) -> None:
         notice = Notice(NoticeKind.TIMED_OUT, "hoge", "bob", idle_timeout=0.5)
@@ -420,7 +442,9 @@ class LoggablePayloadTests(SynchronousTestCase):
 
     def test_udp_keys_are_redacted(self) -> None:
         logged = loggable_payload(b'{"chatd": 1, "key": "U7u3LuSh1Iz1g9VwBin2EhelqpXlUlvvAJOKgqhEZaQ=", "key_id": 5}')
-        self.assertEqual(logged, '{"chatd": 1, "key": "[redacted]", "key_id": 5}')
+        # The key id is in clear on every sealed datagram: next to a user name
+        # in a log, it would tie that person to their UDP flow.
+        self.assertEqual(logged, '{"chatd": 1, "key": "[redacted]", "key_id": "[redacted]"}')
 
     def test_broken_json_is_redacted_whole(self) -> None:
         self.assertEqual(loggable_payload(b'{"username": "ann", "password": "s3cret"'), "[redacted]")

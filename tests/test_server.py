@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from chatd.interfaces import IMemberConnection, IRoomObserver
-from chatd.payloads import Dialect, RoomRequest
+from chatd.payloads import MODEL_ROOM_CLOSED, Dialect, RoomRequest
 from chatd.rooms import Member
 from chatd.tcp import RoomProtocol
 from chatd.wire import Frame, Operation, SizeEncoding, State
@@ -43,9 +43,8 @@ class ChatServerTests(SynchronousTestCase):
         stopped = self.server.stop()
         (notice,) = frames(host_transport)
         self.assertEqual(notice.payload, b"* the server is shutting down; room hoge is closed")
-        self.assertEqual(
-            self.udp.written, [(b"* the server is shutting down; room hoge is closed", ("127.0.0.1", 5001))]
-        )
+        # The model member, by UDP, in the sentence its client ends on.
+        self.assertEqual(self.udp.written, [(MODEL_ROOM_CLOSED.encode("utf-8"), ("127.0.0.1", 5001))])
         self.assertTrue(host_transport.disconnecting)
         self.assertTrue(idle_transport.disconnecting)
         self.assertEqual(self.server.store.rooms(), [])
@@ -67,11 +66,20 @@ class ChatServerTests(SynchronousTestCase):
     def test_stop_with_nothing_open(self) -> None:
         self.successResultOf(self.server.stop())
 
-    def test_sweep_logs_stats(self) -> None:
+    def test_sweep_does_not_log_stats(self) -> None:
+        # The sweep may run ten times a second; the counters have their own interval.
+        events = capture_events(self)
+        self.server.sweep()
+        self.assertEqual([e for e in events if e.get("event") == "stats"], [])
+
+    def test_log_stats(self) -> None:
         events = capture_events(self)
         self.server.relay.datagramReceived(b"\xff", ("127.0.0.1", 9))
-        self.server.sweep()
+        protocol, _ = connect(self.server)
+        protocol.dataReceived(request(Operation.JOIN, "nowhere", "ann", ASCII))
+        self.server.log_stats()
         (stats,) = [e for e in events if e.get("event") == "stats"]
+        self.assertEqual((stats["refused_frames"], stats["refused_frames_room_not_found"]), (1, 1))
         self.assertEqual((stats["rooms"], stats["datagrams_in"], stats["dropped"]), (0, 1, 1))
         self.assertEqual(stats["dropped_malformed"], 1)
         self.assertEqual((stats["bytes_in"], stats["bytes_out"]), (1, 0))
@@ -110,6 +118,9 @@ class ChatServerTests(SynchronousTestCase):
 
         self.server.store.expire = broken  # type: ignore[method-assign]
         self.server.sweep()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.server.rate_limit_hits = broken  # type: ignore[method-assign,assignment]
+        self.server.log_stats()
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 

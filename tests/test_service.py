@@ -36,16 +36,21 @@ from tests.helpers import capture_events
 
 
 class ServiceTreeTests(SynchronousTestCase):
-    def test_sweeper_runs_on_the_given_clock(self) -> None:
+    def test_sweeper_and_stats_run_on_the_given_clock_each_at_its_interval(self) -> None:
         clock = MemoryReactorClock()
-        service = make_service(Settings(sweep_interval=20), clock)
+        service = make_service(Settings(sweep_interval=0.1, stats_interval=60), clock)
+        sweeps: list[float] = []
+        self.patch(service.server.store, "expire", lambda: sweeps.append(clock.seconds()))
         events = capture_events(self)
-        sweeper = service.getServiceNamed("sweeper")
-        sweeper.startService()
-        self.addCleanup(sweeper.stopService)
-        clock.advance(20)
-        clock.advance(20)
+        for name in ("sweeper", "stats"):
+            timer = service.getServiceNamed(name)
+            timer.startService()
+            self.addCleanup(timer.stopService)
+        while clock.seconds() < 120.05:
+            clock.advance(0.1)
+        # Two minutes: the stats line at the start and once a minute, not ten times a second.
         self.assertEqual(len([e for e in events if e.get("event") == "stats"]), 3)
+        self.assertGreater(len(sweeps), 1200)
 
     def test_listeners_are_listening_services(self) -> None:
         service = make_service(Settings(), MemoryReactorClock())
@@ -68,7 +73,7 @@ class ServiceTreeTests(SynchronousTestCase):
 
         self.patch(chatd.service, "metrics_site", fake_site)
         service = make_service(Settings(metrics_port=9100, metrics_interface="::1"), reactor)
-        self.assertEqual([child.name for child in service], ["udp", "tcp", "metrics", "sweeper", "shutdown"])
+        self.assertEqual([child.name for child in service], ["udp", "tcp", "metrics", "sweeper", "stats", "shutdown"])
         metrics = service.getServiceNamed("metrics")
         self.assertIsInstance(metrics, ListeningService)
         self.assertEqual((reactor.tcpServers, sites), ([], []))

@@ -30,7 +30,7 @@ class OptionsTests(SynchronousTestCase):
             "--interface=::1",
             "--tcp-port=1",
             "--udp-port=2",
-            "--idle-timeout=3",
+            "--idle-timeout=300",
             "--sweep-interval=4",
             "--handshake-timeout=5",
             "--frame-timeout=6",
@@ -49,7 +49,7 @@ class OptionsTests(SynchronousTestCase):
             "--messages-per-s=17",
             "--message-burst=18",
             "--bytes-per-s=19",
-            "--byte-burst=20",
+            "--byte-burst=20000",
             "--connections-per-s=21",
             "--connection-burst=22",
             "--password-attempts-per-min=23",
@@ -75,7 +75,7 @@ class OptionsTests(SynchronousTestCase):
                 interface="::1",
                 tcp_port=1,
                 udp_port=2,
-                idle_timeout=3,
+                idle_timeout=300,
                 sweep_interval=4,
                 handshake_timeout=5,
                 frame_timeout=6,
@@ -94,7 +94,7 @@ class OptionsTests(SynchronousTestCase):
                 messages_per_s=17,
                 message_burst=18,
                 bytes_per_s=19,
-                byte_burst=20,
+                byte_burst=20000,
                 connections_per_s=21,
                 connection_burst=22,
                 password_attempts_per_min=23,
@@ -156,6 +156,26 @@ class OptionsTests(SynchronousTestCase):
         ):
             self.assertRaises(UsageError, parse, *argv)
 
+    def test_settings_that_contradict_each_other_are_refused(self) -> None:
+        cases = [
+            # The case: hosts that keep alive every 30 s evicted after 20.
+            (["--idle-timeout=20"], "--idle-timeout 20 is shorter than 2 keepalive intervals (60 s)"),
+            (["--idle-timeout=59", "--keepalive-interval=30"], "--idle-timeout 59 is shorter than"),
+            (["--sweep-interval=400"], "--sweep-interval 400 is longer than --idle-timeout 300"),
+            (["--message-burst=0.5"], "--message-burst 0.5 is less than 1"),
+            (["--byte-burst=4095"], "--byte-burst 4095 is less than a datagram (4096 bytes)"),
+            (["--metrics-port=9001"], "--metrics-port and --tcp-port are both 9001 on 127.0.0.1"),
+        ]
+        for argv, message in cases:
+            with self.assertRaises(UsageError) as raised:
+                parse(*argv)
+            self.assertIn(message, str(raised.exception))
+            self.assertNotIn("\n", str(raised.exception))
+        # At the edges, and apart, they are fine.
+        parse("--idle-timeout=60", "--keepalive-interval=30", "--sweep-interval=60", "--byte-burst=4096")
+        parse("--metrics-port=9001", "--metrics-interface=::1")
+        parse("--idle-timeout=1", "--sweep-interval=0.1", "--keepalive-interval=0.5")
+
     def test_help_names_every_option(self) -> None:
         text = str(Options())
         for name in (
@@ -163,6 +183,7 @@ class OptionsTests(SynchronousTestCase):
             "--tcp-port",
             "--udp-port",
             "--idle-timeout",
+            "--stats-interval",
             "--log-frames",
             "--log-json",
             "--metrics-port",
@@ -177,12 +198,12 @@ class MakeServiceTests(SynchronousTestCase):
         reactor = MemoryReactorClock()
         service = makeService(parse("--tcp-port=0"), reactor)
         self.assertIsInstance(service, ChatService)
-        self.assertEqual([child.name for child in service], ["udp", "tcp", "sweeper", "shutdown"])
+        self.assertEqual([child.name for child in service], ["udp", "tcp", "sweeper", "stats", "shutdown"])
         self.assertEqual(reactor.tcpServers, [])
 
     def test_metrics_port_adds_the_metrics_listener(self) -> None:
         service = makeService(parse("--metrics-port=0"), MemoryReactorClock())
-        self.assertEqual([child.name for child in service], ["udp", "tcp", "metrics", "sweeper", "shutdown"])
+        self.assertEqual([child.name for child in service], ["udp", "tcp", "metrics", "sweeper", "stats", "shutdown"])
 
     def test_log_json_option(self) -> None:
         fd, path = tempfile.mkstemp()

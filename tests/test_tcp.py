@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.errors import Status
@@ -503,6 +504,7 @@ class InternalErrorTests(RoomProtocolTestCase):
         bob.dataReceived(b"\x13\x89")
         _, _, _ = self.enter(Operation.JOIN, "ann", port=40002)
         self.server.sweep()
+        self.server.log_stats()
         ours = [e for e in events if e["log_namespace"].startswith("chatd.")]
         self.assertEqual(
             [e["event"] for e in ours],
@@ -614,6 +616,15 @@ class RefusalLogTests(RoomProtocolTestCase):
         warnings = [e for e in events if e.get("event") == "refused_connection"]
         self.assertEqual(
             [(w["reason"], w["suppressed"]) for w in warnings], [("rate_limited", 0), ("rate_limited", 48)]
+        )
+        # Nothing kept quiet: nothing said about it; otherwise a whole clause.
+        self.assertEqual(
+            [formatEvent(w) for w in warnings],
+            [
+                "refused a connection from 192.0.2.66: rate_limited",
+                "refused a connection from 192.0.2.66: rate_limited"
+                " (48 more were refused for this reason since the last warning)",
+            ],
         )
         self.assertEqual(factory.refused.counts["rate_limited"], 50)
 

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +24,20 @@ from twisted.trial.unittest import SynchronousTestCase
 from chatd.datagrams import FrameType, encode_legacy
 from chatd.seal import Channel, Direction
 from chatd.wire import Frame, Operation, SizeEncoding, State
-from tests.loopback_clients import BlockingClient, free_ports
+from tests.loopback_clients import WAIT, BlockingClient, free_ports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile="]
 START_TIMEOUT = 15.0
 STOP_LIMIT = 2.0
 """Seconds from SIGTERM to exit that the daemon is allowed."""
+EMPTY_STOP_LIMIT = 1.0
+"""Seconds from SIGTERM to exit with nothing to flush: no grace period is waited for."""
 STOPPING = b"* the server is shutting down; room lobby is closed"
+ROOM_CLOSED_SENTENCE = "チャットルームが閉じられました".encode()
+"""What the course's model client ends its program on when its room closes."""
+SILENCE_SENTENCE = "しばらく発言しなかったので、チャットルームから退出させました".encode()
+"""What it ends its program on when it was removed for silence."""
 
 
 def environment() -> dict[str, str]:
@@ -57,14 +64,14 @@ def run_twistd(*arguments: str) -> subprocess.CompletedProcess[str]:
 class Daemon:
     """One C{twistd -n chatd}, its output in a file; killed in cleanup if still running."""
 
-    def __init__(self, case: SynchronousTestCase, tcp_port: int, udp_port: int) -> None:
+    def __init__(self, case: SynchronousTestCase, tcp_port: int, udp_port: int, *options: str) -> None:
         self.case = case
         directory = tempfile.mkdtemp(prefix="chatd-twistd-")
         case.addCleanup(shutil.rmtree, directory, True)
         self.log_path = Path(directory) / "twistd.log"
         self._output: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 (closed in cleanup)
         case.addCleanup(self._output.close)
-        arguments = ["chatd", "--tcp-port", str(tcp_port), "--udp-port", str(udp_port)]
+        arguments = ["chatd", "--tcp-port", str(tcp_port), "--udp-port", str(udp_port), *options]
         self.process = subprocess.Popen(
             [*TWISTD, *arguments],
             cwd=REPO_ROOT,
@@ -186,9 +193,9 @@ class TwistdTests(SynchronousTestCase):
             (1, "server_stopping", "lobby", STOPPING.decode()),
         )
         self.assertTrue(dave.at_eof())
-        # Model members have only UDP.
-        self.assertEqual(alice.recv_datagram(), STOPPING)
-        self.assertEqual(bob.recv_datagram(), STOPPING)
+        # Model members have only UDP, and get their client's own sentence.
+        self.assertEqual(alice.recv_datagram(), ROOM_CLOSED_SENTENCE)
+        self.assertEqual(bob.recv_datagram(), ROOM_CLOSED_SENTENCE)
         daemon.assert_clean_exit(since)
 
         # The ports are free at once: a new daemon binds both and serves.
@@ -196,6 +203,18 @@ class TwistdTests(SynchronousTestCase):
         again.wait_listening()
         self.model_chat(tcp_port, udp_port)
         again.assert_clean_exit(again.terminate())
+
+    def test_stops_at_once_with_no_rooms(self) -> None:
+        tcp_port, udp_port = free_ports()
+        daemon = Daemon(self, tcp_port, udp_port)
+        daemon.wait_listening()
+        since = daemon.terminate()
+        daemon.process.wait(timeout=STOP_LIMIT + 5)
+        elapsed = time.monotonic() - since
+        # Measured at 0.06 s here (docs/architecture.md, "Stopping"); the
+        # bound is looser, for a loaded machine.
+        self.assertLess(elapsed, EMPTY_STOP_LIMIT, daemon.log())
+        daemon.assert_clean_exit(since)
 
     def test_help(self) -> None:
         result = run_twistd("--help")
@@ -217,3 +236,88 @@ class TwistdTests(SynchronousTestCase):
             self.assertNotIn("Traceback", output)
             errors = [line for line in output.splitlines() if reason in line]
             self.assertEqual(len(errors), 1, output)
+
+
+def raw_frame(operation: int, room: str, payload: bytes) -> bytes:
+    """A model-dialect request frame, byte by byte as the course's client builds it (docs/protocol.md 2.1)."""
+    name = room.encode("utf-8")
+    return bytes((len(name), operation, 0)) + len(payload).to_bytes(29, "big") + name + payload
+
+
+class RawModelMember:
+    """
+    The course's model client, as bare sockets: a create or join frame, the
+    acknowledge and the token, its UDP port as 2 bytes, then datagrams of
+    plain text. None of chatd's codecs, so the test sees the wire as it is.
+    """
+
+    def __init__(self, case: SynchronousTestCase, tcp_port: int, udp_port: int, operation: int, name: str) -> None:
+        self.server = ("127.0.0.1", udp_port)
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        case.addCleanup(self.udp.close)
+        self.udp.settimeout(WAIT)
+        self.udp.bind(("127.0.0.1", 0))
+        with socket.create_connection(("127.0.0.1", tcp_port), timeout=WAIT) as tcp:
+            tcp.sendall(raw_frame(operation, "lobby", json.dumps({"username": name}).encode()))
+            stream = tcp.makefile("rb")
+            acknowledge = stream.read(32 + 5 + 1)
+            case.assertEqual(acknowledge[1:3] + acknowledge[-1:], bytes((operation, 1, 0)), acknowledge)
+            header = stream.read(32)
+            case.assertEqual(header[1:3], bytes((operation, 2)), header)
+            complete = stream.read(header[0] + int.from_bytes(header[3:], "big"))
+            self.token = complete[header[0] :]
+            tcp.sendall(self.udp.getsockname()[1].to_bytes(2, "big"))
+            case.assertEqual(stream.read(1), b"", "the server keeps a model connection open after the UDP port")
+            stream.close()
+
+    def say(self, text: str) -> None:
+        room = b"lobby"
+        self.udp.sendto(bytes((len(room), len(self.token))) + room + self.token + text.encode(), self.server)
+
+    def receive(self) -> bytes:
+        data, _ = self.udp.recvfrom(4094)
+        return data
+
+
+class ModelClientEndsTests(SynchronousTestCase):
+    """
+    A real daemon and raw model-dialect members: each membership ends on one
+    of the two exact sentences the course's model client ends its program on.
+    """
+
+    def test_host_exit_and_removal_for_silence(self) -> None:
+        tcp_port, udp_port = free_ports()
+        options = ("--idle-timeout", "1", "--sweep-interval", "0.1", "--keepalive-interval", "0.5")
+        daemon = Daemon(self, tcp_port, udp_port, *options)
+        daemon.wait_listening()
+
+        host = RawModelMember(self, tcp_port, udp_port, 1, "alice")
+        member = RawModelMember(self, tcp_port, udp_port, 2, "bob")
+        self.assertEqual(host.receive(), b"* bob joined lobby")
+        host.say("/exit")
+        self.assertEqual(member.receive(), ROOM_CLOSED_SENTENCE)
+        self.assertEqual(host.receive(), ROOM_CLOSED_SENTENCE)
+
+        # A new room; the host talks, the member does not, and is removed.
+        host = RawModelMember(self, tcp_port, udp_port, 1, "alice")
+        member = RawModelMember(self, tcp_port, udp_port, 2, "bob")
+        deadline = time.monotonic() + 5
+        member.udp.settimeout(0.2)
+        received: list[bytes] = []
+        while SILENCE_SENTENCE not in received:
+            self.assertLess(time.monotonic(), deadline, received)
+            # Ten a second: well within the host's rate limit.
+            host.say("still here")
+            time.sleep(0.1)
+            try:
+                received.append(member.receive())
+            except TimeoutError:
+                continue
+        # Only the host's chatter came before it, and nothing after it.
+        self.assertEqual(received[-1], SILENCE_SENTENCE)
+        self.assertEqual({data for data in received[:-1]}, {b"alice: still here"})
+        self.assertEqual(host.receive(), b"* bob joined lobby")
+        self.assertEqual(host.receive(), b"* bob was removed from lobby after 1 s without activity")
+        since = daemon.terminate()
+        self.assertEqual(host.receive(), ROOM_CLOSED_SENTENCE)
+        daemon.assert_clean_exit(since)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from twisted.logger import LogLevel
+import json
+
+from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.datagrams import (
@@ -207,6 +209,15 @@ class DropTests(RelayTestCase):
         warnings = [e for e in events if e["log_level"] == LogLevel.warn]
         self.assertEqual([(w["reason"], w["suppressed"]) for w in warnings], [("malformed", 0), ("malformed", 99)])
         self.assertEqual((warnings[0]["source_host"], warnings[0]["source_port"]), EVE)
+        # Nothing kept quiet: nothing said about it; otherwise a whole clause.
+        self.assertEqual(
+            [formatEvent(w) for w in warnings],
+            [
+                "dropped a datagram from 127.0.0.1:6666: malformed",
+                "dropped a datagram from 127.0.0.1:6666: malformed"
+                " (99 more were dropped for this reason since the last warning)",
+            ],
+        )
         self.assertEqual(self.relay.drops.counts["malformed"], 101)
 
     def test_unexpected_errors_are_logged_not_raised(self) -> None:
@@ -557,19 +568,32 @@ class SizeTests(RelayTestCase):
         self.assertEqual(self.relay.drops.counts["too_large"], 1)
 
 
+ROOM_CLOSED_SENTENCE = bytes.fromhex(
+    "e38381e383a3e38383e38388e383abe383bce383a0e3818ce99689e38198e38289e3828ce381bee38197e3819f"
+)
+"""チャットルームが閉じられました, the model client's "room closed" sentence, as docs/protocol.md gives it."""
+SILENCE_SENTENCE = bytes.fromhex(
+    "e38197e381b0e38289e3818fe799bae8a880e38197e381aae3818be381a3e3819fe381aee381a7e38081"
+    "e38381e383a3e38383e38388e383abe383bce383a0e3818be38289e98080e587bae38195e3819be381bee38197e3819f"
+)
+"""しばらく発言しなかったので、チャットルームから退出させました, its "removed for silence" sentence."""
+
+
 class ExitTests(RelayTestCase):
     def test_host_exit_closes_room_and_tells_everyone(self) -> None:
         ann = self.member("ann", Dialect.MODEL, ANN)
-        bob = self.member("bob", Dialect.MODEL, BOB)
+        bob = self.member("bob", Dialect.SEED, BOB)
         cat = self.member("cat", Dialect.NATIVE, CAT)
         self.say(ann, "/exit")
         self.assertEqual(self.store.rooms(), [])
         self.assertIsNone(self.store.member_for_token(bob.token))
         closing = dict((address, data) for data, address in self.udp.written)
-        self.assertEqual(closing[BOB], b"* room hoge was closed: the host left")
-        self.assertEqual(closing[ANN], b"* room hoge was closed: the host left")
-        self.assertEqual(self.client_channel(cat).open(closing[CAT])[0], FrameType.NOTICE)
-        self.assertIsNotNone(cat)
+        # Closed on purpose: said so, not "the host left".
+        self.assertEqual(closing[BOB], b"* room hoge was closed: the host closed the room")
+        self.assertEqual(closing[ANN], ROOM_CLOSED_SENTENCE)
+        frame_type, body = self.client_channel(cat).open(closing[CAT])
+        self.assertEqual(frame_type, FrameType.NOTICE)
+        self.assertEqual(json.loads(body)["reason"], "the host closed the room")
 
     def test_member_exit_is_leave(self) -> None:
         self.member("ann", Dialect.MODEL, ANN)
@@ -585,6 +609,105 @@ class ExitTests(RelayTestCase):
         self.member("ann", Dialect.MODEL, ANN)
         self.successResultOf(self.store.join_room("hoge", RoomRequest("bob"), Dialect.MODEL))
         self.assertEqual(self.udp.written, [(b"* bob joined hoge", ANN)])
+
+
+class ModelNoticeTests(RelayTestCase):
+    """
+    A model member's membership ends on one of its client's two sentences,
+    exactly, whatever ended it (docs/protocol.md 4.6): anything else leaves
+    the course's model client running in a room that is gone.
+    """
+
+    def sent_to(self, address: tuple[str, int]) -> list[bytes]:
+        return [data for data, to in self.udp.written if to == address]
+
+    def test_the_sentences_are_what_the_model_client_compares_against(self) -> None:
+        self.assertEqual(ROOM_CLOSED_SENTENCE.decode("utf-8"), "チャットルームが閉じられました")
+        self.assertEqual(
+            SILENCE_SENTENCE.decode("utf-8"), "しばらく発言しなかったので、チャットルームから退出させました"
+        )
+
+    def test_host_exit(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.say(ann, "/exit")
+        self.assertEqual(self.sent_to(BOB), [ROOM_CLOSED_SENTENCE])
+        self.assertEqual(self.sent_to(ANN), [ROOM_CLOSED_SENTENCE])
+
+    def test_host_left(self) -> None:
+        ann = self.member("ann", Dialect.SEED, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.store.leave(ann, LeaveReason.LEFT)
+        self.assertEqual(self.sent_to(BOB), [ROOM_CLOSED_SENTENCE])
+
+    def test_host_timeout(self) -> None:
+        self.member("ann", Dialect.MODEL, ANN)
+        bob = self.member("bob", Dialect.MODEL, BOB)
+        self.member("cat", Dialect.SEED, CAT)
+        self.clock.advance(self.server.settings.idle_timeout - 1)
+        self.say(bob, "still here")
+        self.udp.written.clear()
+        self.clock.advance(2)
+        self.store.expire()
+        self.assertEqual(self.store.rooms(), [])
+        # The host was removed for silence; the member, whose room closed, was not.
+        self.assertEqual(self.sent_to(ANN), [SILENCE_SENTENCE])
+        self.assertEqual(self.sent_to(BOB), [ROOM_CLOSED_SENTENCE])
+        self.assertEqual(self.sent_to(CAT), [b"* room hoge was closed: the host timed out"])
+
+    def test_server_stop(self) -> None:
+        self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.member("cat", Dialect.SEED, CAT)
+        self.server.stop()
+        self.assertEqual(self.sent_to(ANN), [ROOM_CLOSED_SENTENCE])
+        self.assertEqual(self.sent_to(BOB), [ROOM_CLOSED_SENTENCE])
+        self.assertEqual(self.sent_to(CAT), [b"* the server is shutting down; room hoge is closed"])
+
+    def test_member_removed_for_silence(self) -> None:
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        cat = self.member("cat", Dialect.SEED, CAT)
+        self.clock.advance(self.server.settings.idle_timeout - 1)
+        self.say(ann, "still here")
+        self.say(cat, "me too")
+        self.udp.written.clear()
+        self.clock.advance(2)
+        self.store.expire()
+        self.assertEqual(self.sent_to(BOB), [SILENCE_SENTENCE])
+        # The others are told in chatd's words: their programs go on.
+        self.clock.advance(self.server.settings.presence_interval)
+        self.assertEqual(self.sent_to(ANN), [b"* bob was removed from hoge after 300 s without activity"])
+        self.assertEqual(self.sent_to(CAT), [b"* bob was removed from hoge after 300 s without activity"])
+
+    def test_other_notices_keep_chatds_wording(self) -> None:
+        self.member("ann", Dialect.MODEL, ANN)
+        self.successResultOf(self.store.join_room("hoge", RoomRequest("bob"), Dialect.MODEL))
+        self.assertEqual(self.sent_to(ANN), [b"* bob joined hoge"])
+
+
+class ActionTests(RelayTestCase):
+    def test_legacy_recipients_get_the_action_as_chatds_clients_show_it(self) -> None:
+        nat = self.member("nat", Dialect.NATIVE, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        cat = self.member("cat", Dialect.NATIVE, CAT)
+        self.relay.datagramReceived(self.native(nat, FrameType.MESSAGE, b"/me waves"), ANN)
+        self.assertEqual([data for data, to in self.udp.written if to == BOB], [b"* nat waves"])
+        # Native recipients get the text as sent: their clients render it.
+        (sealed,) = [data for data, to in self.udp.written if to == CAT]
+        frame_type, body = self.client_channel(cat).open(sealed)
+        self.assertEqual(frame_type, FrameType.RELAY)
+        self.assertEqual(decode_relay_body(body).text, "/me waves")
+
+    def test_legacy_sender(self) -> None:
+        ann = self.member("ann", Dialect.SEED, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        self.say(ann, "/me waves back")
+        self.say(ann, "/meow")
+        self.say(ann, "not /me first")
+        self.assertEqual(
+            [data for data, _ in self.udp.written], [b"* ann waves back", b"ann: /meow", b"ann: not /me first"]
+        )
 
 
 class FloodTests(RelayTestCase):
