@@ -13,9 +13,9 @@ from twisted.trial import unittest
 
 from chatd.client import ChatClient, ConnectionState
 from chatd.events import ConnectionLost, MemberJoined, MessageReceived, Reconnected, Reconnecting, WaitingForHost
+from tests.client_cases import REACTOR
 from tests.loopback_clients import free_ports
 from tests.test_twistd import Daemon
-from tests.client_cases import REACTOR
 from tests.waiting import Recorder, bounded, until
 
 HOST = "127.0.0.1"
