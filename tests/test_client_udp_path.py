@@ -19,7 +19,8 @@ from chatd.events import MessageReceived, UdpPathLost, UdpPathRestored
 from tests.client_cases import HOST, REACTOR, ClientCase, Person
 from tests.waiting import bounded, sleep, until
 
-FAST = {"udp_probe_interval": 0.2, "udp_lost_after": 0.5}
+PROBE_INTERVAL = 0.2
+LOST_AFTER = 0.5
 """Probe every 0.2 s while in doubt; report after 0.5 s unanswered."""
 
 
@@ -72,7 +73,7 @@ class UdpPathTests(ClientCase):
         service = self.serve()
         relay = UdpRelay(service.udp_port)
         self.addCleanup(relay.close)
-        person = self.person(service, name, **FAST)
+        person = self.person(service, name, udp_probe_interval=PROBE_INTERVAL, udp_lost_after=LOST_AFTER)
         person.client.udp_port = relay.port
         entering = person.client.create("lobby", name) if create else person.client.join("lobby", name)
         await bounded(entering, f"{name} enters lobby")
@@ -85,7 +86,7 @@ class UdpPathTests(ClientCase):
         relay.dropping = True
         alice.client.flush(0.1)  # a keepalive now, rather than at the server's 30 s interval
         lost = await alice.heard.next(UdpPathLost, timeout=2.0)
-        self.assertGreaterEqual(lost.silent_for, FAST["udp_lost_after"])
+        self.assertGreaterEqual(lost.silent_for, LOST_AFTER)
         self.assertTrue(alice.client.udp_lost)
         self.assertEqual(alice.client.state, ConnectionState.IN_ROOM, "the room is not left over it")
         await sleep(1.0)
@@ -103,7 +104,7 @@ class UdpPathTests(ClientCase):
         relay = UdpRelay(service.udp_port)
         self.addCleanup(relay.close)
         relay.dropping = True
-        bob = self.person(service, "bob", **FAST)
+        bob = self.person(service, "bob", udp_probe_interval=PROBE_INTERVAL, udp_lost_after=LOST_AFTER)
         bob.client.udp_port = relay.port
         info = await bounded(bob.client.join("lobby", "bob"), "bob joins, with UDP blocked")
         self.assertEqual(info.members, ("alice", "bob"))
