@@ -106,7 +106,7 @@ class TerminalAppTests(unittest.TestCase):
         press(app.widget, *["backspace"] * 5)
         type_line(app.widget, "right")
         await self.connected(app)
-        self.assertIn("2 members in room secret: alice, bob (you)", screen_text(app.widget))
+        self.assertIn("2 members in room secret: alice (host), bob (you)", screen_text(app.widget))
 
     async def test_server_not_running(self) -> None:
         port = REACTOR.listenTCP(0, Factory(), 5, "127.0.0.1")
