@@ -105,8 +105,10 @@ create the room again before it gives up.
 """
 RETRY_JITTER = 0.2
 """
-Each retry delay is shortened by a random part of up to this fraction, so
-that the members of a room the restart emptied do not all knock at once.
+Each delay between tries while waiting for the host is shortened by a random
+part of up to this fraction, so that the members of a room the restart
+emptied, who all lost their connection at the same moment, do not all ask
+at the same moments.
 """
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TCP_PORT = 9001
@@ -745,14 +747,15 @@ class ChatClient:
         while self._reconnecting():
             attempt += 1
             if waiting_since is None:
-                delay = self._retry_delay(attempt)
+                delay = self._backoff(attempt)
                 self._emit(Reconnecting(attempt, delay))
             else:
                 # The server is back: the backoff that grew while it was down
                 # starts again, so that a host's return is noticed soon.
                 tries_waiting += 1
                 gives_up_in = max(0.0, waiting_since + self._host_wait - self._clock.seconds())
-                delay = min(self._retry_delay(tries_waiting), gives_up_in)
+                jittered = self._backoff(tries_waiting) * (1.0 - self._retry_jitter * self._jitter_source())
+                delay = min(jittered, gives_up_in)
                 assert self._wanted is not None
                 self._emit(WaitingForHost(self._wanted.room, self.room_host, attempt, delay, gives_up_in))
             self._retry = deferLater(self._clock, delay, lambda: None)
@@ -806,10 +809,9 @@ class ChatClient:
             self._emit(Reconnected(info.room, info.members, self.room_host))
             return
 
-    def _retry_delay(self, attempt: int) -> float:
-        """Exponential backoff, capped, and shortened by up to the jitter fraction."""
-        delay = min(self._max_retry_delay, self._first_retry_delay * 2.0 ** (attempt - 1))
-        return delay * (1.0 - self._retry_jitter * self._jitter_source())
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff from the first retry delay, capped."""
+        return min(self._max_retry_delay, self._first_retry_delay * 2.0 ** (attempt - 1))
 
     def _host_did_not_return(self) -> str:
         assert self._wanted is not None

@@ -76,14 +76,7 @@ class ClientCase(unittest.TestCase):
     def person(self, service: ChatService, name: str, tls: TrustPolicy | None = None, **options: Any) -> Person:
         """A client of C{service} (its TLS port when C{tls} is given) not in a room yet; it leaves at cleanup."""
         heard = Recorder(name)
-        # No jitter: the tests that count retries know each delay exactly.
-        options = {
-            "request_timeout": WAIT,
-            "first_retry_delay": 0.1,
-            "max_retry_delay": 0.5,
-            "retry_jitter": 0.0,
-            **options,
-        }
+        options = {"request_timeout": WAIT, "first_retry_delay": 0.1, "max_retry_delay": 0.5, **options}
         port = service.tcp_port
         if tls is not None:
             assert service.tls_port is not None

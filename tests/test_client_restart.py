@@ -44,7 +44,6 @@ class RestartTests(unittest.TestCase):
             request_timeout=5.0,
             first_retry_delay=retry,
             max_retry_delay=retry,
-            retry_jitter=0.0,
         )
         self.addCleanup(client.leave)
         return client, heard
