@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -30,7 +32,14 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IReactorUDP, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IReactorTime,
+    IReactorUDP,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -46,6 +55,7 @@ from chatd.errors import (
     ConnectionClosedError,
     ConnectionFailedError,
     FrameTooLargeError,
+    InvalidPasswordError,
     MalformedFrameError,
     MessageTooLongError,
     NotInRoomError,
@@ -65,6 +75,9 @@ from chatd.events import (
     Reconnecting,
     RemovedForInactivity,
     RoomClosed,
+    UdpPathLost,
+    UdpPathRestored,
+    WaitingForHost,
     event_from_notice,
 )
 from chatd.payloads import NATIVE_VERSION, decode_json
@@ -74,6 +87,29 @@ from chatd.wire import Frame, FrameDecoder, Operation, State, encode_frame
 
 UDP_CONFIRM_WAIT = 2.0
 """Seconds a create or join waits for the server to answer the first keepalive."""
+UDP_PROBE_INTERVAL = 1.5
+"""
+Seconds after an unanswered keepalive before another goes out. The server
+answers at once, so an answer that late is one that is not coming; probing
+this much sooner than the keepalive interval (30 s) is what lets a dead UDP
+path be reported within seconds rather than at the next keepalive.
+"""
+UDP_PROBE_MAX_INTERVAL = 10.0
+"""The slowest probing gets (doubling from UDP_PROBE_INTERVAL) once the path is reported lost."""
+UDP_LOST_AFTER = 4.0
+"""Seconds of unanswered keepalives (about three of them) before the path is reported lost."""
+HOST_WAIT = 120.0
+"""
+Seconds a member waits, after a server restart, for the room's host to
+create the room again before it gives up.
+"""
+RETRY_JITTER = 0.2
+"""
+Each delay between tries while waiting for the host is shortened by a random
+part of up to this fraction, so that the members of a room the restart
+emptied, who all lost their connection at the same moment, do not all ask
+at the same moments.
+"""
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TCP_PORT = 9001
 DEFAULT_UDP_PORT = 9002
@@ -122,6 +158,7 @@ class _Membership:
     user: str
     password: str | None
     invite: str | None
+    native_only: bool = False
 
 
 @dataclass(slots=True)
@@ -206,6 +243,11 @@ class ChatClient:
         max_retry_delay: float = 30.0,
         tls: TrustPolicy | None = None,
         rekey_after: int = REKEY_AFTER,
+        host_wait: float = HOST_WAIT,
+        retry_jitter: float = RETRY_JITTER,
+        jitter_source: Callable[[], float] = random.random,
+        udp_probe_interval: float = UDP_PROBE_INTERVAL,
+        udp_lost_after: float = UDP_LOST_AFTER,
     ) -> None:
         self._reactor = reactor
         self._clock: IReactorTime = reactor
@@ -217,6 +259,12 @@ class ChatClient:
         self._reconnect = reconnect
         self._first_retry_delay = first_retry_delay
         self._max_retry_delay = max_retry_delay
+        self._host_wait = host_wait
+        self._retry_jitter = retry_jitter
+        self._jitter_source = jitter_source
+        """Uniform in [0, 1): random.random, or a test's fixed numbers."""
+        self._udp_probe_interval = udp_probe_interval
+        self._udp_lost_after = udp_lost_after
         self.tls = tls
         """How to trust the server when tcp_port is its TLS port; None for plain TCP."""
         self._rekey_after = rekey_after
@@ -228,8 +276,18 @@ class ChatClient:
         self.state = ConnectionState.IDLE
         self.info: RoomInfo | None = None
         self.members: tuple[str, ...] = ()
+        self.room_host: str | None = None
+        """
+        The user name of the room's host (this client's own when it hosts), or
+        None before entering. Not C{host}: that is the server's address.
+        """
         self.udp_confirmed = False
         """The server has answered a keepalive: datagrams get through both ways."""
+        self.udp_lost = False
+        """
+        Keepalives went unanswered and L{UdpPathLost} was emitted; cleared,
+        with L{UdpPathRestored}, when a datagram from the server arrives.
+        """
 
         self._wanted: _Membership | None = None
         self._control: _ControlConnection | None = None
@@ -244,15 +302,29 @@ class ChatClient:
         self._tls_creator: ChatTLSCreator | None = None
         self._request: _Request | None = None
         self._keepalive: LoopingCall | None = None
+        self._probe: IDelayedCall | None = None
+        """The next keepalive sent early because the last one is still unanswered."""
+        self._unanswered_since: float | None = None
+        """When the oldest keepalive not answered yet went out; None when all were answered."""
+        self._probes_sent = 0
+        self._heard_at = 0.0
+        """When the last authenticated datagram from the server arrived (or the room was entered)."""
         self._retry: Deferred[None] | None = None
         self._room_over = False
         self._leaving = False
 
     # -- entering a room ----------------------------------------------------
 
-    def create(self, room: str, user: str, password: str | None = None) -> Deferred[RoomInfo]:
-        """Create C{room} and become its host."""
-        return Deferred.fromCoroutine(self._start(_Membership(Operation.CREATE, room, user, password, None)))
+    def create(
+        self, room: str, user: str, password: str | None = None, *, native_only: bool = False
+    ) -> Deferred[RoomInfo]:
+        """
+        Create C{room} and become its host. C{native_only} makes a room only
+        native clients can join, so that all of its datagrams are sealed; the
+        server allows it over its TLS port only (docs/protocol.md section 4.8).
+        """
+        wanted = _Membership(Operation.CREATE, room, user, password, None, native_only)
+        return Deferred.fromCoroutine(self._start(wanted))
 
     def join(self, room: str, user: str, password: str | None = None, invite: str | None = None) -> Deferred[RoomInfo]:
         """Join C{room}, with its password or an invitation token if it needs one."""
@@ -263,6 +335,8 @@ class ChatClient:
             raise ClientError("this client is already in a room; leave it first")
         self._wanted = wanted
         self._room_over = self._leaving = False
+        self.udp_lost = False
+        self.room_host = None
         self.state = ConnectionState.CONNECTING
         try:
             return await self._enter(wanted)
@@ -274,13 +348,33 @@ class ChatClient:
     async def _enter(self, wanted: _Membership) -> RoomInfo:
         control = await self._connect()
         await self._listen_udp(control)
-        payload: dict[str, Any] = {"chatd": NATIVE_VERSION, "username": wanted.user}
-        if wanted.password:
-            payload["password"] = wanted.password
-        if wanted.invite:
-            payload["invite"] = wanted.invite
-        request = Frame(wanted.operation, State.REQUEST, wanted.room, json.dumps(payload).encode("utf-8"))
-        frames = await self._ask(request)
+        return await self._in_room(await self._ask(_room_request(wanted)))
+
+    async def _enter_as_member(self, wanted: _Membership) -> RoomInfo:
+        """
+        Join again after the connection was lost, asking first without the
+        password: a join that carries a password spends one of the few
+        attempts a minute the server allows an address (docs/protocol.md
+        section 5.1), and a member waiting for its host to reopen the room
+        asks again and again, from the same address as the host's create
+        (which spends one too). Without the password, a room that is not back
+        yet costs nothing; a password room answers "invalid password" at
+        once, without hashing, and the real join follows on the same
+        connection (that refusal does not close it).
+        """
+        control = await self._connect()
+        await self._listen_udp(control)
+        probe = _Membership(Operation.JOIN, wanted.room, wanted.user, None, None)
+        try:
+            frames = await self._ask(_room_request(probe))
+        except InvalidPasswordError:
+            if wanted.password is None:
+                raise
+            frames = await self._ask(_room_request(wanted))
+        return await self._in_room(frames)
+
+    async def _in_room(self, frames: list[Frame]) -> RoomInfo:
+        """Take the create or join answer, start the keepalives, and wait (briefly) for UDP."""
         if self._tls_creator is not None and self._tls_creator.newly_pinned:
             self.newly_pinned = self._tls_creator.newly_pinned
         answer = decode_json(frames[-1].payload)
@@ -295,7 +389,14 @@ class ChatClient:
         self._channel = _channel_from(answer, self._rekey_after)
         self._previous_channel = None
         self.members = self.info.members
+        # The join answer names no host, but lists the members in the order
+        # they entered, host first (docs/protocol.md section 4.2), and a room
+        # never outlives its host (section 6.4).
+        self.room_host = self.info.user if self.info.host else (self.members[0] if self.members else None)
         self.udp_confirmed = False
+        self._heard_at = self._clock.seconds()
+        self._unanswered_since = None
+        self._probes_sent = 0
         self.state = ConnectionState.IN_ROOM
         self._keepalive = LoopingCall(self._send_keepalive)
         self._keepalive.clock = self._clock
@@ -403,6 +504,7 @@ class ChatClient:
             frame_type, body = channel.open(datagram, header)
             if channel is current:
                 self._previous_channel = None
+            self._udp_heard()
             if frame_type == FrameType.RELAY:
                 relayed = decode_relay_body(body)
                 self._emit(MessageReceived(relayed.sender, relayed.text, relayed.timestamp_ms / 1000))
@@ -457,7 +559,52 @@ class ChatClient:
             self._udp_waiters.remove(answered)
 
     def _send_keepalive(self) -> None:
+        if self.state is ConnectionState.IN_ROOM:
+            # Counted as unanswered before it goes, in case the answer is quick.
+            if self._unanswered_since is None:
+                self._unanswered_since = self._clock.seconds()
+            if self._probe is None:
+                self._probe = self._clock.callLater(self._probe_delay(), self._probe_udp)
         self._send_datagram(FrameType.KEEPALIVE, b"")
+
+    def _probe_delay(self) -> float:
+        """
+        Seconds before the next early keepalive: the probe interval while in
+        doubt; once the path is reported lost, doubling up to a bound, so a
+        path that stays dead costs few datagrams and one that comes back is
+        noticed within UDP_PROBE_MAX_INTERVAL.
+        """
+        if not self.udp_lost:
+            return self._udp_probe_interval
+        slower = self._udp_probe_interval * 2.0 ** max(0, self._probes_sent - 2)
+        return min(slower, max(UDP_PROBE_MAX_INTERVAL, self._udp_probe_interval))
+
+    def _probe_udp(self) -> None:
+        """A keepalive is still unanswered: say so once it has been too long, and try again."""
+        self._probe = None
+        if self.state is not ConnectionState.IN_ROOM or self._unanswered_since is None:
+            return
+        now = self._clock.seconds()
+        if not self.udp_lost and now - self._unanswered_since >= self._udp_lost_after:
+            self.udp_lost = True
+            self._emit(UdpPathLost(round(now - self._heard_at, 3)))
+        self._probes_sent += 1
+        self._send_keepalive()
+
+    def _udp_heard(self) -> None:
+        """An authenticated datagram from the server arrived: the path works (again)."""
+        self._heard_at = self._clock.seconds()
+        self._unanswered_since = None
+        self._probes_sent = 0
+        self._cancel_probe()
+        if self.udp_lost:
+            self.udp_lost = False
+            self._emit(UdpPathRestored())
+
+    def _cancel_probe(self) -> None:
+        if self._probe is not None and self._probe.active():
+            self._probe.cancel()
+        self._probe = None
 
     def _send_datagram(self, frame_type: FrameType, body: bytes) -> None:
         transport = self._datagrams.transport
@@ -517,6 +664,9 @@ class ChatClient:
         if not isinstance(listed, list):
             raise MalformedFrameError("the member list has no 'members' array")
         self.members = tuple(str(name) for name in listed)
+        host = answer.get("host")
+        if isinstance(host, str):
+            self.room_host = host
         return self.members
 
     # -- leaving and losing ---------------------------------------------------
@@ -537,6 +687,7 @@ class ChatClient:
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
         self._keepalive = None
+        self._cancel_probe()
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
@@ -558,6 +709,10 @@ class ChatClient:
         self._control = None
         if self._keepalive is not None and self._keepalive.running:
             self._keepalive.stop()
+        # Unanswered keepalives say nothing about UDP while TCP is down too;
+        # a path reported lost stays so until a datagram arrives again.
+        self._cancel_probe()
+        self._unanswered_since = None
         if self._leaving or self.state is not ConnectionState.IN_ROOM:
             return
         if self._room_over or isinstance(refusal, CertificateError):
@@ -577,11 +732,32 @@ class ChatClient:
             Deferred.fromCoroutine(self._shut(close_udp=True))
 
     async def _reconnect_loop(self) -> None:
+        """
+        Try again and again to come back to the room, with exponential
+        backoff and jitter. After a server restart the room is gone; only its
+        host may create it again (a member that did would become the host of
+        the old host's room). So a member that finds no room waits for the
+        host: it keeps asking, and says so with L{WaitingForHost} before each
+        try, until the room is back or L{HOST_WAIT} seconds have passed.
+        """
         attempt = 0
+        waiting_since: float | None = None
+        """When this member first found the room gone; None while the server is out of reach."""
+        tries_waiting = 0
         while self._reconnecting():
             attempt += 1
-            delay = min(self._max_retry_delay, self._first_retry_delay * 2 ** (attempt - 1))
-            self._emit(Reconnecting(attempt, delay))
+            if waiting_since is None:
+                delay = self._backoff(attempt)
+                self._emit(Reconnecting(attempt, delay))
+            else:
+                # The server is back: the backoff that grew while it was down
+                # starts again, so that a host's return is noticed soon.
+                tries_waiting += 1
+                gives_up_in = max(0.0, waiting_since + self._host_wait - self._clock.seconds())
+                jittered = self._backoff(tries_waiting) * (1.0 - self._retry_jitter * self._jitter_source())
+                delay = min(jittered, gives_up_in)
+                assert self._wanted is not None
+                self._emit(WaitingForHost(self._wanted.room, self.room_host, attempt, delay, gives_up_in))
             self._retry = deferLater(self._clock, delay, lambda: None)
             try:
                 await self._retry
@@ -597,17 +773,62 @@ class ChatClient:
                 # or someone is in the middle): retrying cannot help. Stop, and
                 # say why, as _control_lost does for an open connection.
                 self._log.warn("reconnect attempt {attempt} refused: {error}", attempt=attempt, error=str(error))
-                self.state = ConnectionState.CLOSED
-                self._emit(ConnectionLost(str(error), will_reconnect=False))
-                await self._shut(close_udp=True)
+                await self._give_up(str(error))
                 return
+            except RoomNotFoundError:
+                now = self._clock.seconds()
+                if waiting_since is None:
+                    waiting_since, tries_waiting = now, 0
+                elif now >= waiting_since + self._host_wait:
+                    await self._give_up(self._host_did_not_return())
+                    return
+                await self._close_control()
+                continue
+            except InvalidPasswordError as error:
+                if self._wanted is not None and self._wanted.invite is not None:
+                    # The invitation was spent on the first join and the room
+                    # has a password: no number of tries can get back in.
+                    await self._give_up(
+                        f"room {self._wanted.room} needs its password, and the invitation was used up"
+                        " on the first join; ask its host for a new one"
+                    )
+                    return
+                self._log.info("reconnect attempt {attempt} failed: {error}", attempt=attempt, error=str(error))
+                await self._close_control()
+                continue
+            except (ConnectionFailedError, ConnectionClosedError) as error:
+                # The server is out of reach again: that is not the host's delay.
+                self._log.info("reconnect attempt {attempt} failed: {error}", attempt=attempt, error=str(error))
+                waiting_since = None
+                await self._close_control()
+                continue
             except ChatError as error:
                 self._log.info("reconnect attempt {attempt} failed: {error}", attempt=attempt, error=str(error))
-                if self._control is not None:
-                    await self._control.close()
+                await self._close_control()
                 continue
-            self._emit(Reconnected(info.room, info.members))
+            self._emit(Reconnected(info.room, info.members, self.room_host))
             return
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff from the first retry delay, capped."""
+        return min(self._max_retry_delay, self._first_retry_delay * 2.0 ** (attempt - 1))
+
+    def _host_did_not_return(self) -> str:
+        assert self._wanted is not None
+        host = self.room_host if self.room_host is not None else "its host"
+        return (
+            f"room {self._wanted.room} is gone since the server restarted, and {host}"
+            f" did not reopen it within {self._host_wait:g} s"
+        )
+
+    async def _give_up(self, reason: str) -> None:
+        self.state = ConnectionState.CLOSED
+        self._emit(ConnectionLost(reason, will_reconnect=False))
+        await self._shut(close_udp=True)
+
+    async def _close_control(self) -> None:
+        if self._control is not None:
+            await self._control.close()
 
     def _reconnecting(self) -> bool:
         # A method, not an inline test: the state changes across awaits.
@@ -616,32 +837,45 @@ class ChatClient:
     async def _rejoin(self) -> RoomInfo:
         """
         Enter the same room under the same name. After a server restart the
-        room may be gone: then whoever comes back first creates it again,
-        with the same password. An invitation was spent on the first join, so
-        a member who came in by one can only rejoin a room without password,
-        and never recreates one (it would open a password room to anyone).
+        room is gone, and only the member that hosted it creates it again,
+        with the same password (and native-only again if it was): the others
+        join, and find no room (RoomNotFoundError) until the host is back.
+        If the host finds the name taken (by a client that is not this
+        library, or a stranger) it joins that room as a member.
         """
         wanted = self._wanted
         assert wanted is not None
-        if wanted.invite is not None:
-            wanted = _Membership(Operation.JOIN, wanted.room, wanted.user, None, None)
-            may_create = False
-        else:
-            may_create = True
+        was_host = self.info.host if self.info is not None else wanted.operation is Operation.CREATE
         self.state = ConnectionState.CONNECTING
         try:
+            if not was_host:
+                # An invitation was spent on the first join: a member who came
+                # in by one can only come back to a room without a password.
+                return await self._enter_as_member(
+                    _Membership(Operation.JOIN, wanted.room, wanted.user, wanted.password, None)
+                )
             try:
-                return await self._enter(wanted)
-            except (RoomNotFoundError, RoomExistsError) as error:
-                if not may_create:
-                    raise
-                other = Operation.CREATE if isinstance(error, RoomNotFoundError) else Operation.JOIN
-                if self._control is not None:
-                    await self._control.close()
-                return await self._enter(_Membership(other, wanted.room, wanted.user, wanted.password, None))
+                return await self._enter(replace(wanted, operation=Operation.CREATE, invite=None))
+            except RoomExistsError:
+                await self._close_control()
+                return await self._enter_as_member(
+                    _Membership(Operation.JOIN, wanted.room, wanted.user, wanted.password, None)
+                )
         finally:
             if self.state is ConnectionState.CONNECTING:
                 self.state = ConnectionState.RECONNECTING
+
+
+def _room_request(wanted: _Membership) -> Frame:
+    """The create or join request (docs/protocol.md section 4.1) for C{wanted}."""
+    payload: dict[str, Any] = {"chatd": NATIVE_VERSION, "username": wanted.user}
+    if wanted.password:
+        payload["password"] = wanted.password
+    if wanted.invite:
+        payload["invite"] = wanted.invite
+    if wanted.native_only and wanted.operation is Operation.CREATE:
+        payload["native_only"] = True
+    return Frame(wanted.operation, State.REQUEST, wanted.room, json.dumps(payload).encode("utf-8"))
 
 
 def _channel_from(answer: dict[str, Any], rekey_after: int) -> Channel:

@@ -46,6 +46,7 @@ from chatd.events import (
     RemovedForInactivity,
     RoomClosed,
     ServerStopping,
+    WaitingForHost,
 )
 from tests.client_cases import HOST, REACTOR, ClientCase, Person
 from tests.waiting import bounded, sleep, until
@@ -258,8 +259,11 @@ class ClientTests(ClientCase):
             self.assertEqual(person.client.state, ConnectionState.IN_ROOM)
         self.assertEqual(sorted(alice.client.members), ["alice", "bob"])
         self.assertEqual(sorted(bob.client.members), ["alice", "bob"])
-        # One of them made the room again, and kept its password.
-        self.assertEqual(sorted([alice.info.host, bob.info.host]), [False, True])
+        # The host made the room again, and kept its password.
+        self.assertEqual((alice.info.host, bob.info.host), (True, False))
+        for person in (alice, bob):
+            self.assertEqual(person.client.room_host, "alice")
+            self.assertEqual((await person.heard.next(Reconnected)).host, "alice")
         eve = self.person(second, "eve")
         await self.refused(eve.client.join("lobby", "eve", "guess"), InvalidPasswordError)
 
@@ -268,11 +272,11 @@ class ClientTests(ClientCase):
         bob.client.send("ただいま")
         self.assertEqual((await alice.heard.next(MessageReceived)).text, "ただいま")
 
-    async def test_member_back_first_recreates_room(self) -> None:
+    async def test_member_back_first_waits_for_the_host(self) -> None:
         """
-        After a restart the first one back recreates the room, with its
-        password, even when that is not the old host; the old host then finds
-        the room there and joins it.
+        After a restart a member back first does not make the room: it waits
+        for the host, who makes it again with its password, then joins; the
+        host is still the host (it can invite), and both know it.
         """
         first = self.serve()
         tcp_port, udp_port = first.tcp_port, first.udp_port
@@ -284,20 +288,22 @@ class ClientTests(ClientCase):
         await bob.heard.next(Reconnecting, lambda attempt: attempt.attempt >= 2)
         self.assertEqual(alice.heard.of(Reconnecting), [Reconnecting(1, 2.0)])
         second = self.serve(tcp_port=tcp_port, udp_port=udp_port)
-        self.assertEqual(await bob.heard.next(Reconnected), Reconnected("lobby", ("bob",)))
-        self.assertTrue(bob.info.host)
+        waiting = await bob.heard.next(WaitingForHost)
+        self.assertEqual((waiting.room, waiting.host), ("lobby", "alice"))
+        self.assertTrue(119.0 < waiting.gives_up_in <= 120.0, waiting)
+        self.assertEqual(second.server.store.rooms(), [])
+        self.assertEqual(bob.client.state, ConnectionState.RECONNECTING)
+        self.assertEqual(await alice.heard.next(Reconnected, timeout=3.0), Reconnected("lobby", ("alice",), "alice"))
+        self.assertTrue(alice.info.host)
+        self.assertEqual(await bob.heard.next(Reconnected), Reconnected("lobby", ("alice", "bob"), "alice"))
+        self.assertFalse(bob.info.host)
+        self.assertEqual(bob.client.room_host, "alice")
         await self.refused(self.person(second, "eve").client.join("lobby", "eve", "guess"), InvalidPasswordError)
-        self.assertEqual(await alice.heard.next(Reconnected, timeout=3.0), Reconnected("lobby", ("bob", "alice")))
-        self.assertFalse(alice.info.host)
-        self.assertEqual(
-            await bob.heard.next(MemberJoined), MemberJoined("alice", ("bob", "alice"), "* alice joined lobby")
-        )
+        self.assertRegex(await bounded(alice.client.invite(), "alice invites"), r"^[A-Za-z0-9_-]{22}$")
         for person in (alice, bob):
             await self.keepalive_answered(person)
-        alice.client.send("back as a guest")
-        self.assertEqual((await bob.heard.next(MessageReceived)).text, "back as a guest")
-        bob.client.send("and I host now")
-        self.assertEqual((await alice.heard.next(MessageReceived)).text, "and I host now")
+        bob.client.send("welcome back, host")
+        self.assertEqual((await alice.heard.next(MessageReceived)).text, "welcome back, host")
 
     async def test_no_reconnect_when_disabled(self) -> None:
         service = self.serve()

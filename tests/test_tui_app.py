@@ -59,15 +59,17 @@ class TerminalAppTests(unittest.TestCase):
         app.start()
         return app
 
-    async def person(self, name: str, room: str, create: bool = False, **secret: str) -> tuple[ChatClient, _Recorder]:
+    async def person(
+        self, name: str, room: str, create: bool = False, password: str | None = None
+    ) -> tuple[ChatClient, _Recorder]:
         """Someone else in the room, with a plain client."""
         recorder = _Recorder()
         client = ChatClient(REACTOR, "127.0.0.1", self.tcp_port, self.udp_port, recorder)
         self.addCleanup(client.leave)
         if create:
-            await client.create(room, name, **secret)
+            await client.create(room, name, password)
         else:
-            await client.join(room, name, **secret)
+            await client.join(room, name, password)
         return client, recorder
 
     async def shows(self, app: TerminalApp, text: str) -> None:
@@ -104,7 +106,7 @@ class TerminalAppTests(unittest.TestCase):
         press(app.widget, *["backspace"] * 5)
         type_line(app.widget, "right")
         await self.connected(app)
-        self.assertIn("2 members in room secret: alice, bob (you)", screen_text(app.widget))
+        self.assertIn("2 members in room secret: alice (host), bob (you)", screen_text(app.widget))
 
     async def test_server_not_running(self) -> None:
         port = REACTOR.listenTCP(0, Factory(), 5, "127.0.0.1")

@@ -69,6 +69,12 @@ class ChatScreenTests(SynchronousTestCase):
         self.assertEqual(panel, ["3 here", "alice", "Bob", "carol"])
         self.assertEqual(attribute_at(self.screen, "alice"), theme.MEMBER_ME)
 
+    def test_the_host_is_marked(self) -> None:
+        self.screen.set_members(("carol", "alice", "Bob"), "alice", host="carol")
+        rows = screen_text(self.screen).splitlines()
+        panel = [row.rpartition("│ ")[2].strip() for row in rows[1:5]]
+        self.assertEqual(panel, ["3 here", "alice", "Bob", "carol (host)"])
+
     def test_narrow_terminals_drop_the_member_list(self) -> None:
         self.screen.set_members(("alice", "bob"), "alice")
         self.screen.add_message(FIVE_PAST_NINE, "bob", "hi")

@@ -20,10 +20,14 @@ from chatd.events import (
     RoomClosed,
     ServerStopping,
     Throttled,
+    UdpPathLost,
+    UdpPathRestored,
+    WaitingForHost,
 )
+from chatd.tui import theme
 from chatd.tui.screens import RoomChoice
 from chatd.tui.session import ChatSession
-from tests.tui_helpers import FakeClient, press, screen_text, shows, status_line, type_line
+from tests.tui_helpers import FakeClient, attribute_at, press, screen_text, shows, status_line, type_line
 
 HOGE = RoomChoice(False, "hoge", None, None, "127.0.0.1", 9001, 9002)
 NOON = 1_700_000_000.0
@@ -62,7 +66,7 @@ class _SessionTest(SynchronousTestCase):
     def changed(self) -> None:
         self.changes += 1
 
-    def enter(self, host: bool = False, members: tuple[str, ...] = ("alice", "bob")) -> None:
+    def enter(self, host: bool = False, members: tuple[str, ...] = ("bob", "alice")) -> None:
         self.session.enter()
         self.client.enter_succeeds(host, members)
 
@@ -82,7 +86,7 @@ class EnteringTests(_SessionTest):
         self.client.enter_succeeds(False, ("bob", "alice"))
         text = self.text()
         self.assertIn("You joined room hoge.", text)
-        self.assertIn("2 members in room hoge: alice (you), bob", text)
+        self.assertIn("2 members in room hoge: alice (you), bob (host)", text)
         self.assertEqual(status_line(self.screen), " hoge │ connected │ 2 members │ alice @ 127.0.0.1:9001")
 
     def test_create_makes_a_host(self) -> None:
@@ -161,6 +165,50 @@ class EventTests(_SessionTest):
         self.assertIn("│ connected │ 3 members │", status_line(self.screen))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_who_hosts_is_shown(self) -> None:
+        self.assertIn("2 members in room hoge: alice (you), bob (host)", self.text())
+        self.assertIn("bob (host)", [row.rpartition("│ ")[2].strip() for row in self.text().splitlines()])
+
+    def test_waiting_for_the_host_after_a_restart(self) -> None:
+        """Told once in the scrollback; the status line counts down each try; back when the host is."""
+        self.client.emit(ConnectionLost("Connection was closed cleanly.", True), ConnectionState.RECONNECTING)
+        self.client.emit(Reconnecting(1, 0.5))
+        self.clock.advance(0.5)
+        self.client.emit(WaitingForHost("hoge", "bob", 2, 2.0, 120.0))
+        self.assertTrue(
+            shows(
+                self.screen,
+                "-!- The server restarted and room hoge is gone; waiting for bob to reopen it (giving up in 2 min).",
+            )
+        )
+        self.assertIn("│ waiting for bob to reopen the room (attempt 2, in 2s) │", status_line(self.screen))
+        self.clock.advance(2.0)
+        self.client.emit(WaitingForHost("hoge", "bob", 3, 4.0, 118.0))
+        self.assertIn("│ waiting for bob to reopen the room (attempt 3, in 4s) │", status_line(self.screen))
+        self.assertEqual(self.text().count("waiting for bob to reopen it"), 1)
+        type_line(self.screen, "anyone?")
+        self.assertIn("Not sent: the room is not back yet (waiting for its host to reopen it)", self.text())
+        self.client.emit(Reconnected("hoge", ("bob", "alice"), "bob"), ConnectionState.IN_ROOM)
+        self.assertIn("│ connected │ 2 members │", status_line(self.screen))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        type_line(self.screen, "/who")
+        self.assertIn("2 members in room hoge: alice (you), bob (host)", self.text())
+
+    def test_udp_path_lost_and_restored(self) -> None:
+        self.client.emit(UdpPathLost(4.5))
+        self.assertIn(
+            "-!- No UDP from the server for 4 s: messages cannot be delivered, either way."
+            " Is UDP port 9002 blocked on the way? Still trying.",
+            screen_text(self.screen, (160, 30)),
+        )
+        self.assertEqual(
+            status_line(self.screen), " hoge │ connected │ UDP: no answer │ 2 members │ alice @ 127.0.0.1:9001"
+        )
+        self.assertEqual(attribute_at(self.screen, "UDP: no answer"), theme.STATUS_BAD)
+        self.client.emit(UdpPathRestored())
+        self.assertIn("-!- UDP from the server again: messages are delivered.", self.text())
+        self.assertEqual(status_line(self.screen), " hoge │ connected │ 2 members │ alice @ 127.0.0.1:9001")
+
     def test_leaving_stops_the_countdown(self) -> None:
         self.client.emit(Reconnecting(1, 30.0), ConnectionState.RECONNECTING)
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
@@ -200,7 +248,7 @@ class TypingTests(_SessionTest):
 
     def test_who(self) -> None:
         type_line(self.screen, "/who")
-        self.assertEqual(self.text().count("2 members in room hoge: alice (you), bob"), 2)
+        self.assertEqual(self.text().count("2 members in room hoge: alice (you), bob (host)"), 2)
 
     def test_history(self) -> None:
         for line in ("first", "/who", "third"):
@@ -269,6 +317,27 @@ class HostTests(_SessionTest):
         self.assertIn("│ closed │", status_line(self.screen))
         type_line(self.screen, "/leave")
         self.assertEqual(self.left, ["You closed room my room."])
+
+    def test_who_says_you_host(self) -> None:
+        type_line(self.screen, "/who")
+        self.assertIn("1 member in room my room: alice (you, host)", self.text())
+
+    def test_still_the_host_after_a_restart(self) -> None:
+        self.client.emit(ConnectionLost("reset", True), ConnectionState.RECONNECTING)
+        self.client.emit(Reconnected("my room", ("alice",), "alice"), ConnectionState.IN_ROOM)
+        self.assertIn("│ host │", status_line(self.screen))
+        type_line(self.screen, "/invite")
+        self.assertEqual(len(self.client.invitations), 1)
+
+    def test_a_host_whose_room_was_taken_is_told(self) -> None:
+        self.client.emit(ConnectionLost("reset", True), ConnectionState.RECONNECTING)
+        self.client.emit(Reconnected("my room", ("carol", "alice"), "carol"), ConnectionState.IN_ROOM)
+        self.assertIn("carol made the room again before you came back: carol hosts it now.", self.text())
+        self.assertNotIn("│ host │", status_line(self.screen))
+        type_line(self.screen, "/invite")
+        self.assertEqual(self.client.invitations, [])
+        type_line(self.screen, "/who")
+        self.assertIn("2 members in room my room: alice (you), carol (host)", self.text())
 
     def test_a_host_leaving_is_told_it_closed_the_room(self) -> None:
         type_line(self.screen, "/leave")

@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 
 from chatd.client import ConnectionState, IChatListener, RoomInfo
 from chatd.errors import MessageTooLongError, NotInRoomError
-from chatd.events import ChatEvent
+from chatd.events import ChatEvent, Reconnected
 
 REACTOR: Any = _reactor
 CLOCK = cast(IReactorTime, _reactor)
@@ -86,6 +86,7 @@ class FakeClient:
         self.state = ConnectionState.IDLE
         self.info: RoomInfo | None = None
         self.members: tuple[str, ...] = ()
+        self.room_host: str | None = None
         self.newly_pinned: str | None = None
         self.requests: list[tuple[str, ...]] = []
         self.sent: list[str] = []
@@ -110,6 +111,8 @@ class FakeClient:
         _, room, user, *_ = self.requests[-1]
         self.members = tuple(members)
         self.info = RoomInfo(room, user, host, self.members, 300.0, 30.0)
+        # As chatd.client infers it: the member list starts with the host.
+        self.room_host = user if host else (self.members[0] if self.members else None)
         self.state = ConnectionState.IN_ROOM
         self._entering.callback(self.info)
 
@@ -124,6 +127,8 @@ class FakeClient:
         members = getattr(event, "members", None)
         if members is not None:
             self.members = members
+        if isinstance(event, Reconnected) and event.host is not None:
+            self.room_host = event.host
         self.listener.chat_event(event)
 
     def send(self, text: str) -> None:

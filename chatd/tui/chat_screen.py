@@ -64,6 +64,12 @@ class StatusInfo:
     members: int
     host: bool
     server: str
+    udp_lost: bool = False
+    """The server's UDP answers stopped: messages are not delivered, though the room is still there."""
+
+
+HOST_MARK = " (host)"
+"""After the host's name in the member list."""
 
 
 def clock_time(when: float) -> str:
@@ -116,15 +122,16 @@ class ChatScreen(urwid.WidgetWrap[urwid.Frame[urwid.Columns, urwid.AttrMap[urwid
         body = text if kind.text_attribute is None else (kind.text_attribute, text)
         self._append(when, [(kind.marker_attribute, kind.marker), " ", body])
 
-    def set_members(self, members: Sequence[str], me: str) -> None:
+    def set_members(self, members: Sequence[str], me: str, host: str | None = None) -> None:
         self._members = tuple(sorted(members, key=str.casefold))
-        widest = max((len(name) for name in self._members), default=0)
+        shown = [name + HOST_MARK if name == host else name for name in self._members]
+        widest = max((len(name) for name in shown), default=0)
         self._member_width = max(11, min(23, widest + 2))
         if len(self._body.contents) > 1:
             self._show_members(True)
         self._member_lines[:] = [urwid.Text((theme.MEMBERS_TITLE, f"{len(self._members)} here"))] + [
-            urwid.Text((theme.MEMBER_ME if name == me else theme.nick_attribute(name), name), wrap="ellipsis")
-            for name in self._members
+            urwid.Text((theme.MEMBER_ME if name == me else theme.nick_attribute(name), text), wrap="ellipsis")
+            for name, text in zip(self._members, shown, strict=True)
         ]
         self._show_status()
 
@@ -200,8 +207,10 @@ class ChatScreen(urwid.WidgetWrap[urwid.Frame[urwid.Columns, urwid.AttrMap[urwid
             (theme.STATUS_ROOM, status.room),
             " │ ",
             (status.tone.value, status.state),
-            f" │ {status.members} member{'s' if status.members != 1 else ''}",
         ]
+        if status.udp_lost:
+            parts += [" │ ", (theme.STATUS_BAD, "UDP: no answer")]
+        parts.append(f" │ {status.members} member{'s' if status.members != 1 else ''}")
         if status.host:
             parts += [" │ ", (theme.STATUS_BUSY, "host")]
         parts.append(f" │ {status.user} @ {status.server}")

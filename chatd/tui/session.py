@@ -36,6 +36,9 @@ from chatd.events import (
     RoomClosed,
     ServerStopping,
     Throttled,
+    UdpPathLost,
+    UdpPathRestored,
+    WaitingForHost,
 )
 from chatd.tui.chat_screen import ChatScreen, LineKind, StatusInfo, Tone
 from chatd.tui.commands import HELP, KEYS, Command, Run, Say, Unknown, Usage, parse
@@ -55,6 +58,9 @@ class ChatClientLike(Protocol):
 
     @property
     def members(self) -> tuple[str, ...]: ...
+
+    @property
+    def room_host(self) -> str | None: ...
 
     @property
     def newly_pinned(self) -> str | None: ...
@@ -105,7 +111,11 @@ class ChatSession:
         self._over: str | None = None
         """Why the room is over for us (closed, removed, left), once it is."""
         self._leaving: Deferred[None] | None = None
-        self._retry: Reconnecting | None = None
+        self._retry: Reconnecting | WaitingForHost | None = None
+        self._udp_lost = False
+        """The client said its UDP path is dead (UdpPathLost) and has not said it is back."""
+        self._told_waiting = False
+        """The scrollback already says we wait for the host to reopen the room."""
         self._retry_at = 0.0
         self._ticker: IDelayedCall | None = None
         self._mention = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
@@ -213,9 +223,48 @@ class ChatSession:
             self._tick()
         elif isinstance(event, Reconnected):
             self._retry = None
+            self._told_waiting = False
             self._stop_ticker()
             screen.add_line(now, LineKind.NOTICE, f"Reconnected to room {event.room}.")
+            if event.host is not None:
+                self._host_after_reconnect(now, event.host == self.name, event.host)
             self._set_members(event.members)
+        elif isinstance(event, WaitingForHost):
+            self._waiting_for_host(now, event)
+        elif isinstance(event, UdpPathLost):
+            self._udp_lost = True
+            screen.add_line(
+                now,
+                LineKind.ERROR,
+                f"No UDP from the server for {event.silent_for:.0f} s: messages cannot be delivered, either way."
+                f" Is UDP port {self.choice.udp_port} blocked on the way? Still trying.",
+            )
+        elif isinstance(event, UdpPathRestored):
+            self._udp_lost = False
+            screen.add_line(now, LineKind.NOTICE, "UDP from the server again: messages are delivered.")
+
+    def _host_after_reconnect(self, now: float, hosting: bool, host: str) -> None:
+        """Say so if the restart changed who hosts the room (someone else made it again first)."""
+        if self._host and not hosting:
+            self.screen.add_line(
+                now, LineKind.ERROR, f"{host} made the room again before you came back: {host} hosts it now."
+            )
+        self._host = hosting
+
+    def _waiting_for_host(self, now: float, event: WaitingForHost) -> None:
+        """Count down to the next try, and say (once per wait) what is being waited for."""
+        if not self._told_waiting:
+            self._told_waiting = True
+            host = event.host if event.host is not None else "its host"
+            self.screen.add_line(
+                now,
+                LineKind.NOTICE,
+                f"The server restarted and room {event.room} is gone; waiting for {host} to reopen it"
+                f" (giving up in {_duration(event.gives_up_in)}).",
+            )
+        self._retry = event
+        self._retry_at = now + event.delay
+        self._tick()
 
     def _room_over(self, now: float, text: str) -> None:
         self._over = text
@@ -226,7 +275,7 @@ class ChatSession:
         self.screen.add_line(now, LineKind.INFO, "/leave to pick another room, /quit to exit.")
 
     def _set_members(self, members: tuple[str, ...]) -> None:
-        self.screen.set_members(members, self.name)
+        self.screen.set_members(members, self.name, self.client.room_host)
 
     # -- the status line --------------------------------------------------------
 
@@ -237,6 +286,9 @@ class ChatSession:
         if self._retry is not None:
             left = self._retry_at - self._clock.seconds()
             when = f"in {math.ceil(left)}s" if left > _RETRY_NOW else "trying now"
+            if isinstance(self._retry, WaitingForHost):
+                host = self._retry.host if self._retry.host is not None else "the host"
+                return f"waiting for {host} to reopen the room (attempt {self._retry.attempt}, {when})", Tone.BUSY
             return f"reconnecting (attempt {self._retry.attempt}, {when})", Tone.BUSY
         if state is ConnectionState.IN_ROOM:
             return "connected", Tone.GOOD
@@ -256,6 +308,7 @@ class ChatSession:
                 members=len(self.client.members) if self._over is None else 0,
                 host=self._host and self._over is None,
                 server=f"{choice.host}:{choice.tcp_port}",
+                udp_lost=self._udp_lost and self._over is None and self.client.state is ConnectionState.IN_ROOM,
             )
         )
 
@@ -333,6 +386,8 @@ class ChatSession:
     def _why_not_in_room(self) -> str:
         if self._over is not None:
             return "you are no longer in the room (/leave to pick another)"
+        if isinstance(self._retry, WaitingForHost):
+            return "the room is not back yet (waiting for its host to reopen it); send it again once it is"
         if self._retry is not None or self.client.state is ConnectionState.RECONNECTING:
             return "reconnecting to the server; send it again once connected"
         if self.client.state is ConnectionState.CONNECTING:
@@ -353,9 +408,9 @@ class ChatSession:
         if self._over is not None:
             self.screen.add_line(now, LineKind.INFO, "Nobody: you are no longer in the room.")
             return
-        you = "you, host" if self._host else "you"
+        host = self.name if self._host else self.client.room_host
         names = sorted(self.client.members, key=str.casefold)
-        shown = ", ".join(f"{name} ({you})" if name == self.name else name for name in names)
+        shown = ", ".join(_who_entry(name, you=name == self.name, host=name == host) for name in names)
         count = f"{len(names)} member{'s' if len(names) != 1 else ''}"
         self.screen.add_line(now, LineKind.INFO, f"{count} in room {self.choice.room}: {shown}")
 
@@ -425,6 +480,18 @@ class ChatSession:
         else:
             said = f"You left room {room}."
         self.leave().addCallback(lambda _: self._on_leave(said))
+
+
+def _who_entry(name: str, *, you: bool, host: bool) -> str:
+    marks = [mark for mark, applies in (("you", you), ("host", host)) if applies]
+    return f"{name} ({', '.join(marks)})" if marks else name
+
+
+def _duration(seconds: float) -> str:
+    """'45 s', '2 min': how long until the client gives up, as a person would say it."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
 
 
 def _clause(text: str) -> str:
