@@ -122,6 +122,8 @@ class _Membership:
     user: str
     password: str | None
     invite: str | None
+    native_only: bool = False
+    """A create of a room only native clients may join (docs/protocol.md 4.8; over TLS only)."""
 
 
 @dataclass(slots=True)
@@ -250,9 +252,12 @@ class ChatClient:
 
     # -- entering a room ----------------------------------------------------
 
-    def create(self, room: str, user: str, password: str | None = None) -> Deferred[RoomInfo]:
-        """Create C{room} and become its host."""
-        return Deferred.fromCoroutine(self._start(_Membership(Operation.CREATE, room, user, password, None)))
+    def create(
+        self, room: str, user: str, password: str | None = None, native_only: bool = False
+    ) -> Deferred[RoomInfo]:
+        """Create C{room} and become its host; C{native_only} keeps legacy clients out (over TLS only)."""
+        wanted = _Membership(Operation.CREATE, room, user, password, None, native_only)
+        return Deferred.fromCoroutine(self._start(wanted))
 
     def join(self, room: str, user: str, password: str | None = None, invite: str | None = None) -> Deferred[RoomInfo]:
         """Join C{room}, with its password or an invitation token if it needs one."""
@@ -279,6 +284,8 @@ class ChatClient:
             payload["password"] = wanted.password
         if wanted.invite:
             payload["invite"] = wanted.invite
+        if wanted.native_only and wanted.operation is Operation.CREATE:
+            payload["native_only"] = True
         request = Frame(wanted.operation, State.REQUEST, wanted.room, json.dumps(payload).encode("utf-8"))
         frames = await self._ask(request)
         if self._tls_creator is not None and self._tls_creator.newly_pinned:
@@ -638,7 +645,9 @@ class ChatClient:
                 other = Operation.CREATE if isinstance(error, RoomNotFoundError) else Operation.JOIN
                 if self._control is not None:
                     await self._control.close()
-                return await self._enter(_Membership(other, wanted.room, wanted.user, wanted.password, None))
+                # A room recreated after a restart keeps the native-only promise it was made with.
+                again = _Membership(other, wanted.room, wanted.user, wanted.password, None, wanted.native_only)
+                return await self._enter(again)
         finally:
             if self.state is ConnectionState.CONNECTING:
                 self.state = ConnectionState.RECONNECTING
