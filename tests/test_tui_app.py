@@ -65,7 +65,7 @@ class TerminalAppTests(unittest.TestCase):
         client = ChatClient(REACTOR, "127.0.0.1", self.tcp_port, self.udp_port, recorder)
         self.addCleanup(client.leave)
         if create:
-            await client.create(room, name, **secret)
+            await client.create(room, name, secret.get("password"))
         else:
             await client.join(room, name, **secret)
         return client, recorder
