@@ -85,7 +85,7 @@ from chatd.debug_describe import (
 from chatd.errors import ProtocolError
 from chatd.payloads import Dialect
 from chatd.stdio_lines import StdioLines
-from chatd.wire import Frame, FrameDecoder, Operation, State, encode_frame
+from chatd.wire import Frame, FrameDecoder, Operation, SizeEncoding, State, encode_frame
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TCP_PORT = 9001
@@ -100,6 +100,20 @@ _REGISTER_HINTS = {
     Dialect.SEED: "register (operation 3)",
     Dialect.NATIVE: "keepalive (the first sealed datagram registers)",
 }
+
+
+def _answered_in(frame: Frame) -> Dialect:
+    """
+    The dialect the server took the connection for, as its complete frame
+    shows it: an ASCII size is the seed dialect's, a JSON object the native
+    one's. Not the dialect typed requests are written in now: a request sent
+    with raw, or before a dialect command, may have been in another.
+    """
+    if frame.encoding is SizeEncoding.ASCII:
+        return Dialect.SEED
+    if frame.payload.lstrip().startswith(b"{"):
+        return Dialect.NATIVE
+    return Dialect.MODEL
 
 
 # -- the network side ----------------------------------------------------------------
@@ -372,9 +386,9 @@ class DebugClient:
             if channel is None:
                 self._write(
                     f"-- token for room {session.room!r}: {session.token} (say uses it); "
-                    f"to register your UDP address: {_REGISTER_HINTS[session.dialect]}"
+                    f"to register your UDP address: {_REGISTER_HINTS[_answered_in(frame)]}"
                 )
-                if session.dialect is Dialect.NATIVE:
+                if _answered_in(frame) is Dialect.NATIVE:
                     self._write(
                         '!! the complete frame has no usable UDP key ("key", "key_id"): nsay and keepalive cannot seal'
                     )
