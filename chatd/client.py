@@ -159,6 +159,7 @@ class _Membership:
     password: str | None
     invite: str | None
     native_only: bool = False
+    """A create of a room only native clients may join (docs/protocol.md 4.8; over TLS only)."""
 
 
 @dataclass(slots=True)

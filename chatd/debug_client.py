@@ -85,11 +85,14 @@ from chatd.debug_describe import (
 from chatd.errors import ProtocolError
 from chatd.payloads import Dialect
 from chatd.stdio_lines import StdioLines
-from chatd.wire import Frame, FrameDecoder, Operation, State, encode_frame
+from chatd.tls import ChatTLSCreator, TrustPolicy, explain_tls_failure, tls_endpoint
+from chatd.wire import Frame, FrameDecoder, Operation, SizeEncoding, State, encode_frame
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TCP_PORT = 9001
 DEFAULT_UDP_PORT = 9002
+DEFAULT_TLS_PORT = 9003
+"""The daemon's default TLS port (twistd chatd --tls-port), as chatd-chat's."""
 MAX_UDP_PACKET = 65535
 """Any datagram at all, so that an oversized one shows as such."""
 CLOSE_TIMEOUT = 5.0
@@ -100,6 +103,20 @@ _REGISTER_HINTS = {
     Dialect.SEED: "register (operation 3)",
     Dialect.NATIVE: "keepalive (the first sealed datagram registers)",
 }
+
+
+def _answered_in(frame: Frame) -> Dialect:
+    """
+    The dialect the server took the connection for, as its complete frame
+    shows it: an ASCII size is the seed dialect's, a JSON object the native
+    one's. Not the dialect typed requests are written in now: a request sent
+    with raw, or before a dialect command, may have been in another.
+    """
+    if frame.encoding is SizeEncoding.ASCII:
+        return Dialect.SEED
+    if frame.payload.lstrip().startswith(b"{"):
+        return Dialect.NATIVE
+    return Dialect.MODEL
 
 
 # -- the network side ----------------------------------------------------------------
@@ -224,8 +241,12 @@ class DebugClient:
         host: str = DEFAULT_HOST,
         tcp_port: int = DEFAULT_TCP_PORT,
         udp_port: int = DEFAULT_UDP_PORT,
+        tls: TrustPolicy | None = None,
     ) -> None:
+        """C{tls}: connect to the server's TLS port (C{tcp_port}), trusting it so; None: plain TCP."""
         self._reactor = reactor
+        self.tls = tls
+        self._tls_creator: ChatTLSCreator | None = None
         self._write = write
         self.host = host
         self.tcp_port = tcp_port
@@ -247,9 +268,11 @@ class DebugClient:
         self._connecting = True
         where = _show_address(self.host, self.tcp_port)
         try:
-            protocol: ServerConnection = await connectProtocol(
-                client_endpoint(self._reactor, self.host, self.tcp_port), ServerConnection(self)
-            )
+            if self.tls is None:
+                endpoint = client_endpoint(self._reactor, self.host, self.tcp_port)
+            else:
+                endpoint, self._tls_creator = tls_endpoint(self._reactor, self.host, self.tcp_port, self.tls)
+            protocol: ServerConnection = await connectProtocol(endpoint, ServerConnection(self))
         except (ConnectError, OSError) as error:
             self._write(f"!! cannot connect to {where}: {error}")
             return False
@@ -372,9 +395,9 @@ class DebugClient:
             if channel is None:
                 self._write(
                     f"-- token for room {session.room!r}: {session.token} (say uses it); "
-                    f"to register your UDP address: {_REGISTER_HINTS[session.dialect]}"
+                    f"to register your UDP address: {_REGISTER_HINTS[_answered_in(frame)]}"
                 )
-                if session.dialect is Dialect.NATIVE:
+                if _answered_in(frame) is Dialect.NATIVE:
                     self._write(
                         '!! the complete frame has no usable UDP key ("key", "key_id"): nsay and keepalive cannot seal'
                     )
@@ -421,7 +444,10 @@ class DebugClient:
         elif reason.check(ConnectionDone):
             self._write("-- the server closed the TCP connection (type connect for a new one)")
         else:
-            self._write(f"!! TCP connection lost: {reason.getErrorMessage()} (type connect for a new one)")
+            # Over TLS a refused certificate or a failed handshake ends the connection: say which.
+            refusal = explain_tls_failure(reason, self._tls_creator) if self.tls is not None else None
+            why = str(refusal) if refusal is not None else reason.getErrorMessage()
+            self._write(f"!! TCP connection lost: {why} (type connect for a new one)")
 
     def datagram_received(self, data: bytes, source: tuple[str, int]) -> None:
         headline = f"<< UDP from {_show_address(*source)}, {plural(len(data), 'byte')}"
@@ -540,7 +566,30 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_UDP_PORT,
         help=f"the server's UDP port (default {DEFAULT_UDP_PORT})",
     )
-    return parser.parse_args(argv)
+    tls = parser.add_argument_group(
+        "TLS",
+        "Connect to the server's TLS port instead (what a native-only room's create needs). Any of these turns"
+        " TLS on; without a trust option the certificate is pinned on first use, as chatd-chat does.",
+    )
+    tls.add_argument("--tls-port", type=_port_argument, help=f"the server's TLS port ({DEFAULT_TLS_PORT})")
+    trust = tls.add_mutually_exclusive_group()
+    trust.add_argument("--tls-ca", metavar="FILE", help="trust certificates signed by this CA file (or this cert)")
+    trust.add_argument("--tls-fingerprint", metavar="SHA256:..", help="trust exactly this certificate")
+    trust.add_argument("--tls-tofu", action="store_true", help="pin the certificate on first use (the default)")
+    options = parser.parse_args(argv)
+    options.tls = None
+    if options.tls_ca:
+        options.tls = TrustPolicy.ca_file(options.tls_ca)
+    elif options.tls_fingerprint:
+        try:
+            options.tls = TrustPolicy.fingerprint(options.tls_fingerprint)
+        except ValueError as error:
+            parser.error(f"--tls-fingerprint: {error}")
+    elif options.tls_tofu or options.tls_port:
+        options.tls = TrustPolicy.tofu()
+    if options.tls is not None:
+        options.tcp_port = options.tls_port or DEFAULT_TLS_PORT
+    return options
 
 
 async def run(reactor: Any, options: argparse.Namespace) -> None:
@@ -549,7 +598,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
     stdio = StandardIO(console, reactor=reactor)
     # Typed lines wait until the connection is up.
     stdio.pauseProducing()
-    client = DebugClient(reactor, console.write, options.host, options.tcp_port, options.udp_port)
+    client = DebugClient(reactor, console.write, options.host, options.tcp_port, options.udp_port, options.tls)
     console.client = client
     connected = await client.connect()
     if connected:

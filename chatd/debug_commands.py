@@ -39,7 +39,10 @@ from chatd.wire import PORT_SIZE, Frame, Operation, SizeEncoding, State
 
 HELP = """\
 commands (one a line; arguments with spaces in quotes, as in a shell):
-  create ROOM USER [PASSWORD]   create a room (operation 1)
+  create ROOM USER [PASSWORD] [--native-only]
+                                create a room (operation 1); --native-only: a room only
+                                native clients may join ("native_only": true; the server
+                                allows it over TLS only, docs/protocol.md 4.8)
   join ROOM USER [PASSWORD]     join a room by name (operation 2)
   accept ROOM USER INVITE       join a room with an invitation token
   invite [ROOM]                 ask for an invitation token (operation 4, host only)
@@ -276,8 +279,19 @@ def _membership(session: Session, command: str) -> tuple[str, str]:
     return session.room, session.token
 
 
+_NATIVE_ONLY = "--native-only"
+
+
 def _parse_create(rest: str, session: Session) -> Action:
-    return _parse_enter(Operation.CREATE, "create ROOM USER [PASSWORD]", rest, session)
+    usage = f"create ROOM USER [PASSWORD] [{_NATIVE_ONLY}]"
+    words = _words(rest, usage, 2, 4)
+    native_only = _NATIVE_ONLY in words
+    if native_only:
+        words.remove(_NATIVE_ONLY)
+    if not 2 <= len(words) <= 3:
+        raise CommandError(f"usage: {usage}")
+    # Sent in any dialect and over any port, as asked: a debug client shows the server's refusal too.
+    return _enter(Operation.CREATE, words, session, {"native_only": True} if native_only else {})
 
 
 def _parse_join(rest: str, session: Session) -> Action:
@@ -285,10 +299,15 @@ def _parse_join(rest: str, session: Session) -> Action:
 
 
 def _parse_enter(operation: Operation, usage: str, rest: str, session: Session) -> Action:
-    words = _words(rest, usage, 2, 3)
+    return _enter(operation, _words(rest, usage, 2, 3), session)
+
+
+def _enter(operation: Operation, words: list[str], session: Session, extra: dict[str, Any] | None = None) -> Action:
+    """A create or join request for ROOM USER [PASSWORD], with C{extra} members after them."""
     request: dict[str, Any] = {"username": words[1]}
     if len(words) == 3:
         request["password"] = words[2]
+    request.update(extra or {})
     return _request(operation, words[0], _json_payload(request, session.dialect), session)
 
 

@@ -276,12 +276,13 @@ class ChatTLSCreator:
         if self.policy.mode is TrustMode.FINGERPRINT:
             if presented == self.policy.expected:
                 return None, False
+            # Every refusal is one line: line mode prints each report on one
+            # line (a newline would come out as a literal \n), as logs do.
             return (
                 CertificateError(
-                    f"The TLS certificate of {self.label} is not the expected one; the connection was refused.\n"
-                    f"  expected:  {self.policy.expected}\n"
-                    f"  presented: {presented}\n"
-                    "Check the fingerprint you were given (chatd-cert prints it on the server)."
+                    f"The TLS certificate of {self.label} is not the expected one (expected {self.policy.expected},"
+                    f" presented {presented}); the connection was refused. Check the fingerprint you were given"
+                    " (chatd-cert prints it on the server)."
                 ),
                 False,
             )
@@ -301,14 +302,12 @@ class ChatTLSCreator:
             forget += f" --known-servers {pins.path}"
         return (
             CertificateChangedError(
-                f"WARNING: THE TLS CERTIFICATE OF {key} HAS CHANGED since this client first trusted it.\n"
-                f"  pinned:    {pinned}\n"
-                f"  presented: {presented}\n"
-                "Someone may be intercepting the connection (a man-in-the-middle attack), or the server's "
-                "administrator may have replaced its certificate. The connection was refused.\n"
-                "Ask the administrator for the new fingerprint (chatd-cert prints it). If the change is "
-                f"legitimate, remove the old pin with:\n  {forget}\n"
-                f'or delete the "{key}" entry from {pins.path}, then connect again to pin the new certificate.'
+                f"WARNING: THE TLS CERTIFICATE OF {key} HAS CHANGED since this client first trusted it (pinned"
+                f" {pinned}, presented {presented}). Someone may be intercepting the connection (a"
+                " man-in-the-middle attack), or the server's administrator may have replaced its certificate."
+                " The connection was refused. Ask the administrator for the new fingerprint (chatd-cert prints"
+                f" it). If the change is legitimate, remove the old pin with `{forget}` (or delete the"
+                f' "{key}" entry from {pins.path}), then connect again to pin the new certificate.'
             ),
             False,
         )

@@ -25,7 +25,7 @@ from chatd.payloads import Dialect
 from chatd.seal import Channel, Direction
 from chatd.service import make_service
 from chatd.settings import Settings
-from chatd.wire import Frame, Operation, State, encode_frame
+from chatd.wire import Frame, Operation, SizeEncoding, State, encode_frame
 from tests.helpers import SEED_EXAMPLE
 
 
@@ -100,6 +100,28 @@ class DebugClientTests(SynchronousTestCase):
             "to register your UDP address: port (2 raw bytes, then the server closes TCP)",
         )
         self.assertEqual((client.session.room, client.session.token), ("hoge", "tk"))
+
+    def test_a_seed_answer_suggests_register(self) -> None:
+        """The hint follows the dialect the server answered in (ASCII size: seed), not the one requests are typed in."""
+        client, protocol, _, output, _ = _connected()
+        # The seed example sent as it is (raw), the session still in its default model dialect.
+        client.handle_line(f"raw {SEED_EXAMPLE.hex()}")
+        del output[:]
+        ack = Frame(Operation.CREATE, State.ACKNOWLEDGE, "hoge", b"\x00", SizeEncoding.ASCII)
+        complete = Frame(Operation.CREATE, State.COMPLETE, "hoge", b"tk", SizeEncoding.ASCII)
+        protocol.dataReceived(encode_frame(ack) + encode_frame(complete))
+        self.assertEqual(
+            output[-1],
+            "-- token for room 'hoge': tk (say uses it); to register your UDP address: register (operation 3)",
+        )
+
+    def test_a_model_answer_suggests_the_port_bytes_whatever_the_typed_dialect(self) -> None:
+        client, protocol, _, output, _ = _connected()
+        client.handle_line("dialect seed")
+        protocol.dataReceived(_reply(Operation.CREATE, State.COMPLETE, b"tk"))
+        self.assertTrue(
+            output[-1].endswith("to register your UDP address: port (2 raw bytes, then the server closes TCP)")
+        )
 
     def test_a_native_key_is_learned_and_shown_by_id(self) -> None:
         client, protocol, _, output, _ = _connected()

@@ -127,6 +127,22 @@ class ParseCommandTests(SynchronousTestCase):
         self.assertEqual(frame.room, "お茶")
         self.assertEqual(json.loads(frame.payload), {"username": "花子"})
 
+    def test_create_native_only(self) -> None:
+        """docs/protocol.md 4.8: the create payload's "native_only": true, in any position on the line."""
+        for line in ("create hoge ann --native-only", "create --native-only hoge ann"):
+            frame = sent_frame(line, Session(dialect=Dialect.NATIVE))
+            self.assertEqual((frame.operation, frame.room), (Operation.CREATE, "hoge"))
+            self.assertEqual(json.loads(frame.payload), {"chatd": 1, "username": "ann", "native_only": True})
+        frame = sent_frame("create hoge ann pw --native-only", Session(dialect=Dialect.NATIVE))
+        self.assertEqual(
+            json.loads(frame.payload), {"chatd": 1, "username": "ann", "password": "pw", "native_only": True}
+        )
+        # A legacy dialect sends it too, to see the server refuse it (NOT_PERMITTED).
+        frame = sent_frame("create hoge ann --native-only", Session(dialect=Dialect.SEED))
+        self.assertEqual(json.loads(frame.payload), {"username": "ann", "native_only": True})
+        self.assert_refused("create hoge --native-only", "usage: create ROOM USER [PASSWORD] [--native-only]")
+        self.assertIn("--native-only", HELP)
+
     def test_create_usage(self) -> None:
         self.assert_refused("create", "usage: create ROOM USER [PASSWORD]")
         self.assert_refused("create hoge", "usage: create ROOM USER [PASSWORD]")

@@ -224,8 +224,9 @@ class TLSTests(_ServiceCase):
         error = await self.refused(eve.client.join("lobby", "eve"), CertificateError)
         self.assertNotIsInstance(error, CertificateChangedError)
         message = str(error)
-        self.assertIn(f"expected:  {other.fingerprint}", message)
-        self.assertIn(f"presented: {cert.fingerprint}", message)
+        self.assertIn(f"expected {other.fingerprint}", message)
+        self.assertIn(f"presented {cert.fingerprint}", message)
+        self.assertNotIn("\n", message, "one line: line mode would print a newline as a literal \\n")
         self.assertIn(f"{HOST}:{service.tls_port}", message)
         await until(lambda: not service.server.tcp_factory.connections, "the refused connection is closed")
         await sleep(QUIET)  # three times the first retry delay
@@ -282,8 +283,10 @@ class TLSTests(_ServiceCase):
         PinStore().pin(HOST, changed.tls_port, cert.fingerprint)
         eve = self.person(changed, "eve", TrustPolicy.tofu())
         error = await self.refused(eve.client.join("lobby", "eve"), CertificateChangedError)
-        self.assertIn(f"pinned:    {cert.fingerprint}", str(error))
-        self.assertIn(f"presented: {replacement.fingerprint}", str(error))
+        self.assertIn(f"pinned {cert.fingerprint}", str(error))
+        self.assertIn(f"presented {replacement.fingerprint}", str(error))
+        self.assertIn(f"`chatd-cert --forget {HOST}:{changed.tls_port}`", str(error))
+        self.assertNotIn("\n", str(error), "one line: line mode would print a newline as a literal \\n")
         self.assertEqual(PinStore().get(HOST, changed.tls_port), cert.fingerprint)
 
     async def test_changed_certificate_stops_reconnecting(self) -> None:
@@ -306,8 +309,8 @@ class TLSTests(_ServiceCase):
         built = self.count_connections(second)
         lost = await alice.heard.next(ConnectionLost, lambda event: not event.will_reconnect)
         self.assertIn("HAS CHANGED", lost.reason)
-        self.assertIn(f"pinned:    {first_fingerprint}", lost.reason)
-        self.assertIn(f"presented: {impostor.fingerprint}", lost.reason)
+        self.assertIn(f"pinned {first_fingerprint}", lost.reason)
+        self.assertIn(f"presented {impostor.fingerprint}", lost.reason)
         self.assertEqual(alice.client.state, ConnectionState.CLOSED)
         await until(lambda: alice.client._udp is None, "the client closes its UDP socket")
         await sleep(1.0)  # twice the longest retry delay

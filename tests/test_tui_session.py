@@ -151,7 +151,7 @@ class EventTests(_SessionTest):
         self.client.emit(Reconnecting(1, 2.0))
         text = self.text()
         self.assertIn("The server is shutting down; reconnecting when it is back.", text)
-        self.assertIn("Lost the connection (Connection was closed cleanly); reconnecting.", text)
+        self.assertIn("Lost the connection to the server; reconnecting.", text)
         self.assertIn("│ reconnecting (attempt 1, in 2s) │", status_line(self.screen))
         self.clock.advance(1.01)
         self.assertIn("│ reconnecting (attempt 1, in 1s) │", status_line(self.screen))

@@ -19,8 +19,8 @@ import urwid
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from chatd.chat_cli import ChatArguments
-from chatd.client import ChatClient, IChatListener
+from chatd.chat_cli import ChatArguments, client_for
+from chatd.client import IChatListener
 from chatd.tui import theme
 from chatd.tui.controller import TerminalApp
 from chatd.tui.editing import coalesce_typing
@@ -37,7 +37,7 @@ def run_terminal_app(reactor: Any, arguments: ChatArguments) -> Deferred[int]:
 
     def client_factory(host: str, tcp_port: int, udp_port: int, listener: IChatListener) -> ChatClientLike:
         # Host and ports come from the screen, which the user may have edited.
-        return ChatClient(reactor, host, tcp_port, udp_port, listener, tls=arguments.tls)
+        return client_for(reactor, arguments, host, tcp_port, udp_port, listener)
 
     screen = urwid.display.raw.Screen()
     return Deferred.fromCoroutine(run_app(reactor, arguments, client_factory, screen, sys.stdin.fileno()))

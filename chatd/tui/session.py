@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chatd.chat_cli import command_words
 from chatd.client import DEFAULT_HOST, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT, ConnectionState, IChatListener, RoomInfo
 from chatd.errors import MessageTooLongError, NotInRoomError
 from chatd.events import (
@@ -214,9 +215,9 @@ class ChatSession:
             screen.add_line(now, LineKind.NOTICE, "The server is shutting down; reconnecting when it is back.")
         elif isinstance(event, ConnectionLost):
             if event.will_reconnect:
-                screen.add_line(now, LineKind.NOTICE, f"Lost the connection ({_clause(event.reason)}); reconnecting.")
+                screen.add_line(now, LineKind.NOTICE, f"{_lost(event.reason)}; reconnecting.")
             else:
-                self._room_over(now, f"Lost the connection ({_clause(event.reason)}).")
+                self._room_over(now, f"{_lost(event.reason)}.")
         elif isinstance(event, Reconnecting):
             self._retry = event
             self._retry_at = now + event.delay
@@ -441,7 +442,8 @@ class ChatSession:
 
     def _join_command(self, token: str) -> str:
         choice = self.choice
-        words = ["chatd-chat"]
+        # As it will run: after the README's set-up chatd-chat is .venv/bin/chatd-chat, not on the PATH.
+        words = command_words()
         if choice.host != DEFAULT_HOST:
             words += ["--host", choice.host]
         if choice.tcp_port != DEFAULT_TCP_PORT:
@@ -498,6 +500,22 @@ def _clause(text: str) -> str:
     """A server's or Twisted's text to quote: no '* ' notice mark, a capital, no full stop."""
     text = text.removeprefix("* ").strip().rstrip(".") or "no reason given"
     return text[0].upper() + text[1:]
+
+
+_TWISTED_LOST = ("Connection was closed cleanly", "Connection to the other side was lost")
+"""
+How Twisted words a closed or broken connection: true of the socket, and of
+no use to a reader ("closed cleanly" is what a killed server's connection
+says too). What they mean to a person is that the server went away.
+"""
+
+
+def _lost(reason: str) -> str:
+    """The 'Lost the connection' sentence, without its end: why, when the reason says more than Twisted's."""
+    text = reason.removeprefix("* ").strip()
+    if not text or text.startswith(_TWISTED_LOST):
+        return "Lost the connection to the server"
+    return f"Lost the connection to the server: {_clause(text)}"
 
 
 def _sentence(text: str) -> str:
