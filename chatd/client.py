@@ -85,6 +85,8 @@ from chatd.seal import OVERHEAD, REKEY_AFTER, Channel, Direction, peek_header
 from chatd.tls import ChatTLSCreator, TrustPolicy, explain_tls_failure, tls_endpoint
 from chatd.wire import Frame, FrameDecoder, Operation, State, encode_frame
 
+EXIT_TEXT = b"/exit"
+"""The message the server reads as leaving (and, from the host, as closing the room)."""
 UDP_CONFIRM_WAIT = 2.0
 """Seconds a create or join waits for the server to answer the first keepalive."""
 UDP_PROBE_INTERVAL = 1.5
@@ -671,6 +673,22 @@ class ChatClient:
         return self.members
 
     # -- leaving and losing ---------------------------------------------------
+
+    def close_room(self) -> Deferred[None]:
+        """
+        As the host, close the room for everyone, then leave. The others are
+        told "the host closed the room" rather than "the host left": the
+        server reads a host's C{/exit} message as closing the room on purpose
+        (docs/protocol.md section 6.4). Should that datagram be lost, the
+        closed connection still closes the room, as "the host left".
+        Raises NotInRoomError when not in a room, NotPermittedError when not its host.
+        """
+        if self.state is not ConnectionState.IN_ROOM or self.info is None:
+            raise NotInRoomError("not in a room")
+        if self.room_host != self.info.user:
+            raise NotPermittedError("only the room's host can close it")
+        self._send_datagram(FrameType.MESSAGE, EXIT_TEXT)
+        return self.leave()
 
     def leave(self) -> Deferred[None]:
         """

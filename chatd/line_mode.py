@@ -253,9 +253,6 @@ LineEvent = ChatEvent | Entered | CommandAnswer
 
 # -- slash commands: what a line means -----------------------------------------------------
 
-LINE_ALIASES: dict[str, Command] = {"exit": Command.QUIT}
-"""Words line mode knows besides the terminal app's: C{/exit}, the legacy server's word for leaving."""
-
 LINE_HELP: tuple[HelpEntry, ...] = (
     HelpEntry("/help", "this list"),
     HelpEntry("/who", "list the room's members"),
@@ -268,16 +265,8 @@ LINE_HELP: tuple[HelpEntry, ...] = (
 
 
 def parse_line(line: str) -> Parsed | None:
-    """
-    What a line of input asks for: the terminal app's parsing (chatd.tui.commands),
-    with line mode's aliases; None for a blank line.
-    """
-    parsed = parse(line)
-    if isinstance(parsed, Unknown):
-        alias = LINE_ALIASES.get(parsed.name.lower())
-        if alias is not None:
-            return Run(alias, line[1:].partition(" ")[2].strip())
-    return parsed
+    """What a line of input asks for, as in the terminal app (chatd.tui.commands); None for a blank line."""
+    return parse(line)
 
 
 # -- formatting: pure, one event to one line -----------------------------------------------
@@ -548,6 +537,8 @@ class LineSession:
         self._pending: deque[str] = deque()
         """Messages read while reconnecting, to send once back in the room."""
         self._input_over = False
+        self._closing_room = False
+        """/close was typed: the host leaves by closing the room on purpose."""
         """The end of input, or /exit, has come: no more lines are read."""
         self._grace: IDelayedCall | None = None
         self._answers_due: list[Deferred[None]] = []
@@ -611,7 +602,10 @@ class LineSession:
         # retrying); the server notices either way, and a failure here must not
         # hide the exit status.
         with contextlib.suppress(Exception):
-            await self.client.leave().addTimeout(LEAVE_TIMEOUT, self._clock)
+            # /close tells the others the host closed the room on purpose.
+            closing = self._closing_room and self.client.state is ConnectionState.IN_ROOM
+            leaving = self.client.close_room() if closing else self.client.leave()
+            await leaving.addTimeout(LEAVE_TIMEOUT, self._clock)
 
     def _end(self, status: int, message: str | None = None) -> None:
         if self.ended.called:
@@ -637,7 +631,8 @@ class LineSession:
 
     def line_read(self, line: str) -> None:
         """One line of input: a message, or (starting with C{/}) a command."""
-        if not line.startswith("/"):
+        if not line.startswith("/") and line.strip() != EXIT_TEXT:
+            # Text as it is (blank lines too); " /exit " is refused by the parser.
             self._say(line)
             return
         match parse_line(line):
@@ -653,11 +648,6 @@ class LineSession:
                 pass
 
     def _say(self, text: str) -> None:
-        if text.strip() == EXIT_TEXT:
-            # The server would take it for leaving, and the client would
-            # silently rejoin: say so rather than send it (reached by "//exit").
-            self.warn(f"not sent: the server takes the text {EXIT_TEXT} as leaving the room; {EXIT_TEXT} leaves")
-            return
         if self._reconnecting:
             if len(self._pending) < PENDING_LIMIT:
                 self._pending.append(text)
@@ -688,6 +678,7 @@ class LineSession:
             case Command.CLOSE:
                 # A room lasts as long as its host stays: the host leaving closes it.
                 if self._is_host():
+                    self._closing_room = True
                     self._finish_input()
                 else:
                     self.warn(f"only the room's host can close it; {EXIT_TEXT} leaves it")

@@ -145,6 +145,21 @@ class ClientTests(ClientCase):
         await self.stay_closed(carol)
         await until(lambda: self.open_sockets() == baseline, "every client socket is closed, on both ends")
 
+    async def test_host_closes_the_room(self) -> None:
+        """close_room(): the others are told the host closed it, not that it left."""
+        service = self.serve()
+        alice = await self.enter(service, "alice", create=True)
+        bob = await self.enter(service, "bob")
+        with self.assertRaises(NotPermittedError):
+            bob.client.close_room()
+        await bounded(alice.client.close_room(), "alice closes the room")
+        closed = await bob.heard.next(RoomClosed)
+        self.assertEqual(
+            closed, RoomClosed("lobby", "the host closed the room", "* room lobby was closed: the host closed the room")
+        )
+        await self.stay_closed(bob)
+        self.assertEqual(service.server.store.rooms(), [])
+
     async def test_host_leaves(self) -> None:
         """The host's leave() closes the room: the others hear RoomClosed and do not reconnect."""
         service = self.serve()

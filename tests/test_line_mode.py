@@ -68,7 +68,7 @@ from chatd.line_mode import (
 )
 from chatd.service import ChatService, make_service
 from chatd.settings import Settings
-from chatd.tui.commands import Command, Run, Say, Unknown
+from chatd.tui.commands import Command, Run, Say, Unknown, Usage
 
 CLOCK = cast(IReactorTime, _reactor)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -668,7 +668,10 @@ class SlashCommandTests(_SessionCase):
         self.assertEqual(parse_line("/exit"), Run(Command.QUIT))
         self.assertEqual(parse_line("/Exit  soon "), Run(Command.QUIT, "soon"))
         self.assertEqual(parse_line("/exits"), Unknown("exits"))
-        self.assertEqual(parse_line("//exit"), Say("/exit"))
+        self.assertEqual(parse_line("//exits"), Say("/exits"))
+        refused = Usage("not sent: the server takes the text /exit as leaving the room; /exit leaves")
+        for line in ("//exit", " /exit ", "//exit "):
+            self.assertEqual(parse_line(line), refused, line)
 
 
 # -- sessions in this process, against the real service ------------------------------------

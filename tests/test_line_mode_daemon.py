@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorProcess
 from twisted.trial.unittest import TestCase
 
 from chatd.client import ChatClient
-from chatd.events import MemberJoined, MemberLeft
+from chatd.events import MemberJoined, MemberLeft, RoomClosed
 from chatd.line_mode import EXIT_ENDED, EXIT_OK, RECONNECT_GRACE
 from tests.loopback_clients import free_ports
 from tests.test_line_mode import REPO_ROOT, LineProcess
@@ -94,6 +94,20 @@ class LineModeAgainstDaemonTests(TestCase):
         self.assertEqual(len(heard.of(MemberJoined)), 1, heard.events)
         self.assertEqual(heard.messages_from("bob"), ["before"])
         self.assertEqual((bob.stdout, bob.stderr), (b"* you joined hoge as bob; members: alice, bob\n", b""))
+
+    async def test_close_closes_the_room_on_purpose(self) -> None:
+        """The host's /close: the others are told the host closed the room, and it exits 0."""
+        heard = Recorder("bob")
+        bob = ChatClient(_reactor, "127.0.0.1", self.tcp_port, self.udp_port, listener=heard, reconnect=False)
+        self.addCleanup(bob.leave)
+        alice = self.spawn("--room", "hoge", "--name", "alice", "--create")
+        self.assertEqual(await self.output_line(alice, 1), "* you created hoge as alice; members: alice\n")
+        await bob.join("hoge", "bob")
+        self.assertEqual(await self.output_line(alice, 2), "* bob joined hoge\n")
+        alice.write("/close\n")
+        self.assertEqual(await self.exit_status(alice), EXIT_OK)
+        closed = await heard.next(RoomClosed)
+        self.assertEqual(closed.reason, "the host closed the room")
 
     async def test_who_prints_the_members(self) -> None:
         await self.host()

@@ -45,6 +45,18 @@ class ParseTests(SynchronousTestCase):
 
 
 class HelpTests(SynchronousTestCase):
+    def test_exit_is_quit(self) -> None:
+        self.assertEqual(parse("/exit"), Run(Command.QUIT))
+        self.assertEqual(parse("/EXIT"), Run(Command.QUIT))
+
+    def test_the_text_exit_is_never_said(self) -> None:
+        # The server would read it as leaving, and the client would rejoin at once.
+        for line in ("//exit", " /exit", " /exit ", "//exit  "):
+            parsed = parse(line)
+            self.assertIsInstance(parsed, Usage, line)
+            assert isinstance(parsed, Usage)
+            self.assertIn("not sent", parsed.message)
+
     def test_every_command_is_explained(self) -> None:
         usages = " ".join(entry.usage for entry in HELP)
         for name in COMMAND_NAMES:

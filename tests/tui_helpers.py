@@ -92,6 +92,8 @@ class FakeClient:
         self.sent: list[str] = []
         self.invitations: list[Deferred[str]] = []
         self.left = 0
+        self.closed_room = 0
+        """How often close_room was asked for (it leaves too)."""
         self._entering: Deferred[RoomInfo] | None = None
 
     def _enter(self, *request: str) -> Deferred[RoomInfo]:
@@ -142,6 +144,10 @@ class FakeClient:
         invitation: Deferred[str] = Deferred()
         self.invitations.append(invitation)
         return invitation
+
+    def close_room(self) -> Deferred[None]:
+        self.closed_room += 1
+        return self.leave()
 
     def leave(self) -> Deferred[None]:
         self.left += 1

@@ -65,7 +65,7 @@ HELP: tuple[HelpEntry, ...] = (
     HelpEntry("/invite", "(host) make a single-use invitation token"),
     HelpEntry("/leave", "leave the room and pick another (a host leaving closes it)"),
     HelpEntry("/close", "(host) close the room for everyone"),
-    HelpEntry("/quit", "leave the room and exit (also Ctrl-C)"),
+    HelpEntry("/quit", "leave the room and exit (also /exit, Ctrl-C)"),
     HelpEntry("//TEXT", "send TEXT starting with one '/'"),
 )
 
@@ -79,22 +79,32 @@ COMMAND_NAMES: tuple[str, ...] = tuple(f"/{command.value}" for command in Comman
 """For completion in the input line."""
 
 
+ALIASES: dict[str, Command] = {"exit": Command.QUIT}
+"""Other names of commands: C{/exit}, the legacy servers' word for leaving."""
+EXIT_TEXT = "/exit"
+"""A message the server reads as leaving the room, whatever the client meant."""
+
+
 def parse(line: str) -> Parsed | None:
     """
     What C{line} asks for; None for a blank line (nothing to do).
 
-    A leading "//" sends the rest with one "/", so text may start with a slash.
+    A leading "//" sends the rest with one "/", so text may start with a
+    slash, except the text C{/exit}: the server would read it as leaving,
+    and the client would rejoin at once, which nobody means.
     """
     if not line.strip():
         return None
-    if not line.startswith("/"):
-        return Say(line)
-    if line.startswith("//"):
-        return Say(line[1:])
+    if not line.startswith("/") or line.startswith("//"):
+        text = line[1:] if line.startswith("//") else line
+        if text.strip() == EXIT_TEXT:
+            return Usage(f"not sent: the server takes the text {EXIT_TEXT} as leaving the room; {EXIT_TEXT} leaves")
+        return Say(text)
     name, _, rest = line[1:].partition(" ")
     argument = rest.strip()
+    lowered = name.lower()
     try:
-        command = Command(name.lower())
+        command = ALIASES.get(lowered) or Command(lowered)
     except ValueError:
         return Unknown(name)
     if command is Command.ME and not argument:

@@ -76,6 +76,8 @@ class ChatClientLike(Protocol):
 
     def invite(self) -> Deferred[str]: ...
 
+    def close_room(self) -> Deferred[None]: ...
+
     def leave(self) -> Deferred[None]: ...
 
 
@@ -159,11 +161,14 @@ class ChatSession:
         self._update()
         return info
 
-    def leave(self) -> Deferred[None]:
-        """Leave the room (once); safe in any state, and when already left."""
+    def leave(self, closing: bool = False) -> Deferred[None]:
+        """
+        Leave the room (once); safe in any state, and when already left.
+        C{closing}: as its host, close it on purpose (the others are told so).
+        """
         self._stop_ticker()
         if self._leaving is None:
-            self._leaving = self.client.leave()
+            self._leaving = self.client.close_room() if closing else self.client.leave()
             self._leaving.addErrback(self._log_failure, "while leaving")
         # A fresh Deferred per caller: each may chain on it without disturbing the others.
         done: Deferred[None] = Deferred()
@@ -471,7 +476,7 @@ class ChatSession:
             self.screen.add_line(now, LineKind.INFO, "/leave to pick another room, /quit to exit.")
             self._update()
 
-        self.leave().addCallback(closed)
+        self.leave(closing=True).addCallback(closed)
 
     def _leave(self) -> None:
         room = self.choice.room
