@@ -177,10 +177,10 @@ class TerminalAppTests(unittest.TestCase):
         type_line(host.widget, "/close")
         await self.shows(host, "You closed room hoge: everyone in it was told and removed.")
         self.assertIn("│ closed │", status_line(host.widget))
-        await self.shows(member, "Room hoge was closed: the host left.")
+        await self.shows(member, "Room hoge was closed: the host closed the room.")
         self.assertIn("│ closed │", status_line(member.widget))
         type_line(member.widget, "/leave")
-        await self.shows(member, "Room hoge was closed: the host left.")
+        await self.shows(member, "Room hoge was closed: the host closed the room.")
         self.assertIn("Create or join a room", screen_text(member.widget))
 
     async def test_status_through_a_server_restart(self) -> None:
