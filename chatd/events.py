@@ -81,10 +81,26 @@ class Throttled:
     text: str
 
 
+_SOCKET_WORDING = ("Connection was closed cleanly", "Connection to the other side was lost")
+"""
+How Twisted words a closed or broken connection: true of the socket, and of
+no use to a reader ("closed cleanly" is what a killed server's connection
+says too). What it means to a person is that the server went away.
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionLost:
     reason: str
     will_reconnect: bool
+
+    @property
+    def explanation(self) -> str | None:
+        """The reason, when it says more than that the socket closed; None when it does not."""
+        text = self.reason.removeprefix("* ").strip()
+        if not text or text.startswith(_SOCKET_WORDING):
+            return None
+        return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,8 +67,10 @@ start with C{* }, the client's own connection news with C{! }:
     out; room closed; removed     C{* bob left hoge}, C{* room hoge was closed: the
     for inactivity; server        host left}, C{* you were removed from hoge after
     stopping                      300 s without activity}, ...
-    connection lost               C{! connection lost: <reason>; reconnecting}
-                                  (without C{; reconnecting} if it will not)
+    connection lost               C{! lost the connection to the server; reconnecting}
+                                  (C{: <reason>} after "server" when the reason
+                                  says more than that the connection closed;
+                                  without C{; reconnecting} if it will not)
     reconnecting                  C{! reconnecting in 0.5 s (attempt 1)}
     reconnected                   C{! reconnected to hoge; members: alice, bob;
                                   host: alice}
@@ -283,7 +285,8 @@ def format_text(event: LineEvent) -> str:
         case MemberJoined() | MemberLeft() | RoomClosed() | RemovedForInactivity() | ServerStopping() | Throttled():
             line = event.text
         case ConnectionLost():
-            line = f"! connection lost: {event.reason}" + ("; reconnecting" if event.will_reconnect else "")
+            why = f": {event.explanation}" if event.explanation is not None else ""
+            line = f"! lost the connection to the server{why}" + ("; reconnecting" if event.will_reconnect else "")
         case Reconnecting():
             line = f"! reconnecting in {event.delay:g} s (attempt {event.attempt})"
         case Reconnected():

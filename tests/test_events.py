@@ -14,6 +14,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.events import (
+    ConnectionLost,
     MemberJoined,
     MemberLeft,
     MessageReceived,
@@ -173,3 +174,18 @@ class MessageReceivedTests(SynchronousTestCase):
     def test_fields(self) -> None:
         message = MessageReceived("アリス", "寿司 🍣", 1767225600.5)
         self.assertEqual((message.sender, message.text, message.time), ("アリス", "寿司 🍣", 1767225600.5))
+
+
+class ConnectionLostTests(SynchronousTestCase):
+    def test_the_sockets_own_wording_explains_nothing(self) -> None:
+        # What a killed server's connection says: true of the socket, of no use to a reader.
+        for reason in (
+            "Connection was closed cleanly.",
+            "Connection to the other side was lost in a non-clean fashion.",
+            "",
+        ):
+            self.assertIsNone(ConnectionLost(reason, True).explanation, reason)
+
+    def test_a_reason_of_ours_is_kept(self) -> None:
+        event = ConnectionLost("room hoge is gone since the server restarted", False)
+        self.assertEqual(event.explanation, "room hoge is gone since the server restarted")

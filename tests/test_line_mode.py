@@ -164,13 +164,13 @@ EVENTS: list[tuple[LineEvent, str, dict[str, Any]]] = [
     ),
     (
         ConnectionLost("Connection was closed cleanly.", will_reconnect=True),
-        "! connection lost: Connection was closed cleanly.; reconnecting",
+        "! lost the connection to the server; reconnecting",
         {"event": "connection_lost", "reason": "Connection was closed cleanly.", "will_reconnect": True},
     ),
     (
-        ConnectionLost("Connection was closed cleanly.", will_reconnect=False),
-        "! connection lost: Connection was closed cleanly.",
-        {"event": "connection_lost", "reason": "Connection was closed cleanly.", "will_reconnect": False},
+        ConnectionLost("room hoge is gone", will_reconnect=False),
+        "! lost the connection to the server: room hoge is gone",
+        {"event": "connection_lost", "reason": "room hoge is gone", "will_reconnect": False},
     ),
     (
         Reconnecting(3, 2.0),
@@ -470,7 +470,7 @@ class SessionEventTests(_SessionCase):
         self.assertEqual(self.client.sent, ["one", "/me waves"])
         self.assertEqual(
             self.output(),
-            "! connection lost: gone; reconnecting\n"
+            "! lost the connection to the server: gone; reconnecting\n"
             "! reconnecting in 0.5 s (attempt 1)\n"
             "! reconnected to hoge; members: alice\n",
         )
@@ -903,7 +903,7 @@ class InRoomTests(_ServiceTestCase):
             session.output(),
             "* you created hoge as alice; members: alice\n"
             "* the server is shutting down; room hoge is closed\n"
-            "! connection lost: Connection was closed cleanly.; reconnecting\n"
+            "! lost the connection to the server; reconnecting\n"
             "! reconnecting in 0.5 s (attempt 1)\n",
         )
         session.end_input()

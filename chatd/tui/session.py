@@ -220,9 +220,9 @@ class ChatSession:
             screen.add_line(now, LineKind.NOTICE, "The server is shutting down; reconnecting when it is back.")
         elif isinstance(event, ConnectionLost):
             if event.will_reconnect:
-                screen.add_line(now, LineKind.NOTICE, f"{_lost(event.reason)}; reconnecting.")
+                screen.add_line(now, LineKind.NOTICE, f"{_lost(event)}; reconnecting.")
             else:
-                self._room_over(now, f"{_lost(event.reason)}.")
+                self._room_over(now, f"{_lost(event)}.")
         elif isinstance(event, Reconnecting):
             self._retry = event
             self._retry_at = now + event.delay
@@ -507,20 +507,12 @@ def _clause(text: str) -> str:
     return text[0].upper() + text[1:]
 
 
-_TWISTED_LOST = ("Connection was closed cleanly", "Connection to the other side was lost")
-"""
-How Twisted words a closed or broken connection: true of the socket, and of
-no use to a reader ("closed cleanly" is what a killed server's connection
-says too). What they mean to a person is that the server went away.
-"""
-
-
-def _lost(reason: str) -> str:
-    """The 'Lost the connection' sentence, without its end: why, when the reason says more than Twisted's."""
-    text = reason.removeprefix("* ").strip()
-    if not text or text.startswith(_TWISTED_LOST):
+def _lost(event: ConnectionLost) -> str:
+    """The 'Lost the connection' sentence, without its end: why, when the reason says more than the socket's."""
+    explanation = event.explanation
+    if explanation is None:
         return "Lost the connection to the server"
-    return f"Lost the connection to the server: {_clause(text)}"
+    return f"Lost the connection to the server: {_clause(explanation)}"
 
 
 def _sentence(text: str) -> str:
