@@ -33,8 +33,8 @@ from chatd.certificates import (
 )
 from chatd.errors import PinStoreError
 from chatd.pins import PinStore, server_key
+from chatd.tls_arguments import DEFAULT_TLS_PORT
 
-DEFAULT_TLS_PORT = 9003
 """The port shown in the suggested twistd command line (the daemon's --tls-port)."""
 
 

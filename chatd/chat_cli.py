@@ -22,8 +22,7 @@ from typing_extensions import override
 
 from chatd.client import DEFAULT_HOST, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT, ChatClient, IChatListener, RoomInfo
 from chatd.tls import TrustPolicy
-
-DEFAULT_TLS_PORT = 9003
+from chatd.tls_arguments import DEFAULT_TLS_PORT, add_tls_arguments, trust_policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,17 +143,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> ChatArguments:
         action="store_true",
         help="with --create, over TLS: a room only native clients can join, so that every datagram is sealed",
     )
-    tls = parser.add_argument_group(
-        "TLS",
+    add_tls_arguments(
+        parser,
         "Connect to the server's TLS port (native protocol, sealed UDP). Any of these turns TLS on; without a"
         " trust option the certificate is pinned on first use, as SSH does (docs/security.md).",
+        _port,
     )
-    tls.add_argument("--tls-port", type=_port, help=f"the server's TLS port ({DEFAULT_TLS_PORT})")
-    trust = tls.add_mutually_exclusive_group()
-    trust.add_argument("--tls-ca", metavar="FILE", help="trust certificates signed by this CA file (or this cert)")
-    trust.add_argument("--tls-fingerprint", metavar="SHA256:..", help="trust exactly this certificate")
-    trust.add_argument("--tls-tofu", action="store_true", help="pin the certificate on first use (the default)")
-    trust.add_argument("--tls-system", action="store_true", help="trust the system's certificate authorities")
     parser.add_argument("--line", action="store_true", help="line mode: send stdin's lines, print events to stdout")
     parser.add_argument("--json", action="store_true", help="with --line: print each event as one JSON object")
     args = parser.parse_args(argv)
@@ -166,18 +160,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> ChatArguments:
         parser.error("--invite is for joining, not --create")
     if args.native_only and not args.create:
         parser.error("--native-only is for --create: it makes the room native-only")
-    policy: TrustPolicy | None = None
-    if args.tls_ca:
-        policy = TrustPolicy.ca_file(args.tls_ca)
-    elif args.tls_fingerprint:
-        try:
-            policy = TrustPolicy.fingerprint(args.tls_fingerprint)
-        except ValueError as error:
-            parser.error(f"--tls-fingerprint: {error}")
-    elif args.tls_system:
-        policy = TrustPolicy.system()
-    elif args.tls_tofu or args.tls_port:
-        policy = TrustPolicy.tofu()
+    policy = trust_policy(args, parser.error)
     if args.native_only and policy is None:
         # The server would refuse it (NOT_PERMITTED): a room's UDP key only
         # crosses the network protected over TLS. Say so before connecting.

@@ -86,12 +86,12 @@ from chatd.errors import ProtocolError
 from chatd.payloads import Dialect
 from chatd.stdio_lines import StdioLines
 from chatd.tls import ChatTLSCreator, TrustPolicy, explain_tls_failure, tls_endpoint
+from chatd.tls_arguments import DEFAULT_TLS_PORT, add_tls_arguments, trust_policy
 from chatd.wire import Frame, FrameDecoder, Operation, SizeEncoding, State, encode_frame
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TCP_PORT = 9001
 DEFAULT_UDP_PORT = 9002
-DEFAULT_TLS_PORT = 9003
 """The daemon's default TLS port (twistd chatd --tls-port), as chatd-chat's."""
 MAX_UDP_PACKET = 65535
 """Any datagram at all, so that an oversized one shows as such."""
@@ -566,27 +566,15 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_UDP_PORT,
         help=f"the server's UDP port (default {DEFAULT_UDP_PORT})",
     )
-    tls = parser.add_argument_group(
-        "TLS",
+    add_tls_arguments(
+        parser,
         "Connect to the server's TLS port instead (what a native-only room's create needs). Any of these turns"
         " TLS on; without a trust option the certificate is pinned on first use, as chatd-chat does.",
+        _port_argument,
+        system=False,
     )
-    tls.add_argument("--tls-port", type=_port_argument, help=f"the server's TLS port ({DEFAULT_TLS_PORT})")
-    trust = tls.add_mutually_exclusive_group()
-    trust.add_argument("--tls-ca", metavar="FILE", help="trust certificates signed by this CA file (or this cert)")
-    trust.add_argument("--tls-fingerprint", metavar="SHA256:..", help="trust exactly this certificate")
-    trust.add_argument("--tls-tofu", action="store_true", help="pin the certificate on first use (the default)")
     options = parser.parse_args(argv)
-    options.tls = None
-    if options.tls_ca:
-        options.tls = TrustPolicy.ca_file(options.tls_ca)
-    elif options.tls_fingerprint:
-        try:
-            options.tls = TrustPolicy.fingerprint(options.tls_fingerprint)
-        except ValueError as error:
-            parser.error(f"--tls-fingerprint: {error}")
-    elif options.tls_tofu or options.tls_port:
-        options.tls = TrustPolicy.tofu()
+    options.tls = trust_policy(options, parser.error)
     if options.tls is not None:
         options.tcp_port = options.tls_port or DEFAULT_TLS_PORT
     return options

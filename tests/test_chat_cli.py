@@ -10,8 +10,9 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.chat_cli import DEFAULT_TLS_PORT, ChatArguments, command_words, parse_arguments
+from chatd.chat_cli import ChatArguments, command_words, parse_arguments
 from chatd.tls import TrustMode
+from chatd.tls_arguments import DEFAULT_TLS_PORT
 
 FINGERPRINT = "SHA256:" + ":".join(["ab"] * 32)
 

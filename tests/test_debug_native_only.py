@@ -8,9 +8,10 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.debug_client import DEFAULT_TLS_PORT, DebugClient, parse_arguments
+from chatd.debug_client import DebugClient, parse_arguments
 from chatd.service import ChatService
 from chatd.tls import TrustMode, TrustPolicy
+from chatd.tls_arguments import DEFAULT_TLS_PORT
 from tests.test_debug_client import Transcript
 from tests.test_security import _ServiceCase
 
