@@ -1,6 +1,6 @@
 """
-The fixture shared by the tests of chatd.client against the real daemon
-(tests/test_client.py, tests/test_security.py): services started on loopback
+The fixture shared by the tests of chatd.client.chat_client against the real daemon
+(tests/client/test_client.py, tests/test_security.py): services started on loopback
 ports the OS picks, ChatClients that leave at cleanup, and bounded waits for
 them to enter a room or be refused.
 """
@@ -14,11 +14,11 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
-from chatd.client import ChatClient, RoomInfo
-from chatd.seal import Channel
-from chatd.service import ChatService, make_service
-from chatd.settings import Settings
-from chatd.tls import TrustPolicy
+from chatd.client.chat_client import ChatClient, RoomInfo
+from chatd.client.tls import TrustPolicy
+from chatd.daemon.service import ChatService, make_service
+from chatd.daemon.settings import Settings
+from chatd.protocol.seal import Channel
 from tests.waiting import CLOCK, WAIT, Recorder, bounded, until
 
 REACTOR: Any = _reactor
@@ -28,7 +28,7 @@ X = TypeVar("X", bound=BaseException)
 
 @dataclass(frozen=True)
 class Person:
-    """A chatd.client.ChatClient and what it heard."""
+    """A chatd.client.chat_client.ChatClient and what it heard."""
 
     client: ChatClient
     heard: Recorder

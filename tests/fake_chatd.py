@@ -1,11 +1,11 @@
 """
-A scripted chatd for unit tests of chatd.client on a task.Clock: no
+A scripted chatd for unit tests of chatd.client.chat_client on a task.Clock: no
 sockets, no real daemon, so a test can restart the "server", hold it down,
 drop its UDP answers and move time by exactly as much as it wants.
 
 It speaks just enough of the native protocol (docs/protocol.md: create,
 join, member list, invite, keepalive answers) for the client's reconnect
-and UDP-path logic; the real daemon is what tests/test_client.py runs.
+and UDP-path logic; the real daemon is what tests/client/test_client.py runs.
 TCP answers are written back at once; UDP answers come after L{LATENCY}
 seconds of the clock, as they would over a network.
 """
@@ -27,11 +27,11 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-import chatd.client
-from chatd.datagrams import FrameType
-from chatd.errors import Status
-from chatd.seal import Channel, Direction, peek_header
-from chatd.wire import Frame, FrameDecoder, Operation, State, encode_frame
+import chatd.client.chat_client
+from chatd.protocol.datagrams import FrameType
+from chatd.protocol.errors import Status
+from chatd.protocol.seal import Channel, Direction, peek_header
+from chatd.protocol.wire import Frame, FrameDecoder, Operation, State, encode_frame
 
 SERVER = "127.0.0.1"
 TCP_PORT = 9001
@@ -68,7 +68,7 @@ class FakeConnection:
         self.room: FakeRoom | None = None
         self.open = True
 
-    # -- ITransport, as much as chatd.client uses ------------------------------
+    # -- ITransport, as much as chatd.client.chat_client uses ------------------------------
 
     def getPeer(self) -> IPv4Address:  # noqa: N802 - Twisted's name
         return IPv4Address("TCP", SERVER, TCP_PORT)
@@ -137,7 +137,7 @@ class FakeReactor(Clock):
         protocol: DatagramProtocol,
         interface: str = "",
         maxPacketSize: int = 8192,  # noqa: N803 - Twisted's name
-    ) -> Any:  # a FakeUdpPort: as much of IListeningPort as chatd.client uses
+    ) -> Any:  # a FakeUdpPort: as much of IListeningPort as chatd.client.chat_client uses
         return self._server.udp_port(protocol)
 
 
@@ -159,8 +159,8 @@ class FakeChatd:
         """Every create and join: operation, room, payload."""
         self.keepalives = 0
         self._key_ids = 0
-        test.patch(chatd.client, "HostnameEndpoint", lambda reactor, host, port, timeout: (host, port))
-        test.patch(chatd.client, "connectProtocol", self.connect)
+        test.patch(chatd.client.chat_client, "HostnameEndpoint", lambda reactor, host, port, timeout: (host, port))
+        test.patch(chatd.client.chat_client, "connectProtocol", self.connect)
 
     # -- the network -------------------------------------------------------------
 

@@ -16,10 +16,10 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvides
 
-from chatd.server import ChatServer
-from chatd.settings import Settings
-from chatd.tcp import RoomProtocol
-from chatd.wire import Frame, FrameDecoder, Operation, SizeEncoding, State, encode_frame
+from chatd.daemon.controller import ChatServer
+from chatd.daemon.settings import Settings
+from chatd.daemon.tcp import RoomProtocol
+from chatd.protocol.wire import Frame, FrameDecoder, Operation, SizeEncoding, State, encode_frame
 
 SEED_EXAMPLE = b"\x04\x01\x001" + 28 * b"\x00" + b"hogea"
 """The seed document's example request: create room 'hoge' with payload 'a'."""

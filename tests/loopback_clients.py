@@ -3,7 +3,7 @@ Small clients for the end-to-end tests: real sockets, chatd's own codecs.
 
 L{ChatClient} speaks one dialect over Twisted TCP and UDP (tests/test_loopback.py);
 L{BlockingClient} does the same with blocking sockets and timeouts, for a
-twistd started as a subprocess (tests/test_twistd.py). L{Capture} writes the
+twistd started as a subprocess (tests/daemon/test_twistd.py). L{Capture} writes the
 hex of every frame and datagram to the file that C{CHATD_CAPTURE} names.
 """
 
@@ -32,13 +32,13 @@ from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from chatd.datagrams import FrameType, decode_datagram, decode_relay_body, encode_legacy
-from chatd.errors import ProtocolError
-from chatd.payloads import NATIVE_VERSION, Dialect
-from chatd.seal import HEADER_SIZE as SEALED_HEADER_SIZE
-from chatd.seal import Channel, Direction, SealedHeader, Sealer, new_key
-from chatd.tls import TrustPolicy, tls_endpoint
-from chatd.wire import (
+from chatd.client.tls import TrustPolicy, tls_endpoint
+from chatd.protocol.datagrams import FrameType, decode_datagram, decode_relay_body, encode_legacy
+from chatd.protocol.errors import ProtocolError
+from chatd.protocol.payloads import NATIVE_VERSION, Dialect
+from chatd.protocol.seal import HEADER_SIZE as SEALED_HEADER_SIZE
+from chatd.protocol.seal import Channel, Direction, SealedHeader, Sealer, new_key
+from chatd.protocol.wire import (
     HEADER_SIZE,
     Frame,
     Operation,

@@ -1,7 +1,7 @@
 """
 What must hold of a RoomRegistry between operations, as assertions shared by
-the example tests (tests/test_rooms.py) and the state machine
-(tests/test_store_invariants.py).
+the example tests (tests/daemon/test_rooms.py) and the state machine
+(tests/daemon/test_store_invariants.py).
 
 They read the registry's private indexes on purpose: the point is that the
 indexes agree with each other, which the public views alone cannot show.
@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from chatd.payloads import Dialect
-from chatd.rooms import Member, Room, RoomRegistry
-from chatd.settings import Settings
+from chatd.daemon.rooms import Member, Room, RoomRegistry
+from chatd.daemon.settings import Settings
+from chatd.protocol.payloads import Dialect
 
 
 def snapshot(registry: RoomRegistry) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from typing import Any
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.errors import Status
-from chatd.interfaces import IRoomStore
-from chatd.wire import Frame, Operation, SizeEncoding, State
+from chatd.daemon.interfaces import IRoomStore
+from chatd.protocol.errors import Status
+from chatd.protocol.wire import Frame, Operation, SizeEncoding, State
 from tests.helpers import frames, request
 
 COMPLETED_ON_SUCCESS = frozenset({Operation.CREATE, Operation.JOIN, Operation.INVITE, Operation.REKEY})

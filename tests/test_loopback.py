@@ -4,7 +4,7 @@ End to end on loopback: the real service from make_service, real sockets.
 The room scenarios are written once in L{_DialectScenarios} and run in each
 dialect, as the transit relay runs C{_Transit} over each transport. Expected
 bytes are spelled out here from docs and wire-dialects.md, not rebuilt with
-the server's own encoders. Native datagrams are sealed (chatd.seal): their
+the server's own encoders. Native datagrams are sealed (chatd.protocol.seal): their
 clear header is spelled out here too, and the test client opens the rest with
 the key its complete frame handed out. Set C{CHATD_CAPTURE=/some/file} to have
 the create/join/relay scenario append the hex of every frame and datagram to it.
@@ -25,13 +25,13 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
-from chatd.datagrams import FrameType
-from chatd.errors import Status
-from chatd.payloads import MODEL_REMOVED_FOR_SILENCE, MODEL_ROOM_CLOSED, Dialect
-from chatd.seal import KEY_BYTES, MAX_KEY_ID
-from chatd.service import ChatService, make_service
-from chatd.settings import Settings
-from chatd.wire import Frame, Operation, SizeEncoding, State, encode_frame
+from chatd.daemon.service import ChatService, make_service
+from chatd.daemon.settings import Settings
+from chatd.protocol.datagrams import FrameType
+from chatd.protocol.errors import Status
+from chatd.protocol.payloads import MODEL_REMOVED_FOR_SILENCE, MODEL_ROOM_CLOSED, Dialect
+from chatd.protocol.seal import KEY_BYTES, MAX_KEY_ID
+from chatd.protocol.wire import Frame, Operation, SizeEncoding, State, encode_frame
 from tests.loopback_clients import (
     CLOCK,
     NO_CAPTURE,
@@ -52,7 +52,7 @@ else:
     _MixinBase = object
 
 SEALED_HEADER_SIZE, TYPE_SIZE, TAG_SIZE = 15, 1, 16
-"""A sealed frame (chatd/seal.py): clear header, then the encrypted frame type and body, then the tag."""
+"""A sealed frame (chatd/protocol/seal.py): clear header, then the encrypted frame type and body, then the tag."""
 RELAY, NOTICE, KEEPALIVE_ACK = 3, 4, 5
 LEGACY = (Dialect.MODEL, Dialect.SEED)
 
@@ -71,7 +71,7 @@ class _Loopback(_MixinBase):
     def setUp(self) -> None:
         # These tests check what each member is told, not when: a short
         # presence interval keeps changes held back for coalescing (timed on a
-        # Clock in tests/test_server.py) from slowing them down.
+        # Clock in tests/daemon/test_server.py) from slowing them down.
         options: dict[str, Any] = {"password_cost": 2, "presence_interval": 0.05, **self.overrides}
         settings = Settings(interface=self.host, tcp_port=0, udp_port=0, **options)
         self.service: ChatService = make_service(settings, CLOCK)
@@ -667,7 +667,8 @@ class AbuseTests(_Loopback, unittest.TestCase):
         warnings = [
             event
             for event in events
-            if event.get("log_namespace") == "chatd.udp.DropCounter" and event.get("log_level") == LogLevel.warn
+            if event.get("log_namespace") == "chatd.daemon.relay.DropCounter"
+            and event.get("log_level") == LogLevel.warn
         ]
         warned = Counter(event["reason"] for event in warnings)
         self.assertEqual(set(warned), set(relay.drops.counts))

@@ -3,13 +3,13 @@ The security measures of docs/security.md, against the real service.
 
 Each test starts chatd from make_service on ephemeral loopback ports
 (127.0.0.1 only), talks to it with real sockets, bounds every wait, and stops
-it at cleanup. Two kinds of clients: chatd.client.ChatClient, the library a
+it at cleanup. Two kinds of clients: chatd.client.chat_client.ChatClient, the library a
 person's program uses (TLS, keys, rekeying, reconnecting), and the test
 clients of tests/loopback_clients.py, which seal and send datagrams one by
 one, so that a test can capture, damage, replay, reorder and forge them.
 
 The fuzz tests at the end feed arbitrary bytes to the relay and to
-chatd.seal.Channel in memory, with hypothesis.
+chatd.protocol.seal.Channel in memory, with hypothesis.
 """
 
 from __future__ import annotations
@@ -31,12 +31,17 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-import chatd.passwords
-import chatd.rooms
-from chatd.certificates import fingerprint, make_self_signed
-from chatd.client import ConnectionState
-from chatd.datagrams import FrameType, RelayedMessage, decode_relay_body, encode_legacy
-from chatd.errors import (
+import chatd.daemon.passwords
+import chatd.daemon.rooms
+from chatd.client.chat_client import ConnectionState
+from chatd.client.events import ConnectionLost, Reconnecting, ServerStopping, Throttled
+from chatd.client.pins import PinStore, default_pin_path
+from chatd.client.tls import TrustPolicy
+from chatd.daemon.rooms import Member
+from chatd.daemon.service import ChatService
+from chatd.protocol.certificates import fingerprint, make_self_signed
+from chatd.protocol.datagrams import FrameType, RelayedMessage, decode_relay_body, encode_legacy
+from chatd.protocol.errors import (
     CertificateChangedError,
     CertificateError,
     InvalidPasswordError,
@@ -44,14 +49,9 @@ from chatd.errors import (
     RateLimitedError,
     Status,
 )
-from chatd.events import ConnectionLost, Reconnecting, ServerStopping, Throttled
-from chatd.payloads import Dialect, RoomRequest
-from chatd.pins import PinStore, default_pin_path
-from chatd.rooms import Member
-from chatd.seal import HEADER_SIZE, MAX_KEY_ID, Channel, Direction, Sealer, new_key
-from chatd.service import ChatService
-from chatd.tls import TrustPolicy
-from chatd.wire import Frame, Operation, State
+from chatd.protocol.payloads import Dialect, RoomRequest
+from chatd.protocol.seal import HEADER_SIZE, MAX_KEY_ID, Channel, Direction, Sealer, new_key
+from chatd.protocol.wire import Frame, Operation, State
 from tests.client_cases import HOST, ClientCase
 from tests.helpers import capture_events, make_server
 from tests.loopback_clients import (
@@ -81,7 +81,7 @@ def temporary_directory(case: unittest.SynchronousTestCase) -> str:
 
 
 def write_certificate(directory: str, name: str) -> Certificate:
-    """A fresh self-signed pair (chatd.certificates.make_self_signed) in C{directory}."""
+    """A fresh self-signed pair (chatd.protocol.certificates.make_self_signed) in C{directory}."""
     cert_pem, key_pem = make_self_signed()
     paths = []
     for suffix, data in (("cert", cert_pem), ("key", key_pem)):
@@ -94,7 +94,7 @@ def write_certificate(directory: str, name: str) -> Certificate:
 
 
 def sealed_header(key_id: int, counter: int) -> bytes:
-    """The clear header of a sealed frame (chatd/seal.py): marker 0, version 1, flags 0, key id, counter."""
+    """The clear header of a sealed frame (chatd/protocol/seal.py): marker 0, version 1, flags 0, key id, counter."""
     return bytes((0, 1, 0)) + key_id.to_bytes(4, "big") + counter.to_bytes(8, "big")
 
 
@@ -711,13 +711,13 @@ class PasswordGuessingTests(_ServiceCase):
             connection_burst=1000.0,
         )
         checks = [0]
-        verify = chatd.passwords.verify_password
+        verify = chatd.daemon.passwords.verify_password
 
         def counting(password: str, stored: Any) -> bool:
             checks[0] += 1
             return verify(password, stored)
 
-        self.patch(chatd.rooms, "verify_password", counting)
+        self.patch(chatd.daemon.rooms, "verify_password", counting)
         await self.enter(service, "host", "vault", create=True, password="sesame")
         await self.enter(service, "host", "open", create=True)
         # Open-room joins cost nothing, however many.

@@ -45,16 +45,12 @@ from twisted.trial import unittest
 from typing_extensions import override
 from zope.interface import implementer
 
-from chatd import cert_tool
-from chatd.certificates import (
-    DEFAULT_HOSTNAMES,
-    fingerprint,
-    load_server_certificate,
-    make_self_signed,
-    normalize_fingerprint,
-    server_tls_options,
-)
-from chatd.errors import (
+from chatd.client import cert_tool
+from chatd.client.pins import PinStore, default_pin_path, server_key
+from chatd.client.tls import ChatTLSCreator, TrustPolicy, client_connection_creator, explain_tls_failure
+from chatd.daemon.server_tls import load_server_certificate, server_tls_options
+from chatd.protocol.certificates import DEFAULT_HOSTNAMES, fingerprint, make_self_signed, normalize_fingerprint
+from chatd.protocol.errors import (
     CertificateChangedError,
     CertificateError,
     ChatError,
@@ -62,8 +58,6 @@ from chatd.errors import (
     PinStoreError,
     TLSSetupError,
 )
-from chatd.pins import PinStore, default_pin_path, server_key
-from chatd.tls import ChatTLSCreator, TrustPolicy, client_connection_creator, explain_tls_failure
 
 CLOCK = cast(IReactorTime, _reactor)
 WAIT = 5.0

@@ -11,9 +11,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
-from chatd.client import ConnectionState, IChatListener, RoomInfo
-from chatd.errors import MessageTooLongError, NotInRoomError
-from chatd.events import ChatEvent, Reconnected
+from chatd.client.chat_client import ConnectionState, IChatListener, RoomInfo
+from chatd.client.events import ChatEvent, Reconnected
+from chatd.protocol.errors import MessageTooLongError, NotInRoomError
 
 REACTOR: Any = _reactor
 CLOCK = cast(IReactorTime, _reactor)
@@ -113,7 +113,7 @@ class FakeClient:
         _, room, user, *_ = self.requests[-1]
         self.members = tuple(members)
         self.info = RoomInfo(room, user, host, self.members, 300.0, 30.0)
-        # As chatd.client infers it: the member list starts with the host.
+        # As chatd.client.chat_client infers it: the member list starts with the host.
         self.room_host = user if host else (self.members[0] if self.members else None)
         self.state = ConnectionState.IN_ROOM
         self._entering.callback(self.info)

@@ -16,8 +16,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from chatd.client import IChatListener
-from chatd.events import ChatEvent, MessageReceived
+from chatd.client.chat_client import IChatListener
+from chatd.client.events import ChatEvent, MessageReceived
 
 CLOCK = cast(IReactorTime, _reactor)
 WAIT = 5.0
@@ -50,7 +50,7 @@ async def sleep(seconds: float) -> None:
 
 @implementer(IChatListener)
 class Recorder:
-    """Everything one chatd.client.ChatClient heard, in order, and a way to wait for more."""
+    """Everything one chatd.client.chat_client.ChatClient heard, in order, and a way to wait for more."""
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -25,7 +25,7 @@ in C{chatd.bench.attack_tcp} and C{chatd.bench.attack_floods}.
 Unlike the rest of chatd.bench, which imports nothing of chatd so that it can
 load any server of the family, this tool is a chatd client like chatd-chat:
 the native legitimate pair and the forgery use chatd's pure client-side
-codecs (C{chatd.seal}, C{chatd.datagrams}, C{chatd.errors}) to seal, open and
+codecs (C{chatd.protocol.seal}, C{chatd.protocol.datagrams}, C{chatd.protocol.errors}) to seal, open and
 imitate sealed datagrams exactly as docs/protocol.md describes them. It
 imports nothing of the daemon (no Twisted).
 """

@@ -6,7 +6,7 @@ sent, after a bounded drain wait.
 
 The model pair speaks the legacy datagrams in clear; the native pair seals
 its datagrams with ChaCha20-Poly1305 under the keys of its complete frames,
-using chatd's own client-side codecs (C{chatd.seal}, C{chatd.datagrams}).
+using chatd's own client-side codecs (C{chatd.protocol.seal}, C{chatd.protocol.datagrams}).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from chatd.bench.attack_wire import (
     legacy_datagram,
     model_enter,
 )
-from chatd.datagrams import FrameType, decode_relay_body
-from chatd.errors import ProtocolError
-from chatd.seal import Channel, Direction
+from chatd.protocol.datagrams import FrameType, decode_relay_body
+from chatd.protocol.errors import ProtocolError
+from chatd.protocol.seal import Channel, Direction
 
 LEGIT_ADDRESS = "127.0.0.2"
 _NUMBERED = re.compile(rb"legit (\d+)$")

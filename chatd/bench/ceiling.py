@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatd.bench import ceiling_compare
-from chatd.fastudp import (
+from chatd.daemon.fastudp import (
     _IOV,
     _IOV_SIZE,
     _MMSG,

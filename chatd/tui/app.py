@@ -2,7 +2,7 @@
 The terminal itself: an urwid MainLoop on Twisted's reactor around the
 L{TerminalApp}, so the UI and the network share one reactor.
 
-The reactor belongs to C{task.react} (chatd.chat_cli); the loop is started
+The reactor belongs to C{task.react} (chatd.client.chat_cli); the loop is started
 and stopped around the app (house style, section 5), and whatever ends the
 app (quitting, an error, the reactor shutting down on SIGTERM) gives the
 terminal back in its normal mode.
@@ -19,8 +19,8 @@ import urwid
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from chatd.chat_cli import ChatArguments, client_for
-from chatd.client import IChatListener
+from chatd.client.chat_cli import ChatArguments, client_for
+from chatd.client.chat_client import IChatListener
 from chatd.tui import theme
 from chatd.tui.controller import TerminalApp
 from chatd.tui.editing import coalesce_typing

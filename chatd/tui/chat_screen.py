@@ -18,8 +18,8 @@ from enum import Enum
 import urwid
 from typing_extensions import override
 
+from chatd.client.commands import COMMAND_NAMES
 from chatd.tui import theme
-from chatd.tui.commands import COMMAND_NAMES
 from chatd.tui.input_line import InputHistory, InputLine
 
 _Size = tuple[()] | tuple[int] | tuple[int, int]

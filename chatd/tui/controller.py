@@ -18,8 +18,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from chatd.chat_cli import ChatArguments
-from chatd.client import RoomInfo
+from chatd.client.chat_cli import ChatArguments
+from chatd.client.chat_client import RoomInfo
 from chatd.tui.chat_screen import LineKind
 from chatd.tui.editing import Typed
 from chatd.tui.input_line import InputHistory

@@ -15,8 +15,8 @@ from enum import Enum
 import urwid
 from typing_extensions import override
 
-from chatd.errors import InvalidNameError
-from chatd.payloads import validate_name, validate_user_name
+from chatd.protocol.errors import InvalidNameError
+from chatd.protocol.payloads import validate_name, validate_user_name
 from chatd.tui import theme
 from chatd.tui.editing import TextEdit
 

@@ -21,10 +21,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatd.chat_cli import command_words
-from chatd.client import DEFAULT_HOST, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT, ConnectionState, IChatListener, RoomInfo
-from chatd.errors import MessageTooLongError, NotInRoomError
-from chatd.events import (
+from chatd.client.chat_cli import command_words
+from chatd.client.chat_client import (
+    DEFAULT_HOST,
+    DEFAULT_TCP_PORT,
+    DEFAULT_UDP_PORT,
+    ConnectionState,
+    IChatListener,
+    RoomInfo,
+)
+from chatd.client.commands import HELP, KEYS, Command, Run, Say, Unknown, Usage, parse
+from chatd.client.events import (
     ACTION_PREFIX,
     ChatEvent,
     ConnectionLost,
@@ -41,15 +48,15 @@ from chatd.events import (
     UdpPathRestored,
     WaitingForHost,
 )
+from chatd.protocol.errors import MessageTooLongError, NotInRoomError
 from chatd.tui.chat_screen import ChatScreen, LineKind, StatusInfo, Tone
-from chatd.tui.commands import HELP, KEYS, Command, Run, Say, Unknown, Usage, parse
 from chatd.tui.input_line import InputHistory
 from chatd.tui.screens import RoomChoice
 from chatd.tui.wording import describe
 
 
 class ChatClientLike(Protocol):
-    """What the app needs of a chat client: chatd.client.ChatClient, or a test's fake."""
+    """What the app needs of a chat client: chatd.client.chat_client.ChatClient, or a test's fake."""
 
     @property
     def state(self) -> ConnectionState: ...

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from chatd.errors import (
+from chatd.protocol.errors import (
     ChatError,
     ConnectionClosedError,
     ConnectionFailedError,

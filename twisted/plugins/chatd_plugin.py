@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 chatd = ServiceMaker(
     "chatd",
-    "chatd.tap",
+    "chatd.daemon.tap",
     "Chat rooms over TCP, message relay over UDP",
     "chatd",
 )

@@ -1,0 +1,214 @@
+"""
+What a chat client hears, as typed values: messages, who came and went,
+why the room ended, and how the connection is doing.
+
+Pure: chatd.client.chat_client builds these from the wire and hands them to its
+listener; user interfaces only ever see these types, never bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ACTION_PREFIX = "/me "
+"""A message starting with this is an action: shown as C{* name rest}."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    sender: str
+    text: str
+    time: float
+    """When the server relayed it, in seconds since the epoch (the server's clock)."""
+
+    @property
+    def is_action(self) -> bool:
+        return self.text.startswith(ACTION_PREFIX)
+
+    @property
+    def action(self) -> str:
+        """The action's text without the C{/me } prefix."""
+        return self.text[len(ACTION_PREFIX) :]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberJoined:
+    user: str
+    members: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberLeft:
+    user: str
+    members: tuple[str, ...]
+    text: str
+    timed_out: bool = False
+    """The member was removed for inactivity rather than leaving."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomClosed:
+    """The host left or closed the room; no token of it works any more."""
+
+    room: str
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedForInactivity:
+    """This client was silent too long and is no longer in the room."""
+
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStopping:
+    """The server is shutting down; the client will try to come back."""
+
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """This client sent too fast: some of its messages were dropped."""
+
+    room: str
+    text: str
+
+
+_SOCKET_WORDING = ("Connection was closed cleanly", "Connection to the other side was lost")
+"""
+How Twisted words a closed or broken connection: true of the socket, and of
+no use to a reader ("closed cleanly" is what a killed server's connection
+says too). What it means to a person is that the server went away.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    reason: str
+    will_reconnect: bool
+
+    @property
+    def explanation(self) -> str | None:
+        """The reason, when it says more than that the socket closed; None when it does not."""
+        text = self.reason.removeprefix("* ").strip()
+        if not text or text.startswith(_SOCKET_WORDING):
+            return None
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnecting:
+    attempt: int
+    delay: float
+    """Seconds until this attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnected:
+    room: str
+    members: tuple[str, ...]
+    host: str | None = None
+    """Who hosts the room now (None if this client cannot tell)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingForHost:
+    """
+    After a server restart the room is gone, and only the member that was
+    its host may create it again: this client, a member, retries its join.
+    """
+
+    room: str
+    host: str | None
+    """The host it waits for, if known."""
+    attempt: int
+    delay: float
+    """Seconds until the next try."""
+    gives_up_in: float
+    """Seconds until it stops waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class UdpPathLost:
+    """Keepalives have gone unanswered: messages cannot be delivered over UDP."""
+
+    silent_for: float
+    """Seconds since the last datagram from the server."""
+
+
+@dataclass(frozen=True, slots=True)
+class UdpPathRestored:
+    """Datagrams from the server arrive again after a L{UdpPathLost}."""
+
+
+ChatEvent = (
+    MessageReceived
+    | MemberJoined
+    | MemberLeft
+    | RoomClosed
+    | RemovedForInactivity
+    | ServerStopping
+    | Throttled
+    | ConnectionLost
+    | Reconnecting
+    | Reconnected
+    | WaitingForHost
+    | UdpPathLost
+    | UdpPathRestored
+)
+
+
+def event_from_notice(notice: dict[str, Any], me: str, members: tuple[str, ...] = ()) -> ChatEvent | None:
+    """
+    The event for a native notice (docs/protocol.md, "Notices"), as seen by
+    member C{me}; None for an event this client does not know (a newer server).
+
+    A notice says who came or went, not who is there: C{members} is the list
+    the client holds (from its create or join answer, or operation 7), and a
+    C{MemberJoined} or C{MemberLeft} carries that list with the change
+    applied (L{apply_presence}). A notice that does carry C{"members"} (a
+    server from before notices became changes only) is taken at its word.
+    """
+    kind = notice.get("event")
+    room = str(notice.get("room", ""))
+    user = str(notice.get("user", ""))
+    text = str(notice.get("text", ""))
+    listed = notice.get("members")
+    if isinstance(listed, list):
+        members = tuple(str(name) for name in listed)
+    elif kind in ("joined", "left", "timed_out"):
+        members = apply_presence(members, user, joined=kind == "joined")
+    if kind == "joined":
+        return MemberJoined(user, members, text)
+    if kind == "left":
+        return MemberLeft(user, members, text)
+    if kind == "timed_out":
+        if user == me:
+            return RemovedForInactivity(room, text)
+        return MemberLeft(user, members, text, timed_out=True)
+    if kind == "room_closed":
+        return RoomClosed(room, str(notice.get("reason", "")), text)
+    if kind == "server_stopping":
+        return ServerStopping(room, text)
+    if kind == "throttled":
+        return Throttled(room, text)
+    return None
+
+
+def apply_presence(members: tuple[str, ...], user: str, *, joined: bool) -> tuple[str, ...]:
+    """
+    C{members} after C{user} joined (added at the end: the list is in join
+    order) or left. Idempotent, because a change can reach a client whose
+    list already holds it: a change the server held back (docs/protocol.md,
+    "Coalescing") that happened before an operation 7 answer arrives after it.
+    """
+    if joined:
+        return members if user in members else (*members, user)
+    return tuple(name for name in members if name != user)

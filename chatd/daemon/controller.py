@@ -1,0 +1,335 @@
+"""
+The chat server: one room store shared by the TCP factory and the UDP relay.
+
+Like twisted.names' resolver, one controller object serves both transports.
+It also decides who is told what when membership changes: notices go over
+the member's TCP connection while it is open (UDP may lose them) and as a
+datagram otherwise.
+
+Join and leave notices say only what changed, and a room's bursts of them are
+coalesced (L{_PresenceWindow}): someone who comes and goes as fast as they
+can connect costs each member a notice or two per presence interval, not one
+per visit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from chatd.daemon.interfaces import IRoomObserver, IRoomStore
+from chatd.daemon.relay import RelayProtocol
+from chatd.daemon.rooms import CloseReason, HashRunner, LeaveReason, Member, Room, RoomRegistry, run_inline
+from chatd.daemon.settings import Settings
+from chatd.daemon.tcp import RoomFactory
+from chatd.protocol.errors import RateLimitedError
+from chatd.protocol.payloads import Notice, NoticeKind
+
+_BEFORE_THE_WINDOW = -1
+"""The sequence a member who was in the room before its presence window opened counts as entering at."""
+_EVERYONE = _BEFORE_THE_WINDOW - 1
+"""A change's C{told_after} when every member there before it is to hear of it."""
+
+
+@dataclass(eq=False, slots=True)
+class _Change:
+    """One join or leave in a room, numbered within its presence window."""
+
+    member: Member
+    notice: Notice
+    sequence: int
+    told_after: int = _EVERYONE
+    """Only members who entered after this sequence hear of it."""
+
+
+@dataclass(eq=False, slots=True)
+class _PresenceWindow:
+    """
+    One room's presence notices over one presence interval.
+
+    The change that opens a window is sent at once; the ones after it are
+    held until the window ends, then sent as their net effect: a member who
+    joined and left within the window is not mentioned to those who never
+    heard of it. A member hears of a change only if it was in the room before
+    the change (its create or join answer listed everyone there at that
+    moment, so an earlier change would be told twice).
+    """
+
+    timer: IDelayedCall | None = None
+    next_sequence: int = 0
+    held: list[_Change] = field(default_factory=list)
+    entered: dict[Member, int] = field(default_factory=dict)
+    """Members who joined during this window, with the sequence of their join."""
+
+    def number(self, member: Member, notice: Notice) -> _Change:
+        change = _Change(member, notice, self.next_sequence)
+        self.next_sequence += 1
+        if notice.kind is NoticeKind.MEMBER_JOINED:
+            self.entered[member] = change.sequence
+        return change
+
+    def hold(self, change: _Change) -> None:
+        if change.notice.kind is not NoticeKind.MEMBER_JOINED:
+            for index, earlier in enumerate(self.held):
+                # The same member object: a rejoin under the same name is a
+                # new member (a new token, maybe another person), never cancelled.
+                if earlier.member is change.member:
+                    self._cancel(index, change)
+                    return
+        self.held.append(change)
+
+    def _cancel(self, index: int, leave: _Change) -> None:
+        """A held join, and now the same member's leave: nobody who was there before hears of either."""
+        join = self.held.pop(index)
+        del self.entered[leave.member]
+        # Whoever entered in between was listed the member on entering, so
+        # still has to hear that it left; if nobody did, nothing is kept.
+        if any(join.sequence < entered < leave.sequence for entered in self.entered.values()):
+            leave.told_after = join.sequence
+            self.held.append(leave)
+
+    def hears_of(self, member: Member, change: _Change) -> bool:
+        """
+        Whether C{member} is to be told of C{change}: it is not about it, and
+        it entered before it (and after C{told_after}).
+        """
+        entered = self.entered.get(member, _BEFORE_THE_WINDOW)
+        return member is not change.member and change.told_after < entered < change.sequence
+
+
+@implementer(IRoomObserver)
+class ChatServer:
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        settings: Settings | None = None,
+        store: IRoomStore | None = None,
+        run_hash: HashRunner = run_inline,
+    ) -> None:
+        self.clock = clock
+        self.settings = settings or Settings()
+        self.store: IRoomStore = store or RoomRegistry(clock, self.settings, run_hash)
+        self.store.observer = self
+        self.relay = RelayProtocol(self.store, clock, self.settings)
+        self.relay.on_throttled = self._throttled
+        self.tcp_factory = RoomFactory(self.store, clock, self.settings)
+        self._repairs_reported: dict[str, int] = {}
+        """The store's repair counts at the last sweep: only new repairs are logged."""
+        self._presence: dict[Room, _PresenceWindow] = {}
+        """The rooms whose presence window is open: a change there now is held."""
+
+    # -- IRoomObserver ------------------------------------------------------
+
+    def member_joined(self, member: Member) -> None:
+        self._presence_changed(member, Notice(NoticeKind.MEMBER_JOINED, member.room.name, member.name))
+
+    def member_left(self, member: Member, reason: LeaveReason) -> None:
+        room = member.room
+        kind = NoticeKind.TIMED_OUT if reason is LeaveReason.TIMED_OUT else NoticeKind.MEMBER_LEFT
+        notice = Notice(
+            kind,
+            room.name,
+            member.name,
+            idle_timeout=self.settings.idle_timeout,
+            for_silence=reason is LeaveReason.TIMED_OUT,
+        )
+        if reason is LeaveReason.TIMED_OUT:
+            # Its last word from the room, before its connection closes: never held.
+            self._tell(member, notice)
+        self._presence_changed(member, notice)
+        self._hang_up(member)
+        self._log.info("{user} {event} {room}", user=member.name, event=reason.value, room=room.name)
+
+    def room_closed(self, room: Room, members: list[Member], reason: CloseReason) -> None:
+        # Held joins and leaves are stale: the close notice says it all.
+        self._close_window(room)
+        kind = NoticeKind.SERVER_STOPPING if reason is CloseReason.SERVER_STOPPING else NoticeKind.ROOM_CLOSED
+        host = room.host.name if room.host is not None else None
+        notice = Notice(
+            kind,
+            room.name,
+            host,
+            reason=reason.value,
+            idle_timeout=self.settings.idle_timeout,
+            # The host itself was removed for silence: a model host is told so.
+            for_silence=reason is CloseReason.HOST_TIMED_OUT,
+        )
+        for member in members:
+            self._tell(member, notice)
+            self._hang_up(member)
+        self.relay.forget_room(room)
+        self._log.info("room {room} closed: {reason}", event="room_closed", room=room.name, reason=reason.value)
+
+    # -- presence notices ---------------------------------------------------
+
+    def _presence_changed(self, member: Member, notice: Notice) -> None:
+        """A join or leave in C{member}'s room: told at once if the room was quiet, else held."""
+        room = member.room
+        window = self._presence.get(room)
+        if window is not None:
+            window.hold(window.number(member, notice))
+            return
+        window = _PresenceWindow()
+        self._announce(room, window, window.number(member, notice))
+        if self.settings.presence_interval > 0:
+            window.timer = self.clock.callLater(self.settings.presence_interval, self._end_window, room)
+            self._presence[room] = window
+
+    def _end_window(self, room: Room) -> None:
+        window = self._presence.pop(room, None)
+        if window is None or not window.held or room.closed:
+            return
+        for change in window.held:
+            self._announce(room, window, change)
+        # A batch went out: the room's next change waits for the next one, so
+        # that one room's batches are at least an interval apart.
+        following = _PresenceWindow()
+        following.timer = self.clock.callLater(self.settings.presence_interval, self._end_window, room)
+        self._presence[room] = following
+
+    def _announce(self, room: Room, window: _PresenceWindow, change: _Change) -> None:
+        for other in room.members.values():
+            if window.hears_of(other, change):
+                self._tell(other, change.notice)
+
+    def _close_window(self, room: Room) -> None:
+        window = self._presence.pop(room, None)
+        if window is not None and window.timer is not None and window.timer.active():
+            window.timer.cancel()
+
+    def _throttled(self, member: Member) -> None:
+        self._tell(member, Notice(NoticeKind.THROTTLED, member.room.name, member.name))
+        self._log.info("{user} throttled in {room}", event="throttled", user=member.name, room=member.room.name)
+
+    def _tell(self, member: Member, notice: Notice) -> None:
+        if member.connection is not None:
+            member.connection.send_notice(notice)
+        else:
+            self.relay.send_notice(member, notice)
+
+    def _hang_up(self, member: Member) -> None:
+        if member.connection is not None:
+            member.connection.close()
+            member.connection = None
+
+    # -- housekeeping -------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Remove idle members and forget what has expired; never raises (TimerService would stop)."""
+        with self._log.failuresHandled("while sweeping idle members"):
+            self.store.expire()
+            self._report_repairs()
+            self.tcp_factory.prune()
+            self.relay.prune()
+
+    def log_stats(self) -> None:
+        """
+        Log the counters as one C{stats} event, every C{stats_interval}: not
+        every sweep, which may run ten times a second. Never raises.
+        """
+        with self._log.failuresHandled("while logging the counters"):
+            rate_limited = self.rate_limit_hits()
+            self._log.info(
+                "{event}: {rooms} rooms, {members} members, {connections} connections,"
+                " {datagrams_in} datagrams in, {datagrams_out} out, {dropped} dropped,"
+                " {bytes_in} bytes in, {bytes_out} out, {rate_limited} rate-limited,"
+                " {refused_frames} TCP frames refused",
+                event="stats",
+                rooms=len(self.store.rooms()),
+                members=self.store.member_count(),
+                connections=len(self.tcp_factory.connections),
+                datagrams_in=self.relay.received,
+                datagrams_out=self.relay.sent,
+                dropped=self.relay.drops.total,
+                bytes_in=self.relay.received_bytes,
+                bytes_out=self.relay.sent_bytes,
+                rate_limited=sum(rate_limited.values()),
+                refused_frames=sum(self.tcp_factory.refused_requests.values()),
+                **{f"dropped_{reason}": count for reason, count in self.relay.drops.counts.items()},
+                **{f"rate_limited_{limit}": count for limit, count in rate_limited.items()},
+                **{f"refused_{limit}": count for limit, count in self.limit_refusals().items()},
+                **{f"aborted_{reason}": count for reason, count in self.tcp_factory.aborted.items()},
+                **{f"refused_frames_{reason}": count for reason, count in self.tcp_factory.refused_requests.items()},
+            )
+
+    def _report_repairs(self) -> None:
+        """
+        Log what the store's sweep had to repair since the last sweep. Each
+        repair is a room or member that a create, join or departure left
+        half done: a bug of ours, so it is logged as an error, not counted quietly.
+        """
+        repaired = dict(self.store.repaired)
+        new = {kind: count - self._repairs_reported.get(kind, 0) for kind, count in repaired.items()}
+        new = {kind: count for kind, count in new.items() if count > 0}
+        self._repairs_reported = repaired
+        if new:
+            self._log.error(
+                "bug: the sweep repaired the room store ({repairs}): a create, join or departure was left half done",
+                event="store_repaired",
+                repairs=", ".join(f"{count} {kind}" for kind, count in sorted(new.items())),
+                **{f"repaired_{kind}": count for kind, count in new.items()},
+            )
+
+    def rate_limit_hits(self) -> dict[str, int]:
+        """
+        How often each limit turned something away: "datagrams" (a member's
+        messages or bytes per second; the datagram is dropped), "connections"
+        (new TCP connections per address), "password_attempts" (creates and
+        joins with a password, joins with an invitation, per address),
+        "hashing" (password hashes already running in the whole daemon) and
+        "hashing_per_host" (already running for one address); all but the
+        first are refused as RATE_LIMITED.
+        """
+        refused = dict(self.tcp_factory.rate_limited)
+        return {
+            "datagrams": self.relay.drops.counts[RateLimitedError.reason],
+            "connections": refused.get("connections", 0),
+            "password_attempts": refused.get("password_attempts", 0),
+            "hashing": self.store.refused["hashing"],
+            "hashing_per_host": refused.get("hashing", 0),
+        }
+
+    def limit_refusals(self) -> dict[str, int]:
+        """
+        How often a cap on what one peer may hold refused a request:
+        "rooms_per_host" (SERVER_FULL) and "invitations" (ROOM_FULL).
+        """
+        return {limit: self.store.refused[limit] for limit in ("rooms_per_host", "invitations")}
+
+    def stop(self) -> Deferred[None]:
+        """
+        Tell every member the server is stopping, close every room and
+        connection, and fire once the connections are closed or the grace
+        period is over, whichever is first.
+        """
+        for room in self.store.rooms():
+            self.store.close_room(room, CloseReason.SERVER_STOPPING)
+        for room in list(self._presence):
+            # A store that closed a room without telling us must not leave a timer behind.
+            self._close_window(room)
+        connections = list(self.tcp_factory.connections)
+        if not connections:
+            # Nothing to flush: no grace period to wait for, not even a timer.
+            return succeed(None)
+        closed = [connection.when_closed() for connection in connections]
+        for connection in connections:
+            connection.close()
+
+        def abort_stragglers() -> None:
+            # A peer that does not read would hold its connection open for ever.
+            for connection in connections:
+                connection.abort()
+
+        timer = self.clock.callLater(self.settings.shutdown_grace, abort_stragglers)
+
+        def stop_timer(result: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return DeferredList(closed, consumeErrors=True).addBoth(stop_timer)

@@ -1,0 +1,131 @@
+"""
+The seams between chatd's parts, as zope interfaces.
+
+Room state sits behind L{IRoomStore}, whose in-memory implementation is
+L{chatd.daemon.rooms.RoomRegistry}; a shared (Redis) store can replace it without
+touching the codecs or the protocols. Control operations return Deferreds
+because a shared store, and password hashing, take time; the datagram path's
+look-ups are synchronous because they run for every datagram and must be
+answered from local state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from chatd.daemon.rooms import CloseReason, LeaveReason, Member, Room
+    from chatd.protocol.payloads import Dialect, Notice, RoomRequest
+    from chatd.protocol.seal import Channel
+
+
+class IMemberConnection(Interface):
+    """A member's open TCP control connection: its presence and notice channel."""
+
+    def send_notice(notice: Notice) -> None:
+        """Send a system notice as a TCP frame."""
+
+    def close() -> None:
+        """Close the connection after what was sent is flushed."""
+
+
+class IRoomObserver(Interface):
+    """Told of every change of membership, to tell the people concerned."""
+
+    def member_joined(member: Member) -> None:
+        """C{member} has joined its room."""
+
+    def member_left(member: Member, reason: LeaveReason) -> None:
+        """C{member} is no longer in its room; the room goes on."""
+
+    def room_closed(room: Room, members: list[Member], reason: CloseReason) -> None:
+        """C{room} is gone; C{members} were in it and hold no token any more."""
+
+
+class IRoomStore(Interface):
+    """Rooms, members, tokens and invitations."""
+
+    observer = Attribute("The IRoomObserver told of membership changes, or None.")
+    password_checks = Attribute(
+        'A Counter of the join passwords checked, by result ("accepted" or "refused"), for the metrics.'
+    )
+    refused = Attribute(
+        "A Counter of the requests this store's limits refused, for the metrics, by limit:"
+        ' "hashing" (max_hashing password hashes already in flight: RATE_LIMITED),'
+        ' "rooms_per_host" (the origin address holds max_rooms_per_host open rooms: SERVER_FULL),'
+        ' "invitations" (the room holds max_invitations live invitations: ROOM_FULL).'
+    )
+    repaired = Attribute(
+        "A Counter of what expire() found broken and removed, by kind, each a bug to log:"
+        ' "rooms" (open without a live host among its members), "members" (holding a token'
+        ' without being in an open room, or listed by a room without a live token), "key_ids" and'
+        ' "invitations" (pointing at no live member or open room), "origins" (per-origin room'
+        " counts that had drifted from the open rooms, recounted)."
+    )
+    hashing_in_flight = Attribute(
+        "How many password hashes and checks (create and join) have been handed to the hash runner"
+        " and not finished: at most max_hashing, each holding scrypt's memory while it runs."
+    )
+
+    def create_room(name: str, request: RoomRequest, dialect: Dialect, origin: str = "") -> Deferred[Member]:
+        """
+        Create C{name} with the requester as its host. C{origin} is the
+        requester's address, which the per-address room limit counts by.
+        The room appears whole (with its host) or, if anything fails, not at all.
+        """
+
+    def join_room(name: str, request: RoomRequest, dialect: Dialect) -> Deferred[Member]:
+        """Join C{name}, by password or invitation when it needs one."""
+
+    def mint_invitation(member: Member) -> str:
+        """
+        A single-use token that lets one person join C{member}'s room without
+        its password; refused (TooManyInvitationsError) while the room holds
+        max_invitations live ones.
+        """
+
+    def member_for_token(token: str) -> Member | None:
+        """The live member holding C{token}, if any."""
+
+    member_for_token_bytes = Attribute(
+        "A callable from a token's UTF-8 bytes to the live member holding it, or None: the legacy"
+        " datagram path's look-up, without decoding the token."
+    )
+
+    def member_for_key_id(key_id: int) -> Member | None:
+        """The live native member whose UDP key has this id, if any."""
+
+    def rekey(member: Member) -> Channel:
+        """Give a native member a fresh UDP key (and id); the old one is opened until L{confirm_key}."""
+
+    def confirm_key(member: Member) -> None:
+        """The member has used its current key: forget the one before it."""
+
+    def bind_address(member: Member, address: tuple[str, int]) -> None:
+        """From now on C{member} sends and receives datagrams at C{address}."""
+
+    def touch(member: Member) -> None:
+        """C{member} has just shown activity."""
+
+    def leave(member: Member, reason: LeaveReason) -> None:
+        """Remove C{member}; if it is the host, close its room."""
+
+    def close_room(room: Room, reason: CloseReason) -> None:
+        """Close C{room}; every token of it stops working."""
+
+    def expire() -> None:
+        """
+        Remove idle members and stale invitations; and, as a last resort
+        against bugs, rooms without a live host and members without an open
+        room, each counted in C{repaired}.
+        """
+
+    def rooms() -> list[Room]:
+        """Every open room."""
+
+    def member_count() -> int:
+        """How many members all rooms hold together."""

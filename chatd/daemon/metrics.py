@@ -1,0 +1,294 @@
+"""
+Prometheus metrics: an optional HTTP endpoint on its own port.
+
+Off unless C{--metrics-port} is given, and on loopback unless
+C{--metrics-interface} says otherwise: the numbers tell an onlooker how busy
+the server is. C{GET /metrics} on that port answers in Prometheus' text
+format, from prometheus-client's Twisted resource, with a registry of its
+own (never the process-wide default one, so that tests and several services
+in one process do not clash).
+
+The values are read from the counters the server keeps anyway, at scrape
+time, by L{ChatCollector}: nothing is done per datagram for the metrics but
+two byte counts and, on one datagram in L{LATENCY_SAMPLE_EVERY}, two
+C{time.perf_counter} calls. The names are stable; dashboards may rely on them:
+
+  - C{chatd_rooms} (gauge): rooms open.
+  - C{chatd_members} (gauge): members in all rooms.
+  - C{chatd_tcp_connections} (gauge): TCP (and TLS) connections open.
+  - C{chatd_datagrams_received_total} (counter): UDP datagrams received.
+  - C{chatd_datagrams_sent_total} (counter): UDP datagrams sent: relayed
+    messages, notices and keepalive acknowledgements.
+  - C{chatd_datagram_send_errors_total} (counter): datagrams that could not
+    be sent (the socket refused, or a spent key).
+  - C{chatd_datagrams_dropped_total{reason}} (counter): datagrams received and
+    dropped, by reason (C{malformed}, C{unknown_token}, C{rate_limited}, ...:
+    the C{reason} of chatd.protocol.errors; every reason the UDP side can drop for is
+    reported from the start, at 0).
+  - C{chatd_udp_received_bytes_total} (counter): bytes of every datagram received.
+  - C{chatd_udp_sent_bytes_total} (counter): bytes of every datagram sent.
+  - C{chatd_relay_latency_seconds} (histogram): seconds from a datagram's
+    arrival to the end of its fan-out to the room, for one datagram in 16
+    (a sample; dropped datagrams are not timed).
+  - C{chatd_rate_limited_total{limit}} (counter): what a rate limit turned
+    away: C{datagrams} (a member's messages or bytes per second; dropped),
+    C{connections} (new TCP connections per address) and
+    C{password_attempts} (creates and joins with a password, joins with an
+    invitation, per address), C{hashing} (password hashes already running in
+    the daemon) and C{hashing_per_host} (already running for one address),
+    all but the first refused with RATE_LIMITED.
+  - C{chatd_limit_refused_total{limit}} (counter): requests refused by a
+    cap on what one peer may hold: C{rooms_per_host} (SERVER_FULL) and
+    C{invitations} (live invitations of one room; ROOM_FULL).
+  - C{chatd_tcp_aborted_total{reason}} (counter): TCP connections reset by
+    the daemon: C{send_queue} and C{send_queue_timeout} (a peer that does not
+    read what it is sent), C{handshake_timeout}, C{close_timeout}.
+  - C{chatd_tcp_refused_total{reason}} (counter): TCP frames answered
+    with a refusal, by the reason of chatd.protocol.errors: malformed frames
+    (C{malformed}, C{too_large}, C{invalid_utf8}, C{unknown_operation},
+    C{timed_out}) and refused requests (C{room_exists}, C{invalid_password},
+    C{not_permitted}, ...); every reason reported from the start, at 0.
+  - C{chatd_password_hashing} (gauge): password hashes running now.
+  - C{chatd_store_repaired_total{kind}} (counter): what the sweep found half
+    done and removed (a bug of chatd's whenever it is not 0): C{rooms},
+    C{members}, C{key_ids}, C{invitations}, C{origins}.
+  - C{chatd_rooms_created_total} (counter): rooms created.
+  - C{chatd_joins_total} (counter): joins of existing rooms.
+  - C{chatd_password_checks_total{result}} (counter): join passwords checked
+    (each an scrypt run on the thread pool), C{accepted} or C{refused}.
+
+Besides these, the registry holds prometheus-client's standard C{process_*}
+metrics (CPU seconds, resident memory, open and maximum file descriptors)
+where the platform has C{/proc}.
+
+The resource answers on the reactor's thread pool, so L{ChatCollector} reads
+the server's counters from another thread: it only reads, and copies every
+dict in one step, which is safe under the GIL; a scrape may see one
+datagram's counters half updated, nothing worse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+from twisted.web.http import Request
+from twisted.web.iweb import IRequest
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
+from typing_extensions import override
+
+from chatd.daemon.controller import ChatServer
+from chatd.daemon.relay import LATENCY_SAMPLE_EVERY
+from chatd.daemon.tcp import AbortReason
+from chatd.protocol import errors
+
+METRICS_PATH = b"metrics"
+
+UDP_DROP_REASONS = tuple(
+    error.reason
+    for error in (
+        errors.MalformedFrameError,
+        errors.FrameTooLargeError,
+        errors.InvalidUTF8Error,
+        errors.UnsupportedVersionError,
+        errors.UnknownTokenError,
+        errors.WrongRoomError,
+        errors.WrongSourceError,
+        errors.UnregisteredError,
+        errors.UnknownKeyError,
+        errors.AuthenticationFailedError,
+        errors.ForgeryLimitedError,
+        errors.ReplayedError,
+        errors.RateLimitedError,
+    )
+)
+"""Why the UDP side drops datagrams: reported from the first scrape on, at 0 until it happens."""
+
+TCP_REFUSAL_REASONS = tuple(
+    error.reason
+    for error in (
+        errors.MalformedFrameError,
+        errors.FrameTooLargeError,
+        errors.InvalidUTF8Error,
+        errors.UnknownOperationError,
+        errors.InvalidNameError,
+        errors.UnsupportedVersionError,
+        errors.RoomExistsError,
+        errors.RoomNotFoundError,
+        errors.InvalidPasswordError,
+        errors.InvalidInvitationError,
+        errors.UsernameTakenError,
+        errors.ServerFullError,
+        errors.TooManyRoomsError,
+        errors.RoomFullError,
+        errors.TooManyInvitationsError,
+        errors.NotPermittedError,
+        errors.RequestTimeoutError,
+        errors.RateLimitedError,
+        errors.HashingBusyError,
+    )
+)
+"""Why a TCP frame is answered with a refusal: reported from the first scrape on, at 0 until it happens."""
+
+PASSWORD_CHECK_RESULTS = ("accepted", "refused")
+
+ABORT_REASONS = (
+    AbortReason.SEND_QUEUE,
+    AbortReason.SEND_QUEUE_TIMEOUT,
+    AbortReason.HANDSHAKE_TIMEOUT,
+    AbortReason.CLOSE_TIMEOUT,
+)
+"""Why the daemon resets TCP connections: reported from the first scrape on, at 0 until it happens."""
+
+
+class ChatCollector:
+    """A prometheus-client collector that reads a ChatServer's counters at scrape time."""
+
+    def __init__(self, server: ChatServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server
+        relay = server.relay
+        factory = server.tcp_factory
+        yield GaugeMetricFamily("chatd_rooms", "Rooms open.", value=len(server.store.rooms()))
+        yield GaugeMetricFamily("chatd_members", "Members in all rooms.", value=server.store.member_count())
+        yield GaugeMetricFamily(
+            "chatd_tcp_connections", "TCP (and TLS) connections open.", value=len(factory.connections)
+        )
+        yield CounterMetricFamily("chatd_datagrams_received", "UDP datagrams received.", value=relay.received)
+        yield CounterMetricFamily(
+            "chatd_datagrams_sent",
+            "UDP datagrams sent: relayed messages, notices and keepalive acknowledgements.",
+            value=relay.sent,
+        )
+        yield CounterMetricFamily(
+            "chatd_datagram_send_errors", "UDP datagrams that could not be sent.", value=relay.send_errors
+        )
+        dropped = CounterMetricFamily("chatd_datagrams_dropped", "UDP datagrams dropped, by reason.", labels=["reason"])
+        counts = dict.fromkeys(UDP_DROP_REASONS, 0)
+        counts.update(relay.drops.counts)
+        for reason, count in sorted(counts.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        yield CounterMetricFamily(
+            "chatd_udp_received_bytes", "Bytes of the UDP datagrams received.", value=relay.received_bytes
+        )
+        yield CounterMetricFamily("chatd_udp_sent_bytes", "Bytes of the UDP datagrams sent.", value=relay.sent_bytes)
+        yield self._latency()
+        limited = CounterMetricFamily(
+            "chatd_rate_limited",
+            "What a rate limit turned away: datagrams (dropped), connections and password_attempts (refused).",
+            labels=["limit"],
+        )
+        for limit, count in server.rate_limit_hits().items():
+            limited.add_metric([limit], count)
+        yield limited
+        refused = CounterMetricFamily(
+            "chatd_limit_refused", "Requests refused by a cap on what one peer may hold, by limit.", labels=["limit"]
+        )
+        for limit, count in server.limit_refusals().items():
+            refused.add_metric([limit], count)
+        yield refused
+        aborted = CounterMetricFamily(
+            "chatd_tcp_aborted", "TCP connections reset by the daemon, by reason.", labels=["reason"]
+        )
+        aborted_counts = dict.fromkeys(ABORT_REASONS, 0)
+        aborted_counts.update(factory.aborted)
+        for reason, count in sorted(aborted_counts.items()):
+            aborted.add_metric([reason], count)
+        yield aborted
+        tcp_refused = CounterMetricFamily(
+            "chatd_tcp_refused", "TCP frames answered with a refusal, by reason.", labels=["reason"]
+        )
+        refused_counts = dict.fromkeys(TCP_REFUSAL_REASONS, 0)
+        refused_counts.update(factory.refused_requests)
+        for reason, count in sorted(refused_counts.items()):
+            tcp_refused.add_metric([reason], count)
+        yield tcp_refused
+        yield GaugeMetricFamily(
+            "chatd_password_hashing", "Password hashes running now.", value=server.store.hashing_in_flight
+        )
+        repaired = CounterMetricFamily(
+            "chatd_store_repaired",
+            "What the sweep found half done and removed, by kind: a bug of chatd's whenever it is not 0.",
+            labels=["kind"],
+        )
+        for kind, count in sorted(dict(server.store.repaired).items()):
+            repaired.add_metric([kind], count)
+        yield repaired
+        yield CounterMetricFamily("chatd_rooms_created", "Rooms created.", value=factory.rooms_created)
+        yield CounterMetricFamily("chatd_joins", "Joins of existing rooms.", value=factory.joins)
+        checks = CounterMetricFamily(
+            "chatd_password_checks", "Join passwords checked (scrypt), by result.", labels=["result"]
+        )
+        results = dict(server.store.password_checks)
+        for result in PASSWORD_CHECK_RESULTS:
+            checks.add_metric([result], results.get(result, 0))
+        yield checks
+
+    def _latency(self) -> HistogramMetricFamily:
+        histogram = self._server.relay.latency
+        counts = list(histogram.counts)
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*histogram.bounds, float("inf")), counts, strict=True):
+            total += count
+            buckets.append((floatToGoString(bound), total))
+        return HistogramMetricFamily(
+            "chatd_relay_latency_seconds",
+            f"Seconds from a datagram's arrival to the end of its fan-out; sampled: one datagram in"
+            f" {LATENCY_SAMPLE_EVERY} is timed, and dropped ones are not.",
+            buckets=buckets,
+            sum_value=histogram.sum,
+        )
+
+
+def make_registry(server: ChatServer) -> CollectorRegistry:
+    """A registry of C{server}'s metrics and the process' own, for this server alone."""
+    registry = CollectorRegistry()
+    registry.register(ChatCollector(server))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class _Root(Resource):
+    """Only C{/metrics} is there; anything else is a plain 404."""
+
+    @override
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        return notFound()
+
+
+class MetricsSite(Site):
+    """A Site that writes no access log line per scrape."""
+
+    noisy = False
+
+    @override
+    def log(self, request: Request) -> None:
+        pass
+
+
+def metrics_site(registry: CollectorRegistry, reactor: Any) -> Site:
+    """
+    The web site of the endpoint: C{/metrics}, and 404 for anything else.
+
+    prometheus-client's resource runs on the global reactor's thread pool,
+    so it is imported (and the reactor with it) only when the endpoint starts.
+    """
+    from prometheus_client.twisted import MetricsResource
+
+    root = _Root()
+    root.putChild(METRICS_PATH, MetricsResource(registry))
+    return MetricsSite(root, reactor=reactor)
+
+
+def metrics_url(interface: str, port: int) -> str:
+    host = f"[{interface}]" if ":" in interface else interface
+    return f"http://{host}:{port}/{METRICS_PATH.decode('ascii')}"

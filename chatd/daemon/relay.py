@@ -1,0 +1,522 @@
+"""
+The UDP side: the relay DatagramProtocol.
+
+Every datagram is decoded, checked against the member its token names (room,
+registered source address) and relayed to the room's other members, each in
+its own dialect. Anything wrong is dropped and counted by reason, with a
+rate-limited warning, so a flood of garbage costs a counter increment and
+never a log line per datagram.
+
+A sealed datagram's key id is in clear, so anyone who sees one can forge
+datagrams under it, and each would cost a decryption. A datagram from its
+member's registered address is always opened (that is the traffic); from
+anywhere else (a first registration, a roaming member, a forger) it is
+opened only while neither its key id nor its source host has failed
+authentication more than C{auth_failure_burst} times, refilled at
+C{auth_failures_per_s}: past that it is dropped unopened
+(C{auth_failures_limited}), as cheaply as garbage.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Callable
+from time import perf_counter
+from typing import TypeVar
+
+from twisted.internet.error import InvalidAddressError, MessageLengthError
+from twisted.internet.interfaces import IReactorTime, IUDPTransport
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from typing_extensions import override
+
+from chatd.daemon.fastudp import Fanout, WriteEachFanout
+from chatd.daemon.interfaces import IRoomStore
+from chatd.daemon.logs import CountedWarnings
+from chatd.daemon.ratelimit import KeyedLimiter, MemberRateLimit
+from chatd.daemon.rooms import LeaveReason, Member, Recipient, Room
+from chatd.daemon.settings import Settings
+from chatd.protocol.datagrams import (
+    CLIENT_FRAME_TYPES,
+    MAX_DATAGRAM,
+    RELAY_OVERHEAD,
+    RELAY_PREFIX,
+    FrameType,
+    LegacyDatagram,
+    check_relay_size,
+    decode_datagram,
+)
+from chatd.protocol.errors import (
+    AuthenticationFailedError,
+    ForgeryLimitedError,
+    MalformedFrameError,
+    ProtocolError,
+    RateLimitedError,
+    UnknownKeyError,
+    UnknownTokenError,
+    UnregisteredError,
+    WrongRoomError,
+    WrongSourceError,
+)
+from chatd.protocol.payloads import Dialect, Notice, decode_text
+from chatd.protocol.seal import OVERHEAD, REJECT_AFTER, SEALED_MARKER, SEALED_VERSION, Channel, SealedHeader
+
+Address = tuple[str, int]
+EXIT_COMMAND = b"/exit"
+ACTION_PREFIX = b"/me "
+"""
+A message starting with this is an action (chatd.client.events.ACTION_PREFIX):
+legacy recipients, whose clients show text as it comes, get it as
+C{* <name> <action>}, as chatd's own clients show it; native recipients get
+the text as sent and render it themselves.
+"""
+WARNING_INTERVAL = 10.0
+LATENCY_SAMPLE_EVERY = 16
+"""One received datagram in this many (a power of 2) has its handling timed."""
+LATENCY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+"""Upper bounds, in seconds, of the relay latency histogram's buckets (one more holds the rest)."""
+_SAMPLE_MASK = LATENCY_SAMPLE_EVERY - 1
+_NOT_REFUSED = -math.inf
+"""The end of the refusal of a key id or host that is not refused: before any time a clock can tell."""
+
+
+class DropCounter(CountedWarnings):
+    """Dropped datagrams by reason, with a bounded rate of warnings naming the source."""
+
+    format = "dropped a datagram from {source_host}:{source_port}: {reason}{since}"
+    since_format = " ({suppressed} more were dropped for this reason since the last warning)"
+    event = "dropped"
+
+    def drop(self, reason: str, source: Address) -> None:
+        self.record(reason, source_host=source[0], source_port=source[1])
+
+
+class LatencyHistogram:
+    """
+    Seconds spent on sampled datagrams, in fixed buckets: what the metrics
+    endpoint turns into a Prometheus histogram at scrape time.
+
+    C{counts[i]} holds the observations at most C{bounds[i]} and above the
+    bound before it; the last holds those above every bound. Not cumulative,
+    so an observation is one bisection and one list increment.
+    """
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+class RoomFanout:
+    """
+    A room's recipients prepared for relaying, from one value of
+    C{Room.recipients} (the registry replaces that tuple on every change of
+    membership or address, so identity tells whether this is current).
+
+    Legacy members all get the same bytes, so they form one fan-out: the
+    batching port's L{Fanout} (addresses encoded once, no Python work per
+    copy) or a write per address on Twisted's stock port. Native members
+    get a copy sealed under each one's own key, so they stay a list.
+    """
+
+    def __init__(self, recipients: tuple[Recipient, ...], transport: IUDPTransport) -> None:
+        self.recipients = recipients
+        self.transport = transport
+        legacy = [(member, address) for member, address, sealed in recipients if not sealed]
+        self.legacy_index = {member: i for i, (member, _) in enumerate(legacy)}
+        """Each legacy recipient's place in the fan-out: the one skipped when it is the sender."""
+        self.legacy: Fanout | WriteEachFanout | None = None
+        if legacy:
+            addresses = [address for _, address in legacy]
+            prepare = getattr(transport, "fanout", None)
+            self.legacy = prepare(addresses) if prepare is not None else WriteEachFanout(transport.write, addresses)
+        self.sealed = tuple((member, address) for member, address, sealed in recipients if sealed)
+
+
+_Key = TypeVar("_Key", int, str)
+"""What the authentication-failure limiters are keyed by: a key id, or a source host."""
+
+
+def _refuse_if_limited(limiter: KeyedLimiter[_Key], refused_until: dict[_Key, float], key: _Key, now: float) -> None:
+    """
+    Raise ForgeryLimitedError if C{key} has no authentication failure left,
+    noting until when, so that the datagrams after it are refused without
+    asking the limiter. At most as many notes as the limiter holds buckets.
+    """
+    wait = limiter.wait_time(key)
+    if wait > 0:
+        if len(refused_until) < limiter.max_keys:
+            refused_until[key] = now + wait
+        raise ForgeryLimitedError("too many authentication failures for this key id or from this address")
+
+
+def _forget_ended(refused_until: dict[_Key, float], now: float, longest: float) -> None:
+    # A deadline further off than any refusal lasts is a wall clock that
+    # stepped back: the limiters count that as no time, and decide afresh.
+    ended = [key for key, until in refused_until.items() if not 0 < until - now <= longest]
+    for key in ended:
+        del refused_until[key]
+
+
+class RelayProtocol(DatagramProtocol):
+    noisy = False
+    _log = Logger()
+
+    def __init__(self, store: IRoomStore, clock: IReactorTime, settings: Settings | None = None) -> None:
+        settings = settings or Settings()
+        self._store = store
+        self._member_for_token_bytes: Callable[[bytes], Member | None] = store.member_for_token_bytes
+        self._clock = clock
+        self.on_throttled: Callable[[Member], None] | None = None
+        """Called (at most every few seconds per member) when a member sends too fast."""
+        self.drops = DropCounter(clock)
+        self.received = 0
+        self.received_bytes = 0
+        self.sent = 0
+        self.sent_bytes = 0
+        self.send_errors = 0
+        self.latency = LatencyHistogram()
+        """Seconds from arrival to the end of the fan-out, for one datagram in LATENCY_SAMPLE_EVERY."""
+        self._fanouts: dict[Room, RoomFanout] = {}
+        """Each room's recipients prepared for sending, rebuilt when Room.recipients changes."""
+        # Authentication failures of sealed datagrams from anywhere but the
+        # member's registered address, per key id and per source host; see
+        # _open_from_elsewhere. Loopback is not exempt (unlike the TCP
+        # limits): a legitimate client never fails authentication, so an
+        # exemption would spare no one and would let anything local, a UDP
+        # proxy in front of the daemon included, cost decryptions unbounded.
+        rate, burst = settings.auth_failures_per_s, settings.auth_failure_burst
+        self._failures_by_key: KeyedLimiter[int] = KeyedLimiter(rate, burst, clock)
+        self._failures_by_host: KeyedLimiter[str] = KeyedLimiter(rate, burst, clock)
+        # When each refusal ends, known when it starts: nothing is charged
+        # while refused and buckets refill at a fixed rate (only a limiter
+        # full of busy buckets makes it an estimate). Refusing a flood is
+        # then one clock read and a dict look-up, not the limiters' calls,
+        # and while any refusal is on, datagramReceived looks before the
+        # decoder (_refused_forgery): measured, 1.1 us a refused forgery
+        # against 1.5 for garbage and 5.9 for a forgery that is decrypted.
+        self._key_refused_until: dict[int, float] = {}
+        self._host_refused_until: dict[str, float] = {}
+        self._longest_refusal = burst / rate
+        """No refusal lasts longer; a deadline further off means the clock stepped back."""
+
+    @override
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        received = self.received = self.received + 1
+        self.received_bytes += len(datagram)
+        # Timing every datagram would cost more than the counters: a sample will do.
+        started = None if received & _SAMPLE_MASK else perf_counter()
+        # Ports hand over (host, port) for IPv4 and (host, port, flow, scope)
+        # for IPv6: members are bound to the first two.
+        source = addr if len(addr) == 2 else (addr[0], addr[1])
+        try:
+            if (self._key_refused_until or self._host_refused_until) and self._refused_forgery(datagram, source):
+                # A flood of forgeries being refused: dropped here, before
+                # the decoder, the header object and an exception, so that
+                # it costs about what garbage costs.
+                self.drops.drop(ForgeryLimitedError.reason, source)
+                return
+            if not self._fast_legacy(datagram, source):
+                decoded = decode_datagram(datagram)
+                if isinstance(decoded, SealedHeader):
+                    self._native(datagram, decoded, source)
+                else:
+                    self._legacy(decoded, source)
+        except ProtocolError as error:
+            self.drops.drop(error.reason, source)
+        except Exception:
+            self._log.failure("while handling a datagram from {source_host}", source_host=source[0])
+        else:
+            if started is not None:
+                self.latency.observe(perf_counter() - started)
+
+    def _fast_legacy(self, datagram: bytes, source: Address) -> bool:
+        """
+        Relay a well-formed legacy datagram from its registered member and
+        return True; return False, having changed nothing, for anything else.
+
+        The common case costs one dict look-up on the token's bytes and no
+        decoding of room or token: bytes equal to a live member's token and
+        to its room's name are valid UTF-8 because those names are. Whatever
+        does not match exactly goes through the full decoder (L{_legacy}),
+        which finds the reason it is dropped, so the checks and the drop
+        counters are the same on both paths.
+        """
+        size = len(datagram)
+        if size < 2 or size > MAX_DATAGRAM:
+            return False
+        room_size = datagram[0]
+        token_start = 2 + room_size
+        message_start = token_start + datagram[1]
+        if room_size == 0 or message_start > size or message_start == token_start:
+            return False
+        member = self._member_for_token_bytes(datagram[token_start:message_start])
+        if (
+            member is None
+            or member.channel is not None
+            or member.dialect is Dialect.NATIVE
+            or member.address != source
+            or member.room.name_bytes != datagram[2:token_start]
+        ):
+            return False
+        message = datagram[message_start:]
+        if not message.isascii():
+            try:
+                message.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+        self._store.touch(member)
+        self._message(member, message)
+        return True
+
+    def _legacy(self, datagram: LegacyDatagram, source: Address) -> None:
+        member = self._store.member_for_token(datagram.token)
+        if member is None or member.dialect is Dialect.NATIVE:
+            # A native member's token is not accepted in the legacy form, so
+            # that the native protocol's sealing cannot be bypassed.
+            raise UnknownTokenError("no legacy member holds this token")
+        if member.room.name != datagram.room:
+            raise WrongRoomError("the token belongs to another room")
+        if member.address is None:
+            raise UnregisteredError("the member has not registered a UDP port")
+        if member.address != source:
+            raise WrongSourceError("the token is bound to another address")
+        self._store.touch(member)
+        self._message(member, datagram.message)
+
+    def _native(self, datagram: bytes, header: SealedHeader, source: Address) -> None:
+        member = self._store.member_for_key_id(header.key_id)
+        if member is None or member.channel is None:
+            raise UnknownKeyError("no member holds this key")
+        current = member.channel
+        channel = current if header.key_id == current.key_id else member.previous_channel
+        if channel is None:
+            # No decryption was spent, so nothing is charged to the source:
+            # a spoofer naming random key ids could otherwise use up the
+            # allowance of any host it spoofs, without knowing a live key.
+            raise UnknownKeyError("no member holds this key")
+        from_registered = member.address == source
+        if from_registered:
+            # The member's own path, the one that carries the traffic: never
+            # refused by the limits below. (Whoever can spoof this exact
+            # address and port can still cost a decryption per datagram.)
+            frame_type, body = channel.open(datagram, header)
+        else:
+            frame_type, body = self._open_from_elsewhere(channel, datagram, header, source)
+        if channel is current and member.previous_channel is not None:
+            self._store.confirm_key(member)
+        # Authenticated from here on; still refuse the server's own frame
+        # types before the address is learned from this datagram.
+        if frame_type not in CLIENT_FRAME_TYPES:
+            raise MalformedFrameError(f"frame type {frame_type} is not sent by clients")
+        if not from_registered:
+            # Learned, or changed (roaming), only from an authenticated datagram.
+            self._store.bind_address(member, source)
+        self._store.touch(member)
+        if frame_type == FrameType.MESSAGE:
+            decode_text(body, "message")
+            self._message(member, body)
+        else:
+            self._within_limit(member, 0)
+            # Sealed like the keepalive, with an empty body: never larger than it.
+            self._send_sealed(member, FrameType.KEEPALIVE_ACK, b"")
+
+    def _refused_forgery(self, datagram: bytes, source: Address) -> bool:
+        """
+        Whether C{datagram} is a well-formed sealed frame that
+        L{_open_from_elsewhere} would refuse now: it names a live key id,
+        does not come from that member's registered address, and that key id
+        or its source host is being refused. The same checks, in the same
+        order, as the full path (L{decode_datagram}, L{_native}), only
+        without building anything; anything else goes the full way.
+        """
+        if (
+            len(datagram) < OVERHEAD
+            or datagram[0] != SEALED_MARKER
+            or datagram[1] != SEALED_VERSION
+            or datagram[2] != 0
+        ):
+            return False
+        key_id = int.from_bytes(datagram[3:7], "big")
+        member = self._store.member_for_key_id(key_id)
+        if member is None or member.address == source:
+            return False
+        now = self._clock.seconds()
+        return (
+            self._key_refused_until.get(key_id, _NOT_REFUSED) > now
+            or self._host_refused_until.get(source[0], _NOT_REFUSED) > now
+        )
+
+    def _open_from_elsewhere(
+        self, channel: Channel, datagram: bytes, header: SealedHeader, source: Address
+    ) -> tuple[int, bytes]:
+        """
+        Open a sealed datagram that does not come from its member's
+        registered address: a first registration, a roaming member, or a
+        forgery under a key id seen on the wire.
+
+        The key id is in clear, so forging under a live one costs the
+        attacker nothing and would cost the daemon a decryption each. Past
+        C{auth_failure_burst} failures (refilled at C{auth_failures_per_s})
+        for this key id, or from this source host, such datagrams are
+        dropped before decrypting, about as cheaply as garbage. The test
+        only looks (C{wait_time}, and the end of a refusal it noted); a
+        token is taken for a failure alone, so a member that authenticates
+        is never charged.
+        """
+        key_id, host = header.key_id, source[0]
+        now = self._clock.seconds()
+        if (
+            self._key_refused_until.get(key_id, _NOT_REFUSED) > now
+            or self._host_refused_until.get(host, _NOT_REFUSED) > now
+        ):
+            raise ForgeryLimitedError("too many authentication failures for this key id or from this address")
+        _refuse_if_limited(self._failures_by_key, self._key_refused_until, key_id, now)
+        _refuse_if_limited(self._failures_by_host, self._host_refused_until, host, now)
+        try:
+            return channel.open(datagram, header)
+        except AuthenticationFailedError:
+            self._failures_by_key.take(key_id)
+            self._failures_by_host.take(host)
+            raise
+
+    def prune(self) -> int:
+        """
+        Forget the authentication-failure buckets that have refilled (they
+        carry no debt) and the refusals that have ended; O(n), for the
+        periodic sweep. Returns how many buckets were forgotten.
+        """
+        now = self._clock.seconds()
+        _forget_ended(self._key_refused_until, now, self._longest_refusal)
+        _forget_ended(self._host_refused_until, now, self._longest_refusal)
+        return self._failures_by_key.prune() + self._failures_by_host.prune()
+
+    def _message(self, sender: Member, message: bytes) -> None:
+        # The substring test spares the stripped copy for every other message.
+        if EXIT_COMMAND in message and message.strip() == EXIT_COMMAND:
+            # The host's /exit closes the room on purpose; anyone else's is leaving it.
+            self._store.leave(sender, LeaveReason.EXITED)
+            return
+        if len(sender.name_bytes) + len(message) + RELAY_OVERHEAD > MAX_DATAGRAM:
+            check_relay_size(sender.name, message)
+        limit = sender.rate_limit
+        if limit is not None and not limit.allow(len(message)):
+            self._throttle(sender, limit)
+        room = sender.room
+        transport = self.transport
+        if transport is None:
+            # The port is closed (shutting down): nothing can be sent any more.
+            self.send_errors += sum(1 for member, _, _ in room.recipients if member is not sender)
+            return
+        fanout = self._fanouts.get(room)
+        if fanout is None or fanout.recipients is not room.recipients or fanout.transport is not transport:
+            fanout = self._fanouts[room] = RoomFanout(room.recipients, transport)
+        sent = sent_bytes = errors = 0
+        if fanout.legacy is not None:
+            if message.startswith(ACTION_PREFIX):
+                # Shorter than the usual copy, so the size check above holds.
+                legacy = sender.action_prefix + message[len(ACTION_PREFIX) :]
+            else:
+                legacy = sender.prefix + message
+            skip = fanout.legacy_index.get(sender, -1)
+            # Every legacy copy is the same bytes: one call for them all.
+            failed = fanout.legacy.send(legacy, skip)
+            sent = len(fanout.legacy_index) - (skip >= 0) - failed
+            sent_bytes = sent * len(legacy)
+            errors = failed
+        if fanout.sealed:
+            native = RELAY_PREFIX.pack(int(self._clock.seconds() * 1000), len(sender.name_bytes))
+            native += sender.name_bytes + message
+            write = transport.write
+            for member, address in fanout.sealed:
+                if member is sender:
+                    continue
+                channel = member.channel
+                assert channel is not None
+                if channel.sent >= REJECT_AFTER:
+                    # The key is spent and the client has not asked for a new one.
+                    errors += 1
+                    continue
+                # Re-sealed for each recipient, under its own key and counter.
+                data = channel.seal(FrameType.RELAY, native)
+                # One recipient's failure (gone interface, oversized, wrong
+                # family) must not cost the others their copy.
+                try:
+                    write(data, address)
+                except (OSError, MessageLengthError, InvalidAddressError):
+                    errors += 1
+                else:
+                    sent += 1
+                    sent_bytes += len(data)
+        self.sent += sent
+        self.sent_bytes += sent_bytes
+        if errors:
+            self.send_errors += errors
+
+    def sends_refused(self, count: int, size: int) -> None:
+        """
+        The batching port's report: C{count} datagrams of C{size} bytes in
+        all, counted here as sent when they were queued, were refused by the
+        kernel when the batch went out.
+        """
+        self.sent -= count
+        self.sent_bytes -= size
+        self.send_errors += count
+
+    def forget_room(self, room: Room) -> None:
+        """Drop what was prepared for relaying in C{room} (it is closed)."""
+        self._fanouts.pop(room, None)
+
+    def _throttle(self, member: Member, limit: MemberRateLimit) -> None:
+        if self.on_throttled is not None and limit.should_warn():
+            self.on_throttled(member)
+        raise RateLimitedError("the member is sending too fast")
+
+    def _within_limit(self, member: Member, size: int) -> None:
+        limit = member.rate_limit
+        if limit is None or limit.allow(size):
+            return
+        self._throttle(member, limit)
+
+    def send_notice(self, member: Member, notice: Notice) -> None:
+        """Tell a member without a TCP connection, as a datagram."""
+        if member.address is None:
+            return
+        body = notice.encode_for(member.name, member.dialect)
+        if member.channel is not None:
+            self._send_sealed(member, FrameType.NOTICE, body)
+        else:
+            self._send(member.address, body)
+
+    def _send_sealed(self, member: Member, frame_type: FrameType, body: bytes) -> None:
+        channel = member.channel
+        assert channel is not None and member.address is not None
+        if channel.sent >= REJECT_AFTER:
+            # The key is spent and the client has not asked for a new one.
+            self.send_errors += 1
+            return
+        self._send(member.address, channel.seal(frame_type, body))
+
+    def _send(self, address: Address, data: bytes) -> None:
+        # One recipient's failure (gone interface, oversized, wrong family)
+        # must not cost the others their copy.
+        if self.transport is None:
+            # The port is closed (shutting down): nothing can be sent any more.
+            self.send_errors += 1
+            return
+        try:
+            self.transport.write(data, address)
+        except (OSError, MessageLengthError, InvalidAddressError):
+            self.send_errors += 1
+        else:
+            self.sent += 1
+            self.sent_bytes += len(data)

@@ -1,0 +1,625 @@
+"""
+Rooms, members, tokens and invitations, in memory: the default IRoomStore.
+
+Plain logic: time comes only from the injected IReactorTime, password work
+only through the injected runner (a thread pool in the daemon, inline in
+tests), and every change of membership is reported to the observer, which
+decides who is told what. Nothing here does I/O or logs.
+
+Two rules keep the indexes (rooms by name, members by token and by key id,
+invitations, rooms per origin) true to each other:
+
+- A room or member appears whole or not at all. A create reserves its name
+  and its origin's room for the whole request, builds the room and its host
+  without touching the indexes, then commits them in one synchronous step;
+  any exception on the way (a failed hash, a bug, a RecursionError) rolls
+  everything back. A join likewise, and undoes itself when the observer fails.
+- What should never happen is still cleaned up: L{RoomRegistry.expire}
+  removes rooms without a live host and members without an open room, and
+  counts each repair in C{repaired}, so a bug costs a log line, not a room
+  slot for ever.
+
+The limits an attacker could otherwise turn into memory or CPU are here too:
+live invitations per room, open rooms per origin address, password hashes in
+flight; each refusal is counted in C{refused}.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from chatd.daemon.interfaces import IMemberConnection, IRoomObserver, IRoomStore
+from chatd.daemon.passwords import PasswordHash, hash_password, verify_password
+from chatd.daemon.ratelimit import MemberRateLimit, is_loopback
+from chatd.daemon.settings import Settings
+from chatd.protocol.errors import (
+    HashingBusyError,
+    InvalidInvitationError,
+    InvalidPasswordError,
+    NotPermittedError,
+    RoomExistsError,
+    RoomFullError,
+    RoomNotFoundError,
+    ServerFullError,
+    TooManyInvitationsError,
+    TooManyRoomsError,
+    UsernameTakenError,
+)
+from chatd.protocol.payloads import Dialect, RoomRequest, validate_name
+from chatd.protocol.seal import Channel, Direction, new_key, new_key_id
+
+Recipient = tuple["Member", tuple[str, int], bool]
+"""A relay target: the member, its registered address, and whether its copies are sealed (native)."""
+HashRunner = Callable[[Callable[[], Any]], "Deferred[Any]"]
+"""Runs a password hash or check somewhere that does not stall the reactor."""
+TOKEN_BYTES = 16
+"""128 bits from the OS's CSPRNG: unguessable, and never seen twice in practice."""
+
+
+def run_inline(work: Callable[[], Any]) -> Deferred[Any]:
+    """Run password work on the calling thread (tests; tools)."""
+    return succeed(work())
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+class LeaveReason(Enum):
+    LEFT = "left"
+    """Its connection went away (closed, lost, or the handshake ran out)."""
+    EXITED = "exited"
+    """It said so: the C{/exit} message. A host that does this closes the room on purpose."""
+    TIMED_OUT = "timed_out"
+
+
+class CloseReason(Enum):
+    HOST_LEFT = "the host left"
+    """The host's connection went away: it may not have meant to end the room."""
+    HOST_CLOSED = "the host closed the room"
+    """The host ended the room on purpose (C{/exit})."""
+    HOST_TIMED_OUT = "the host timed out"
+    SERVER_STOPPING = "the server is shutting down"
+    BROKEN = "the room lost its host"
+    """Closed by L{RoomRegistry.expire}'s repair: a bug left the room without a live host."""
+
+
+_HOST_DEPARTURES = {
+    LeaveReason.LEFT: CloseReason.HOST_LEFT,
+    LeaveReason.EXITED: CloseReason.HOST_CLOSED,
+    LeaveReason.TIMED_OUT: CloseReason.HOST_TIMED_OUT,
+}
+"""Why a room closes when its host leaves for each reason."""
+
+
+@dataclass(eq=False)
+class Member:
+    name: str
+    token: str
+    room: Room
+    dialect: Dialect
+    last_active: float
+    address: tuple[str, int] | None = None
+    """Where this member's datagrams come from and go to, once registered."""
+    connection: IMemberConnection | None = None
+    """The open TCP connection, while the member holds one."""
+    channel: Channel | None = None
+    """A native member's UDP key: seals what the server sends it, opens what it sends."""
+    previous_channel: Channel | None = None
+    """The key before the last rekey, still opened until the member has used the new one."""
+    rate_limit: MemberRateLimit | None = None
+    """Messages and bytes per second this member may send (None: unlimited)."""
+    name_bytes: bytes = field(init=False, repr=False)
+    """The name as UTF-8, encoded once: every relayed copy and size check needs it."""
+    prefix: bytes = field(init=False, repr=False)
+    """What a legacy recipient sees before this member's messages: C{b"<name>: "}."""
+    action_prefix: bytes = field(init=False, repr=False)
+    """What a legacy recipient sees instead of C{/me } in this member's actions: C{b"* <name> "}."""
+
+    def __post_init__(self) -> None:
+        self.name_bytes = self.name.encode("utf-8")
+        self.prefix = self.name_bytes + b": "
+        self.action_prefix = b"* " + self.name_bytes + b" "
+
+    @property
+    def is_host(self) -> bool:
+        return self.room.host is self
+
+
+@dataclass(eq=False)
+class Room:
+    name: str
+    password_hash: PasswordHash | None
+    created_at: float
+    host: Member | None = None
+    members: dict[str, Member] = field(default_factory=dict)
+    invitations: dict[str, float] = field(default_factory=dict)
+    """Live invitation tokens and when each expires."""
+    closed: bool = False
+    native_only: bool = False
+    """Only native members, whose datagrams are sealed, may join."""
+    origin: str = ""
+    """The creator's address, which the per-address room limit counts by ("" for tools and tests)."""
+    name_bytes: bytes = field(init=False, repr=False)
+    """The name as UTF-8: the legacy datagram path compares it with the bytes on the wire."""
+    recipients: tuple[Recipient, ...] = ()
+    """
+    Members with a registered address, in join order, as (member, address,
+    native): what a relay fans out to. Rebuilt by the registry when a member
+    arrives, leaves or changes address, never per datagram.
+    """
+
+    def __post_init__(self) -> None:
+        self.name_bytes = self.name.encode("utf-8")
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.members)
+
+
+@implementer(IRoomStore)
+class RoomRegistry:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        settings: Settings | None = None,
+        run_hash: HashRunner = run_inline,
+        observer: IRoomObserver | None = None,
+    ) -> None:
+        self._clock = clock
+        self._settings = settings or Settings()
+        self._run_hash = run_hash
+        self.observer = observer
+        self._rooms: dict[str, Room] = {}
+        self._creating: dict[str, str] = {}
+        """Names reserved by creates in progress, and the origin each was asked from."""
+        self._rooms_by_origin: Counter[str] = Counter()
+        """Open and being-created rooms per origin address; an origin at zero has no entry."""
+        self._by_token: dict[str, Member] = {}
+        self._by_token_bytes: dict[bytes, Member] = {}
+        """The same members keyed by the token's UTF-8 bytes, as legacy datagrams carry it."""
+        self.member_for_token_bytes: Callable[[bytes], Member | None] = self._by_token_bytes.get
+        """The datagram path's look-up: a bare dict.get, so no Python frame per datagram."""
+        self._by_key_id: dict[int, Member] = {}
+        self._invitations: dict[str, Room] = {}
+        self._hashing = 0
+        self.password_checks: Counter[str] = Counter()
+        """Join passwords checked (each an scrypt run), by result: "accepted" or "refused"."""
+        self.refused: Counter[str] = Counter()
+        """
+        Requests refused by a limit of this store: "hashing" (max_hashing
+        hashes in flight), "rooms_per_host" (the origin holds
+        max_rooms_per_host rooms), "invitations" (the room holds
+        max_invitations live invitations).
+        """
+        self.repaired: Counter[str] = Counter()
+        """
+        What expire() found broken and removed, each a bug to log: "rooms"
+        (open without a live host), "members" (live without an open room),
+        "key_ids" and "invitations" (left pointing at nothing), "origins"
+        (per-origin room counts that had drifted).
+        """
+
+    @property
+    def hashing_in_flight(self) -> int:
+        """Password hashes and checks handed to the runner whose Deferred has not fired yet."""
+        return self._hashing
+
+    # -- control operations -------------------------------------------------
+
+    def create_room(self, name: str, request: RoomRequest, dialect: Dialect, origin: str = "") -> Deferred[Member]:
+        return Deferred.fromCoroutine(self._create_room(name, request, dialect, origin))
+
+    async def _create_room(self, name: str, request: RoomRequest, dialect: Dialect, origin: str) -> Member:
+        validate_name(name, self._settings.max_room_name, "room name")
+        if request.native_only and dialect is not Dialect.NATIVE:
+            raise NotPermittedError("only a native client can create a native-only room")
+        if name in self._rooms or name in self._creating:
+            raise RoomExistsError(f"room {name!r} exists")
+        if len(self._rooms) + len(self._creating) >= self._settings.max_rooms:
+            raise ServerFullError(f"the server holds its limit of {self._settings.max_rooms} rooms")
+        self._check_origin_may_create(origin)
+        # From here until the room is committed or rolled back, the name and
+        # the origin's room are held, so that a second create of the same name
+        # fails at once instead of racing this one, and an origin cannot get
+        # past its limit with creates in parallel.
+        self._creating[name] = origin
+        self._rooms_by_origin[origin] += 1
+        room: Room | None = None
+        try:
+            password_hash = None
+            if request.password:
+                password = request.password
+                cost = self._settings.password_cost
+                password_hash = await self._hash(lambda: hash_password(password, cost))
+                assert isinstance(password_hash, PasswordHash)
+            room = Room(name, password_hash, self._clock.seconds(), native_only=request.native_only, origin=origin)
+            host = self._new_member(room, request.username, dialect)
+            room.host = host
+            room.members[host.name] = host
+            self._register_member(host)
+            self._rooms[name] = room
+            return host
+        except BaseException:
+            # Whatever failed, nothing of this create may stay behind: a room
+            # without a host would hold its slot (and its origin's) for ever.
+            if room is not None:
+                for member in list(room.members.values()):
+                    self._unregister_member(member)
+                room.members.clear()
+                room.closed = True
+                if self._rooms.get(name) is room:
+                    del self._rooms[name]
+            self._release_origin(origin)
+            raise
+        finally:
+            del self._creating[name]
+
+    def _check_origin_may_create(self, origin: str) -> None:
+        limit = self._settings.max_rooms_per_host
+        if not self._origin_is_limited(origin) or self._rooms_by_origin[origin] < limit:
+            return
+        self.refused["rooms_per_host"] += 1
+        raise TooManyRoomsError(f"{origin} holds its limit of {limit} open rooms; close one to create another")
+
+    def _origin_is_limited(self, origin: str) -> bool:
+        # An empty origin is a tool or a test, not a peer; loopback is the
+        # operator's own machine, as for the other per-address limits.
+        if not origin:
+            return False
+        return self._settings.limit_loopback or not is_loopback(origin)
+
+    def _release_origin(self, origin: str) -> None:
+        # Entries at zero are deleted, so addresses that come and go cost nothing.
+        remaining = self._rooms_by_origin[origin] - 1
+        if remaining > 0:
+            self._rooms_by_origin[origin] = remaining
+        else:
+            del self._rooms_by_origin[origin]
+
+    def rooms_of_origin(self, origin: str) -> int:
+        """Open and being-created rooms asked from C{origin}."""
+        return self._rooms_by_origin.get(origin, 0)
+
+    def join_room(self, name: str, request: RoomRequest, dialect: Dialect) -> Deferred[Member]:
+        return Deferred.fromCoroutine(self._join_room(name, request, dialect))
+
+    async def _join_room(self, name: str, request: RoomRequest, dialect: Dialect) -> Member:
+        room = self._rooms.get(name)
+        if room is None:
+            raise RoomNotFoundError(f"no room {name!r}")
+        if room.native_only and dialect is not Dialect.NATIVE:
+            raise NotPermittedError(f"room {name!r} admits native clients only")
+        self._check_room_takes(room, request.username)
+        spent_invitation: tuple[str, float] | None = None
+        if request.invite is not None:
+            spent_invitation = self._take_invitation(room, request.invite)
+        elif room.password_hash is not None:
+            if not request.password:
+                # No hashing for a request that cannot succeed.
+                raise InvalidPasswordError(f"room {name!r} needs a password")
+            stored = room.password_hash
+            password = request.password
+            verified = await self._hash(lambda: verify_password(password, stored))
+            self.password_checks["accepted" if verified else "refused"] += 1
+            if not verified:
+                raise InvalidPasswordError(f"wrong password for room {name!r}")
+            # The world may have moved while the password was checked.
+            if room.closed:
+                raise RoomNotFoundError(f"room {name!r} was closed")
+            self._check_room_takes(room, request.username)
+        member: Member | None = None
+        try:
+            member = self._new_member(room, request.username, dialect)
+            room.members[member.name] = member
+            self._register_member(member)
+            # No recipients to refresh: a new member has no address yet.
+            if self.observer is not None:
+                self.observer.member_joined(member)
+        except BaseException:
+            # The join did not happen: the room is as it was, and the
+            # invitation (single use, but not used) works again.
+            if member is not None:
+                self._unregister_member(member)
+                if room.members.get(member.name) is member:
+                    del room.members[member.name]
+                self._refresh_recipients(room)
+            if spent_invitation is not None and not room.closed:
+                invite, expires = spent_invitation
+                room.invitations[invite] = expires
+                self._invitations[invite] = room
+            raise
+        return member
+
+    def _check_room_takes(self, room: Room, username: str) -> None:
+        if username in room.members:
+            raise UsernameTakenError(f"{username!r} is already in room {room.name!r}")
+        if len(room.members) >= self._settings.max_members:
+            raise RoomFullError(f"room {room.name!r} holds its limit of {self._settings.max_members} members")
+
+    def _take_invitation(self, room: Room, invite: str) -> tuple[str, float]:
+        """Spend C{invite} on C{room}: its token and expiry, to put back if the join fails."""
+        # Another room's invitation is refused without being spent.
+        if self._invitations.get(invite) is not room:
+            raise InvalidInvitationError("the invitation is not valid for this room")
+        del self._invitations[invite]
+        expires = room.invitations.pop(invite)
+        if expires < self._clock.seconds():
+            raise InvalidInvitationError("the invitation has expired")
+        return invite, expires
+
+    def _hash(self, work: Callable[[], Any]) -> Deferred[Any]:
+        """
+        Hand password work to the runner, unless max_hashing are in flight.
+
+        Each scrypt run holds 128 * r * N bytes (16 MiB at the default cost),
+        so the count bounds the daemon's memory, not only its CPU.
+        """
+        if self._hashing >= self._settings.max_hashing:
+            self.refused["hashing"] += 1
+            raise HashingBusyError("the server is checking too many passwords; try again in a moment")
+        self._hashing += 1
+        try:
+            running = self._run_hash(work)
+        except BaseException:
+            self._hashing -= 1
+            raise
+
+        def finished(result: object) -> object:
+            self._hashing -= 1
+            return result
+
+        running.addBoth(finished)
+        # The request waits on a Deferred of its own: cancelling it (the
+        # peer went away) must not cancel the runner's, whose thread goes on
+        # hashing and holding its memory until it is done, and stays counted.
+        outcome: Deferred[Any] = Deferred()
+        running.chainDeferred(outcome)
+        return outcome
+
+    def _fresh_token(self) -> str:
+        token = new_token()
+        while token in self._by_token or token in self._invitations:
+            token = new_token()
+        return token
+
+    def _new_member(self, room: Room, username: str, dialect: Dialect) -> Member:
+        """A member with its token (and key, if native), not yet in any index or room."""
+        token = self._fresh_token()
+        settings = self._settings
+        limit = MemberRateLimit(
+            settings.messages_per_s, settings.message_burst, settings.bytes_per_s, settings.byte_burst, self._clock
+        )
+        member = Member(username, token, room, dialect, self._clock.seconds(), rate_limit=limit)
+        if dialect is Dialect.NATIVE:
+            member.channel = Channel(new_key(), self._fresh_key_id(), Direction.TO_CLIENT)
+        return member
+
+    def _register_member(self, member: Member) -> None:
+        """Make a built member reachable: plain dictionary stores, nothing that can fail half-way."""
+        self._by_token[member.token] = member
+        self._by_token_bytes[member.token.encode("utf-8")] = member
+        if member.channel is not None:
+            self._by_key_id[member.channel.key_id] = member
+
+    def _unregister_member(self, member: Member) -> None:
+        """Undo L{_register_member}, for whatever part of it happened; a no-op for the rest."""
+        if self._by_token.get(member.token) is member:
+            del self._by_token[member.token]
+        token_bytes = member.token.encode("utf-8")
+        if self._by_token_bytes.get(token_bytes) is member:
+            del self._by_token_bytes[token_bytes]
+        for channel in (member.previous_channel, member.channel):
+            if channel is not None and self._by_key_id.get(channel.key_id) is member:
+                del self._by_key_id[channel.key_id]
+        member.previous_channel = None
+
+    def _fresh_key_id(self) -> int:
+        key_id = new_key_id()
+        while key_id in self._by_key_id:
+            key_id = new_key_id()
+        return key_id
+
+    def _give_key(self, member: Member) -> None:
+        channel = Channel(new_key(), self._fresh_key_id(), Direction.TO_CLIENT)
+        if member.channel is not None:
+            # Datagrams sealed before the member heard of the new key are
+            # still on their way (as WireGuard keeps its previous keypair).
+            self.confirm_key(member)
+            member.previous_channel = member.channel
+        member.channel = channel
+        self._by_key_id[channel.key_id] = member
+
+    def confirm_key(self, member: Member) -> None:
+        previous, member.previous_channel = member.previous_channel, None
+        if previous is not None and self._by_key_id.get(previous.key_id) is member:
+            del self._by_key_id[previous.key_id]
+
+    def rekey(self, member: Member) -> Channel:
+        if member.channel is None or not self._is_live(member):
+            raise NotPermittedError("only a native member has a key to replace")
+        self._give_key(member)
+        assert member.channel is not None
+        return member.channel
+
+    def mint_invitation(self, member: Member) -> str:
+        if not self._is_live(member):
+            raise NotPermittedError("only a member of an open room can invite")
+        room = member.room
+        now = self._clock.seconds()
+        # Spent-by-time invitations make room before the count, so the limit
+        # is on live ones: a host who invites steadily never hits it.
+        self._drop_stale_invitations(room, now)
+        limit = self._settings.max_invitations
+        if len(room.invitations) >= limit:
+            self.refused["invitations"] += 1
+            raise TooManyInvitationsError(
+                f"room {room.name!r} holds its limit of {limit} live invitations; wait for some to be used or expire"
+            )
+        token = self._fresh_token()
+        room.invitations[token] = now + self._settings.invite_ttl
+        self._invitations[token] = room
+        return token
+
+    def _drop_stale_invitations(self, room: Room, now: float) -> None:
+        stale = [invite for invite, expires in room.invitations.items() if expires < now]
+        for invite in stale:
+            del room.invitations[invite]
+            self._invitations.pop(invite, None)
+
+    def _is_live(self, member: Member) -> bool:
+        return self._by_token.get(member.token) is member
+
+    # -- the datagram path --------------------------------------------------
+
+    def member_for_token(self, token: str) -> Member | None:
+        return self._by_token.get(token)
+
+    def member_for_key_id(self, key_id: int) -> Member | None:
+        return self._by_key_id.get(key_id)
+
+    def bind_address(self, member: Member, address: tuple[str, int]) -> None:
+        if member.address == address:
+            return
+        member.address = address
+        if self._is_live(member):
+            self._refresh_recipients(member.room)
+
+    def _refresh_recipients(self, room: Room) -> None:
+        # The only writer of Room.recipients: every change of membership or
+        # of a registered address passes through this registry.
+        room.recipients = tuple(
+            (member, member.address, member.channel is not None)
+            for member in room.members.values()
+            if member.address is not None
+        )
+
+    def touch(self, member: Member) -> None:
+        member.last_active = self._clock.seconds()
+
+    # -- departures ---------------------------------------------------------
+
+    def leave(self, member: Member, reason: LeaveReason) -> None:
+        if not self._is_live(member):
+            return
+        room = member.room
+        if member.is_host:
+            self.close_room(room, _HOST_DEPARTURES[reason])
+            return
+        self._unregister_member(member)
+        if room.members.get(member.name) is member:
+            del room.members[member.name]
+        self._refresh_recipients(room)
+        if self.observer is not None:
+            self.observer.member_left(member, reason)
+
+    def close_room(self, room: Room, reason: CloseReason) -> None:
+        if room.closed:
+            return
+        self._close(room, reason)
+
+    def _close(self, room: Room, reason: CloseReason) -> None:
+        # Every index first, the observer last: if telling people fails, the
+        # room is gone all the same.
+        members = list(room.members.values())
+        for member in members:
+            self._unregister_member(member)
+        room.members.clear()
+        room.recipients = ()
+        room.closed = True
+        for invite in room.invitations:
+            if self._invitations.get(invite) is room:
+                del self._invitations[invite]
+        room.invitations.clear()
+        if self._rooms.get(room.name) is room:
+            # The one place an open room stops counting against its origin.
+            del self._rooms[room.name]
+            self._release_origin(room.origin)
+        if self.observer is not None:
+            self.observer.room_closed(room, members, reason)
+
+    def expire(self) -> None:
+        now = self._clock.seconds()
+        deadline = now - self._settings.idle_timeout
+        idle = [member for member in self._by_token.values() if member.last_active < deadline]
+        for member in idle:
+            self.leave(member, LeaveReason.TIMED_OUT)
+        self._repair()
+        for room in self._rooms.values():
+            self._drop_stale_invitations(room, now)
+
+    def _repair(self) -> None:
+        """
+        Remove what no correct sequence of operations leaves behind, and
+        count it in C{repaired}: a last resort against bugs (and exceptions
+        from outside, such as a RecursionError) that would otherwise hold a
+        room slot, a token or a key id for ever.
+        """
+        # Members their room lists but the token index does not: gone in
+        # every sense but one. Dropping the host here closes the room below.
+        for room in list(self._rooms.values()):
+            for member in list(room.members.values()):
+                if not self._is_live(member) or member.room is not room:
+                    del room.members[member.name]
+                    if member.room is room:
+                        self._unregister_member(member)
+                    self._refresh_recipients(room)
+                    self.repaired["members"] += 1
+        for name, room in list(self._rooms.items()):
+            host = room.host
+            broken = (
+                room.closed
+                or room.name != name
+                or host is None
+                or room.members.get(host.name) is not host
+                or not self._is_live(host)
+            )
+            if broken:
+                self.repaired["rooms"] += 1
+                if room.name != name:
+                    # Indexed under another name: _close would not find it.
+                    del self._rooms[name]
+                    self._release_origin(room.origin)
+                self._close(room, CloseReason.BROKEN)
+        # Live tokens whose member is not in an open room's member list.
+        for member in list(self._by_token.values()):
+            room = member.room
+            if self._rooms.get(room.name) is not room or room.members.get(member.name) is not member:
+                self._unregister_member(member)
+                self.repaired["members"] += 1
+                if self.observer is not None:
+                    self.observer.member_left(member, LeaveReason.LEFT)
+        for token_bytes, member in list(self._by_token_bytes.items()):
+            if not self._is_live(member):
+                del self._by_token_bytes[token_bytes]
+                self.repaired["members"] += 1
+        for key_id, member in list(self._by_key_id.items()):
+            current = member.channel is not None and member.channel.key_id == key_id
+            previous = member.previous_channel is not None and member.previous_channel.key_id == key_id
+            if not self._is_live(member) or not (current or previous):
+                del self._by_key_id[key_id]
+                self.repaired["key_ids"] += 1
+        for invite, room in list(self._invitations.items()):
+            if self._rooms.get(room.name) is not room or invite not in room.invitations:
+                del self._invitations[invite]
+                self.repaired["invitations"] += 1
+        expected = Counter(room.origin for room in self._rooms.values()) + Counter(self._creating.values())
+        if expected != self._rooms_by_origin:
+            self.repaired["origins"] += 1
+            self._rooms_by_origin = expected
+
+    # -- views --------------------------------------------------------------
+
+    def rooms(self) -> list[Room]:
+        return list(self._rooms.values())
+
+    def member_count(self) -> int:
+        return len(self._by_token)

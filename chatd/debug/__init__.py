@@ -1,0 +1,1 @@
+"""chatd-debug, the telnet-style debug client that prints every byte."""

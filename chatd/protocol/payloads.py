@@ -1,0 +1,350 @@
+"""
+What goes inside TCP frames: create/join requests, replies and notices.
+
+Pure, like the frame codec: the three dialects differ here, in payload form,
+and this module is the one place that knows how (docs/protocol.md,
+"Payloads"). Legacy dialects get plain text; native clients get JSON that
+carries the protocol version.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from chatd.protocol.errors import (
+    InvalidNameError,
+    InvalidUTF8Error,
+    MalformedFrameError,
+    ProtocolError,
+    Status,
+    UnsupportedVersionError,
+)
+from chatd.protocol.wire import Frame, SizeEncoding
+
+NATIVE_VERSION = 1
+SUPPORTED_VERSIONS = (NATIVE_VERSION,)
+DEFAULT_MAX_ROOM_NAME = 64
+DEFAULT_MAX_USER_NAME = 32
+NOTICE_MARK = "*"
+"""Every notice's text starts with this; no user name may."""
+MODEL_ROOM_CLOSED = "チャットルームが閉じられました"
+"""
+What a model-dialect member is told when its room closes (host left, host
+closed it, host timed out, server stopping): the course's model client ends
+its program only on this exact text (or L{MODEL_REMOVED_FOR_SILENCE}).
+"""
+MODEL_REMOVED_FOR_SILENCE = "しばらく発言しなかったので、チャットルームから退出させました"
+"""What a model-dialect member is told when it is itself removed for silence: the other sentence its client ends on."""
+
+
+class Dialect(Enum):
+    MODEL = "model"
+    SEED = "seed"
+    NATIVE = "native"
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRequest:
+    """A create or join request, whatever form its payload had."""
+
+    username: str
+    password: str | None = None
+    invite: str | None = None
+    version: int | None = None
+    """The native protocol version; None for the legacy dialects."""
+    native_only: bool = False
+    """On create: admit native clients only (their traffic is sealed)."""
+
+    @property
+    def native(self) -> bool:
+        return self.version is not None
+
+
+def validate_name(name: str, max_bytes: int, what: str) -> str:
+    """
+    Refuse names that would confuse the people reading them.
+
+    Not empty, at most C{max_bytes} of UTF-8, no control or format characters
+    (they can rewrite a terminal line), no leading or trailing white space.
+    """
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        # JSON can escape a lone surrogate, which no UTF-8 can carry.
+        raise InvalidNameError(f"{what} is not valid Unicode") from None
+    if size == 0:
+        raise InvalidNameError(f"{what} is empty")
+    if size > max_bytes:
+        raise InvalidNameError(f"{what} is {size} bytes long; the limit is {max_bytes}")
+    if name != name.strip():
+        raise InvalidNameError(f"{what} starts or ends with white space")
+    if any(unicodedata.category(char).startswith("C") for char in name):
+        raise InvalidNameError(f"{what} holds a control character")
+    return name
+
+
+def validate_user_name(name: str, max_bytes: int) -> str:
+    """
+    A name that cannot pass for something else in a legacy client's text:
+    no ':', so "name: text" always splits at the first ': ' into who and
+    what; and no leading '*', which marks the server's notices.
+    """
+    validate_name(name, max_bytes, "user name")
+    if ":" in name:
+        raise InvalidNameError("user name holds ':'")
+    if name.startswith(NOTICE_MARK):
+        raise InvalidNameError(f"user name starts with {NOTICE_MARK!r}")
+    return name
+
+
+def is_native_request(payload: bytes) -> bool:
+    """Whether a create or join payload asks for the native protocol, valid or not."""
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and obj.get("chatd") is not None
+
+
+def decode_text(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidUTF8Error(f"{what} is not valid UTF-8") from None
+
+
+def _optional_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MalformedFrameError(f"{key!r} must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidUTF8Error(f"{key!r} is not valid Unicode") from None
+    return value
+
+
+def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAME) -> RoomRequest:
+    """
+    Parse a create or join payload in any accepted form.
+
+    A JSON object C{{"username": ..., "password": ..., "invite": ...}} (the
+    model dialect; native clients add C{"chatd": version}), or the bare user
+    name as text (the seed dialect, and some model clients on create).
+    """
+    text = decode_text(payload, "request payload")
+    if not text.lstrip().startswith("{"):
+        return RoomRequest(validate_user_name(text.rstrip("\r\n"), max_user_name))
+    try:
+        # Starts with "{", so it parses to an object or not at all.
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise MalformedFrameError("request payload is not valid JSON") from None
+    version = obj.get("chatd")
+    if version is not None:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise MalformedFrameError("'chatd' must be an integer protocol version")
+        if version not in SUPPORTED_VERSIONS:
+            raise UnsupportedVersionError(
+                f"protocol version {version} is not supported; this server speaks {list(SUPPORTED_VERSIONS)}"
+            )
+    username = obj.get("username")
+    if not isinstance(username, str):
+        raise MalformedFrameError("'username' is missing or not a string")
+    password = _optional_str(obj, "password")
+    invite = _optional_str(obj, "invite")
+    native_only = obj.get("native_only", False)
+    if not isinstance(native_only, bool):
+        raise MalformedFrameError("'native_only' must be true or false")
+    return RoomRequest(
+        validate_user_name(username, max_user_name),
+        password or None,
+        invite or None,
+        version,
+        native_only,
+    )
+
+
+SECRET_KEYS = frozenset({"password", "invite", "token", "key", "key_id"})
+"""
+Redacted from logged payloads: the secrets, and the UDP key id, which is
+in clear on every sealed datagram, so a log that put it next to a user name
+would tie that person to their UDP flow (docs/architecture.md, "Logging").
+"""
+REDACTED = "[redacted]"
+
+
+def loggable_payload(payload: bytes, secret: bool = False) -> str:
+    """
+    A payload as text for a debug log, with passwords, tokens and invitations
+    replaced by C{[redacted]}. C{secret} marks a payload that is a secret as a
+    whole when it is not JSON (a legacy token or invitation).
+    """
+    text = payload.decode("utf-8", "backslashreplace")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        # Broken JSON may still hold a password: only plain text is shown.
+        return REDACTED if secret or text.lstrip().startswith("{") else repr(text)
+    if not isinstance(obj, dict):
+        return REDACTED if secret else repr(text)
+    return json.dumps(
+        {key: REDACTED if key in SECRET_KEYS else value for key, value in obj.items()}, ensure_ascii=False
+    )
+
+
+def parse_port(payload: bytes) -> int:
+    """The seed dialect's operation 3 payload: a UDP port as ASCII digits."""
+    text = decode_text(payload, "port").strip()
+    if not (0 < len(text) <= 5 and text.isascii() and text.isdigit() and 0 < int(text) < 65536):
+        raise MalformedFrameError("port must be a decimal number from 1 to 65535")
+    return int(text)
+
+
+def acknowledge_payload(status: Status, dialect: Dialect, message: str = "") -> bytes:
+    """One status byte; native clients also get the reason as JSON after it."""
+    if dialect is not Dialect.NATIVE or status is Status.SUCCESS:
+        return bytes((status,))
+    detail = {
+        "chatd": NATIVE_VERSION,
+        "status": status.name.lower(),
+        "message": message,
+        "versions": list(SUPPORTED_VERSIONS),
+    }
+    return bytes((status,)) + json.dumps(detail, ensure_ascii=False).encode("utf-8")
+
+
+def error_payload(error: ProtocolError, dialect: Dialect) -> bytes:
+    return acknowledge_payload(error.status, dialect, str(error))
+
+
+def encode_json(obj: dict[str, Any]) -> bytes:
+    return json.dumps({"chatd": NATIVE_VERSION, **obj}, ensure_ascii=False).encode("utf-8")
+
+
+def members_payload(members: tuple[str, ...], host: str | None) -> bytes:
+    """
+    The native answer to operation 7 (MEMBERS): everyone in the room, in the
+    order they entered, and the host's name (None only for a room being closed).
+    """
+    return encode_json({"members": list(members), "host": host})
+
+
+def decode_json(payload: bytes) -> dict[str, Any]:
+    """Parse a native JSON payload (client side, and tests)."""
+    try:
+        obj = json.loads(decode_text(payload, "payload"))
+    except (ValueError, RecursionError):
+        raise MalformedFrameError("payload is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise MalformedFrameError("payload is not a JSON object")
+    return obj
+
+
+class NoticeKind(Enum):
+    MEMBER_JOINED = "joined"
+    MEMBER_LEFT = "left"
+    TIMED_OUT = "timed_out"
+    ROOM_CLOSED = "room_closed"
+    SERVER_STOPPING = "server_stopping"
+    THROTTLED = "throttled"
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """
+    A system message about a room: who came, who went, why it ended.
+
+    C{user} is the member the notice is about, if any. Legacy clients get
+    L{text_for} as plain text; native clients get L{to_json}. A notice says
+    what changed, never who is in the room: its size does not grow with the
+    room, so telling a room of N about a change costs N notices, not N
+    squared names (the member list comes with the create or join answer and
+    from operation 7, L{members_payload}).
+    """
+
+    kind: NoticeKind
+    room: str
+    user: str | None = None
+    reason: str = ""
+    idle_timeout: float = 0.0
+    for_silence: bool = False
+    """
+    C{user} was removed for silence: always so for TIMED_OUT, and for a
+    ROOM_CLOSED whose host timed out (the host is C{user} then).
+    """
+    _encoded: dict[tuple[bool, Dialect], bytes] = field(default_factory=dict, compare=False, repr=False)
+    """One encoding per (about the recipient?, dialect): a room's notice goes to every member."""
+    frames: dict[tuple[bool, Dialect, SizeEncoding], tuple[Frame, bytes]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """
+    The notice as a TCP frame and its bytes, per (about the recipient?,
+    dialect, size encoding), filled by the TCP protocol: a join in a room of
+    N is framed a few times, not N times.
+    """
+
+    def text_for(self, recipient: str) -> str:
+        about_you = recipient == self.user
+        if self.kind is NoticeKind.MEMBER_JOINED:
+            return f"* {self.user} joined {self.room}"
+        if self.kind is NoticeKind.MEMBER_LEFT:
+            return f"* {self.user} left {self.room}"
+        if self.kind is NoticeKind.TIMED_OUT:
+            seconds = f"{self.idle_timeout:g} s"
+            if about_you:
+                return f"* you were removed from {self.room} after {seconds} without activity"
+            return f"* {self.user} was removed from {self.room} after {seconds} without activity"
+        if self.kind is NoticeKind.ROOM_CLOSED:
+            return f"* room {self.room} was closed: {self.reason}"
+        if self.kind is NoticeKind.THROTTLED:
+            return "* you are sending too fast: messages are being dropped; slow down"
+        return f"* the server is shutting down; room {self.room} is closed"
+
+    def model_text_for(self, recipient: str) -> str:
+        """
+        The text for a model-dialect member: the course's model client ends
+        its program only on one of its server's two exact sentences, so the
+        notices that end a membership are those sentences, nothing added (a
+        member left running in a room that no longer exists would be
+        stranded); every other notice keeps chatd's wording.
+        """
+        about_you = recipient == self.user
+        if self.kind in (NoticeKind.ROOM_CLOSED, NoticeKind.SERVER_STOPPING):
+            return MODEL_REMOVED_FOR_SILENCE if about_you and self.for_silence else MODEL_ROOM_CLOSED
+        if self.kind is NoticeKind.TIMED_OUT and about_you:
+            return MODEL_REMOVED_FOR_SILENCE
+        return self.text_for(recipient)
+
+    def to_json(self, recipient: str) -> bytes:
+        obj: dict[str, Any] = {
+            "event": self.kind.value,
+            "room": self.room,
+            "text": self.text_for(recipient),
+        }
+        if self.user is not None:
+            obj["user"] = self.user
+        if self.reason:
+            obj["reason"] = self.reason
+        return encode_json(obj)
+
+    def encode_for(self, recipient: str, dialect: Dialect) -> bytes:
+        # The payload differs only for the member the notice is about, so a
+        # join in a room of N is encoded twice, not N times.
+        key = (recipient == self.user, dialect)
+        encoded = self._encoded.get(key)
+        if encoded is None:
+            if dialect is Dialect.NATIVE:
+                encoded = self.to_json(recipient)
+            elif dialect is Dialect.MODEL:
+                encoded = self.model_text_for(recipient).encode("utf-8")
+            else:
+                encoded = self.text_for(recipient).encode("utf-8")
+            self._encoded[key] = encoded
+        return encoded
