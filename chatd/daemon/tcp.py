@@ -20,7 +20,6 @@ recursion, however many arrive in one chunk.
 
 from __future__ import annotations
 
-import base64
 from collections import Counter
 from typing import TYPE_CHECKING, TypeVar
 
@@ -61,13 +60,15 @@ from chatd.protocol.payloads import (
     Dialect,
     Notice,
     acknowledge_payload,
-    encode_json,
+    entered_payload,
     error_payload,
-    is_native_request,
+    invite_payload,
+    legacy_secret_payload,
     loggable_payload,
     members_payload,
     parse_port,
-    parse_room_request,
+    read_room_request,
+    rekey_payload,
 )
 from chatd.protocol.wire import (
     HEADER_SIZE,
@@ -85,10 +86,6 @@ if TYPE_CHECKING:
 
 
 _T = TypeVar("_T")
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 def _host_of(address: IAddress) -> str:
@@ -256,7 +253,7 @@ class RoomProtocol(Protocol):
             member = self._member_for(frame)
             channel = self._store.rekey(member)
             self._acknowledge(frame.operation, Status.SUCCESS, frame.room)
-            payload = encode_json({"key": _b64(channel.key), "key_id": channel.key_id})
+            payload = rekey_payload(channel.key, channel.key_id)
             self._send(Frame(Operation.REKEY, State.COMPLETE, member.room.name, payload, self._encoding))
         elif frame.operation is Operation.MEMBERS:
             member = self._member_for(frame)
@@ -273,9 +270,7 @@ class RoomProtocol(Protocol):
                 raise NotPermittedError("only the host can invite")
             invite = self._store.mint_invitation(member)
             self._acknowledge(frame.operation, Status.SUCCESS, frame.room)
-            payload = invite.encode("ascii")
-            if member.dialect is Dialect.NATIVE:
-                payload = encode_json({"invite": invite, "expires_in": self._settings.invite_ttl})
+            payload = invite_payload(invite, self._settings.invite_ttl, member.dialect)
             self._send(Frame(Operation.INVITE, State.COMPLETE, member.room.name, payload, self._encoding))
             self._log.info("{user} invited someone to {room}", event="invited", user=member.name, room=member.room.name)
         else:
@@ -292,8 +287,10 @@ class RoomProtocol(Protocol):
     def _enter(self, frame: Frame) -> None:
         if self.member is not None:
             raise NotPermittedError("this connection is already in a room")
-        # The dialect first, so that even a refusal is worded for this client.
-        if is_native_request(frame.payload):
+        # Parsed once; the dialect first, so that even a refusal is worded
+        # for this client.
+        parsed = read_room_request(frame.payload, self._settings.max_user_name)
+        if parsed.native:
             self.dialect = Dialect.NATIVE
         elif frame.encoding is SizeEncoding.ASCII:
             self.dialect = Dialect.SEED
@@ -301,7 +298,7 @@ class RoomProtocol(Protocol):
             self.dialect = Dialect.MODEL
         if self.dialect is not Dialect.NATIVE and not self._settings.legacy:
             raise NotPermittedError("this server serves native clients only: legacy dialects are turned off")
-        request = parse_room_request(frame.payload, self._settings.max_user_name)
+        request = parsed.request()
         if frame.operation is Operation.CREATE and request.native_only and not self.secure:
             raise NotPermittedError("a native-only room can only be created over TLS")
         # A password costs an scrypt run, to set it (create) or to check it
@@ -367,20 +364,18 @@ class RoomProtocol(Protocol):
 
     def _complete_payload(self, member: Member) -> bytes:
         if member.dialect is not Dialect.NATIVE:
-            return member.token.encode("ascii")
+            return legacy_secret_payload(member.token)
         assert member.channel is not None
-        return encode_json(
-            {
-                "token": member.token,
-                "key": _b64(member.channel.key),
-                "key_id": member.channel.key_id,
-                "room": member.room.name,
-                "user": member.name,
-                "host": member.is_host,
-                "members": list(member.room.names()),
-                "idle_timeout": self._settings.idle_timeout,
-                "keepalive_interval": self._settings.keepalive_interval,
-            }
+        return entered_payload(
+            token=member.token,
+            key=member.channel.key,
+            key_id=member.channel.key_id,
+            room=member.room.name,
+            user=member.name,
+            host=member.is_host,
+            members=member.room.names(),
+            idle_timeout=self._settings.idle_timeout,
+            keepalive_interval=self._settings.keepalive_interval,
         )
 
     def _not_entered(self, failure: Failure, operation: Operation, room: str) -> None:

@@ -9,8 +9,10 @@ carries the protocol version.
 
 from __future__ import annotations
 
+import base64
 import json
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -101,15 +103,6 @@ def validate_user_name(name: str, max_bytes: int) -> str:
     return name
 
 
-def is_native_request(payload: bytes) -> bool:
-    """Whether a create or join payload asks for the native protocol, valid or not."""
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return False
-    return isinstance(obj, dict) and obj.get("chatd") is not None
-
-
 def decode_text(data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8")
@@ -130,22 +123,63 @@ def _optional_str(obj: dict[str, Any], key: str) -> str | None:
     return value
 
 
-def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAME) -> RoomRequest:
+@dataclass(frozen=True, slots=True)
+class ParsedRoomRequest:
     """
-    Parse a create or join payload in any accepted form.
+    A create or join payload, parsed once: which dialect it asks for, and
+    the request or why it is refused.
+
+    The two are apart because the server decides the dialect first, so that
+    even a refusal is worded for the client, and may refuse a legacy client
+    before it looks at the request (legacy dialects turned off).
+    """
+
+    native: bool
+    """
+    The payload asks for the native protocol: a JSON object with a non-null
+    C{"chatd"}, whether or not the rest of it is valid (an unsupported
+    version, a bad user name are refused in the native form).
+    """
+    parsed: RoomRequest | ProtocolError
+
+    def request(self) -> RoomRequest:
+        """The request; raises the L{ProtocolError} that refuses it, if any."""
+        if isinstance(self.parsed, ProtocolError):
+            raise self.parsed
+        return self.parsed
+
+
+def read_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAME) -> ParsedRoomRequest:
+    """
+    Parse a create or join payload in any accepted form, once.
 
     A JSON object C{{"username": ..., "password": ..., "invite": ...}} (the
     model dialect; native clients add C{"chatd": version}), or the bare user
     name as text (the seed dialect, and some model clients on create).
+    Every refusal is a L{ProtocolError} kept in the result, not raised.
     """
-    text = decode_text(payload, "request payload")
+    try:
+        text = decode_text(payload, "request payload")
+    except ProtocolError as error:
+        return ParsedRoomRequest(False, error)
     if not text.lstrip().startswith("{"):
-        return RoomRequest(validate_user_name(text.rstrip("\r\n"), max_user_name))
+        try:
+            return ParsedRoomRequest(False, RoomRequest(validate_user_name(text.rstrip("\r\n"), max_user_name)))
+        except ProtocolError as error:
+            return ParsedRoomRequest(False, error)
     try:
         # Starts with "{", so it parses to an object or not at all.
         obj = json.loads(text)
     except (ValueError, RecursionError):
-        raise MalformedFrameError("request payload is not valid JSON") from None
+        return ParsedRoomRequest(False, MalformedFrameError("request payload is not valid JSON"))
+    native = obj.get("chatd") is not None
+    try:
+        return ParsedRoomRequest(native, _request_from(obj, max_user_name))
+    except ProtocolError as error:
+        return ParsedRoomRequest(native, error)
+
+
+def _request_from(obj: dict[str, Any], max_user_name: int) -> RoomRequest:
     version = obj.get("chatd")
     if version is not None:
         if not isinstance(version, int) or isinstance(version, bool):
@@ -169,6 +203,11 @@ def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAM
         version,
         native_only,
     )
+
+
+def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAME) -> RoomRequest:
+    """L{read_room_request}'s request, or its refusal raised."""
+    return read_room_request(payload, max_user_name).request()
 
 
 SECRET_KEYS = frozenset({"password", "invite", "token", "key", "key_id"})
@@ -232,8 +271,81 @@ def members_payload(members: tuple[str, ...], host: str | None) -> bytes:
     """
     The native answer to operation 7 (MEMBERS): everyone in the room, in the
     order they entered, and the host's name (None only for a room being closed).
+
+    Keys in this order: C{chatd}, C{members}, C{host}.
     """
     return encode_json({"members": list(members), "host": host})
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def legacy_secret_payload(secret: str) -> bytes:
+    """
+    What a legacy client gets in a create, join or invite complete frame:
+    its token, or the invitation, as ASCII text, nothing else.
+    """
+    return secret.encode("ascii")
+
+
+def entered_payload(
+    *,
+    token: str,
+    key: bytes,
+    key_id: int,
+    room: str,
+    user: str,
+    host: bool,
+    members: Sequence[str],
+    idle_timeout: float,
+    keepalive_interval: float,
+) -> bytes:
+    """
+    The native answer to a create or join (operation 1 or 2, complete).
+
+    Keys in this order: C{chatd}, C{token}, C{key} (the member's 32-byte UDP
+    key in standard base64), C{key_id}, C{room}, C{user}, C{host} (whether
+    the member is the host), C{members} (the room's names in the order they
+    entered, the member last), C{idle_timeout}, C{keepalive_interval}
+    (seconds, as numbers).
+    """
+    return encode_json(
+        {
+            "token": token,
+            "key": _b64(key),
+            "key_id": key_id,
+            "room": room,
+            "user": user,
+            "host": host,
+            "members": list(members),
+            "idle_timeout": idle_timeout,
+            "keepalive_interval": keepalive_interval,
+        }
+    )
+
+
+def rekey_payload(key: bytes, key_id: int) -> bytes:
+    """
+    The answer to operation 6 (REKEY, complete): the member's new UDP key.
+
+    Keys in this order: C{chatd}, C{key} (32 bytes in standard base64),
+    C{key_id}.
+    """
+    return encode_json({"key": _b64(key), "key_id": key_id})
+
+
+def invite_payload(invite: str, expires_in: float, dialect: Dialect) -> bytes:
+    """
+    The answer to operation 4 (INVITE, complete): a new invitation.
+
+    Native, keys in this order: C{chatd}, C{invite}, C{expires_in} (the
+    invitation's lifetime in seconds); legacy: the invitation as ASCII
+    text (L{legacy_secret_payload}).
+    """
+    if dialect is not Dialect.NATIVE:
+        return legacy_secret_payload(invite)
+    return encode_json({"invite": invite, "expires_in": expires_in})
 
 
 def decode_json(payload: bytes) -> dict[str, Any]:

@@ -141,6 +141,42 @@ class CreateJoinTests(RoomProtocolTestCase):
         self.assertEqual(status_of(ack), Status.INVALID_NAME)
         self.assertEqual(json.loads(ack.payload[1:])["status"], "invalid_name")
 
+    def test_a_request_is_parsed_once(self) -> None:
+        """One JSON decode per create or join: the dialect and the request come from it."""
+        calls: list[object] = []
+        loads = json.loads
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            return loads(*args, **kwargs)
+
+        self.patch(json, "loads", counting)
+        requests: list[dict[str, Any]] = [{"chatd": 1}, {}, {"chatd": 99}, {"chatd": 1, "password": 5}]
+        for fields in requests:
+            del calls[:]
+            self.enter(Operation.CREATE, "ann", room="once", **fields)
+            self.assertEqual(len(calls), 1, fields)
+        del calls[:]
+        protocol, transport = connect(self.server, port=40009)
+        protocol.dataReceived(request(Operation.CREATE, "bare", "bob", ASCII))
+        self.assertEqual(status_of(frames(transport)[0]), Status.SUCCESS)
+        self.assertEqual(calls, [])
+
+    def test_native_refusals_are_worded_natively(self) -> None:
+        """A native request the parse refuses is still answered in the native form."""
+        cases: list[tuple[dict[str, Any], Status]] = [
+            ({"chatd": 1, "password": 5}, Status.MALFORMED_REQUEST),
+            ({"chatd": "1"}, Status.MALFORMED_REQUEST),
+            ({"chatd": 1, "native_only": "yes"}, Status.MALFORMED_REQUEST),
+            ({"chatd": 1, "username": "a:b"}, Status.INVALID_NAME),
+        ]
+        for fields, status in cases:
+            _, _, (ack,) = self.enter(Operation.CREATE, "ann", **fields)
+            self.assertEqual(status_of(ack), status, fields)
+            self.assertEqual(json.loads(ack.payload[1:])["status"], status.name.lower(), fields)
+        _, _, (ack,) = self.enter(Operation.CREATE, "ann", password=5)
+        self.assertEqual(ack.payload, bytes((Status.MALFORMED_REQUEST,)))
+
     def test_second_room_on_one_connection_is_refused(self) -> None:
         protocol, transport, _ = self.enter(Operation.CREATE, "ann", encoding=ASCII)
         protocol.dataReceived(request(Operation.CREATE, "two", "ann", ASCII))
@@ -520,6 +556,15 @@ class AbuseResistanceTests(RoomProtocolTestCase):
             self.assertEqual(status_of(ack), Status.NOT_PERMITTED)
         _, _, (ack, _) = self.enter(Operation.CREATE, "ann", chatd=1)
         self.assertEqual(status_of(ack), Status.SUCCESS)
+
+    def test_legacy_refusal_comes_before_the_request_is_read(self) -> None:
+        """With legacy dialects off, a legacy request is refused as such, however bad it is."""
+        self.server, self.clock, self.udp = make_server(legacy=False)
+        for payload in (b"*ann", b'{"username": 5}', b"{", b"\xff"):
+            protocol, transport = connect(self.server)
+            protocol.dataReceived(request(Operation.CREATE, "hoge", payload, ASCII))
+            (ack,) = frames(transport)
+            self.assertEqual(ack.payload, bytes((Status.NOT_PERMITTED,)), payload)
 
     def test_new_connections_per_address_are_limited(self) -> None:
         self.server, self.clock, self.udp = make_server(connections_per_s=1, connection_burst=3)

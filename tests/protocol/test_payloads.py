@@ -26,15 +26,21 @@ from chatd.protocol.payloads import (
     Dialect,
     Notice,
     NoticeKind,
+    ParsedRoomRequest,
     RoomRequest,
     acknowledge_payload,
     decode_json,
     encode_json,
+    entered_payload,
     error_payload,
-    is_native_request,
+    invite_payload,
+    legacy_secret_payload,
     loggable_payload,
+    members_payload,
     parse_port,
     parse_room_request,
+    read_room_request,
+    rekey_payload,
     validate_name,
     validate_user_name,
 )
@@ -454,14 +460,143 @@ class LoggablePayloadTests(SynchronousTestCase):
         self.assertEqual(loggable_payload(b"TaKJ_t-Wl-8pxX2sbekl5Q", secret=True), "[redacted]")
 
 
-class IsNativeRequestTests(SynchronousTestCase):
-    def test_forms(self) -> None:
-        self.assertTrue(is_native_request(b'{"chatd": 1, "username": "ann"}'))
-        self.assertTrue(is_native_request(b'{"chatd": 99}'))
-        self.assertFalse(is_native_request(b'{"chatd": null, "username": "ann"}'))
-        self.assertFalse(is_native_request(b'{"username": "ann"}'))
-        self.assertFalse(is_native_request(b"ann"))
-        self.assertFalse(is_native_request('{"chatd": 1}'.encode("utf-16")))
+class ReadRoomRequestTests(SynchronousTestCase):
+    """read_room_request: the dialect decision and the request from one parse."""
+
+    def test_native_decision(self) -> None:
+        cases = [
+            (b'{"chatd": 1, "username": "ann"}', True),
+            (b'{"chatd": 99}', True),
+            (b'{"chatd": "1", "username": "ann"}', True),
+            (b'{"chatd": 1, "username": "* ann"}', True),
+            (b'  {"chatd": 1, "username": "ann"}\r\n', True),
+            (b'{"chatd": null, "username": "ann"}', False),
+            (b'{"username": "ann"}', False),
+            (b"{", False),
+            (b"ann", False),
+            (b"[1, 2]", False),
+            (b"\xff", False),
+            ('{"chatd": 1}'.encode("utf-16"), False),
+            ('\u00a0{"chatd": 1, "username": "ann"}'.encode(), False),
+        ]
+        for payload, native in cases:
+            self.assertEqual(read_room_request(payload).native, native, payload)
+
+    def test_valid_request(self) -> None:
+        parsed = read_room_request(b'{"chatd": 1, "username": "ann", "password": "pw"}')
+        request = RoomRequest("ann", "pw", version=1)
+        self.assertEqual(parsed, ParsedRoomRequest(True, request))
+        self.assertEqual(parsed.request(), request)
+
+    def test_refusal_is_kept_then_raised(self) -> None:
+        cases: list[tuple[bytes, bool, type[Exception]]] = [
+            (b'{"chatd": 99, "username": "ann"}', True, UnsupportedVersionError),
+            (b'{"chatd": true, "username": "ann"}', True, MalformedFrameError),
+            (b'{"chatd": 1, "username": "a:b"}', True, InvalidNameError),
+            (b'{"username": 5}', False, MalformedFrameError),
+            (b'{"username"', False, MalformedFrameError),
+            (b"*ann", False, InvalidNameError),
+            (b"\xff", False, InvalidUTF8Error),
+        ]
+        for payload, native, error in cases:
+            parsed = read_room_request(payload)
+            self.assertEqual(parsed.native, native, payload)
+            self.assertIsInstance(parsed.parsed, error)
+            self.assertRaises(error, parsed.request)
+
+    def test_max_user_name(self) -> None:
+        self.assertEqual(read_room_request(b"abc", 3).request(), RoomRequest("abc"))
+        self.assertRaises(InvalidNameError, read_room_request(b"abcd", 3).request)
+
+    def test_json_is_decoded_once(self) -> None:
+        calls: list[str] = []
+        loads = json.loads
+
+        def counting(text: str) -> object:
+            calls.append(text)
+            return loads(text)
+
+        self.patch(json, "loads", counting)
+        for payload in (b'{"chatd": 1, "username": "ann"}', b'{"username": "ann"}', b'{"chatd": 2, "username": "x"}'):
+            del calls[:]
+            read_room_request(payload)
+            self.assertEqual(len(calls), 1, payload)
+        del calls[:]
+        read_room_request(b"ann")
+        self.assertEqual(calls, [])
+
+    def test_parse_room_request_raises_what_read_keeps(self) -> None:
+        self.assertEqual(parse_room_request(b"ann"), read_room_request(b"ann").request())
+        self.assertRaises(UnsupportedVersionError, parse_room_request, b'{"chatd": 2, "username": "ann"}')
+
+
+KEY_20_3F = bytes(range(0x20, 0x40))
+KEY_40_5F = bytes(range(0x40, 0x60))
+
+
+class ServerPayloadTests(SynchronousTestCase):
+    """The native JSON the server builds, byte for byte (docs/protocol.md's examples where there are some)."""
+
+    def test_entered_payload(self) -> None:
+        payload = entered_payload(
+            token="Hq3vT9bW1xZ7mK2nR5cY8A",
+            key=KEY_20_3F,
+            key_id=712774629,
+            room="hoge",
+            user="ann",
+            host=False,
+            members=("a", "ann"),
+            idle_timeout=300.0,
+            keepalive_interval=30.0,
+        )
+        self.assertEqual(
+            payload,
+            b'{"chatd": 1, "token": "Hq3vT9bW1xZ7mK2nR5cY8A", "key": "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=",'
+            b' "key_id": 712774629, "room": "hoge", "user": "ann", "host": false, "members": ["a", "ann"],'
+            b' "idle_timeout": 300.0, "keepalive_interval": 30.0}',
+        )
+
+    def test_entered_payload_non_ascii(self) -> None:
+        payload = entered_payload(
+            token="t",
+            key=b"",
+            key_id=1,
+            room="\u90e8\u5c4b",
+            user="\u00e9",
+            host=True,
+            members=["\u00e9"],
+            idle_timeout=0.5,
+            keepalive_interval=1,
+        )
+        self.assertEqual(
+            payload,
+            '{"chatd": 1, "token": "t", "key": "", "key_id": 1, "room": "\u90e8\u5c4b", "user": "\u00e9",'
+            ' "host": true, "members": ["\u00e9"], "idle_timeout": 0.5, "keepalive_interval": 1}'.encode(),
+        )
+
+    def test_rekey_payload(self) -> None:
+        self.assertEqual(
+            rekey_payload(KEY_40_5F, 1910524573),
+            b'{"chatd": 1, "key": "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=", "key_id": 1910524573}',
+        )
+
+    def test_invite_payload(self) -> None:
+        self.assertEqual(
+            invite_payload("Pq5sWn0Lc3Vx8Rt2Mb7KyA", 3600.0, Dialect.NATIVE),
+            b'{"chatd": 1, "invite": "Pq5sWn0Lc3Vx8Rt2Mb7KyA", "expires_in": 3600.0}',
+        )
+        for dialect in (Dialect.MODEL, Dialect.SEED):
+            self.assertEqual(invite_payload("Zx8pLm2Qv7RtY4nB0cKd9w", 3600.0, dialect), b"Zx8pLm2Qv7RtY4nB0cKd9w")
+
+    def test_legacy_secret_payload(self) -> None:
+        self.assertEqual(legacy_secret_payload("Hq3vT9bW1xZ7mK2nR5cY8A"), b"Hq3vT9bW1xZ7mK2nR5cY8A")
+        self.assertRaises(UnicodeEncodeError, legacy_secret_payload, "\u00e9")
+
+    def test_members_payload(self) -> None:
+        self.assertEqual(
+            members_payload(("ann", "bob"), "ann"), b'{"chatd": 1, "members": ["ann", "bob"], "host": "ann"}'
+        )
+        self.assertEqual(members_payload((), None), b'{"chatd": 1, "members": [], "host": null}')
 
 
 class NativeOnlyRequestTests(SynchronousTestCase):
