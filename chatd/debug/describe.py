@@ -35,7 +35,7 @@ from chatd.protocol.wire import (
     FrameDecoder,
     Operation,
     State,
-    decode_payload_size,
+    frame_length,
 )
 
 RECEIVE_LIMIT = 1 << 20
@@ -172,10 +172,9 @@ def frame_size(data: bytes) -> int | None:
     if len(data) < HEADER_SIZE:
         return None
     try:
-        size, _ = decode_payload_size(data[3:HEADER_SIZE])
+        _, end, _ = frame_length(data)
     except ProtocolError:
         return None
-    end = HEADER_SIZE + data[0] + size
     return end if end <= len(data) else None
 
 

@@ -89,6 +89,20 @@ def decode_payload_size(field: bytes) -> tuple[int, SizeEncoding]:
     return int.from_bytes(field, "big"), SizeEncoding.BINARY
 
 
+def frame_length(header: bytes) -> tuple[int, int, SizeEncoding]:
+    """
+    The framing rule: from a frame's 32-byte C{header} (more bytes are
+    ignored), its payload size, its whole length (header, room name and
+    payload: C{HEADER_SIZE + RoomNameSize + OperationPayloadSize}) and the
+    size encoding. Raises L{MalformedFrameError} for an unreadable size
+    field or a header shorter than 32 bytes.
+    """
+    if len(header) < HEADER_SIZE:
+        raise MalformedFrameError(f"header of {len(header)} bytes")
+    size, encoding = decode_payload_size(header[3:HEADER_SIZE])
+    return size, HEADER_SIZE + header[0] + size, encoding
+
+
 def encode_payload_size(size: int, encoding: SizeEncoding) -> bytes:
     if encoding is SizeEncoding.ASCII:
         return str(size).encode("ascii").ljust(SIZE_FIELD_SIZE, b"\x00")
@@ -178,11 +192,10 @@ class FrameDecoder:
         if len(self._buffer) < HEADER_SIZE:
             return None
         header = bytes(self._buffer[:HEADER_SIZE])
-        size, encoding = decode_payload_size(header[3:])
+        size, end, encoding = frame_length(header)
         self.encoding_hint = encoding
         if size > self.max_payload:
             raise FrameTooLargeError(f"payload of {size} bytes is over the limit of {self.max_payload}")
-        end = HEADER_SIZE + header[0] + size
         if len(self._buffer) < end:
             return None
         # Parse before consuming: a refused frame stays buffered, so

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from chatd.debug import describe
 from chatd.debug.describe import (
     NO_KEY,
     Opened,
@@ -109,6 +110,18 @@ class DescribeTests(SynchronousTestCase):
         self.assertIsNone(frame_size(SEED_EXAMPLE[:-1]))
         self.assertIsNone(frame_size(SEED_EXAMPLE[:31]))
         self.assertIsNone(frame_size(b"\x04\x01\x001x" + bytes(27) + b"hogea"))
+
+    def test_frame_size_uses_the_codecs_rule(self) -> None:
+        """The debug client has no framing rule of its own: it asks chatd.protocol.wire."""
+        seen: list[bytes] = []
+
+        def rule(header: bytes) -> tuple[int, int, SizeEncoding]:
+            seen.append(header)
+            return 0, 33, SizeEncoding.BINARY
+
+        self.patch(describe, "frame_length", rule)
+        self.assertEqual(frame_size(SEED_EXAMPLE), 33)
+        self.assertEqual(seen, [SEED_EXAMPLE])
 
     def test_describe_header(self) -> None:
         self.assertEqual(

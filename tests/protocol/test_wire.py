@@ -28,6 +28,7 @@ from chatd.protocol.wire import (
     decode_payload_size,
     encode_frame,
     encode_payload_size,
+    frame_length,
 )
 
 SEED_HEADER = b"\x04\x01\x001" + 28 * b"\x00"
@@ -125,6 +126,30 @@ class PayloadSizeTests(SynchronousTestCase):
         field = encode_payload_size(size, encoding)
         self.assertEqual(len(field), SIZE_FIELD_SIZE)
         self.assertEqual(decode_payload_size(field), (size, encoding))
+
+
+class FrameLengthTests(SynchronousTestCase):
+    """frame_length: the one place the length of a frame is worked out from its header."""
+
+    def test_seed_example(self) -> None:
+        self.assertEqual(frame_length(SEED_HEADER), (1, 37, SizeEncoding.ASCII))
+        self.assertEqual(frame_length(SEED_HEADER + SEED_BODY + b"more"), (1, 37, SizeEncoding.ASCII))
+
+    def test_binary(self) -> None:
+        self.assertEqual(
+            frame_length(header(4, 6, 2, (89).to_bytes(SIZE_FIELD_SIZE, "big"))), (89, 125, SizeEncoding.BINARY)
+        )
+        self.assertEqual(frame_length(header(255, 1, 0, bytes(SIZE_FIELD_SIZE))), (0, 287, SizeEncoding.BINARY))
+
+    def test_refusals(self) -> None:
+        self.assertRaises(MalformedFrameError, frame_length, SEED_HEADER[:-1])
+        self.assertRaises(MalformedFrameError, frame_length, b"")
+        self.assertRaises(MalformedFrameError, frame_length, header(4, 1, 0, b"1x" + 27 * b"\x00"))
+
+    @given(frame=FRAMES, tail=st.binary(max_size=8))
+    def test_matches_encode_frame(self, frame: Frame, tail: bytes) -> None:
+        data = encode_frame(frame)
+        self.assertEqual(frame_length(data + tail), (len(frame.payload), len(data), frame.encoding))
 
 
 class EncodeFrameTests(SynchronousTestCase):
