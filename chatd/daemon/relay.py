@@ -41,11 +41,11 @@ from chatd.protocol.datagrams import (
     CLIENT_FRAME_TYPES,
     MAX_DATAGRAM,
     RELAY_OVERHEAD,
-    RELAY_PREFIX,
     FrameType,
     LegacyDatagram,
     check_relay_size,
     decode_datagram,
+    pack_relay_body,
 )
 from chatd.protocol.errors import (
     AuthenticationFailedError,
@@ -434,8 +434,7 @@ class RelayProtocol(DatagramProtocol):
             sent_bytes = sent * len(legacy)
             errors = failed
         if fanout.sealed:
-            native = RELAY_PREFIX.pack(int(self._clock.seconds() * 1000), len(sender.name_bytes))
-            native += sender.name_bytes + message
+            native = pack_relay_body(sender.name_bytes, message, int(self._clock.seconds() * 1000))
             write = transport.write
             for member, address in fanout.sealed:
                 if member is sender:

@@ -22,7 +22,7 @@ MAX_DATAGRAM = 4096
 
 RELAY_PREFIX = struct.Struct("!QB")
 """server time in milliseconds, sender name length: the start of a native RELAY body."""
-_RELAY_PREFIX = RELAY_PREFIX
+_pack_relay_prefix = RELAY_PREFIX.pack
 
 
 class FrameType(IntEnum):
@@ -106,7 +106,7 @@ def encode_legacy(room: str, token: str, message: str) -> bytes:
     return bytes((len(room_bytes), len(token_bytes))) + room_bytes + token_bytes + message.encode("utf-8")
 
 
-RELAY_OVERHEAD = OVERHEAD + _RELAY_PREFIX.size
+RELAY_OVERHEAD = OVERHEAD + RELAY_PREFIX.size
 """Bytes a relayed copy adds to sender name and message, at most (native; legacy adds 2)."""
 
 
@@ -126,17 +126,26 @@ def relay_text(sender: str, message: bytes) -> bytes:
     return sender.encode("utf-8") + b": " + message
 
 
+def pack_relay_body(name: bytes, message: bytes, timestamp_ms: int) -> bytes:
+    """
+    A native RELAY body from the sender's name already in UTF-8 (at most
+    255 bytes): C{[timestamp_ms: 8][name size: 1][name][message]}. The relay's
+    hot path: one copy per message, sealed for each native recipient.
+    """
+    return _pack_relay_prefix(timestamp_ms, len(name)) + name + message
+
+
 def encode_relay_body(sender: str, message: bytes, timestamp_ms: int) -> bytes:
-    name = sender.encode("utf-8")
-    return _RELAY_PREFIX.pack(timestamp_ms, len(name)) + name + message
+    """L{pack_relay_body} for a sender name as text."""
+    return pack_relay_body(sender.encode("utf-8"), message, timestamp_ms)
 
 
 def decode_relay_body(body: bytes) -> RelayedMessage:
-    if len(body) < _RELAY_PREFIX.size:
+    if len(body) < RELAY_PREFIX.size:
         raise MalformedFrameError("relay body shorter than its header")
-    timestamp_ms, name_size = _RELAY_PREFIX.unpack_from(body)
-    text_start = _RELAY_PREFIX.size + name_size
+    timestamp_ms, name_size = RELAY_PREFIX.unpack_from(body)
+    text_start = RELAY_PREFIX.size + name_size
     if len(body) < text_start:
         raise MalformedFrameError("relay body shorter than its sender name")
-    sender = decode_text(body[_RELAY_PREFIX.size : text_start], "sender name")
+    sender = decode_text(body[RELAY_PREFIX.size : text_start], "sender name")
     return RelayedMessage(sender, decode_text(body[text_start:], "message"), timestamp_ms)

@@ -20,6 +20,7 @@ from chatd.protocol.datagrams import (
     decode_relay_body,
     encode_legacy,
     encode_relay_body,
+    pack_relay_body,
     relay_text,
 )
 from chatd.protocol.errors import (
@@ -142,6 +143,18 @@ class RelayTests(SynchronousTestCase):
     def test_relay_body_layout(self) -> None:
         body = encode_relay_body("ann", b"hi", 1_700_000_000_123)
         self.assertEqual(body, struct.pack("!QB", 1_700_000_000_123, 3) + b"annhi")
+
+    def test_pack_relay_body(self) -> None:
+        """The relay's encoder, from the name's bytes: the same body, byte for byte."""
+        self.assertEqual(
+            pack_relay_body(b"ann", b"hi", 1_700_000_000_123), b"\x00\x00\x01\x8b\xcf\xe5\x68\x7b\x03annhi"
+        )
+        name = "\u00e9mile"
+        self.assertEqual(
+            pack_relay_body(name.encode(), "h\u00e9".encode(), 7), encode_relay_body(name, "h\u00e9".encode(), 7)
+        )
+        self.assertEqual(pack_relay_body(b"", b"", 0), bytes(9))
+        self.assertEqual(len(pack_relay_body(b"n" * 255, b"", 0)), 9 + 255)
 
     def test_decode_relay_body(self) -> None:
         body = struct.pack("!QB", 42, 3) + b"ann" + "h\u00e9".encode()
