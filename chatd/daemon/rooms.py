@@ -139,7 +139,6 @@ class Member:
 class Room:
     name: str
     password_hash: PasswordHash | None
-    created_at: float
     host: Member | None = None
     members: dict[str, Member] = field(default_factory=dict)
     invitations: dict[str, float] = field(default_factory=dict)
@@ -241,7 +240,7 @@ class RoomRegistry:
                 cost = self._settings.password_cost
                 password_hash = await self._hash(lambda: hash_password(password, cost))
                 assert isinstance(password_hash, PasswordHash)
-            room = Room(name, password_hash, self._clock.seconds(), native_only=request.native_only, origin=origin)
+            room = Room(name, password_hash, native_only=request.native_only, origin=origin)
             host = self._new_member(room, request.username, dialect)
             room.host = host
             room.members[host.name] = host
