@@ -379,17 +379,23 @@ _COERCERS: dict[object, Callable[[str], Any]] = {int: int, float: float}
 
 
 def declaration(setting_field: Field[Any]) -> Declaration:
-    """The declaration of a field of L{Settings}; a field declared without L{setting} or L{unexposed} is an error."""
+    """The declaration of a field of L{Settings}; one declared without L{setting} or L{unexposed} is a TypeError."""
     declared = setting_field.metadata.get(_DECLARATION)
     if not isinstance(declared, Declaration):
-        raise TypeError(f"Settings.{setting_field.name} is not declared with setting() or unexposed()")
+        raise TypeError(f"{setting_field.name} is not declared with setting() or unexposed()")
     return declared
 
 
-def _options() -> tuple[Option, ...]:
-    types = get_type_hints(Settings)
+def options_of(settings_class: type[Any]) -> tuple[Option, ...]:
+    """
+    The command-line options of a dataclass whose fields are declared with
+    L{setting} or L{unexposed} (L{Settings}'s are L{OPTIONS}), in field order.
+    A declaration that makes no option (a field of a type with no coercer, say)
+    is a TypeError, raised at import.
+    """
+    types = get_type_hints(settings_class)
     options = []
-    for setting_field in fields(Settings):
+    for setting_field in fields(settings_class):
         declared = declaration(setting_field)
         if not declared.exposed:
             continue
@@ -397,9 +403,9 @@ def _options() -> tuple[Option, ...]:
         flag = kind is bool
         coerce = declared.coerce or _COERCERS.get(kind)
         if coerce is None and not flag and kind not in (str, str | None):
-            raise TypeError(f"Settings.{setting_field.name}: no coercer for {kind}")
+            raise TypeError(f"{setting_field.name}: no coercer for {kind}")
         if flag and setting_field.default is True and declared.name is None:
-            raise TypeError(f"Settings.{setting_field.name}: a flag for a setting that is on by default needs a name")
+            raise TypeError(f"{setting_field.name}: a flag for a setting that is on by default needs a name")
         options.append(
             Option(
                 field=setting_field.name,
@@ -415,5 +421,5 @@ def _options() -> tuple[Option, ...]:
     return tuple(options)
 
 
-OPTIONS = _options()
+OPTIONS = options_of(Settings)
 """Every exposed setting's command-line option, in the order of the fields."""
