@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import fields
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.daemon.fastudp import HAVE_MMSG
 from chatd.daemon.service import ChatService
-from chatd.daemon.settings import Settings
-from chatd.daemon.tap import Options, makeService
+from chatd.daemon.settings import OPTIONS, Settings, declaration
+from chatd.daemon.tap import TAP_ONLY_PARAMETERS, Options, makeService
 
 
 def parse(*argv: str) -> Options:
@@ -191,6 +193,59 @@ class OptionsTests(SynchronousTestCase):
             "--udp-io",
         ):
             self.assertIn(name, text)
+
+
+class DerivedOptionsTests(SynchronousTestCase):
+    """The twistd options are derived from the settings' declarations: nothing to keep in step by hand."""
+
+    def test_every_setting_has_an_option_and_every_option_a_setting(self) -> None:
+        options = Options()
+        # Less Twisted's own (--help, --version).
+        long_options = {name.rstrip("=") for name in options.longOpt} - {
+            name.rstrip("=") for name in usage.Options().longOpt
+        }
+        tap_only = {parameter[0] for parameter in TAP_ONLY_PARAMETERS}
+        exposed = {}
+        for setting_field in fields(Settings):
+            if declaration(setting_field).exposed:
+                (option,) = (option for option in OPTIONS if option.field == setting_field.name)
+                exposed[option.name] = setting_field
+        self.assertEqual(long_options, set(exposed) | tap_only)
+        self.assertEqual(set(exposed) & tap_only, set())
+        for name, setting_field in exposed.items():
+            if setting_field.type == "bool":
+                self.assertIn(name, options.longOpt, "a flag takes no value")
+            else:
+                self.assertIn(f"{name}=", options.longOpt)
+                self.assertEqual(options[name], setting_field.default, name)
+
+    def test_each_option_sets_its_setting(self) -> None:
+        # Every flag alone, every parameter with its own default given.
+        for option in OPTIONS:
+            if option.flag:
+                settings = parse(f"--{option.name}").settings()
+                self.assertEqual(getattr(settings, option.field), not option.default, option.name)
+            elif option.default is not None:
+                settings = parse(f"--{option.name}={option.default}").settings()
+                self.assertEqual(settings, Settings(), option.name)
+
+    def test_short_options(self) -> None:
+        synonyms = Options().synonyms
+        shorts = {option.short: option.name for option in OPTIONS if option.short}
+        self.assertEqual(shorts, {"i": "interface", "t": "tcp-port", "u": "udp-port"})
+        for short, name in shorts.items():
+            self.assertEqual(synonyms[short], name)
+
+    def test_help_shows_each_help_text(self) -> None:
+        # Without white space: --help wraps lines at spaces and after hyphens.
+        text = "".join(str(Options()).split())
+        helps = [option.help for option in OPTIONS] + [parameter[3] for parameter in TAP_ONLY_PARAMETERS]
+        for help_text in helps:
+            self.assertIn("".join(help_text.split()), text)
+        for option in OPTIONS:
+            self.assertIn(f"--{option.name}", text)
+        for parameter in TAP_ONLY_PARAMETERS:
+            self.assertIn(f"--{parameter[0]}", text)
 
 
 class MakeServiceTests(SynchronousTestCase):
