@@ -39,6 +39,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from random import random as _uniform
 from typing import Any
 
 from chatd.client.events import (
@@ -311,10 +312,8 @@ class ClientCore:
     """One person in one room of one chatd server, without the I/O."""
 
     def __init__(self, config: CoreConfig | None = None, random: Callable[[], float] | None = None) -> None:
-        import random as _random
-
         self.config = config or CoreConfig()
-        self._random: Callable[[], float] = random if random is not None else _random.random
+        self._random: Callable[[], float] = random if random is not None else _uniform
         """Uniform in [0, 1): random.random, or a test's fixed numbers."""
         self.state = ConnectionState.IDLE
         self.info: RoomInfo | None = None
