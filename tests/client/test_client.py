@@ -18,8 +18,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IReactorFDSet
 
-import chatd.client.chat_client
+import chatd.client.core
 from chatd.client.chat_client import ConnectionState, RoomInfo
+from chatd.client.core import KEEPALIVE
 from chatd.client.events import (
     ConnectionLost,
     MemberJoined,
@@ -182,9 +183,9 @@ class ClientTests(ClientCase):
 
     def silence(self, person: Person) -> None:
         """Stop a member's keepalives, as if its process froze with the TCP connection still open."""
-        keepalive = person.client._keepalive
-        assert keepalive is not None and keepalive.running
-        keepalive.stop()
+        keepalive = person.client._timers.pop(KEEPALIVE)
+        assert keepalive.active()
+        keepalive.cancel()
 
     async def test_silent_member_removed(self) -> None:
         service = self.serve(**IDLE)
@@ -425,7 +426,7 @@ class ClientTests(ClientCase):
     async def test_unsupported_version(self) -> None:
         """A client speaking a version this server does not: refused, and the connection closed."""
         service = self.serve()
-        self.patch(chatd.client.chat_client, "NATIVE_VERSION", 2)
+        self.patch(chatd.client.core, "NATIVE_VERSION", 2)
         alice = self.person(service, "alice")
         await self.refused(alice.client.create("lobby", "alice"), UnsupportedVersionError)
         self.assertEqual(alice.client.state, ConnectionState.IDLE)
