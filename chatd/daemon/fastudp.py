@@ -389,21 +389,34 @@ class BatchedUDPPort:
         L{MAX_UDP_PAYLOAD} bytes (L{Fanout.send} sees to both).
         """
         size = len(data)
-        names, iovs = self._sname_view, self._siov_view
         while count:
             if self._queued == SEND_BATCH:
                 self._flush()
-            iov = IOV.pack(self._payload_base(data), size)
+            if data is not self._last_data:
+                # Where the payload lies in the send arena: _payload_base,
+                # written out because it runs for every relayed message.
+                used = self._arena_used
+                if used + size > SEND_ARENA:
+                    self._flush()
+                    used = 0
+                self._sarena_view[used : used + size] = data
+                self._last_data = data
+                self._last_base = self._sarena_base + used
+                self._arena_used = used + size
+            iov = IOV.pack(self._last_base, size)
             # Queued copies point into the owner's address buffer: kept
             # until they are sent, even if the relay drops the fan-out.
             self._pinned.append(owner)
             index = self._queued
-            chunk = min(count, SEND_BATCH - index)
+            chunk = SEND_BATCH - index
+            if chunk > count:
+                chunk = count
+            end = index + chunk
             # Every copy's msg_name is one strided store from the ring, and
             # every copy's iovec the same pair: no Python work per copy.
-            names[index * NAME_STRIDE : (index + chunk) * NAME_STRIDE : NAME_STRIDE] = ring[start : start + chunk]
-            iovs[index * IOV_SIZE : (index + chunk) * IOV_SIZE] = iov * chunk
-            self._queued = index + chunk
+            self._sname_view[index * NAME_STRIDE : end * NAME_STRIDE : NAME_STRIDE] = ring[start : start + chunk]
+            self._siov_view[index * IOV_SIZE : end * IOV_SIZE] = iov * chunk
+            self._queued = end
             start += chunk
             count -= chunk
         if not self._in_read:

@@ -84,8 +84,10 @@ class FanOutRelay(DatagramProtocol):
     names (255: none), and keeps what each send returned.
     """
 
-    def __init__(self, targets: list[tuple[Any, ...]]) -> None:
+    def __init__(self, targets: list[tuple[Any, ...]], repeat: int = 1) -> None:
         self.targets = targets
+        self.repeat = repeat
+        """Each payload is the datagram's, this many times over (to fill the port's send arena)."""
         self.failed: list[int] = []
         self.fanout: IFanout | None = None
 
@@ -96,7 +98,7 @@ class FanOutRelay(DatagramProtocol):
         if self.fanout is None:
             self.fanout = transport.fanout(self.targets)
         skip = -1 if datagram[0] == 255 else datagram[0]
-        self.failed.append(self.fanout.send(datagram[1:], skip))
+        self.failed.append(self.fanout.send(datagram[1:] * self.repeat, skip))
 
 
 def client(family: int = socket.AF_INET, host: str = "127.0.0.1", rcvbuf: int = 4 << 20) -> socket.socket:
@@ -231,6 +233,26 @@ class _PortTests(_MixinBase):
             self.assertEqual(self.recv_n(socks[1], 1), [b"now"])
             self.assertEqual(fanout.send(b"x" * 65508), 3)
             self.assertEqual(port.fanout([]).send(b"nobody"), 0)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_fanouts_larger_than_the_send_arena_arrive_whole_and_in_order(self) -> Deferred[None]:
+        async def run() -> None:
+            socks = [self.sock() for _ in range(3)]
+            repeat = 15
+            protocol = FanOutRelay([s.getsockname() for s in socks], repeat)
+            port = self.listen(protocol)
+            sender = self.sock()
+            texts = [bytes([65 + i]) * 4000 for i in range(SEND_ARENA // (4000 * repeat) + 4)]
+            for text in texts:
+                sender.sendto(b"\x00" + text, ("127.0.0.1", port.getHost().port))
+            await self.until(lambda: len(protocol.failed) == len(texts))
+            self.assertEqual(protocol.failed, [0] * len(texts))
+            for s in socks[1:]:
+                got = self.recv_n(s, len(texts))
+                self.assertTrue(got == [text * repeat for text in texts])
+            self.assertEqual([drain(s) for s in [sender, *socks]], [[], [], [], []])
+            self.assertEqual(port.send_errors, 0)
 
         return Deferred.fromCoroutine(run())
 
