@@ -48,23 +48,20 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatd.bench import ceiling_compare
-from chatd.daemon.fastudp import (
-    _IOV,
-    _IOV_SIZE,
-    _MMSG,
-    _MMSG_SIZE,
-    _NAME_STRIDE,
-    _RECEIVED,
-    _SOCKADDR_LEN,
-    _SOCKADDR_SIZE,
+from chatd.daemon.mmsg import (
+    IOV,
+    IOV_SIZE,
     MAX_PER_WAKEUP,
+    MMSG,
+    MMSG_SIZE,
+    NAME_STRIDE,
+    RECEIVED,
     RECV_BATCH,
     SEND_BATCH,
     ReceiveBuffers,
-    _IOVec,
-    _MMsgHdr,
-    encode_sockaddr,
+    SendBuffers,
 )
+from chatd.daemon.sockaddr import SOCKADDR_LEN, SOCKADDR_SIZE, encode_sockaddr
 
 PROG = "python -m chatd.bench.ceiling"
 HOST: Final = "127.0.0.1"
@@ -75,7 +72,7 @@ HEADROOM: Final = 16
 """Bytes before each receive slot, so that the C{m<k>: } prefix always fits in front of the message."""
 QUEUE_LIMIT: Final = 16 * SEND_BATCH
 """Copies queued at most before they are sent (unless one message alone has more)."""
-SOCKADDR_IN_SIZE: Final = _SOCKADDR_LEN[socket.AF_INET]
+SOCKADDR_IN_SIZE: Final = SOCKADDR_LEN[socket.AF_INET]
 _SOURCE: Final = struct.Struct("=Q")
 """sin_family, sin_port and sin_addr of a sockaddr_in as one number: what identifies a source."""
 REGISTER_TIMEOUT: Final = 60.0
@@ -169,9 +166,9 @@ class CeilingRelay:
     """The relay on a bound, non-blocking UDP socket, for a reactor's addReader."""
 
     def __init__(self, sock: socket.socket, registrations: Sequence[Registration]) -> None:
-        if _MMSG is None:
+        if MMSG is None:
             raise RuntimeError("recvmmsg/sendmmsg are not available here (Linux only)")
-        self._recvmmsg, self._sendmmsg = _MMSG
+        self._recvmmsg, self._sendmmsg = MMSG
         self._socket = sock
         self._fd = sock.fileno()
         self.members, self._buffers = build_members(registrations)
@@ -180,15 +177,9 @@ class CeilingRelay:
         # Sending: a queue that holds a whole received batch's copies, up to QUEUE_LIMIT.
         fanout = max((member.copies for member in self.members.values()), default=0)
         self.capacity = max(1, fanout, min(RECV_BATCH * fanout, QUEUE_LIMIT))
-        self._siov = (_IOVec * self.capacity)()
-        self._siov_view = memoryview(self._siov).cast("B")
-        self._smsgs = (_MMsgHdr * self.capacity)()
-        for i in range(self.capacity):
-            header = self._smsgs[i].msg_hdr
-            header.msg_namelen = SOCKADDR_IN_SIZE
-            header.msg_iov = ctypes.addressof(self._siov[i])
-            header.msg_iovlen = 1
-        self._snames = memoryview(self._smsgs).cast("B").cast("P")
+        self._queue = SendBuffers(self.capacity, SOCKADDR_IN_SIZE)
+        self._siov_view = self._queue.iovs
+        self._snames = self._queue.names
 
     def fileno(self) -> int:
         return self._fd
@@ -212,7 +203,7 @@ class CeilingRelay:
                 return  # EAGAIN: drained
             queued = 0
             for i in range(count):
-                _namelen, length = _RECEIVED.unpack_from(meta, i * _MMSG_SIZE)
+                _namelen, length = RECEIVED.unpack_from(meta, i * MMSG_SIZE)
                 start = i * slot + HEADROOM
                 if not 2 <= length <= MAX_DATAGRAM:
                     continue
@@ -223,7 +214,7 @@ class CeilingRelay:
                 if member is None:
                     continue
                 source, prefix, ring, first, copies = member
-                if _SOURCE.unpack_from(names, i * _SOCKADDR_SIZE)[0] != source or not copies:
+                if _SOURCE.unpack_from(names, i * SOCKADDR_SIZE)[0] != source or not copies:
                     continue
                 # The prefix goes just before the message, over the head: "m<k>: <message>" without a copy.
                 at = start + head - len(prefix)
@@ -232,8 +223,8 @@ class CeilingRelay:
                     self._send(queued)
                     queued = 0
                 end = queued + copies
-                snames[queued * _NAME_STRIDE : end * _NAME_STRIDE : _NAME_STRIDE] = ring[first : first + copies]
-                siov[queued * _IOV_SIZE : end * _IOV_SIZE] = _IOV.pack(rbase + at, start + length - at) * copies
+                snames[queued * NAME_STRIDE : end * NAME_STRIDE : NAME_STRIDE] = ring[first : first + copies]
+                siov[queued * IOV_SIZE : end * IOV_SIZE] = IOV.pack(rbase + at, start + length - at) * copies
                 queued = end
             if queued:
                 self._send(queued)
@@ -243,10 +234,10 @@ class CeilingRelay:
 
     def _send(self, count: int) -> None:
         """Send the first C{count} queued copies, SEND_BATCH per sendmmsg call at most."""
-        base = ctypes.addressof(self._smsgs)
+        base = self._queue.address
         done = 0
         while done < count:
-            sent = self._sendmmsg(self._fd, base + done * _MMSG_SIZE, min(count - done, SEND_BATCH), 0)
+            sent = self._sendmmsg(self._fd, base + done * MMSG_SIZE, min(count - done, SEND_BATCH), 0)
             if sent > 0:
                 done += sent
             elif ctypes.get_errno() not in (errno.EINTR, errno.EAGAIN):

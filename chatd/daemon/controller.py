@@ -2,9 +2,12 @@
 The chat server: one room store shared by the TCP factory and the UDP relay.
 
 Like twisted.names' resolver, one controller object serves both transports.
-It also decides who is told what when membership changes: notices go over
-the member's TCP connection while it is open (UDP may lose them) and as a
-datagram otherwise.
+It also decides who is told what when membership changes, or when the relay
+reports a member sending too fast (L{IRelayObserver}): notices go over the
+member's TCP connection while it is open (UDP may lose them) and otherwise
+are handed to the relay to send as a datagram (L{IDatagramNotices}). Notices
+go one way, from here to the connection or the relay; the relay reaches
+back only through L{IRelayObserver}, the store through L{IRoomObserver}.
 
 Join and leave notices say only what changed, and a room's bursts of them are
 coalesced (L{_PresenceWindow}): someone who comes and goes as fast as they
@@ -21,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from chatd.daemon.interfaces import IRoomObserver, IRoomStore
+from chatd.daemon.interfaces import IRelayObserver, IRoomObserver, IRoomStore
 from chatd.daemon.relay import RelayProtocol
 from chatd.daemon.rooms import CloseReason, HashRunner, LeaveReason, Member, Room, RoomRegistry, run_inline
 from chatd.daemon.settings import Settings
@@ -101,7 +104,7 @@ class _PresenceWindow:
         return member is not change.member and change.told_after < entered < change.sequence
 
 
-@implementer(IRoomObserver)
+@implementer(IRoomObserver, IRelayObserver)
 class ChatServer:
     _log = Logger()
 
@@ -117,7 +120,7 @@ class ChatServer:
         self.store: IRoomStore = store or RoomRegistry(clock, self.settings, run_hash)
         self.store.observer = self
         self.relay = RelayProtocol(self.store, clock, self.settings)
-        self.relay.on_throttled = self._throttled
+        self.relay.observer = self
         self.tcp_factory = RoomFactory(self.store, clock, self.settings)
         self._repairs_reported: dict[str, int] = {}
         """The store's repair counts at the last sweep: only new repairs are logged."""
@@ -203,11 +206,16 @@ class ChatServer:
         if window is not None and window.timer is not None and window.timer.active():
             window.timer.cancel()
 
-    def _throttled(self, member: Member) -> None:
+    # -- IRelayObserver -----------------------------------------------------
+
+    def member_throttled(self, member: Member) -> None:
         self._tell(member, Notice(NoticeKind.THROTTLED, member.room.name, member.name))
         self._log.info("{user} throttled in {room}", event="throttled", user=member.name, room=member.room.name)
 
+    # -- notices --------------------------------------------------------------
+
     def _tell(self, member: Member, notice: Notice) -> None:
+        """The one way out for notices: the member's TCP connection if open, else a datagram."""
         if member.connection is not None:
             member.connection.send_notice(notice)
         else:
@@ -235,6 +243,7 @@ class ChatServer:
         """
         with self._log.failuresHandled("while logging the counters"):
             rate_limited = self.rate_limit_hits()
+            udp = self.relay.stats
             self._log.info(
                 "{event}: {rooms} rooms, {members} members, {connections} connections,"
                 " {datagrams_in} datagrams in, {datagrams_out} out, {dropped} dropped,"
@@ -244,14 +253,14 @@ class ChatServer:
                 rooms=len(self.store.rooms()),
                 members=self.store.member_count(),
                 connections=len(self.tcp_factory.connections),
-                datagrams_in=self.relay.received,
-                datagrams_out=self.relay.sent,
-                dropped=self.relay.drops.total,
-                bytes_in=self.relay.received_bytes,
-                bytes_out=self.relay.sent_bytes,
+                datagrams_in=udp.received,
+                datagrams_out=udp.sent,
+                dropped=udp.drops.total,
+                bytes_in=udp.received_bytes,
+                bytes_out=udp.sent_bytes,
                 rate_limited=sum(rate_limited.values()),
                 refused_frames=sum(self.tcp_factory.refused_requests.values()),
-                **{f"dropped_{reason}": count for reason, count in self.relay.drops.counts.items()},
+                **{f"dropped_{reason}": count for reason, count in udp.drops.counts.items()},
                 **{f"rate_limited_{limit}": count for limit, count in rate_limited.items()},
                 **{f"refused_{limit}": count for limit, count in self.limit_refusals().items()},
                 **{f"aborted_{reason}": count for reason, count in self.tcp_factory.aborted.items()},
@@ -288,7 +297,7 @@ class ChatServer:
         """
         refused = dict(self.tcp_factory.rate_limited)
         return {
-            "datagrams": self.relay.drops.counts[RateLimitedError.reason],
+            "datagrams": self.relay.stats.drops.counts[RateLimitedError.reason],
             "connections": refused.get("connections", 0),
             "password_attempts": refused.get("password_attempts", 0),
             "hashing": self.store.refused["hashing"],

@@ -7,6 +7,15 @@ touching the codecs or the protocols. Control operations return Deferreds
 because a shared store, and password hashing, take time; the datagram path's
 look-ups are synchronous because they run for every datagram and must be
 answered from local state.
+
+The UDP side has three seams. The relay sends through an L{IFanoutTransport}
+(chatd's batching port provides it; Twisted's stock port is adapted to it by
+L{chatd.daemon.fanout.WriteEachTransport}), which prepares a room's
+destinations once as an L{IFanout} and reports the copies the kernel refused
+after they were queued to the listener registered with it. The relay tells
+the controller of a member sending too fast through L{IRelayObserver}, and
+the controller hands the relay the notices to send as datagrams through
+L{IDatagramNotices}: notices go one way, controller to relay.
 """
 
 from __future__ import annotations
@@ -16,9 +25,12 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from twisted.internet.defer import Deferred
 
     from chatd.daemon.rooms import CloseReason, LeaveReason, Member, Room
+    from chatd.daemon.sockaddr import Address
     from chatd.protocol.payloads import Dialect, Notice, RoomRequest
     from chatd.protocol.seal import Channel
 
@@ -31,6 +43,58 @@ class IMemberConnection(Interface):
 
     def close() -> None:
         """Close the connection after what was sent is flushed."""
+
+
+class IDatagramNotices(Interface):
+    """Notices sent as datagrams, to members without a TCP connection (the relay)."""
+
+    def send_notice(member: Member, notice: Notice) -> None:
+        """Send C{notice} to C{member}'s registered UDP address (sealed for a native member); never raises."""
+
+
+class IRelayObserver(Interface):
+    """Told by the relay of what calls for a notice; it decides who is told what (the controller)."""
+
+    def member_throttled(member: Member) -> None:
+        """C{member} sends too fast: its datagrams are dropped. Told at most every few seconds per member."""
+
+
+class IFanout(Interface):
+    """A list of destinations prepared for sending one payload to all of them but one, again and again."""
+
+    addresses = Attribute("The destinations, a tuple in the order given.")
+
+    def send(data: bytes, skip: int = -1) -> int:
+        """
+        Send C{data} to every address but C{addresses[skip]} (to all with
+        -1) and return how many sends failed: a failure is counted, never
+        raised, and costs the other addresses nothing.
+        """
+
+
+class IFanoutTransport(Interface):
+    """
+    The relay's datagram transport: single writes, and fan-outs prepared
+    per room (a batching port queues a room's copies in one call).
+    """
+
+    def write(data: bytes, addr: Address) -> None:
+        """
+        Send one datagram, as IUDPTransport.write: InvalidAddressError,
+        MessageLengthError or OSError when it cannot be sent.
+        """
+
+    def fanout(addresses: Sequence[Address]) -> IFanout:
+        """C{addresses} prepared for repeated sends of one payload (L{IFanout.send})."""
+
+    def report_refused_sends(listener: Callable[[int, int], None] | None) -> None:
+        """
+        From now on, call C{listener(count, size)} when C{count} datagrams
+        of C{size} bytes in all, accepted by L{write} or a fan-out's send
+        (and counted as sent by their writer), are refused by the kernel
+        when a batch goes out; None stops the reports. A transport that
+        raises every refusal at its write never calls it.
+        """
 
 
 class IRoomObserver(Interface):

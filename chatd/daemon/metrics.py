@@ -9,7 +9,8 @@ own (never the process-wide default one, so that tests and several services
 in one process do not clash).
 
 The values are read from the counters the server keeps anyway, at scrape
-time, by L{ChatCollector}: nothing is done per datagram for the metrics but
+time, by L{ChatCollector} (the UDP side's from the relay's one
+C{RelayStats}): nothing is done per datagram for the metrics but
 two byte counts and, on one datagram in L{LATENCY_SAMPLE_EVERY}, two
 C{time.perf_counter} calls. The names are stable; dashboards may rely on them:
 
@@ -23,8 +24,8 @@ C{time.perf_counter} calls. The names are stable; dashboards may rely on them:
     be sent (the socket refused, or a spent key).
   - C{chatd_datagrams_dropped_total{reason}} (counter): datagrams received and
     dropped, by reason (C{malformed}, C{unknown_token}, C{rate_limited}, ...:
-    the C{reason} of chatd.protocol.errors; every reason the UDP side can drop for is
-    reported from the start, at 0).
+    the C{reason} of chatd.protocol.errors; every reason the UDP side can drop for,
+    C{RelayStats.drop_reasons}, is reported from the start, at 0).
   - C{chatd_udp_received_bytes_total} (counter): bytes of every datagram received.
   - C{chatd_udp_sent_bytes_total} (counter): bytes of every datagram sent.
   - C{chatd_relay_latency_seconds} (histogram): seconds from a datagram's
@@ -89,26 +90,6 @@ from chatd.protocol import errors
 
 METRICS_PATH = b"metrics"
 
-UDP_DROP_REASONS = tuple(
-    error.reason
-    for error in (
-        errors.MalformedFrameError,
-        errors.FrameTooLargeError,
-        errors.InvalidUTF8Error,
-        errors.UnsupportedVersionError,
-        errors.UnknownTokenError,
-        errors.WrongRoomError,
-        errors.WrongSourceError,
-        errors.UnregisteredError,
-        errors.UnknownKeyError,
-        errors.AuthenticationFailedError,
-        errors.ForgeryLimitedError,
-        errors.ReplayedError,
-        errors.RateLimitedError,
-    )
-)
-"""Why the UDP side drops datagrams: reported from the first scrape on, at 0 until it happens."""
-
 TCP_REFUSAL_REASONS = tuple(
     error.reason
     for error in (
@@ -154,7 +135,7 @@ class ChatCollector:
 
     def collect(self) -> Iterator[Metric]:
         server = self._server
-        relay = server.relay
+        relay = server.relay.stats
         factory = server.tcp_factory
         yield GaugeMetricFamily("chatd_rooms", "Rooms open.", value=len(server.store.rooms()))
         yield GaugeMetricFamily("chatd_members", "Members in all rooms.", value=server.store.member_count())
@@ -171,9 +152,7 @@ class ChatCollector:
             "chatd_datagram_send_errors", "UDP datagrams that could not be sent.", value=relay.send_errors
         )
         dropped = CounterMetricFamily("chatd_datagrams_dropped", "UDP datagrams dropped, by reason.", labels=["reason"])
-        counts = dict.fromkeys(UDP_DROP_REASONS, 0)
-        counts.update(relay.drops.counts)
-        for reason, count in sorted(counts.items()):
+        for reason, count in sorted(relay.dropped_by_reason().items()):
             dropped.add_metric([reason], count)
         yield dropped
         yield CounterMetricFamily(
@@ -233,7 +212,7 @@ class ChatCollector:
         yield checks
 
     def _latency(self) -> HistogramMetricFamily:
-        histogram = self._server.relay.latency
+        histogram = self._server.relay.stats.latency
         counts = list(histogram.counts)
         buckets: list[tuple[str, float]] = []
         total = 0

@@ -23,20 +23,22 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable
 from time import perf_counter
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.interfaces import IReactorTime, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from typing_extensions import override
+from zope.interface import implementer
 
-from chatd.daemon.fastudp import Fanout, WriteEachFanout
-from chatd.daemon.interfaces import IRoomStore
+from chatd.daemon.fanout import fanout_transport
+from chatd.daemon.interfaces import IDatagramNotices, IFanout, IFanoutTransport, IRelayObserver, IRoomStore
 from chatd.daemon.logs import CountedWarnings
 from chatd.daemon.ratelimit import KeyedLimiter, MemberRateLimit
 from chatd.daemon.rooms import LeaveReason, Member, Recipient, Room
 from chatd.daemon.settings import Settings
+from chatd.daemon.sockaddr import Address
 from chatd.protocol.datagrams import (
     CLIENT_FRAME_TYPES,
     MAX_DATAGRAM,
@@ -50,19 +52,22 @@ from chatd.protocol.datagrams import (
 from chatd.protocol.errors import (
     AuthenticationFailedError,
     ForgeryLimitedError,
+    FrameTooLargeError,
+    InvalidUTF8Error,
     MalformedFrameError,
     ProtocolError,
     RateLimitedError,
+    ReplayedError,
     UnknownKeyError,
     UnknownTokenError,
     UnregisteredError,
+    UnsupportedVersionError,
     WrongRoomError,
     WrongSourceError,
 )
 from chatd.protocol.payloads import Dialect, Notice, decode_text
 from chatd.protocol.seal import OVERHEAD, REJECT_AFTER, SEALED_MARKER, SEALED_VERSION, Channel, SealedHeader
 
-Address = tuple[str, int]
 EXIT_COMMAND = b"/exit"
 ACTION_PREFIX = b"/me "
 """
@@ -71,7 +76,6 @@ legacy recipients, whose clients show text as it comes, get it as
 C{* <name> <action>}, as chatd's own clients show it; native recipients get
 the text as sent and render it themselves.
 """
-WARNING_INTERVAL = 10.0
 LATENCY_SAMPLE_EVERY = 16
 """One received datagram in this many (a power of 2) has its handling timed."""
 LATENCY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -79,6 +83,27 @@ LATENCY_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0
 _SAMPLE_MASK = LATENCY_SAMPLE_EVERY - 1
 _NOT_REFUSED = -math.inf
 """The end of the refusal of a key id or host that is not refused: before any time a clock can tell."""
+
+DROP_ERRORS: tuple[type[ProtocolError], ...] = (
+    MalformedFrameError,
+    FrameTooLargeError,
+    InvalidUTF8Error,
+    UnsupportedVersionError,
+    UnknownTokenError,
+    WrongRoomError,
+    WrongSourceError,
+    UnregisteredError,
+    UnknownKeyError,
+    AuthenticationFailedError,
+    ForgeryLimitedError,
+    ReplayedError,
+    RateLimitedError,
+)
+"""
+Every error the relay drops a datagram for: raised by the datagram decoder
+and the sealing (malformed, too large, invalid UTF-8, unsupported version,
+failed authentication, replayed) or by the relay's own checks and limits.
+"""
 
 
 class DropCounter(CountedWarnings):
@@ -116,29 +141,74 @@ class LatencyHistogram:
         return sum(self.counts)
 
 
+class RelayStats:
+    """
+    The relay's counters, updated by the relay (and corrected by the port's
+    refused-sends reports) and read by the stats log line and the metrics
+    endpoint. It owns the list of reasons a datagram can be dropped for
+    (L{drop_reasons}, from L{DROP_ERRORS}), so a reader can report each
+    of them before it first happens.
+    """
+
+    __slots__ = ("drops", "latency", "received", "received_bytes", "send_errors", "sent", "sent_bytes")
+
+    drop_reasons: ClassVar[tuple[str, ...]] = tuple(error.reason for error in DROP_ERRORS)
+    """Every reason in L{drops}' counts, now or later."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.received = 0
+        """Datagrams received, dropped ones included."""
+        self.received_bytes = 0
+        self.sent = 0
+        """Datagrams sent: relayed copies, notices and keepalive acknowledgements."""
+        self.sent_bytes = 0
+        self.send_errors = 0
+        """Datagrams that could not be sent: refused by the socket, a port already closed, or a spent key."""
+        self.drops = DropCounter(clock)
+        """Datagrams dropped, by reason (one of L{drop_reasons})."""
+        self.latency = LatencyHistogram()
+        """Seconds from arrival to the end of the fan-out, for one datagram in LATENCY_SAMPLE_EVERY."""
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        """Every reason of L{drop_reasons}, with its count (0 until it happens)."""
+        counts = dict.fromkeys(self.drop_reasons, 0)
+        counts.update(self.drops.counts)
+        return counts
+
+    def sends_refused(self, count: int, size: int) -> None:
+        """
+        The batching port's report (registered with
+        L{IFanoutTransport.report_refused_sends}): C{count} datagrams of
+        C{size} bytes in all, counted as sent when they were queued, were
+        refused by the kernel when the batch went out.
+        """
+        self.sent -= count
+        self.sent_bytes -= size
+        self.send_errors += count
+
+
 class RoomFanout:
     """
     A room's recipients prepared for relaying, from one value of
     C{Room.recipients} (the registry replaces that tuple on every change of
     membership or address, so identity tells whether this is current).
 
-    Legacy members all get the same bytes, so they form one fan-out: the
-    batching port's L{Fanout} (addresses encoded once, no Python work per
-    copy) or a write per address on Twisted's stock port. Native members
-    get a copy sealed under each one's own key, so they stay a list.
+    Legacy members all get the same bytes, so they form one fan-out
+    (L{IFanoutTransport.fanout}: on the batching port, addresses encoded
+    once and no Python work per copy; on Twisted's stock port, a write per
+    address). Native members get a copy sealed under each one's own key, so
+    they stay a list.
     """
 
-    def __init__(self, recipients: tuple[Recipient, ...], transport: IUDPTransport) -> None:
+    def __init__(self, recipients: tuple[Recipient, ...], transport: IFanoutTransport) -> None:
         self.recipients = recipients
         self.transport = transport
         legacy = [(member, address) for member, address, sealed in recipients if not sealed]
         self.legacy_index = {member: i for i, (member, _) in enumerate(legacy)}
         """Each legacy recipient's place in the fan-out: the one skipped when it is the sender."""
-        self.legacy: Fanout | WriteEachFanout | None = None
+        self.legacy: IFanout | None = None
         if legacy:
-            addresses = [address for _, address in legacy]
-            prepare = getattr(transport, "fanout", None)
-            self.legacy = prepare(addresses) if prepare is not None else WriteEachFanout(transport.write, addresses)
+            self.legacy = transport.fanout([address for _, address in legacy])
         self.sealed = tuple((member, address) for member, address, sealed in recipients if sealed)
 
 
@@ -167,7 +237,15 @@ def _forget_ended(refused_until: dict[_Key, float], now: float, longest: float) 
         del refused_until[key]
 
 
+@implementer(IDatagramNotices)
 class RelayProtocol(DatagramProtocol):
+    """
+    The relay. It sends through its transport as an L{IFanoutTransport}
+    (Twisted's stock port adapted, see L{fanout_transport}), counts in its
+    L{RelayStats}, tells its L{IRelayObserver} of members sending too fast,
+    and sends the notices the controller hands it (L{IDatagramNotices}).
+    """
+
     noisy = False
     _log = Logger()
 
@@ -176,16 +254,13 @@ class RelayProtocol(DatagramProtocol):
         self._store = store
         self._member_for_token_bytes: Callable[[bytes], Member | None] = store.member_for_token_bytes
         self._clock = clock
-        self.on_throttled: Callable[[Member], None] | None = None
-        """Called (at most every few seconds per member) when a member sends too fast."""
-        self.drops = DropCounter(clock)
-        self.received = 0
-        self.received_bytes = 0
-        self.sent = 0
-        self.sent_bytes = 0
-        self.send_errors = 0
-        self.latency = LatencyHistogram()
-        """Seconds from arrival to the end of the fan-out, for one datagram in LATENCY_SAMPLE_EVERY."""
+        self.observer: IRelayObserver | None = None
+        """Told (at most every few seconds per member) when a member sends too fast."""
+        self.stats = RelayStats(clock)
+        """What the relay counts; the stats log line and the metrics read it."""
+        self.drops = self.stats.drops
+        self._port: IFanoutTransport | None = None
+        """The transport, as the relay sends through it; None while there is none (closed)."""
         self._fanouts: dict[Room, RoomFanout] = {}
         """Each room's recipients prepared for sending, rebuilt when Room.recipients changes."""
         # Authentication failures of sealed datagrams from anywhere but the
@@ -210,9 +285,48 @@ class RelayProtocol(DatagramProtocol):
         """No refusal lasts longer; a deadline further off means the clock stepped back."""
 
     @override
+    def makeConnection(self, transport: IUDPTransport) -> None:
+        port = fanout_transport(transport)
+        port.report_refused_sends(self.stats.sends_refused)
+        self._port = port
+        super().makeConnection(transport)
+
+    @override
+    def doStop(self) -> None:
+        super().doStop()
+        self._port = None
+
+    # Read-only views of the counters, which live in L{stats}.
+
+    @property
+    def received(self) -> int:
+        return self.stats.received
+
+    @property
+    def received_bytes(self) -> int:
+        return self.stats.received_bytes
+
+    @property
+    def sent(self) -> int:
+        return self.stats.sent
+
+    @property
+    def sent_bytes(self) -> int:
+        return self.stats.sent_bytes
+
+    @property
+    def send_errors(self) -> int:
+        return self.stats.send_errors
+
+    @property
+    def latency(self) -> LatencyHistogram:
+        return self.stats.latency
+
+    @override
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
-        received = self.received = self.received + 1
-        self.received_bytes += len(datagram)
+        stats = self.stats
+        received = stats.received = stats.received + 1
+        stats.received_bytes += len(datagram)
         # Timing every datagram would cost more than the counters: a sample will do.
         started = None if received & _SAMPLE_MASK else perf_counter()
         # Ports hand over (host, port) for IPv4 and (host, port, flow, scope)
@@ -237,7 +351,7 @@ class RelayProtocol(DatagramProtocol):
             self._log.failure("while handling a datagram from {source_host}", source_host=source[0])
         else:
             if started is not None:
-                self.latency.observe(perf_counter() - started)
+                stats.latency.observe(perf_counter() - started)
 
     def _fast_legacy(self, datagram: bytes, source: Address) -> bool:
         """
@@ -412,10 +526,11 @@ class RelayProtocol(DatagramProtocol):
         if limit is not None and not limit.allow(len(message)):
             self._throttle(sender, limit)
         room = sender.room
-        transport = self.transport
+        transport = self._port
+        stats = self.stats
         if transport is None:
             # The port is closed (shutting down): nothing can be sent any more.
-            self.send_errors += sum(1 for member, _, _ in room.recipients if member is not sender)
+            stats.send_errors += sum(1 for member, _, _ in room.recipients if member is not sender)
             return
         fanout = self._fanouts.get(room)
         if fanout is None or fanout.recipients is not room.recipients or fanout.transport is not transport:
@@ -456,28 +571,18 @@ class RelayProtocol(DatagramProtocol):
                 else:
                     sent += 1
                     sent_bytes += len(data)
-        self.sent += sent
-        self.sent_bytes += sent_bytes
+        stats.sent += sent
+        stats.sent_bytes += sent_bytes
         if errors:
-            self.send_errors += errors
-
-    def sends_refused(self, count: int, size: int) -> None:
-        """
-        The batching port's report: C{count} datagrams of C{size} bytes in
-        all, counted here as sent when they were queued, were refused by the
-        kernel when the batch went out.
-        """
-        self.sent -= count
-        self.sent_bytes -= size
-        self.send_errors += count
+            stats.send_errors += errors
 
     def forget_room(self, room: Room) -> None:
         """Drop what was prepared for relaying in C{room} (it is closed)."""
         self._fanouts.pop(room, None)
 
     def _throttle(self, member: Member, limit: MemberRateLimit) -> None:
-        if self.on_throttled is not None and limit.should_warn():
-            self.on_throttled(member)
+        if self.observer is not None and limit.should_warn():
+            self.observer.member_throttled(member)
         raise RateLimitedError("the member is sending too fast")
 
     def _within_limit(self, member: Member, size: int) -> None:
@@ -487,7 +592,7 @@ class RelayProtocol(DatagramProtocol):
         self._throttle(member, limit)
 
     def send_notice(self, member: Member, notice: Notice) -> None:
-        """Tell a member without a TCP connection, as a datagram."""
+        """Tell a member without a TCP connection, as a datagram (L{IDatagramNotices})."""
         if member.address is None:
             return
         body = notice.encode_for(member.name, member.dialect)
@@ -501,21 +606,22 @@ class RelayProtocol(DatagramProtocol):
         assert channel is not None and member.address is not None
         if channel.sent >= REJECT_AFTER:
             # The key is spent and the client has not asked for a new one.
-            self.send_errors += 1
+            self.stats.send_errors += 1
             return
         self._send(member.address, channel.seal(frame_type, body))
 
     def _send(self, address: Address, data: bytes) -> None:
         # One recipient's failure (gone interface, oversized, wrong family)
         # must not cost the others their copy.
-        if self.transport is None:
+        stats = self.stats
+        if self._port is None:
             # The port is closed (shutting down): nothing can be sent any more.
-            self.send_errors += 1
+            stats.send_errors += 1
             return
         try:
-            self.transport.write(data, address)
+            self._port.write(data, address)
         except (OSError, MessageLengthError, InvalidAddressError):
-            self.send_errors += 1
+            stats.send_errors += 1
         else:
-            self.sent += 1
-            self.sent_bytes += len(data)
+            stats.sent += 1
+            stats.sent_bytes += len(data)

@@ -1,5 +1,6 @@
 """
-Tests for chatd.daemon.fastudp, the batching UDP port, on real loopback sockets,
+Tests for chatd.daemon.fastudp, the batching UDP port (with its fan-outs,
+chatd.daemon.fanout, and its sockaddr codec, chatd.daemon.sockaddr), on real loopback sockets,
 and the property that the fast path relays exactly what the plain one does.
 
 The port is driven two ways. The L{_PortTests} run it on the real reactor,
@@ -31,23 +32,17 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.udp import Port as StockPort
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from typing_extensions import override
+from zope.interface.verify import verifyObject
 
 import chatd.daemon.rooms
 from chatd.daemon.controller import ChatServer
-from chatd.daemon.fastudp import (
-    HAVE_MMSG,
-    RECV_BATCH,
-    SEND_ARENA,
-    SEND_BATCH,
-    BatchedUDPPort,
-    Fanout,
-    WriteEachFanout,
-    decode_sockaddr,
-    encode_sockaddr,
-)
+from chatd.daemon.fanout import Fanout, WriteEachFanout, fanout_transport
+from chatd.daemon.fastudp import HAVE_MMSG, RECV_BATCH, SEND_ARENA, SEND_BATCH, BatchedUDPPort
+from chatd.daemon.interfaces import IFanout, IFanoutTransport
 from chatd.daemon.relay import EXIT_COMMAND, RelayProtocol
 from chatd.daemon.rooms import Member
 from chatd.daemon.settings import Settings
+from chatd.daemon.sockaddr import decode_sockaddr, encode_sockaddr
 from chatd.protocol.datagrams import MAX_DATAGRAM, FrameType, encode_legacy, encode_relay_body, relay_text
 from chatd.protocol.payloads import Dialect, RoomRequest
 from chatd.protocol.seal import Channel, Direction
@@ -89,10 +84,12 @@ class FanOutRelay(DatagramProtocol):
     names (255: none), and keeps what each send returned.
     """
 
-    def __init__(self, targets: list[tuple[Any, ...]]) -> None:
+    def __init__(self, targets: list[tuple[Any, ...]], repeat: int = 1) -> None:
         self.targets = targets
+        self.repeat = repeat
+        """Each payload is the datagram's, this many times over (to fill the port's send arena)."""
         self.failed: list[int] = []
-        self.fanout: Fanout | None = None
+        self.fanout: IFanout | None = None
 
     @override
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
@@ -101,7 +98,7 @@ class FanOutRelay(DatagramProtocol):
         if self.fanout is None:
             self.fanout = transport.fanout(self.targets)
         skip = -1 if datagram[0] == 255 else datagram[0]
-        self.failed.append(self.fanout.send(datagram[1:], skip))
+        self.failed.append(self.fanout.send(datagram[1:] * self.repeat, skip))
 
 
 def client(family: int = socket.AF_INET, host: str = "127.0.0.1", rcvbuf: int = 4 << 20) -> socket.socket:
@@ -239,6 +236,34 @@ class _PortTests(_MixinBase):
 
         return Deferred.fromCoroutine(run())
 
+    def test_fanouts_larger_than_the_send_arena_arrive_whole_and_in_order(self) -> Deferred[None]:
+        async def run() -> None:
+            socks = [self.sock() for _ in range(3)]
+            repeat = 15
+            protocol = FanOutRelay([s.getsockname() for s in socks], repeat)
+            port = self.listen(protocol)
+            sender = self.sock()
+            texts = [bytes([65 + i]) * 4000 for i in range(SEND_ARENA // (4000 * repeat) + 4)]
+            for text in texts:
+                sender.sendto(b"\x00" + text, ("127.0.0.1", port.getHost().port))
+            await self.until(lambda: len(protocol.failed) == len(texts))
+            self.assertEqual(protocol.failed, [0] * len(texts))
+            for s in socks[1:]:
+                got = self.recv_n(s, len(texts))
+                self.assertTrue(got == [text * repeat for text in texts])
+            self.assertEqual([drain(s) for s in [sender, *socks]], [[], [], [], []])
+            self.assertEqual(port.send_errors, 0)
+
+        return Deferred.fromCoroutine(run())
+
+    def test_the_port_is_its_own_fanout_transport(self) -> None:
+        port = self.listen(Recorder())
+        self.assertTrue(verifyObject(IFanoutTransport, port))
+        self.assertIs(fanout_transport(port), port)
+        fanout = port.fanout([("127.0.0.1", 9)])
+        self.assertTrue(verifyObject(IFanout, fanout))
+        self.assertIsInstance(fanout, Fanout if self.batch else WriteEachFanout)
+
     def test_write_each_fanout_on_the_stock_port(self) -> None:
         written: list[tuple[bytes, tuple[Any, ...]]] = []
 
@@ -362,6 +387,11 @@ class RefusalRecorder(Recorder):
         self.transport.write(b"refused " + datagram, ("255.255.255.255", 9))
         self.transport.write(b"last " + datagram, addr)
 
+    @override
+    def startProtocol(self) -> None:
+        assert self.transport is not None
+        fanout_transport(self.transport).report_refused_sends(self.sends_refused)
+
     def sends_refused(self, count: int, size: int) -> None:
         self.refused.append((count, size))
 
@@ -474,7 +504,7 @@ class Side:
         self.server = ChatServer(self.clock, Settings(password_cost=2))
         # The relay under test replaces the default one, wired as ChatServer wires it.
         self.relay = relay_class(self.server.store, self.clock)
-        self.relay.on_throttled = self.server._throttled
+        self.relay.observer = self.server
         self.server.relay = self.relay
         self.fd_reactor = MemoryReactorClock()
         self.port: Any

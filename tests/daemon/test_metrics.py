@@ -19,8 +19,8 @@ from twisted.web.client import Agent, ResponseDone
 from typing_extensions import override
 
 import chatd.daemon.metrics
-from chatd.daemon.metrics import ABORT_REASONS, TCP_REFUSAL_REASONS, UDP_DROP_REASONS, make_registry, metrics_url
-from chatd.daemon.relay import LATENCY_SAMPLE_EVERY
+from chatd.daemon.metrics import ABORT_REASONS, TCP_REFUSAL_REASONS, make_registry, metrics_url
+from chatd.daemon.relay import LATENCY_SAMPLE_EVERY, RelayStats
 from chatd.daemon.service import ChatService, make_service
 from chatd.daemon.settings import Settings
 from chatd.daemon.tcp import RoomProtocol
@@ -84,7 +84,7 @@ class CollectorTests(SynchronousTestCase):
     def test_idle_server_reports_zeros(self) -> None:
         for name in ("chatd_rooms", "chatd_members", "chatd_tcp_connections", "chatd_datagrams_received_total"):
             self.assertEqual(value(self.registry, name), 0)
-        for reason in UDP_DROP_REASONS:
+        for reason in RelayStats.drop_reasons:
             self.assertEqual(value(self.registry, "chatd_datagrams_dropped_total", reason=reason), 0)
         for limit in ("datagrams", "connections", "password_attempts", "hashing", "hashing_per_host"):
             self.assertEqual(value(self.registry, "chatd_rate_limited_total", limit=limit), 0)

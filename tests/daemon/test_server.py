@@ -12,7 +12,7 @@ from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from chatd.daemon.interfaces import IMemberConnection, IRoomObserver
+from chatd.daemon.interfaces import IDatagramNotices, IMemberConnection, IRelayObserver, IRoomObserver
 from chatd.daemon.rooms import Member
 from chatd.daemon.tcp import RoomProtocol
 from chatd.protocol.payloads import MODEL_ROOM_CLOSED, Dialect, RoomRequest
@@ -28,6 +28,10 @@ class ChatServerTests(SynchronousTestCase):
 
     def test_interfaces(self) -> None:
         verifyObject(IRoomObserver, self.server)
+        # The relay reaches the controller through a named interface, and is handed notices through another.
+        verifyObject(IRelayObserver, self.server)
+        self.assertIs(self.server.relay.observer, self.server)
+        verifyObject(IDatagramNotices, self.server.relay)
         protocol, _ = connect(self.server)
         verifyObject(IMemberConnection, protocol)
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 
+from twisted.internet.testing import FakeDatagramTransport
 from twisted.logger import LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
+from chatd.daemon.controller import ChatServer
+from chatd.daemon.fanout import WriteEachFanout, WriteEachTransport, fanout_transport
+from chatd.daemon.interfaces import IFanoutTransport
+from chatd.daemon.relay import RelayStats
 from chatd.daemon.rooms import LeaveReason, Member
+from chatd.daemon.sockaddr import Address
 from chatd.protocol.datagrams import (
     MAX_DATAGRAM,
     RELAY_OVERHEAD,
@@ -18,12 +27,32 @@ from chatd.protocol.datagrams import (
 from chatd.protocol.errors import AuthenticationFailedError
 from chatd.protocol.payloads import Dialect, RoomRequest
 from chatd.protocol.seal import Channel, Direction, SealedHeader, Sealer, new_key, peek_header
-from tests.helpers import capture_events, make_server
+from tests.helpers import FAST, capture_events, make_server
 
 ANN = ("127.0.0.1", 5000)
 BOB = ("127.0.0.1", 5001)
 CAT = ("127.0.0.1", 5002)
 EVE = ("127.0.0.1", 6666)
+
+
+@implementer(IFanoutTransport)
+class RecordingPort:
+    """An IFanoutTransport that records what it prepares and sends, and who listens for refusals."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, Address]] = []
+        self.prepared: list[tuple[Address, ...]] = []
+        self.listener: Callable[[int, int], None] | None = None
+
+    def write(self, data: bytes, addr: Address) -> None:
+        self.written.append((data, addr))
+
+    def fanout(self, addresses: Sequence[Address]) -> WriteEachFanout:
+        self.prepared.append(tuple(addresses))
+        return WriteEachFanout(self.write, addresses)
+
+    def report_refused_sends(self, listener: Callable[[int, int], None] | None) -> None:
+        self.listener = listener
 
 
 class RelayTestCase(SynchronousTestCase):
@@ -107,6 +136,37 @@ class LegacyRelayTests(RelayTestCase):
         self.store.leave(ann, LeaveReason.LEFT)
         self.assertEqual(self.relay._fanouts, {})
 
+    def test_sends_through_a_fanout_transport_and_registers_for_refusals(self) -> None:
+        server = ChatServer(self.clock, FAST)
+        relay, self.store = server.relay, server.store
+        port = RecordingPort()
+        # Twisted types the transport as IUDPTransport, which a relay's port need not be.
+        relay.makeConnection(port)  # type: ignore[arg-type]
+        self.assertEqual(port.listener, relay.stats.sends_refused)
+        ann = self.member("ann", Dialect.MODEL, ANN)
+        self.member("bob", Dialect.MODEL, BOB)
+        port.written.clear()
+        stats = relay.stats
+        before = (stats.sent, stats.sent_bytes, stats.send_errors)
+        relay.datagramReceived(encode_legacy("hoge", ann.token, "hi"), ANN)
+        self.assertEqual((port.prepared, port.written), ([(ANN, BOB)], [(b"ann: hi", BOB)]))
+        assert port.listener is not None
+        port.listener(1, len(b"ann: hi"))
+        self.assertEqual((stats.sent, stats.sent_bytes, stats.send_errors), (before[0], before[1], before[2] + 1))
+        relay.doStop()
+        relay.datagramReceived(encode_legacy("hoge", ann.token, "gone"), ANN)
+        self.assertEqual((len(port.written), stats.send_errors), (1, before[2] + 2))
+
+    def test_any_other_transport_is_adapted_to_write_each(self) -> None:
+        stock = FakeDatagramTransport()
+        adapted = fanout_transport(stock)
+        self.assertIsInstance(adapted, WriteEachTransport)
+        verifyObject(IFanoutTransport, adapted)
+        # Every refusal is raised at its write: there is nothing to report later.
+        adapted.report_refused_sends(lambda count, size: self.fail("reported"))
+        self.assertEqual(adapted.fanout([ANN, BOB]).send(b"x", skip=0), 0)
+        self.assertEqual(stock.written, [(b"x", BOB)])
+
     def test_copies_the_port_refused_later_are_not_counted_as_sent(self) -> None:
         ann = self.member("ann", Dialect.MODEL, ANN)
         self.member("bob", Dialect.MODEL, BOB)
@@ -114,8 +174,9 @@ class LegacyRelayTests(RelayTestCase):
         self.say(ann, "hi")
         counts = (self.relay.sent, self.relay.sent_bytes, self.relay.send_errors)
         self.assertEqual([b - a for a, b in zip(before, counts, strict=True)], [1, len(b"ann: hi"), 0])
-        # The batching port reports, after its sendmmsg, a copy it had taken.
-        self.relay.sends_refused(1, len(b"ann: hi"))
+        # The batching port reports, after its sendmmsg, a copy it had taken,
+        # to the listener the relay registered with it.
+        self.relay.stats.sends_refused(1, len(b"ann: hi"))
         counts = (self.relay.sent, self.relay.sent_bytes, self.relay.send_errors)
         self.assertEqual([b - a for a, b in zip(before, counts, strict=True)], [0, 0, 1])
 
@@ -199,6 +260,8 @@ class DropTests(RelayTestCase):
         self.assertEqual(self.relay.drops.total, len(cases))
         for reason in set(cases.values()):
             self.assertEqual(self.relay.drops.counts[reason], list(cases.values()).count(reason))
+        # Every reason is one the stats know of, and report before it happens.
+        self.assertLessEqual(set(self.relay.drops.counts), set(RelayStats.drop_reasons))
 
     def test_warnings_are_rate_limited(self) -> None:
         events = capture_events(self)
