@@ -570,8 +570,8 @@ class ChatClient:
     async def _reconnect_loop(self, delay: float) -> None:
         """
         Try again and again to come back to the room, waiting as the core
-        says between tries (exponential backoff; after a server restart a
-        member waits for its host, with jitter, until a deadline), until the
+        says between tries (exponential backoff with jitter; after a server
+        restart a member waits for its host until a deadline), until the
         room is entered again or the core gives up.
         """
         while True:

@@ -28,8 +28,9 @@ notices to events and the member list, sealing and opening with the UDP key
 (replay checks, the previous key after a rekey), the keepalive and UDP-probe
 timing and path-lost reporting, the rekey decision (and its request), and
 the reconnect decision (the host creates the room again, a member waits for
-it until a deadline; exponential backoff, jittered from an injected random
-source while waiting for the host). Nothing here imports Twisted.
+it until a deadline; exponential backoff, every delay jittered from an
+injected random source, whether the server is out of reach or the member
+waits for the host). Nothing here imports Twisted.
 """
 
 from __future__ import annotations
@@ -98,10 +99,10 @@ create the room again before it gives up.
 """
 RETRY_JITTER = 0.2
 """
-Each delay between tries while waiting for the host is shortened by a random
-part of up to this fraction, so that the members of a room the restart
-emptied, who all lost their connection at the same moment, do not all ask
-at the same moments.
+Each delay between reconnect tries (while the server is out of reach, and
+while waiting for the host) is shortened by a random part of up to this
+fraction, so that the clients of a server that restarted, who all lost their
+connection at the same moment, do not all ask at the same moments.
 """
 CLIENT_MAX_PAYLOAD = 1 << 16
 
@@ -270,11 +271,14 @@ def backoff(
     """
     Exponential backoff: C{first} doubled for each attempt after the first,
     at most C{cap}; shortened by up to the fraction C{jitter} of itself,
-    drawn from C{random} (uniform in [0, 1)), when both are given.
+    drawn from C{random} (uniform in [0, 1)), when both are given, and then
+    rounded to the hundredth of a second (so that "reconnecting in 0.43 s"
+    reads well); a delay under 0.01 s is not rounded away to nothing.
     """
     delay = min(cap, first * 2.0 ** (attempt - 1))
     if jitter and random is not None:
-        delay *= 1.0 - jitter * random()
+        jittered = delay * (1.0 - jitter * random())
+        delay = max(round(jittered, 2), min(delay, 0.01))
     return delay
 
 
@@ -634,7 +638,11 @@ class ClientCore:
         self._attempt += 1
         config = self.config
         if self._waiting_since is None:
-            delay = backoff(self._attempt, config.first_retry_delay, config.max_retry_delay)
+            # Jittered too: every client of a restarted server lost it at the
+            # same moment, and should not all come back in the same instant.
+            delay = backoff(
+                self._attempt, config.first_retry_delay, config.max_retry_delay, config.retry_jitter, self._random
+            )
             return [Emit(Reconnecting(self._attempt, delay)), Reconnect(delay)]
         # The server is back: the backoff that grew while it was down starts
         # again, so that a host's return is noticed soon.

@@ -71,11 +71,11 @@ start with C{* }, the client's own connection news with C{! }:
                                   (C{: <reason>} after "server" when the reason
                                   says more than that the connection closed;
                                   without C{; reconnecting} if it will not)
-    reconnecting                  C{! reconnecting in 0.5 s (attempt 1)}
+    reconnecting                  C{! reconnecting in 0.43 s (attempt 1)}
     reconnected                   C{! reconnected to hoge; members: alice, bob;
                                   host: alice}
     waiting for the host          C{! waiting for alice to reopen hoge: trying
-                                  again in 2 s (attempt 3; giving up in 55 s)}
+                                  again in 1.8 s (attempt 3; giving up in 55 s)}
     UDP unanswered; back again    C{! no UDP from the server for 12 s: messages
                                   cannot be delivered}; C{! UDP from the server
                                   again: messages are delivered}

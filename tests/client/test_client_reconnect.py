@@ -115,7 +115,8 @@ class ReconnectPolicyTests(_FakeServerTest):
         its password; the host's create brings the room back, and the member
         joins it, both told who hosts it.
         """
-        alice, alice_heard, bob, bob_heard = self.room_of_two(jitter=fixed(0.5, 0.25, 1.0, 0.0))
+        # bob's first two draws (0) leave his plain backoff whole while the server is down.
+        alice, alice_heard, bob, bob_heard = self.room_of_two(jitter=fixed(0.0, 0.0, 0.5, 0.25, 1.0, 0.0))
         self.server.crash()  # at 0.02 s
         self.assertEqual(bob_heard.of(Reconnecting), [Reconnecting(1, 1.0)])
         self.assertEqual(alice_heard.of(Reconnecting), [Reconnecting(1, 10.0)])
@@ -230,16 +231,41 @@ class ReconnectPolicyTests(_FakeServerTest):
         self.assertIn("the invitation was used up", lost.reason)
 
     def test_plain_backoff_while_the_server_is_down(self) -> None:
-        """Each delay doubles up to the cap; the jitter is for waiting for the host only."""
+        """Each delay doubles up to the cap, shortened by the jitter (draws of 0.5: 10 %)."""
         alice, heard = self.client(jitter=fixed(0.5), first_retry_delay=1.0, max_retry_delay=4.0)
         self.entered(alice.create("hoge", "alice"))
         self.server.crash()
         self.clock.pump([0.1] * 150)
         self.assertEqual(
             [(retry.attempt, retry.delay) for retry in heard.of(Reconnecting)][:5],
-            [(1, 1.0), (2, 2.0), (3, 4.0), (4, 4.0), (5, 4.0)],
+            [(1, 0.9), (2, 1.8), (3, 3.6), (4, 3.6), (5, 3.6)],
         )
         self.assertEqual(heard.of(WaitingForHost), [])
+
+    def test_clients_of_a_crashed_server_do_not_all_come_back_together(self) -> None:
+        """
+        The point of the jitter: two clients that lost the server in the same
+        instant, with different random draws, wait different times, and so
+        try again at different moments.
+        """
+        alice, alice_heard = self.client(jitter=fixed(0.1), first_retry_delay=1.0, max_retry_delay=4.0)
+        self.entered(alice.create("hoge", "alice"))
+        bob, bob_heard = self.client(jitter=fixed(0.9), first_retry_delay=1.0, max_retry_delay=4.0)
+        self.entered(bob.join("hoge", "bob"))
+        self.server.crash()
+        self.assertEqual(alice_heard.of(Reconnecting), [Reconnecting(1, 0.98)])
+        self.assertEqual(bob_heard.of(Reconnecting), [Reconnecting(1, 0.82)])
+        # Each failed try is followed by the next Reconnecting: bob tried at
+        # 0.82 s, alice not yet.
+        self.clock.pump([0.01] * 85)
+        self.assertEqual((len(alice_heard.of(Reconnecting)), len(bob_heard.of(Reconnecting))), (1, 2))
+        self.clock.pump([0.01] * 15)  # 1 s: alice tried at 0.98 s
+        self.assertEqual((len(alice_heard.of(Reconnecting)), len(bob_heard.of(Reconnecting))), (2, 2))
+        self.clock.pump([0.01] * 500)
+        alice_delays = [retry.delay for retry in alice_heard.of(Reconnecting)][:3]
+        bob_delays = [retry.delay for retry in bob_heard.of(Reconnecting)][:3]
+        self.assertEqual(alice_delays, [0.98, 1.96, 3.92])
+        self.assertEqual(bob_delays, [0.82, 1.64, 3.28])
 
 
 class UdpPathTests(_FakeServerTest):

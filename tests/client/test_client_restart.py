@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from chatd.client.chat_client import ChatClient, ConnectionState
+from chatd.client.chat_client import RETRY_JITTER, ChatClient, ConnectionState
 from chatd.client.events import ConnectionLost, MemberJoined, MessageReceived, Reconnected, Reconnecting, WaitingForHost
 from tests.client_cases import REACTOR
 from tests.daemon.test_twistd import Daemon
@@ -19,8 +19,12 @@ from tests.loopback_clients import free_ports
 from tests.waiting import Recorder, bounded, until
 
 HOST = "127.0.0.1"
-HOST_RETRY = 3.0
-"""Seconds between the host's tries: the daemon is back (in about half a second) well before."""
+HOST_RETRY = 3.75
+"""
+Seconds between the host's tries, before the jitter takes off up to 20 %
+(RETRY_JITTER): even the shortest, 3 s, comes well after the daemon is back
+(in about half a second) and the member (0.2 s at most) has found no room.
+"""
 
 
 class RestartTests(unittest.TestCase):
@@ -68,7 +72,9 @@ class RestartTests(unittest.TestCase):
         self.assertEqual((waiting.room, waiting.host), ("lobby", "alice"))
         self.assertEqual(bob.state, ConnectionState.RECONNECTING)
         self.assertEqual(alice_heard.of(Reconnected), [], "alice was not back before bob")
-        self.assertEqual(alice_heard.of(Reconnecting), [Reconnecting(1, HOST_RETRY)])
+        (retry,) = alice_heard.of(Reconnecting)
+        self.assertEqual(retry.attempt, 1)
+        self.assertTrue((1 - RETRY_JITTER) * HOST_RETRY <= retry.delay <= HOST_RETRY, retry)
 
         back = await alice_heard.next(Reconnected)
         self.assertEqual(back.host, "alice")

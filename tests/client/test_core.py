@@ -369,22 +369,52 @@ class ReconnectTests(_CoreTest):
 
     def test_backoff(self) -> None:
         self.assertEqual([backoff(n, 0.5, 4.0) for n in range(1, 6)], [0.5, 1.0, 2.0, 4.0, 4.0])
-        self.assertEqual(backoff(3, 1.0, 8.0, 0.2, fixed(0.5)), 4.0 * 0.9)
+        self.assertEqual(backoff(3, 1.0, 8.0, 0.2, fixed(0.5)), 3.6)
         self.assertEqual(backoff(3, 1.0, 8.0, 0.0, fixed(0.5)), 4.0)
+        # Jittered delays are rounded to the hundredth of a second (0.5 * 0.926 = 0.463)...
+        self.assertEqual(backoff(1, 0.5, 4.0, 0.2, fixed(0.37)), 0.46)
+        # ... but one under 0.01 s is not rounded away to nothing.
+        self.assertEqual(backoff(1, 0.004, 4.0, 0.2, fixed(0.5)), 0.004)
 
-    def test_plain_backoff_has_no_jitter(self) -> None:
-        """While the server is out of reach: doubling from the first delay, unjittered ('reconnecting in 0.5 s')."""
-        core = self.core(random=fixed(0.9), first_retry_delay=0.5, max_retry_delay=2.0)
+    def test_plain_backoff_is_jittered(self) -> None:
+        """
+        While the server is out of reach: doubling from the first delay, each
+        shortened by up to 20 % at random ('reconnecting in 0.41 s').
+        """
+        core = self.core(random=fixed(0.9, 0.5, 0.25, 0.0, 1.0), first_retry_delay=0.5, max_retry_delay=2.0)
         self.enter(core)
         actions = self.lose(core)
         self.assertEqual(actions[-3:], [Emit(ConnectionLost("Connection was closed cleanly.", True)), *actions[-2:]])
-        self.assertEqual(actions[-2:], [Emit(Reconnecting(1, 0.5)), Reconnect(0.5)])
-        delays = []
+        # 0.5 s less 0.9 of 20 %: 0.41 s.
+        self.assertEqual(actions[-2:], [Emit(Reconnecting(1, 0.41)), Reconnect(0.41)])
+        delays: list[float] = []
         for _ in range(4):
             failed = core.rejoin_failed(ConnectionFailedError("refused"), 11.0)
             self.assertEqual(failed[1], CloseControl())
+            (event,) = events(failed)
+            self.assertEqual(event, Reconnecting(len(delays) + 2, of(Reconnect, failed)[0].delay))
             delays.append(of(Reconnect, failed)[0].delay)
-        self.assertEqual(delays, [1.0, 2.0, 2.0, 2.0])
+        # 1.0, 2.0, 2.0, 2.0 less 10 %, 5 %, 0 %, 20 %.
+        self.assertEqual(delays, [0.9, 1.9, 2.0, 1.6])
+
+    def test_plain_backoff_without_jitter(self) -> None:
+        """retry_jitter 0 gives the bare doubling, whatever the random source says."""
+        core = self.core(random=fixed(0.9), first_retry_delay=0.5, max_retry_delay=2.0, retry_jitter=0.0)
+        self.enter(core)
+        self.assertEqual(self.lose(core)[-1], Reconnect(0.5))
+        delays = [of(Reconnect, core.rejoin_failed(ConnectionFailedError("refused"), 11.0))[0].delay for _ in range(3)]
+        self.assertEqual(delays, [1.0, 2.0, 2.0])
+
+    def test_clients_with_different_draws_come_back_at_different_times(self) -> None:
+        """The point of the jitter: clients that lost the server together do not all try again together."""
+        delays = []
+        for draw in (0.1, 0.6):
+            core = self.core(random=fixed(draw), first_retry_delay=0.5, max_retry_delay=30.0)
+            self.enter(core)
+            tries = of(Reconnect, self.lose(core))
+            tries += [of(Reconnect, core.rejoin_failed(ConnectionFailedError("refused"), 11.0))[0] for _ in range(2)]
+            delays.append([action.delay for action in tries])
+        self.assertEqual(delays, [[0.49, 0.98, 1.96], [0.44, 0.88, 1.76]])
 
     def test_host_creates_member_joins(self) -> None:
         host = self.core()
@@ -398,7 +428,10 @@ class ReconnectTests(_CoreTest):
 
     def test_member_waits_for_the_host_then_gives_up(self) -> None:
         """No room: WaitingForHost with restarted, jittered backoff, until host_wait has passed."""
-        core = self.core(random=fixed(0.5, 0.25, 1.0, 0.0), first_retry_delay=1.0, max_retry_delay=8.0, host_wait=10.0)
+        # The first draw is the plain backoff's, when the connection is lost (0: 1 s).
+        core = self.core(
+            random=fixed(0.0, 0.5, 0.25, 1.0, 0.0), first_retry_delay=1.0, max_retry_delay=8.0, host_wait=10.0
+        )
         self.enter(core, operation=Operation.JOIN, user="bob", host=False, members=("alice", "bob"))
         self.lose(core, now=0.0)
         waits = []
