@@ -35,8 +35,6 @@ waits for the host). Nothing here imports Twisted.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -75,7 +73,16 @@ from chatd.protocol.errors import (
     RoomNotFoundError,
     error_for_status,
 )
-from chatd.protocol.payloads import NATIVE_VERSION, decode_json
+from chatd.protocol.payloads import (
+    NATIVE_VERSION,
+    EnteredAnswer,
+    decode_json,
+    read_entered_payload,
+    read_invite_payload,
+    read_members_payload,
+    read_rekey_payload,
+    room_request_payload,
+)
 from chatd.protocol.seal import OVERHEAD, REKEY_AFTER, Channel, Direction, peek_header
 from chatd.protocol.wire import Frame, FrameDecoder, Operation, State, encode_frame
 
@@ -284,22 +291,17 @@ def backoff(
 
 def room_request(wanted: Membership) -> Frame:
     """The create or join request (docs/protocol.md section 4.1) for C{wanted}."""
-    payload: dict[str, Any] = {"chatd": NATIVE_VERSION, "username": wanted.user}
-    if wanted.password:
-        payload["password"] = wanted.password
-    if wanted.invite:
-        payload["invite"] = wanted.invite
-    if wanted.native_only and wanted.operation is Operation.CREATE:
-        payload["native_only"] = True
-    return Frame(wanted.operation, State.REQUEST, wanted.room, json.dumps(payload).encode("utf-8"))
+    native_only = wanted.native_only and wanted.operation is Operation.CREATE
+    payload = room_request_payload(wanted.user, wanted.password, wanted.invite, native_only, NATIVE_VERSION)
+    return Frame(wanted.operation, State.REQUEST, wanted.room, payload)
 
 
-def channel_from(answer: dict[str, Any], rekey_after: int) -> Channel:
-    """The UDP key the server handed out in a complete frame (create, join, rekey)."""
+def channel_from(key: tuple[bytes, int], rekey_after: int) -> Channel:
+    """Our side of the UDP key the server handed out (create, join, rekey)."""
+    secret, key_id = key
     try:
-        key = base64.b64decode(str(answer["key"]), validate=True)
-        return Channel(key, int(answer["key_id"]), Direction.TO_SERVER, rekey_after=rekey_after)
-    except (KeyError, ValueError, TypeError) as error:
+        return Channel(secret, key_id, Direction.TO_SERVER, rekey_after=rekey_after)
+    except (ValueError, TypeError) as error:
         raise MalformedFrameError(f"the server's key is unusable: {error}") from None
 
 
@@ -495,17 +497,17 @@ class ClientCore:
             if pending.operation is Operation.REKEY:
                 self._rekeying = False
                 self.previous_channel = self.channel
-                self.channel = channel_from(decode_json(frames[-1].payload), self.config.rekey_after)
+                self.channel = channel_from(read_rekey_payload(frames[-1].payload), self.config.rekey_after)
                 return actions
             result: object = frames
             if pending.operation in (Operation.CREATE, Operation.JOIN):
-                info, entered = self._entered(decode_json(frames[-1].payload), now)
+                info, entered = self._entered(read_entered_payload(frames[-1].payload), now)
                 actions += entered
                 result = info
             elif pending.operation is Operation.MEMBERS:
-                result = self._members_answered(decode_json(frames[-1].payload))
+                result = self._members_answered(*read_members_payload(frames[-1].payload))
             elif pending.operation is Operation.INVITE:
-                result = str(decode_json(frames[-1].payload)["invite"])
+                result = read_invite_payload(frames[-1].payload)
         except ProtocolError as error:
             if pending.internal:
                 return [*actions, Log("warn", f"could not replace the UDP key: {error}")]
@@ -514,20 +516,17 @@ class ClientCore:
             return [*actions, Answer(pending.request, error=MalformedFrameError(f"unusable answer: {error}"))]
         return [*actions, Answer(pending.request, result)]
 
-    def _entered(self, answer: dict[str, Any], now: float) -> tuple[RoomInfo, list[Action]]:
+    def _entered(self, answer: EnteredAnswer, now: float) -> tuple[RoomInfo, list[Action]]:
         """Take the create or join answer, and start the keepalives."""
-        try:
-            info = RoomInfo(
-                room=str(answer["room"]),
-                user=str(answer["user"]),
-                host=bool(answer["host"]),
-                members=tuple(str(name) for name in answer["members"]),
-                idle_timeout=float(answer["idle_timeout"]),
-                keepalive_interval=float(answer["keepalive_interval"]),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise MalformedFrameError(f"the room answer is unusable: {error}") from None
-        self.channel = channel_from(answer, self.config.rekey_after)
+        info = RoomInfo(
+            room=answer.room,
+            user=answer.user,
+            host=answer.host,
+            members=answer.members,
+            idle_timeout=answer.idle_timeout,
+            keepalive_interval=answer.keepalive_interval,
+        )
+        self.channel = channel_from((answer.key, answer.key_id), self.config.rekey_after)
         self.info = info
         self.previous_channel = None
         self.members = info.members
@@ -545,13 +544,9 @@ class ClientCore:
         # At once: the first datagram is what registers our UDP address.
         return info, self._keepalive_due(now)
 
-    def _members_answered(self, answer: dict[str, Any]) -> tuple[str, ...]:
-        listed = answer.get("members")
-        if not isinstance(listed, list):
-            raise MalformedFrameError("the member list has no 'members' array")
-        self.members = tuple(str(name) for name in listed)
-        host = answer.get("host")
-        if isinstance(host, str):
+    def _members_answered(self, members: tuple[str, ...], host: str | None) -> tuple[str, ...]:
+        self.members = members
+        if host is not None:
             self.room_host = host
         return self.members
 

@@ -359,6 +359,94 @@ def decode_json(payload: bytes) -> dict[str, Any]:
     return obj
 
 
+# -- the client's side of the native answers: each read where it is built ------------------
+
+
+def room_request_payload(
+    user: str, password: str | None, invite: str | None, native_only: bool, version: int = NATIVE_VERSION
+) -> bytes:
+    """
+    A native create or join request (docs/protocol.md section 4.1): keys
+    C{chatd} (the protocol C{version} the client speaks), C{username}, then
+    C{password}, C{invite} and C{native_only} when given (C{native_only}
+    belongs to a create alone), as ASCII JSON.
+    """
+    obj: dict[str, Any] = {"chatd": version, "username": user}
+    if password:
+        obj["password"] = password
+    if invite:
+        obj["invite"] = invite
+    if native_only:
+        obj["native_only"] = True
+    return json.dumps(obj).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class EnteredAnswer:
+    """What L{entered_payload} says, read back."""
+
+    token: str
+    key: bytes
+    key_id: int
+    room: str
+    user: str
+    host: bool
+    members: tuple[str, ...]
+    idle_timeout: float
+    keepalive_interval: float
+
+
+def read_key(obj: dict[str, Any]) -> tuple[bytes, int]:
+    """The UDP key and key id of a create, join or rekey answer; MalformedFrameError if unusable."""
+    try:
+        return base64.b64decode(str(obj["key"]), validate=True), int(obj["key_id"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise MalformedFrameError(f"the server's key is unusable: {error}") from None
+
+
+def read_entered_payload(payload: bytes) -> EnteredAnswer:
+    """The native answer to a create or join (L{entered_payload}); MalformedFrameError if unusable."""
+    obj = decode_json(payload)
+    key, key_id = read_key(obj)
+    try:
+        return EnteredAnswer(
+            token=str(obj.get("token", "")),
+            key=key,
+            key_id=key_id,
+            room=str(obj["room"]),
+            user=str(obj["user"]),
+            host=bool(obj["host"]),
+            members=tuple(str(name) for name in obj["members"]),
+            idle_timeout=float(obj["idle_timeout"]),
+            keepalive_interval=float(obj["keepalive_interval"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise MalformedFrameError(f"the room answer is unusable: {error}") from None
+
+
+def read_rekey_payload(payload: bytes) -> tuple[bytes, int]:
+    """The new UDP key and key id of L{rekey_payload}."""
+    return read_key(decode_json(payload))
+
+
+def read_members_payload(payload: bytes) -> tuple[tuple[str, ...], str | None]:
+    """The member list and the host's name (None if not given) of L{members_payload}."""
+    obj = decode_json(payload)
+    listed = obj.get("members")
+    if not isinstance(listed, list):
+        raise MalformedFrameError("the member list has no 'members' array")
+    host = obj.get("host")
+    return tuple(str(name) for name in listed), host if isinstance(host, str) else None
+
+
+def read_invite_payload(payload: bytes) -> str:
+    """The invitation of a native L{invite_payload}."""
+    try:
+        return str(decode_json(payload)["invite"])
+    except KeyError:
+        raise MalformedFrameError("the invitation answer has no 'invite'") from None
+
+
 class NoticeKind(Enum):
     MEMBER_JOINED = "joined"
     MEMBER_LEFT = "left"

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from chatd.protocol import payloads
 from chatd.protocol.errors import (
     InvalidNameError,
     InvalidUTF8Error,
@@ -623,3 +624,57 @@ class NoticeEncodingCacheTests(SynchronousTestCase):
             notice.encode_for("ann", Dialect.SEED), b"* bob was removed from hoge after 300 s without activity"
         )
         self.assertEqual(notice, Notice(NoticeKind.TIMED_OUT, "hoge", "bob", idle_timeout=300.0))
+
+
+class AnswersReadBackTests(SynchronousTestCase):
+    """The client's readers of the native answers take back exactly what the builders wrote."""
+
+    KEY = bytes(range(32))
+
+    def test_entered(self) -> None:
+        payload = payloads.entered_payload(
+            token="tok",
+            key=self.KEY,
+            key_id=7,
+            room="部屋",
+            user="ann",
+            host=False,
+            members=("bob", "ann"),
+            idle_timeout=300.0,
+            keepalive_interval=30.0,
+        )
+        answer = payloads.read_entered_payload(payload)
+        self.assertEqual(
+            answer,
+            payloads.EnteredAnswer("tok", self.KEY, 7, "部屋", "ann", False, ("bob", "ann"), 300.0, 30.0),
+        )
+
+    def test_rekey_members_invite(self) -> None:
+        self.assertEqual(payloads.read_rekey_payload(payloads.rekey_payload(self.KEY, 9)), (self.KEY, 9))
+        members = payloads.members_payload(("alice", "bob"), "alice")
+        self.assertEqual(payloads.read_members_payload(members), (("alice", "bob"), "alice"))
+        self.assertEqual(payloads.read_members_payload(payloads.members_payload((), None)), ((), None))
+        invite = payloads.invite_payload("inv", 3600.0, payloads.Dialect.NATIVE)
+        self.assertEqual(payloads.read_invite_payload(invite), "inv")
+
+    def test_unusable_answers_are_malformed(self) -> None:
+        for read, payload in (
+            (payloads.read_entered_payload, b'{"chatd": 1, "key": "AA==", "key_id": 1}'),
+            (payloads.read_entered_payload, b'{"chatd": 1, "key": "not base64!", "key_id": 1}'),
+            (payloads.read_rekey_payload, b'{"chatd": 1, "key_id": 1}'),
+            (payloads.read_members_payload, b'{"chatd": 1, "members": "alice"}'),
+            (payloads.read_invite_payload, b'{"chatd": 1}'),
+            (payloads.read_invite_payload, b"[]"),
+        ):
+            with self.assertRaises(MalformedFrameError, msg=payload):
+                read(payload)
+
+    def test_room_request_bytes(self) -> None:
+        # ASCII JSON, in the documented key order; the server reads it back whole.
+        payload = payloads.room_request_payload("花子", "pw", None, True)
+        self.assertEqual(payload, b'{"chatd": 1, "username": "\\u82b1\\u5b50", "password": "pw", "native_only": true}')
+        request = payloads.read_room_request(payload).request()
+        self.assertEqual((request.username, request.password, request.native_only), ("花子", "pw", True))
+        self.assertEqual(
+            payloads.room_request_payload("ann", None, "inv", False, version=2)[:27], b'{"chatd": 2, "username": "a'
+        )
