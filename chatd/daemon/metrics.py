@@ -70,7 +70,7 @@ datagram's counters half updated, nothing worse.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -151,65 +151,58 @@ class ChatCollector:
         yield CounterMetricFamily(
             "chatd_datagram_send_errors", "UDP datagrams that could not be sent.", value=relay.send_errors
         )
-        dropped = CounterMetricFamily("chatd_datagrams_dropped", "UDP datagrams dropped, by reason.", labels=["reason"])
-        for reason, count in sorted(relay.dropped_by_reason().items()):
-            dropped.add_metric([reason], count)
-        yield dropped
+        yield _by_label(
+            "chatd_datagrams_dropped", "UDP datagrams dropped, by reason.", "reason", relay.dropped_by_reason()
+        )
         yield CounterMetricFamily(
             "chatd_udp_received_bytes", "Bytes of the UDP datagrams received.", value=relay.received_bytes
         )
         yield CounterMetricFamily("chatd_udp_sent_bytes", "Bytes of the UDP datagrams sent.", value=relay.sent_bytes)
         yield self._latency()
-        limited = CounterMetricFamily(
+        yield _by_label(
             "chatd_rate_limited",
             "What a rate limit turned away: datagrams (dropped), connections and password_attempts (refused).",
-            labels=["limit"],
+            "limit",
+            server.rate_limit_hits(),
         )
-        for limit, count in server.rate_limit_hits().items():
-            limited.add_metric([limit], count)
-        yield limited
-        refused = CounterMetricFamily(
-            "chatd_limit_refused", "Requests refused by a cap on what one peer may hold, by limit.", labels=["limit"]
+        yield _by_label(
+            "chatd_limit_refused",
+            "Requests refused by a cap on what one peer may hold, by limit.",
+            "limit",
+            server.limit_refusals(),
         )
-        for limit, count in server.limit_refusals().items():
-            refused.add_metric([limit], count)
-        yield refused
-        aborted = CounterMetricFamily(
-            "chatd_tcp_aborted", "TCP connections reset by the daemon, by reason.", labels=["reason"]
+        yield _by_label(
+            "chatd_tcp_aborted",
+            "TCP connections reset by the daemon, by reason.",
+            "reason",
+            factory.aborted,
+            ABORT_REASONS,
         )
-        aborted_counts = dict.fromkeys(ABORT_REASONS, 0)
-        aborted_counts.update(factory.aborted)
-        for reason, count in sorted(aborted_counts.items()):
-            aborted.add_metric([reason], count)
-        yield aborted
-        tcp_refused = CounterMetricFamily(
-            "chatd_tcp_refused", "TCP frames answered with a refusal, by reason.", labels=["reason"]
+        yield _by_label(
+            "chatd_tcp_refused",
+            "TCP frames answered with a refusal, by reason.",
+            "reason",
+            factory.refused_requests,
+            TCP_REFUSAL_REASONS,
         )
-        refused_counts = dict.fromkeys(TCP_REFUSAL_REASONS, 0)
-        refused_counts.update(factory.refused_requests)
-        for reason, count in sorted(refused_counts.items()):
-            tcp_refused.add_metric([reason], count)
-        yield tcp_refused
         yield GaugeMetricFamily(
             "chatd_password_hashing", "Password hashes running now.", value=server.store.hashing_in_flight
         )
-        repaired = CounterMetricFamily(
+        yield _by_label(
             "chatd_store_repaired",
             "What the sweep found half done and removed, by kind: a bug of chatd's whenever it is not 0.",
-            labels=["kind"],
+            "kind",
+            server.store.repaired,
         )
-        for kind, count in sorted(dict(server.store.repaired).items()):
-            repaired.add_metric([kind], count)
-        yield repaired
         yield CounterMetricFamily("chatd_rooms_created", "Rooms created.", value=factory.rooms_created)
         yield CounterMetricFamily("chatd_joins", "Joins of existing rooms.", value=factory.joins)
-        checks = CounterMetricFamily(
-            "chatd_password_checks", "Join passwords checked (scrypt), by result.", labels=["result"]
+        yield _by_label(
+            "chatd_password_checks",
+            "Join passwords checked (scrypt), by result.",
+            "result",
+            server.store.password_checks,
+            PASSWORD_CHECK_RESULTS,
         )
-        results = dict(server.store.password_checks)
-        for result in PASSWORD_CHECK_RESULTS:
-            checks.add_metric([result], results.get(result, 0))
-        yield checks
 
     def _latency(self) -> HistogramMetricFamily:
         histogram = self._server.relay.stats.latency
@@ -226,6 +219,23 @@ class ChatCollector:
             buckets=buckets,
             sum_value=histogram.sum,
         )
+
+
+def _by_label(
+    name: str, documentation: str, label: str, counts: Mapping[str, int], known: Iterable[str] = ()
+) -> CounterMetricFamily:
+    """
+    One counter family from C{counts}, a sample per label value, sorted; the
+    C{known} values are reported from the first scrape on, at 0 until they
+    happen. C{counts} is copied in one step (the collector runs on the thread
+    pool while the reactor updates it).
+    """
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    values = dict.fromkeys(known, 0)
+    values.update(dict(counts))
+    for value, count in sorted(values.items()):
+        family.add_metric([value], count)
+    return family
 
 
 def make_registry(server: ChatServer) -> CollectorRegistry:
