@@ -464,10 +464,13 @@ class RelayProtocol(DatagramProtocol):
         member = self._store.member_for_key_id(key_id)
         if member is None or member.address == source:
             return False
-        now = self._clock.seconds()
+        return self._refusing(key_id, source[0], self._clock.seconds())
+
+    def _refusing(self, key_id: int, host: str, now: float) -> bool:
+        """Whether a refusal noted for this key id or this source host is still on."""
         return (
             self._key_refused_until.get(key_id, _NOT_REFUSED) > now
-            or self._host_refused_until.get(source[0], _NOT_REFUSED) > now
+            or self._host_refused_until.get(host, _NOT_REFUSED) > now
         )
 
     def _open_from_elsewhere(
@@ -489,10 +492,7 @@ class RelayProtocol(DatagramProtocol):
         """
         key_id, host = header.key_id, source[0]
         now = self._clock.seconds()
-        if (
-            self._key_refused_until.get(key_id, _NOT_REFUSED) > now
-            or self._host_refused_until.get(host, _NOT_REFUSED) > now
-        ):
+        if self._refusing(key_id, host, now):
             raise ForgeryLimitedError("too many authentication failures for this key id or from this address")
         _refuse_if_limited(self._failures_by_key, self._key_refused_until, key_id, now)
         _refuse_if_limited(self._failures_by_host, self._host_refused_until, host, now)
