@@ -92,6 +92,8 @@ class FakeClient:
         self.sent: list[str] = []
         self.invitations: list[Deferred[str]] = []
         self.left = 0
+        self.native_only = False
+        """What the last create asked for: a native-only room or not."""
         self.closed_room = 0
         """How often close_room was asked for (it leaves too)."""
         self._entering: Deferred[RoomInfo] | None = None
@@ -102,7 +104,10 @@ class FakeClient:
         self._entering = Deferred()
         return self._entering
 
-    def create(self, room: str, user: str, password: str | None = None) -> Deferred[RoomInfo]:
+    def create(
+        self, room: str, user: str, password: str | None = None, *, native_only: bool = False
+    ) -> Deferred[RoomInfo]:
+        self.native_only = native_only
         return self._enter("create", room, user, password or "")
 
     def join(self, room: str, user: str, password: str | None = None, invite: str | None = None) -> Deferred[RoomInfo]:

@@ -16,16 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred
-from typing_extensions import override
-
 from chatd.client.chat_client import (
     DEFAULT_HOST,
     DEFAULT_TCP_PORT,
     DEFAULT_UDP_PORT,
     ChatClient,
     IChatListener,
-    RoomInfo,
 )
 from chatd.client.tls import TrustPolicy
 from chatd.client.tls_arguments import DEFAULT_TLS_PORT, add_tls_arguments, trust_policy
@@ -49,20 +45,6 @@ class ChatArguments:
     """How to trust the server over TLS (tcp_port is then its TLS port); None: plain TCP."""
 
 
-class NativeOnlyClient(ChatClient):
-    """
-    A ChatClient whose every create asks for a native-only room: how
-    C{--native-only} reaches the create calls of both faces, which only know
-    the room, the name and the password.
-    """
-
-    @override
-    def create(
-        self, room: str, user: str, password: str | None = None, *, native_only: bool = True
-    ) -> Deferred[RoomInfo]:
-        return super().create(room, user, password, native_only=True)
-
-
 def client_for(
     reactor: Any, arguments: ChatArguments, host: str, tcp_port: int, udp_port: int, listener: IChatListener
 ) -> ChatClient:
@@ -71,8 +53,7 @@ def client_for(
     screen may have changed them), with the arguments' TLS and native-only
     choices.
     """
-    kind = NativeOnlyClient if arguments.native_only else ChatClient
-    return kind(reactor, host, tcp_port, udp_port, listener, tls=arguments.tls)
+    return ChatClient(reactor, host, tcp_port, udp_port, listener, tls=arguments.tls)
 
 
 def make_client(reactor: Any, arguments: ChatArguments, listener: IChatListener) -> ChatClient:

@@ -573,7 +573,7 @@ class LineSession:
             return EXIT_USAGE
         try:
             if arguments.create:
-                info = await self.client.create(room, name, arguments.password)
+                info = await self.client.create(room, name, arguments.password, native_only=arguments.native_only)
             else:
                 info = await self.client.join(room, name, arguments.password, arguments.invite)
         except ChatError as error:

@@ -96,6 +96,7 @@ class TerminalApp:
             host=arguments.host,
             tcp_port=arguments.tcp_port,
             udp_port=arguments.udp_port,
+            native_only=arguments.native_only,
         )
         self._enter_after_name = arguments.room is not None
         self.name_screen = NameScreen(self._name_entered, self.name)

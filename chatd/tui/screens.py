@@ -50,6 +50,8 @@ class RoomChoice:
     host: str
     tcp_port: int
     udp_port: int
+    native_only: bool = False
+    """Create a room only native clients may join (chatd-chat --native-only; over TLS only)."""
 
 
 def _dialog(title: str, rows: list[urwid.Widget]) -> tuple[urwid.Widget, urwid.Pile]:
@@ -151,6 +153,7 @@ class RoomScreen(urwid.WidgetWrap[urwid.Widget]):
         on_submit: Callable[[RoomChoice], None],
         on_back: Callable[[], None],
     ) -> None:
+        self._defaults = defaults
         self._on_submit = on_submit
         self._on_back = on_back
         self._group: list[urwid.RadioButton] = []
@@ -286,4 +289,8 @@ class RoomScreen(urwid.WidgetWrap[urwid.Widget]):
                 return
             ports[field] = int(text)
         self.message.clear()
-        self._on_submit(RoomChoice(create, room, password, invite, host, ports[Field.TCP_PORT], ports[Field.UDP_PORT]))
+        # Native-only is the command line's choice: the form has no field for it.
+        native_only = self._defaults.native_only
+        self._on_submit(
+            RoomChoice(create, room, password, invite, host, ports[Field.TCP_PORT], ports[Field.UDP_PORT], native_only)
+        )

@@ -73,7 +73,9 @@ class ChatClientLike(Protocol):
     @property
     def newly_pinned(self) -> str | None: ...
 
-    def create(self, room: str, user: str, password: str | None = None) -> Deferred[RoomInfo]: ...
+    def create(
+        self, room: str, user: str, password: str | None = None, *, native_only: bool = False
+    ) -> Deferred[RoomInfo]: ...
 
     def join(
         self, room: str, user: str, password: str | None = None, invite: str | None = None
@@ -139,7 +141,7 @@ class ChatSession:
         """Create or join the chosen room; fails with the client's error."""
         choice = self.choice
         if choice.create:
-            entering = self.client.create(choice.room, self.name, choice.password)
+            entering = self.client.create(choice.room, self.name, choice.password, native_only=choice.native_only)
         else:
             entering = self.client.join(choice.room, self.name, choice.password, choice.invite)
         self._update()

@@ -1,7 +1,8 @@
 """
-chatd-chat --native-only against the real daemon: the client both faces make
-from the command line creates a native-only room over TLS, and the library's
-create over plain TCP is refused with the server's one sentence.
+chatd-chat --native-only against the real daemon: the create of both faces
+(line mode, and the terminal app's session) carries it and makes a
+native-only room over TLS, and the library's create over plain TCP is
+refused with the server's one sentence.
 """
 
 from __future__ import annotations
@@ -9,15 +10,28 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 
 from chatd.client.chat_cli import client_for, make_client, parse_arguments
+from chatd.client.chat_client import ChatClient, IChatListener
+from chatd.client.line_mode import EXIT_OK
 from chatd.daemon.service import ChatService
 from chatd.protocol.errors import NotPermittedError, Status
 from chatd.protocol.payloads import Dialect
 from chatd.protocol.wire import Operation, State
+from chatd.tui.screens import RoomChoice
+from chatd.tui.session import ChatSession
+from tests.client.test_line_mode import InProcessSession
 from tests.client_cases import HOST, REACTOR
 from tests.loopback_clients import NO_CAPTURE
 from tests.loopback_clients import ChatClient as RawClient
 from tests.test_security import _ServiceCase
-from tests.waiting import Recorder, bounded
+from tests.waiting import Recorder, bounded, until
+
+
+def noop(_: str) -> None:
+    pass
+
+
+def nothing() -> None:
+    pass
 
 
 class NativeOnlyCommandLineTests(_ServiceCase):
@@ -41,23 +55,29 @@ class NativeOnlyCommandLineTests(_ServiceCase):
         service = self.serve(cert)
         argv = ["--line", "--room", "secret", "--name", "alice", "--create", "--native-only"]
         arguments = parse_arguments([*argv, *self.tls_arguments(service, cert.cert)])
-        client = make_client(REACTOR, arguments, Recorder("alice"))
-        self.addCleanup(client.leave)
-        assert arguments.room is not None and arguments.name is not None
-        # What line mode calls: create(room, name, password), nothing about native-only.
-        await bounded(client.create(arguments.room, arguments.name, arguments.password), "alice creates secret")
+        # Line mode itself, in this process: its create carries --native-only.
+        session = InProcessSession(REACTOR, arguments)
+        await until(lambda: session.output() != "" or session.status.called, "alice entered")
         self.assertEqual([(room.name, room.native_only) for room in service.server.store.rooms()], [("secret", True)])
         await self.legacy_join_refused(service, "secret")
+        session.end_input()
+        self.assertEqual(await bounded(session.status, "line mode ends"), EXIT_OK)
 
     async def test_terminal_app_client_creates_a_native_only_room(self) -> None:
         cert = self.certificate()
         service = self.serve(cert)
         arguments = parse_arguments(["--create", "--native-only", *self.tls_arguments(service, cert.cert)])
         assert service.tls_port is not None
+
         # The terminal app's factory: host and ports from its room screen.
-        client = client_for(REACTOR, arguments, HOST, service.tls_port, service.udp_port, Recorder("ann"))
-        self.addCleanup(client.leave)
-        await bounded(client.create("quiet", "ann"), "ann creates quiet")
+        def client_factory(host: str, tcp_port: int, udp_port: int, listener: IChatListener) -> ChatClient:
+            return client_for(REACTOR, arguments, host, tcp_port, udp_port, listener)
+
+        # The room screen's choice, with the command line's native-only as the controller passes it on.
+        choice = RoomChoice(True, "quiet", None, None, HOST, service.tls_port, service.udp_port, arguments.native_only)
+        session = ChatSession("ann", choice, client_factory, REACTOR, on_leave=noop, on_quit=nothing, changed=nothing)
+        self.addCleanup(session.leave)
+        await bounded(session.enter(), "ann creates quiet")
         self.assertEqual([(room.name, room.native_only) for room in service.server.store.rooms()], [("quiet", True)])
 
     async def test_without_the_flag_the_room_is_open_to_legacy_clients(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.tui.screens import Field, NameScreen, RoomChoice, RoomScreen
@@ -61,6 +63,12 @@ class RoomScreenTests(SynchronousTestCase):
     def test_join_is_the_default(self) -> None:
         type_line(self.screen, "hoge")
         self.assertEqual(self.choices, [RoomChoice(False, "hoge", None, None, "127.0.0.1", 9001, 9002)])
+
+    def test_native_only_from_the_command_line_is_kept(self) -> None:
+        # The form has no field for it: the command line's choice goes through.
+        self.screen = self.make(replace(DEFAULTS, create=True, native_only=True))
+        type_line(self.screen, "hoge")
+        self.assertEqual(self.choices, [RoomChoice(True, "hoge", None, None, "127.0.0.1", 9001, 9002, True)])
 
     def test_choose_create_with_the_arrow_keys(self) -> None:
         press(self.screen, "up", "right", " ", "down")

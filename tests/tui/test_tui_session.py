@@ -291,12 +291,23 @@ class TypingTests(_SessionTest):
         self.assertEqual(self.quits, 1)
 
 
+class NativeOnlyHostTests(_SessionTest):
+    choice = RoomChoice(True, "my room", None, None, "127.0.0.1", 9003, 9002, native_only=True)
+
+    def test_the_create_asks_for_a_native_only_room(self) -> None:
+        self.enter(host=True, members=("alice",))
+        self.assertTrue(self.client.native_only)
+
+
 class HostTests(_SessionTest):
     choice = RoomChoice(True, "my room", "pw", None, "chat.example", 9101, 9002)
 
     def setUp(self) -> None:
         super().setUp()
         self.enter(host=True, members=("alice",))
+
+    def test_create_is_not_native_only_unless_asked(self) -> None:
+        self.assertFalse(self.client.native_only)
 
     def test_invite_shows_the_token_and_how_to_use_it(self) -> None:
         type_line(self.screen, "/invite")
