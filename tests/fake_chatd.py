@@ -20,12 +20,12 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
-from twisted.internet.interfaces import IReactorUDP
+from twisted.internet.interfaces import IReactorUDP, ITCPTransport
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer
 
 import chatd.client.chat_client
 from chatd.protocol.datagrams import FrameType
@@ -67,6 +67,8 @@ class FakeConnection:
         self.member: FakeMember | None = None
         self.room: FakeRoom | None = None
         self.open = True
+        # A TCP connection, as the client checks before aborting (as tests/helpers.connect does).
+        directlyProvides(self, ITCPTransport)
 
     # -- ITransport, as much as chatd.client.chat_client uses ------------------------------
 

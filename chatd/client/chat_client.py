@@ -35,6 +35,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IReactorUDP,
     IStreamClientEndpoint,
+    ITCPTransport,
 )
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
 from twisted.internet.task import deferLater
@@ -147,9 +148,12 @@ class _ControlConnection(Protocol):
         return self.lost
 
     def abort(self) -> None:
-        abort = getattr(self.transport, "abortConnection", None)
-        if abort is not None:
-            abort()
+        # As the daemon's RoomProtocol.abort: TCP transports can abort, TLS
+        # ones too (ISSLTransport extends ITCPTransport); by interface, not getattr.
+        if ITCPTransport.providedBy(self.transport):
+            ITCPTransport(self.transport).abortConnection()
+        elif self.transport is not None:
+            self.transport.loseConnection()
 
 
 class _Datagrams(DatagramProtocol):
