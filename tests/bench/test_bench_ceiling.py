@@ -33,7 +33,7 @@ START_TIMEOUT = 15.0
 
 
 class RelayProcess:
-    """C{python -m chatd.bench.ceiling relay} on free ports; killed in the test's cleanup."""
+    """C{python -m chatd.bench.ceiling relay} on free ports, listening once built; killed in the test's cleanup."""
 
     def __init__(self, case: SynchronousTestCase) -> None:
         self.case = case
@@ -50,6 +50,9 @@ class RelayProcess:
             stderr=subprocess.STDOUT,
         )
         case.addCleanup(self.kill)
+        # Connect before the test binds its members' sockets: the relay binds its UDP port before
+        # it listens, so none of those sockets can take that port in the meantime.
+        self.control = self.connect()
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -77,8 +80,8 @@ class RelayProcess:
             return connection
 
     def register(self, registrations: list[Registration], extra: bytes = b"") -> bytes:
-        """Send the lines and GO; the relay's answer."""
-        connection = self.connect()
+        """Send the lines and GO on the control connection; the relay's answer."""
+        connection = self.control
         lines = b"".join(b"%s %s %d\n" % registration for registration in registrations)
         connection.sendall(extra + lines + b"GO\n")
         answer = b""
@@ -210,8 +213,7 @@ class RelayTests(SynchronousTestCase):
 
     def test_sigterm_while_registering(self) -> None:
         relay = RelayProcess(self)
-        connection = relay.connect()
-        connection.sendall(b"room token 1234\n")
+        relay.control.sendall(b"room token 1234\n")
         self.assertEqual(relay.terminate(), 0, relay.output())
 
     def test_sigint(self) -> None:
