@@ -37,11 +37,25 @@ class FrameType(IntEnum):
     NOTICE = 4
     """Server to client: a system notice, as JSON."""
     KEEPALIVE_ACK = 5
-    """Server to client: the answer to a keepalive, so the client knows UDP works."""
+    """Server to client: the answer to a keepalive, so the client knows UDP works (with "delivery": the latest seq)."""
+    SEND = 6
+    """Delivery, client to server: a message under the client's id, retransmitted until acknowledged."""
+    SENT = 7
+    """Delivery, server to client: a SEND's acknowledgement, with the room sequence number it got."""
+    POSTED = 8
+    """Delivery, server to client: a room message with its sequence number (relayed, repaired or history)."""
+    REPAIR = 9
+    """Delivery, client to server: a range of sequence numbers the client is missing."""
+    GONE = 10
+    """Delivery, server to client: a range older than the room's history, which cannot be repaired."""
+    PROBE = 11
+    """Delivery, client to server: is UDP through again? Answered by UDP; never moves the member's path."""
 
 
 CLIENT_FRAME_TYPES = frozenset((FrameType.MESSAGE, FrameType.KEEPALIVE))
-"""The frame types a client may send; the others are the server's."""
+"""The frame types a plain native client may send; the others are the server's."""
+DELIVERY_CLIENT_FRAME_TYPES = CLIENT_FRAME_TYPES | {FrameType.SEND, FrameType.REPAIR, FrameType.PROBE}
+"""The frame types a client with the "delivery" feature may send."""
 
 
 @dataclass(frozen=True, slots=True)

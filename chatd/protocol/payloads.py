@@ -29,6 +29,20 @@ from chatd.protocol.wire import Frame, SizeEncoding
 
 NATIVE_VERSION = 1
 SUPPORTED_VERSIONS = (NATIVE_VERSION,)
+DELIVERY = "delivery"
+"""
+The reliable-delivery feature (docs/reliability.md): acknowledged sends, room
+sequence numbers, repair, history and the TCP fallback. A native client asks
+for it in C{"features"}; the server's answer lists it when granted. A feature
+rather than a new version: a server that does not know it ignores the
+member, so the client learns it is missing without a refusal and a second
+connection.
+"""
+KNOWN_FEATURES = frozenset({DELIVERY})
+MAX_FEATURES = 16
+"""A request may name this many features at most (unknown ones are ignored, but not without bound)."""
+MAX_CLIENT_ID = 64
+_CLIENT_ID_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 DEFAULT_MAX_ROOM_NAME = 64
 DEFAULT_MAX_USER_NAME = 32
 NOTICE_MARK = "*"
@@ -60,6 +74,14 @@ class RoomRequest:
     """The native protocol version; None for the legacy dialects."""
     native_only: bool = False
     """On create: admit native clients only (their traffic is sealed)."""
+    features: frozenset[str] = frozenset()
+    """The known features the native client asks for (unknown ones are dropped); empty for legacy clients."""
+    client_id: str | None = None
+    """
+    The client's own id for itself (C{"client"}), the same across its
+    reconnections, so that a message retransmitted after a rejoin is still
+    recognised as a duplicate; None if not given.
+    """
 
     @property
     def native(self) -> bool:
@@ -196,13 +218,36 @@ def _request_from(obj: dict[str, Any], max_user_name: int) -> RoomRequest:
     native_only = obj.get("native_only", False)
     if not isinstance(native_only, bool):
         raise MalformedFrameError("'native_only' must be true or false")
+    features, client_id = (_features(obj), _client_id(obj)) if version is not None else (frozenset(), None)
     return RoomRequest(
         validate_user_name(username, max_user_name),
         password or None,
         invite or None,
         version,
         native_only,
+        features,
+        client_id,
     )
+
+
+def _features(obj: dict[str, Any]) -> frozenset[str]:
+    """The known features of C{"features"} (absent or null: none)."""
+    listed = obj.get("features")
+    if listed is None:
+        return frozenset()
+    if not isinstance(listed, list) or len(listed) > MAX_FEATURES or not all(isinstance(f, str) for f in listed):
+        raise MalformedFrameError(f"'features' must be a list of at most {MAX_FEATURES} strings")
+    return KNOWN_FEATURES.intersection(listed)
+
+
+def _client_id(obj: dict[str, Any]) -> str | None:
+    """C{"client"}: 1 to 64 of A-Z, a-z, 0-9, '-' and '_' (absent or null: none)."""
+    value = obj.get("client")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_CLIENT_ID or not _CLIENT_ID_CHARACTERS.issuperset(value):
+        raise MalformedFrameError(f"'client' must be 1 to {MAX_CLIENT_ID} of A-Z, a-z, 0-9, '-' and '_'")
+    return value
 
 
 def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAME) -> RoomRequest:
@@ -289,6 +334,18 @@ def legacy_secret_payload(secret: str) -> bytes:
     return secret.encode("ascii")
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryStart:
+    """Where a member with the "delivery" feature starts in its room's sequence (section 4.2)."""
+
+    epoch: str
+    """The room's incarnation: sequence numbers are only comparable under one epoch."""
+    seq: int
+    """The room's latest sequence number when the member entered (0: no message yet)."""
+    history_from: int
+    """The first sequence number of the history the member is offered on entering (C{seq + 1}: none)."""
+
+
 def entered_payload(
     *,
     token: str,
@@ -300,6 +357,7 @@ def entered_payload(
     members: Sequence[str],
     idle_timeout: float,
     keepalive_interval: float,
+    delivery: DeliveryStart | None = None,
 ) -> bytes:
     """
     The native answer to a create or join (operation 1 or 2, complete).
@@ -308,21 +366,25 @@ def entered_payload(
     key in standard base64), C{key_id}, C{room}, C{user}, C{host} (whether
     the member is the host), C{members} (the room's names in the order they
     entered, the member last), C{idle_timeout}, C{keepalive_interval}
-    (seconds, as numbers).
+    (seconds, as numbers); then, only when the "delivery" feature is
+    granted, C{features} (C{["delivery"]}) and C{delivery} (an object:
+    C{epoch}, C{seq}, C{history_from}).
     """
-    return encode_json(
-        {
-            "token": token,
-            "key": _b64(key),
-            "key_id": key_id,
-            "room": room,
-            "user": user,
-            "host": host,
-            "members": list(members),
-            "idle_timeout": idle_timeout,
-            "keepalive_interval": keepalive_interval,
-        }
-    )
+    obj: dict[str, Any] = {
+        "token": token,
+        "key": _b64(key),
+        "key_id": key_id,
+        "room": room,
+        "user": user,
+        "host": host,
+        "members": list(members),
+        "idle_timeout": idle_timeout,
+        "keepalive_interval": keepalive_interval,
+    }
+    if delivery is not None:
+        obj["features"] = [DELIVERY]
+        obj["delivery"] = {"epoch": delivery.epoch, "seq": delivery.seq, "history_from": delivery.history_from}
+    return encode_json(obj)
 
 
 def rekey_payload(key: bytes, key_id: int) -> bytes:
@@ -363,13 +425,19 @@ def decode_json(payload: bytes) -> dict[str, Any]:
 
 
 def room_request_payload(
-    user: str, password: str | None, invite: str | None, native_only: bool, version: int = NATIVE_VERSION
+    user: str,
+    password: str | None,
+    invite: str | None,
+    native_only: bool,
+    version: int = NATIVE_VERSION,
+    features: Sequence[str] = (),
+    client_id: str | None = None,
 ) -> bytes:
     """
     A native create or join request (docs/protocol.md section 4.1): keys
     C{chatd} (the protocol C{version} the client speaks), C{username}, then
-    C{password}, C{invite} and C{native_only} when given (C{native_only}
-    belongs to a create alone), as ASCII JSON.
+    C{password}, C{invite}, C{native_only} (a create's alone), C{features}
+    and C{client} when given, as ASCII JSON.
     """
     obj: dict[str, Any] = {"chatd": version, "username": user}
     if password:
@@ -378,6 +446,10 @@ def room_request_payload(
         obj["invite"] = invite
     if native_only:
         obj["native_only"] = True
+    if features:
+        obj["features"] = list(features)
+    if client_id is not None:
+        obj["client"] = client_id
     return json.dumps(obj).encode("utf-8")
 
 
@@ -394,6 +466,8 @@ class EnteredAnswer:
     members: tuple[str, ...]
     idle_timeout: float
     keepalive_interval: float
+    delivery: DeliveryStart | None = None
+    """Set when the server granted the "delivery" feature."""
 
 
 def read_key(obj: dict[str, Any]) -> tuple[bytes, int]:
@@ -419,9 +493,21 @@ def read_entered_payload(payload: bytes) -> EnteredAnswer:
             members=tuple(str(name) for name in obj["members"]),
             idle_timeout=float(obj["idle_timeout"]),
             keepalive_interval=float(obj["keepalive_interval"]),
+            delivery=_read_delivery(obj),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise MalformedFrameError(f"the room answer is unusable: {error}") from None
+
+
+def _read_delivery(obj: dict[str, Any]) -> DeliveryStart | None:
+    features = obj.get("features")
+    if not isinstance(features, list) or DELIVERY not in features:
+        return None
+    start = obj["delivery"]
+    seq, history_from = start["seq"], start["history_from"]
+    if not isinstance(seq, int) or not isinstance(history_from, int) or not 0 < history_from <= seq + 1:
+        raise ValueError(f"delivery start {seq}, history from {history_from}")
+    return DeliveryStart(str(start["epoch"]), seq, history_from)
 
 
 def read_rekey_payload(payload: bytes) -> tuple[bytes, int]:

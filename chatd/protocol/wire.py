@@ -38,6 +38,12 @@ class Operation(IntEnum):
     """Native only: replace the member's UDP key (before its counter runs out)."""
     MEMBERS = 7
     """Native only: ask for the room's member list (notices carry only the changes)."""
+    DATAGRAM = 8
+    """
+    Native members with the "delivery" feature only: a sealed frame carried over the control connection
+    instead of UDP, either way (the TCP fallback, and frames over 1200 bytes).
+    Never acknowledged: it stands for a datagram.
+    """
 
 
 class State(IntEnum):

@@ -219,7 +219,7 @@ class DecodeFrameTests(SynchronousTestCase):
         self.assertEqual(decode_frame(data).payload, b"\xff")
 
     def test_unknown_operation(self) -> None:
-        for operation in (8, 0x7F, 0xFF):
+        for operation in (9, 0x7F, 0xFF):
             data = header(1, operation, 0, 29 * b"\x00") + b"r"
             self.assertRaises(UnknownOperationError, decode_frame, data)
 
