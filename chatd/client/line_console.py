@@ -16,10 +16,9 @@ from typing import Protocol
 
 from typing_extensions import override
 
+from chatd.client.chat_cli import PROGRAM
 from chatd.client.line_output import one_line
 from chatd.client.stdio_lines import StdioLines
-
-PROGRAM = "chatd-chat"
 
 
 def report_to_stderr(message: str) -> None:
