@@ -61,7 +61,8 @@ def make_client(reactor: Any, arguments: ChatArguments, listener: IChatListener)
     return client_for(reactor, arguments, arguments.host, arguments.tcp_port, arguments.udp_port, listener)
 
 
-_PROGRAM = "chatd-chat"
+PROGRAM = "chatd-chat"
+"""The command's name: argparse's and line mode's standard error lines start with it."""
 MAIN_MODULE = "chatd.tui.main"
 """Where chatd-chat starts (C{python -m chatd.tui.main}): it runs the terminal app or line mode."""
 
@@ -86,12 +87,12 @@ def command_words(
     name = os.path.basename(argv0)
     if name == "main.py" and os.path.basename(os.path.dirname(argv0)) == "tui":
         return [_as_typed(sys.executable, working_directory), "-m", MAIN_MODULE]
-    if name != _PROGRAM or os.sep not in argv0:
-        return [_PROGRAM]
+    if name != PROGRAM or os.sep not in argv0:
+        return [PROGRAM]
     program = os.path.join(working_directory, argv0)
-    found = shutil.which(_PROGRAM, path=os.environ.get("PATH", os.defpath) if search_path is None else search_path)
+    found = shutil.which(PROGRAM, path=os.environ.get("PATH", os.defpath) if search_path is None else search_path)
     if found is not None and os.path.realpath(os.path.join(working_directory, found)) == os.path.realpath(program):
-        return [_PROGRAM]
+        return [PROGRAM]
     return [_as_typed(argv0, working_directory)]
 
 
@@ -115,7 +116,7 @@ def _port(text: str) -> int:
 
 def parse_arguments(argv: Sequence[str] | None = None) -> ChatArguments:
     parser = argparse.ArgumentParser(
-        prog="chatd-chat",
+        prog=PROGRAM,
         description="Chat in a chatd room: a terminal app, or with --line a line mode for scripts and bots.",
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"the server's address or name (default {DEFAULT_HOST})")

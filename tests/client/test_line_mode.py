@@ -1,7 +1,9 @@
 """
-Line mode (chatd.client.line_mode): the pure event formatting, the console's line
-handling, sessions in this process against the real service, and two
-C{chatd-chat --line} processes chatting through it, checked byte for byte.
+Line mode (chatd.client.line_mode): a session's reading, reconnecting and
+ending with a fake client, sessions in this process against the real service,
+and two C{chatd-chat --line} processes chatting through it, checked byte for
+byte. What it prints, its console and its commands have their own tests
+(test_line_output, test_line_console, test_line_commands).
 """
 
 from __future__ import annotations
@@ -30,11 +32,9 @@ from zope.interface import implementer
 
 from chatd.client.chat_cli import ChatArguments
 from chatd.client.chat_client import ChatClient, ConnectionState, IChatListener, RoomInfo
-from chatd.client.commands import Command, Run, Say, Unknown, Usage
 from chatd.client.events import (
     ChatEvent,
     ConnectionLost,
-    MemberJoined,
     MemberLeft,
     MessageReceived,
     Reconnected,
@@ -42,11 +42,8 @@ from chatd.client.events import (
     RemovedForInactivity,
     RoomClosed,
     ServerStopping,
-    Throttled,
-    UdpPathLost,
-    UdpPathRestored,
-    WaitingForHost,
 )
+from chatd.client.line_console import LineConsole
 from chatd.client.line_mode import (
     EXIT_ENDED,
     EXIT_INTERNAL,
@@ -55,30 +52,19 @@ from chatd.client.line_mode import (
     EXIT_USAGE,
     PENDING_LIMIT,
     RECONNECT_GRACE,
-    Entered,
-    HelpLine,
-    Invitation,
-    LineConsole,
-    LineEvent,
     LineSession,
-    format_json,
-    format_text,
-    one_line,
-    parse_line,
     run_line_mode,
 )
 from chatd.daemon.service import ChatService, make_service
 from chatd.daemon.settings import Settings
 from chatd.protocol.errors import NotInRoomError
+from tests.client.test_line_console import attached
+from tests.client.test_line_output import HELLO, WAVE
 
 CLOCK = cast(IReactorTime, _reactor)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT = 10.0
 """Seconds any one wait may take before the test fails (a process start included)."""
-HELLO = "こんにちは 🙂"
-WAVE = "/me 手を振る 👋"
-FAMILY = "👨\u200d👩\u200d👧"
-"""An emoji sequence: its zero-width joiners must survive the text form."""
 
 
 async def until(case: SynchronousTestCase, predicate: Callable[[], bool], what: str) -> None:
@@ -90,321 +76,7 @@ async def until(case: SynchronousTestCase, predicate: Callable[[], bool], what: 
         await deferLater(CLOCK, 0.01)
 
 
-# -- formatting ----------------------------------------------------------------------------
-
-EVENTS: list[tuple[LineEvent, str, dict[str, Any]]] = [
-    (
-        Entered("hoge", "alice", True, ("alice",)),
-        "* you created hoge as alice; members: alice",
-        {"event": "entered", "room": "hoge", "user": "alice", "host": True, "members": ["alice"]},
-    ),
-    (
-        Entered("hoge", "bob", False, ("alice", "bob")),
-        "* you joined hoge as bob; members: alice, bob",
-        {"event": "entered", "room": "hoge", "user": "bob", "host": False, "members": ["alice", "bob"]},
-    ),
-    (
-        MessageReceived("alice", "hello", 1795885041.972),
-        "alice: hello",
-        {"event": "message", "sender": "alice", "text": "hello", "time": 1795885041.972, "action": False},
-    ),
-    (
-        MessageReceived("alice", "/me waves", 1795885041.5),
-        "* alice waves",
-        {"event": "message", "sender": "alice", "text": "/me waves", "time": 1795885041.5, "action": True},
-    ),
-    (
-        MemberJoined("bob", ("alice", "bob"), "* bob joined hoge"),
-        "* bob joined hoge",
-        {"event": "joined", "user": "bob", "members": ["alice", "bob"], "text": "* bob joined hoge"},
-    ),
-    (
-        MemberLeft("bob", ("alice",), "* bob left hoge"),
-        "* bob left hoge",
-        {"event": "left", "user": "bob", "members": ["alice"], "text": "* bob left hoge", "timed_out": False},
-    ),
-    (
-        MemberLeft("bob", ("alice",), "* bob was removed from hoge after 300 s without activity", timed_out=True),
-        "* bob was removed from hoge after 300 s without activity",
-        {
-            "event": "left",
-            "user": "bob",
-            "members": ["alice"],
-            "text": "* bob was removed from hoge after 300 s without activity",
-            "timed_out": True,
-        },
-    ),
-    (
-        RoomClosed("hoge", "the host left", "* room hoge was closed: the host left"),
-        "* room hoge was closed: the host left",
-        {
-            "event": "room_closed",
-            "room": "hoge",
-            "reason": "the host left",
-            "text": "* room hoge was closed: the host left",
-        },
-    ),
-    (
-        RemovedForInactivity("hoge", "* you were removed from hoge after 300 s without activity"),
-        "* you were removed from hoge after 300 s without activity",
-        {"event": "removed", "room": "hoge", "text": "* you were removed from hoge after 300 s without activity"},
-    ),
-    (
-        ServerStopping("hoge", "* the server is shutting down; room hoge is closed"),
-        "* the server is shutting down; room hoge is closed",
-        {"event": "server_stopping", "room": "hoge", "text": "* the server is shutting down; room hoge is closed"},
-    ),
-    (
-        Throttled("hoge", "* you are sending too fast: messages are being dropped; slow down"),
-        "* you are sending too fast: messages are being dropped; slow down",
-        {
-            "event": "throttled",
-            "room": "hoge",
-            "text": "* you are sending too fast: messages are being dropped; slow down",
-        },
-    ),
-    (
-        ConnectionLost("Connection was closed cleanly.", will_reconnect=True),
-        "! lost the connection to the server; reconnecting",
-        {"event": "connection_lost", "reason": "Connection was closed cleanly.", "will_reconnect": True},
-    ),
-    (
-        ConnectionLost("room hoge is gone", will_reconnect=False),
-        "! lost the connection to the server: room hoge is gone",
-        {"event": "connection_lost", "reason": "room hoge is gone", "will_reconnect": False},
-    ),
-    (
-        Reconnecting(3, 2.0),
-        "! reconnecting in 2 s (attempt 3)",
-        {"event": "reconnecting", "attempt": 3, "delay": 2.0},
-    ),
-    (
-        Reconnected("hoge", ("alice", "bob")),
-        "! reconnected to hoge; members: alice, bob",
-        {"event": "reconnected", "room": "hoge", "members": ["alice", "bob"], "host": None},
-    ),
-    (
-        Reconnected("hoge", ("alice", "bob"), "alice"),
-        "! reconnected to hoge; members: alice, bob; host: alice",
-        {"event": "reconnected", "room": "hoge", "members": ["alice", "bob"], "host": "alice"},
-    ),
-    (
-        WaitingForHost("hoge", "alice", 3, 2.0, 55.0),
-        "! waiting for alice to reopen hoge: trying again in 2 s (attempt 3; giving up in 55 s)",
-        {"event": "waiting_for_host", "room": "hoge", "host": "alice", "attempt": 3, "delay": 2.0, "gives_up_in": 55.0},
-    ),
-    (
-        UdpPathLost(12.3),
-        "! no UDP from the server for 12 s: messages cannot be delivered",
-        {"event": "udp_lost", "silent_for": 12.3},
-    ),
-    (UdpPathRestored(), "! UDP from the server again: messages are delivered", {"event": "udp_restored"}),
-]
-
-
-class FormatTextTests(SynchronousTestCase):
-    def test_every_event(self) -> None:
-        for event, line, _ in EVENTS:
-            self.assertEqual(format_text(event), line, event)
-
-    def test_japanese_and_emoji_as_they_are(self) -> None:
-        self.assertEqual(format_text(MessageReceived("花子", HELLO, 0.0)), f"花子: {HELLO}")
-        self.assertEqual(format_text(MessageReceived("花子", WAVE, 0.0)), "* 花子 手を振る 👋")
-        self.assertEqual(format_text(MessageReceived("花子", FAMILY, 0.0)), f"花子: {FAMILY}")
-
-    def test_me_without_a_space_is_a_message(self) -> None:
-        self.assertEqual(format_text(MessageReceived("alice", "/me", 0.0)), "alice: /me")
-        self.assertEqual(format_text(MessageReceived("alice", "/meow", 0.0)), "alice: /meow")
-
-    def test_an_empty_message(self) -> None:
-        self.assertEqual(format_text(MessageReceived("alice", "", 0.0)), "alice: ")
-
-    def test_line_breaks_and_controls_are_escaped(self) -> None:
-        event = MessageReceived("alice", "one\ntwo\r\x1b[31m\x85\u2028\u2029\x7f\tend", 0.0)
-        self.assertEqual(format_text(event), "alice: one\\ntwo\\r\\x1b[31m\\x85\\u2028\\u2029\\x7f\tend")
-
-    def test_one_line_keeps_plain_text(self) -> None:
-        text = f"a\\b {HELLO} {FAMILY} \u3000"
-        self.assertIs(one_line(text), text)
-
-
-class FormatJsonTests(SynchronousTestCase):
-    def test_every_event(self) -> None:
-        for event, _, expected in EVENTS:
-            line = format_json(event)
-            self.assertEqual(json.loads(line), expected, event)
-            # Key order is part of the format: "event" first, then as documented.
-            self.assertEqual(list(json.loads(line)), list(expected), event)
-
-    def test_exact_line(self) -> None:
-        self.assertEqual(
-            format_json(MessageReceived("alice", "hello", 1795885041.972)),
-            '{"event": "message", "sender": "alice", "text": "hello", "time": 1795885041.972, "action": false}',
-        )
-
-    def test_utf8_not_ascii_escapes(self) -> None:
-        self.assertEqual(
-            format_json(MessageReceived("花子", WAVE, 1.5)),
-            '{"event": "message", "sender": "花子", "text": "/me 手を振る 👋", "time": 1.5, "action": true}',
-        )
-
-    def test_one_line_for_any_text(self) -> None:
-        text = "one\ntwo\r\x85\u2028\u2029\x00"
-        line = format_json(MessageReceived("alice", text, 0.0))
-        self.assertEqual(line.splitlines(), [line])
-        self.assertEqual(json.loads(line)["text"], text)
-
-
-# -- the console ---------------------------------------------------------------------------
-
-
-class FakeOwner:
-    """Records what a LineConsole reports."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.warnings: list[str] = []
-        self.ended: list[str] = []
-
-    def line_read(self, line: str) -> None:
-        self.sent.append(line)
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-
-    def input_ended(self) -> None:
-        self.ended.append("input")
-
-    def output_lost(self) -> None:
-        self.ended.append("output")
-
-
-def attached(console: LineConsole) -> StringTransportWithDisconnection:
-    transport = StringTransportWithDisconnection()
-    transport.protocol = console
-    console.makeConnection(transport)
-    return transport
-
-
-class LineConsoleTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.owner = FakeOwner()
-        self.console = LineConsole(self.owner)
-        self.transport = attached(self.console)
-
-    def test_lines_are_sent_as_text(self) -> None:
-        self.console.dataReceived(f"hello\n{HELLO}\r\n\n\r\n  \n".encode())
-        self.assertEqual(self.owner.sent, ["hello", HELLO, "  "])
-
-    def test_a_line_split_across_reads(self) -> None:
-        data = f"{WAVE}\n".encode()
-        for index in range(len(data)):
-            self.console.dataReceived(data[index : index + 1])
-        self.assertEqual(self.owner.sent, [WAVE])
-
-    def test_invalid_utf8_is_not_sent(self) -> None:
-        self.console.dataReceived(b"\xff\xfe\nok\n")
-        self.assertEqual(self.owner.sent, ["ok"])
-        self.assertEqual(self.owner.warnings, ["not sent: the line is not valid UTF-8"])
-
-    def test_too_long_a_line_is_dropped_and_reading_goes_on(self) -> None:
-        long = b"x" * (LineConsole.MAX_LENGTH + 10)
-        self.console.dataReceived(b"first\n" + long + b"\nsecond\nthird\n")
-        self.assertEqual(self.owner.sent, ["first", "second", "third"])
-        self.assertEqual(len(self.owner.warnings), 1)
-        self.assertFalse(self.transport.disconnecting)
-
-    def test_too_long_a_line_in_pieces(self) -> None:
-        self.console.dataReceived(b"x" * (LineConsole.MAX_LENGTH + 10))
-        self.console.dataReceived(b"y" * 100)
-        self.console.dataReceived(b"zz\nnext\n")
-        self.assertEqual(self.owner.sent, ["next"])
-        self.assertEqual(len(self.owner.warnings), 1)
-
-    def test_end_of_input_sends_the_last_line_without_newline(self) -> None:
-        self.console.dataReceived(b"one\nlast")
-        self.console.readConnectionLost()
-        self.assertEqual(self.owner.sent, ["one", "last"])
-        self.assertEqual(self.owner.ended, ["input"])
-
-    def test_end_of_input_while_paused_sends_nothing(self) -> None:
-        self.console.pause_input()
-        self.console.dataReceived(b"one\ntwo")
-        self.console.readConnectionLost()
-        self.assertEqual(self.owner.sent, [])
-        self.assertEqual(self.owner.ended, ["input"])
-
-    def test_end_of_input_after_too_long_a_line(self) -> None:
-        self.console.dataReceived(b"x" * (LineConsole.MAX_LENGTH + 10))
-        self.console.readConnectionLost()
-        self.assertEqual(self.owner.sent, [])
-        self.assertEqual(len(self.owner.warnings), 1)
-
-    def test_paused_input_waits(self) -> None:
-        self.console.pause_input()
-        self.assertEqual(self.transport.producerState, "paused")
-        self.console.dataReceived(b"one\ntwo\n")
-        self.assertEqual(self.owner.sent, [])
-        self.console.resume_input()
-        self.assertEqual(self.transport.producerState, "producing")
-        self.assertEqual(self.owner.sent, ["one", "two"])
-
-    def test_write_line(self) -> None:
-        self.console.write_line(HELLO)
-        self.assertEqual(self.transport.value(), f"{HELLO}\n".encode())
-
-    def test_output_lost(self) -> None:
-        self.console.writeConnectionLost()
-        self.console.write_line("nobody reads this")
-        self.assertEqual(self.transport.value(), b"")
-        self.assertEqual(self.owner.ended, ["output"])
-
-
-class DrainingTransport(StringTransportWithDisconnection):
-    """A StringTransport that, as stdio's does, tells a pull producer when its output has drained."""
-
-    def drain(self) -> None:
-        assert self.producer is not None
-        self.producer.resumeProducing()
-
-
-class AfterOutputTests(SynchronousTestCase):
-    """StdioLines.after_output: stderr lines wait for the stdout lines before them."""
-
-    def setUp(self) -> None:
-        self.console = LineConsole(FakeOwner())
-        self.transport = DrainingTransport()
-        self.transport.protocol = self.console
-        self.console.makeConnection(self.transport)
-        self.console.watch_output()
-        self.done: list[str] = []
-
-    def test_nothing_written_acts_at_once(self) -> None:
-        self.console.after_output(lambda: self.done.append("warned"))
-        self.assertEqual(self.done, ["warned"])
-
-    def test_waits_for_the_lines_before_it(self) -> None:
-        self.console.write_line("event")
-        self.console.after_output(lambda: self.done.append("first"))
-        self.console.after_output(lambda: self.done.append("second"))
-        self.assertEqual(self.done, [])
-        self.transport.drain()
-        self.assertEqual(self.done, ["first", "second"])
-        self.console.after_output(lambda: self.done.append("third"))
-        self.assertEqual(self.done, ["first", "second", "third"])
-
-    def test_close_lets_it_go_and_unregisters(self) -> None:
-        self.console.write_line("event")
-        self.console.after_output(lambda: self.done.append("warned"))
-        self.successResultOf(self.console.close(Clock()))
-        self.assertEqual(self.done, ["warned"])
-        self.assertIsNone(self.transport.producer)
-
-    def test_output_lost_lets_it_go(self) -> None:
-        self.console.write_line("event")
-        self.console.after_output(lambda: self.done.append("warned"))
-        self.console.writeConnectionLost()
-        self.assertEqual(self.done, ["warned"])
+# -- a session with a fake client ----------------------------------------------------------
 
 
 class FakeClient:
@@ -426,7 +98,7 @@ class FakeClient:
         return self.invitation
 
 
-class _SessionCase(SynchronousTestCase):
+class SessionCase(SynchronousTestCase):
     """A session without a network: a fake client, a fake clock."""
 
     def setUp(self) -> None:
@@ -458,7 +130,7 @@ class _SessionCase(SynchronousTestCase):
         self.session.chat_event(Reconnected("hoge", ("alice",)))
 
 
-class SessionEventTests(_SessionCase):
+class SessionEventTests(SessionCase):
     """What a session does on each event."""
 
     def test_reconnecting_keeps_reading_and_lines_wait(self) -> None:
@@ -541,138 +213,6 @@ class SessionEventTests(_SessionCase):
             transport.value(),
             f'{{"event": "message", "sender": "bob", "text": "{HELLO}", "time": 2.5, "action": false}}\n'.encode(),
         )
-
-
-class SlashCommandTests(_SessionCase):
-    """Lines starting with a slash, as the terminal app reads them (chatd.client.commands)."""
-
-    def test_exit_leaves_and_reads_no_further(self) -> None:
-        self.read("before\n/exit\nafter\n")
-        self.assertEqual(self.successResultOf(self.session.ended), EXIT_OK)
-        self.assertEqual(self.client.sent, ["before"])
-        self.assertEqual(self.transport.producerState, "paused")
-        self.assertEqual((self.output(), self.reports), ("", []))
-
-    def test_quit_leave_and_exit_in_any_case(self) -> None:
-        for line in ("/quit", "/leave", "/EXIT now"):
-            session = self.make_session()
-            attached(session.console)
-            session.console.dataReceived(f"{line}\n".encode())
-            self.assertEqual(self.successResultOf(session.ended), EXIT_OK, line)
-
-    def test_exit_while_reconnecting_is_the_end_of_input(self) -> None:
-        self.lose_connection()
-        self.read("one\n/exit\n")
-        self.assertNoResult(self.session.ended)
-        self.reconnect()
-        self.assertEqual(self.client.sent, ["one"])
-        self.assertEqual(self.successResultOf(self.session.ended), EXIT_OK)
-
-    def test_who(self) -> None:
-        self.read("/who\n")
-        self.assertEqual(self.output(), "= members of hoge: alice, bob\n")
-
-    def test_who_json(self) -> None:
-        session = self.make_session(json=True)
-        session.client = cast(ChatClient, self.client)
-        transport = attached(session.console)
-        session.console.dataReceived(b"/who\n")
-        self.assertEqual(transport.value(), b'{"event": "members", "room": "hoge", "members": ["alice", "bob"]}\n')
-
-    def test_help(self) -> None:
-        self.read("/help\n")
-        self.assertEqual(
-            self.output().splitlines(),
-            [
-                "= /help: this list",
-                "= /who: list the room's members",
-                "= /me TEXT: send an action, shown as '* name TEXT'",
-                "= /invite: (host) make a single-use invitation token",
-                "= /close: (host) close the room for everyone, and exit",
-                "= /exit: leave the room and exit, as the end of input does (also /quit, /leave)",
-                "= //TEXT: send TEXT starting with one '/'",
-            ],
-        )
-
-    def test_help_json(self) -> None:
-        self.assertEqual(
-            json.loads(format_json(HelpLine("/who", "list the room's members"))),
-            {"event": "help", "usage": "/who", "description": "list the room's members"},
-        )
-
-    def test_me(self) -> None:
-        self.read("/me waves\n/me\n")
-        self.assertEqual(self.client.sent, ["/me waves"])
-        self.assertEqual(self.reports, ["/me needs some text: /me waves"])
-
-    def test_unknown_command_is_not_sent(self) -> None:
-        self.read("/frobnicate now\n/\n")
-        self.assertEqual(self.client.sent, [])
-        self.assertEqual(
-            self.reports,
-            [
-                "unknown command /frobnicate: not sent (/help lists the commands; //frobnicate sends it as text)",
-                "unknown command /: not sent (/help lists the commands; // sends it as text)",
-            ],
-        )
-        self.assertNoResult(self.session.ended)
-
-    def test_double_slash_sends_one(self) -> None:
-        self.read("//frobnicate\n//\na/b\n")
-        self.assertEqual(self.client.sent, ["/frobnicate", "/", "a/b"])
-
-    def test_the_text_exit_is_never_sent(self) -> None:
-        # The server would take it for leaving the room.
-        self.read("//exit\n /exit \n")
-        self.assertEqual(self.client.sent, [])
-        self.assertEqual(
-            self.reports, ["not sent: the server takes the text /exit as leaving the room; /exit leaves"] * 2
-        )
-        self.assertNoResult(self.session.ended)
-
-    def test_invite_as_host(self) -> None:
-        self.client = FakeClient(host=True)
-        self.session.client = cast(ChatClient, self.client)
-        self.read("/invite\n")
-        self.client.invitation.callback("Zx8pLm2Qv7RtY4nB0cKd9w")
-        self.assertEqual(self.output(), "= invitation to hoge: Zx8pLm2Qv7RtY4nB0cKd9w\n")
-        self.assertEqual(
-            json.loads(format_json(Invitation("hoge", "Zx8pLm2Qv7RtY4nB0cKd9w"))),
-            {"event": "invitation", "room": "hoge", "token": "Zx8pLm2Qv7RtY4nB0cKd9w"},
-        )
-
-    def test_invite_refused(self) -> None:
-        self.client = FakeClient(host=True)
-        self.session.client = cast(ChatClient, self.client)
-        self.read("/invite\n")
-        self.client.invitation.errback(NotInRoomError("not in a room"))
-        self.assertEqual(self.reports, ["no invitation: not in a room"])
-
-    def test_invite_and_close_not_host(self) -> None:
-        self.read("/invite\n/close\n")
-        self.assertEqual(
-            self.reports,
-            [
-                "only the room's host can invite; ask the host for an invitation",
-                "only the room's host can close it; /exit leaves it",
-            ],
-        )
-        self.assertNoResult(self.session.ended)
-
-    def test_close_as_host(self) -> None:
-        self.client = FakeClient(host=True)
-        self.session.client = cast(ChatClient, self.client)
-        self.read("/close\n")
-        self.assertEqual(self.successResultOf(self.session.ended), EXIT_OK)
-
-    def test_parse_line(self) -> None:
-        self.assertEqual(parse_line("/exit"), Run(Command.QUIT))
-        self.assertEqual(parse_line("/Exit  soon "), Run(Command.QUIT, "soon"))
-        self.assertEqual(parse_line("/exits"), Unknown("exits"))
-        self.assertEqual(parse_line("//exits"), Say("/exits"))
-        refused = Usage("not sent: the server takes the text /exit as leaving the room; /exit leaves")
-        for line in ("//exit", " /exit ", "//exit "):
-            self.assertEqual(parse_line(line), refused, line)
 
 
 # -- sessions in this process, against the real service ------------------------------------
