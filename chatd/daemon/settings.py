@@ -19,6 +19,7 @@ from typing import Any, TypeVar, get_type_hints
 
 from chatd.daemon import ratelimit
 from chatd.daemon.fastudp import HAVE_MMSG
+from chatd.daemon.history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MESSAGES, DEFAULT_HISTORY_ON_JOIN
 from chatd.daemon.passwords import DEFAULT_COST
 from chatd.protocol.datagrams import MAX_DATAGRAM
 from chatd.protocol.payloads import DEFAULT_MAX_ROOM_NAME, DEFAULT_MAX_USER_NAME
@@ -73,6 +74,10 @@ def positive_number(option: str, value: float) -> str | None:
 
 def at_least_one(option: str, value: int) -> str | None:
     return None if value >= 1 else f"{option} must be at least 1"
+
+
+def not_negative(option: str, value: int) -> str | None:
+    return None if value >= 0 else f"{option} must be at least 0"
 
 
 def name_length(option: str, value: int) -> str | None:
@@ -297,6 +302,23 @@ class Settings:
     Seconds over which a room's join and leave notices are coalesced: the first
     change goes out at once, later ones in one batch at the end of the interval.
     """
+    history_messages: int = setting(
+        DEFAULT_HISTORY_MESSAGES, "Most messages a room's history keeps (for repair and joins).", check=at_least_one
+    )
+    """Most messages one room's history ring holds (reliable delivery); the oldest go first."""
+    history_bytes: int = setting(
+        DEFAULT_HISTORY_BYTES,
+        "Most bytes of names and texts a room's history keeps (the newest message is always kept).",
+        check=at_least_one,
+    )
+    """
+    Most bytes of senders' names and texts one room's history holds; the
+    oldest go first. Over all rooms: --max-rooms times this, at most.
+    """
+    history_on_join: int = setting(
+        DEFAULT_HISTORY_ON_JOIN, "Messages of history offered to a member as it enters (0: none).", check=not_negative
+    )
+    """How many of the latest messages held a member with the delivery feature is offered as it enters a room."""
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> Settings:
