@@ -383,8 +383,8 @@ class DuplicateWindowTests(SynchronousTestCase):
         self.assertEqual(window.check(2), Verdict.STALE)
         self.assertEqual(window.check(2 + DUPLICATE_WINDOW), Duplicate(2, 20))
         # A slot still holding an id that left the window says nothing of its new id.
-        window.record(3, 3, 30)  # In the window: 3 > 258 - 256.
-        window.record(300, 4, 40)
+        window.record(3, 3, 30)  # In the window: 3 > highest - DUPLICATE_WINDOW = 2.
+        window.record(3 + DUPLICATE_WINDOW + DUPLICATE_WINDOW // 2, 4, 40)
         self.assertEqual(window.check(3 + DUPLICATE_WINDOW), Verdict.NEW)  # Slot 3 holds id 3, gone.
         self.assertEqual(window.check(3), Verdict.STALE)
 
@@ -425,7 +425,7 @@ class DuplicateWindowTests(SynchronousTestCase):
                 window.record(message_id, seq, seq * 3)
                 model[message_id] = Duplicate(seq, seq * 3)
             self.assertEqual(window.highest, max(model, default=0))
-            self.assertLessEqual(len(window._slots), DUPLICATE_WINDOW)
+            self.assertEqual(len(window._slots), 3 * DUPLICATE_WINDOW)
 
 
 class RoomWindowsTests(SynchronousTestCase):
