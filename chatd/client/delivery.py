@@ -29,7 +29,7 @@ class DeliveryStats:
     """
 
     retransmissions: int = 0
-    """SENDs sent again because their acknowledgement did not come in time (not the first sends)."""
+    """SENDs sent again: timer expiries, /retry and resending after a rejoin (not the first sends)."""
     repaired: int = 0
     """Messages that arrived after a REPAIR asked for them: the gaps repaired, in messages."""
     duplicates: int = 0
@@ -263,6 +263,9 @@ class Outbox:
         # Places freed by failures go to the waiting, in the same call.
         while self._waiting and len(self._in_flight) < self.MAX_IN_FLIGHT:
             message = self._messages[heapq.heappop(self._waiting)]
+            if message.total_sends:
+                # Sent before (retry, resend_all): a retransmission all the same.
+                self.stats.retransmissions += 1
             message.in_flight = True
             message.sends = 0
             message.started = now

@@ -154,8 +154,9 @@ class Timeline:
         if self._fill(seq, now):
             self.stats.repaired += 1
         self._buffer[seq] = None if own else message
+        items = self._advance()
         self._bound()
-        return self._advance()
+        return items
 
     def own_sent(self, seq: int, now: float) -> list[TimelineItem]:
         """The client's own SENT: its number fills its place, not shown (the local echo showed it)."""
@@ -164,8 +165,9 @@ class Timeline:
         if seq not in self._buffer:
             self._fill(seq, now)
         self._buffer[seq] = None
+        items = self._advance()
         self._bound()
-        return self._advance()
+        return items
 
     def gone(self, gone: SeqRange, now: float) -> list[TimelineItem]:
         """A GONE: these numbers are older than the history; shown as "N messages missed" in their place."""
