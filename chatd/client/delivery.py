@@ -168,7 +168,7 @@ class Outbox:
     unacknowledged, the waiting and the failed.
     """
 
-    MAX_IN_FLIGHT = 64
+    MAX_IN_FLIGHT = 32
     MAX_SENDS = 8
     GIVE_UP_AFTER = 30.0
 

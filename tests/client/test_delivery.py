@@ -138,15 +138,16 @@ class OutboxTests(SynchronousTestCase):
 
     def test_window(self) -> None:
         outbox = Outbox()
-        for i in range(70):
+        limit = Outbox.MAX_IN_FLIGHT
+        for i in range(limit + 6):
             outbox.post(str(i))
-        self.assertEqual(len(outbox.due(0.0).sends), Outbox.MAX_IN_FLIGHT)
-        self.assertEqual((outbox.in_flight, outbox.waiting, outbox.unacknowledged), (64, 6, 70))
+        self.assertEqual(len(outbox.due(0.0).sends), limit)
+        self.assertEqual((outbox.in_flight, outbox.waiting, outbox.unacknowledged), (limit, 6, limit + 6))
         self.assertEqual(outbox.next_deadline(), 1.0)
         outbox.acknowledged(Sent(3, 3, 0), 0.1)
         self.assertEqual(outbox.next_deadline(), 0.0)
-        self.assertEqual(outbox.due(0.1).sends, (Outgoing(65, "64"),))
-        self.assertEqual(outbox.state(70), MessageState.SENDING)
+        self.assertEqual(outbox.due(0.1).sends, (Outgoing(limit + 1, str(limit)),))
+        self.assertEqual(outbox.state(limit + 6), MessageState.SENDING)
 
     def test_gives_up_after_thirty_seconds(self) -> None:
         outbox = Outbox()
