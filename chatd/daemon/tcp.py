@@ -45,6 +45,7 @@ from chatd.daemon.logs import CountedWarnings
 from chatd.daemon.ratelimit import KeyedLimiter, is_loopback
 from chatd.daemon.rooms import LeaveReason, Member
 from chatd.daemon.settings import Settings
+from chatd.daemon.stats import AbortReason, TcpStats
 from chatd.protocol.errors import (
     HashingBusyError,
     MalformedFrameError,
@@ -92,19 +93,6 @@ def _host_of(address: IAddress) -> str:
     if isinstance(address, IPv4Address | IPv6Address):
         return address.host
     return str(address)
-
-
-class AbortReason:
-    """Why a connection was aborted: the keys of L{RoomFactory.aborted}."""
-
-    SEND_QUEUE = "send_queue"
-    """More than Settings.send_queue bytes waited for a peer that does not read."""
-    SEND_QUEUE_TIMEOUT = "send_queue_timeout"
-    """The peer did not read for Settings.send_queue_timeout seconds."""
-    HANDSHAKE_TIMEOUT = "handshake_timeout"
-    """No room (or, model dialect, no UDP port) within Settings.handshake_timeout."""
-    CLOSE_TIMEOUT = "close_timeout"
-    """A close did not finish within Settings.send_queue_timeout."""
 
 
 @implementer(IMemberConnection, IPushProducer)
@@ -305,12 +293,12 @@ class RoomProtocol(Protocol):
         # (join): from one address, few at once and few a minute.
         hashing = bool(request.password)
         if hashing and not self._factory.may_hash(self.peer_host):
-            self._factory.rate_limited["hashing"] += 1
+            self._factory.stats.rate_limited["hashing_per_host"] += 1
             raise HashingBusyError(f"{self.peer_host} already has a password request in progress; try again")
         attempt = hashing or (frame.operation is Operation.JOIN and bool(request.invite))
         # Charged before the check, so that parallel guesses are counted too.
         if attempt and not self._factory.password_attempts.take(self.peer_host):
-            self._factory.rate_limited["password_attempts"] += 1
+            self._factory.stats.rate_limited["password_attempts"] += 1
             wait = self._factory.password_attempts.wait_time(self.peer_host)
             raise RateLimitedError(f"too many password attempts from {self.peer_host}; try again in {wait:.0f} s")
         if hashing:
@@ -336,9 +324,9 @@ class RoomProtocol(Protocol):
             return
         self.member = member
         if member.is_host:
-            self._factory.rooms_created += 1
+            self._factory.stats.rooms_created += 1
         else:
-            self._factory.joins += 1
+            self._factory.stats.joins += 1
         # A model client is not done until its port arrives: its handshake
         # timer runs on.
         if member.dialect is not Dialect.MODEL:
@@ -415,7 +403,7 @@ class RoomProtocol(Protocol):
     def _refuse(self, error: ProtocolError, operation: Operation, room: str = "") -> None:
         # Every refusal counted, as dropped datagrams are: a peer sending
         # garbage frames shows in the metrics, not only in the log.
-        self._factory.refused_requests[error.reason] += 1
+        self._factory.stats.refused_requests[error.reason] += 1
         if self._decoder.encoding_hint is not None and self.dialect is None:
             self._encoding = self._decoder.encoding_hint
         payload = error_payload(error, self.dialect or Dialect.MODEL)
@@ -500,7 +488,7 @@ class RoomProtocol(Protocol):
         """Abort because a limit was hit: logged and counted by C{reason} (an L{AbortReason})."""
         if self._lost or self._aborted:
             return
-        self._factory.aborted[reason] += 1
+        self._factory.stats.aborted[reason] += 1
         self._log.info(
             "aborting connection from {peer}: {reason}",
             event="aborted",
@@ -640,18 +628,8 @@ class RoomFactory(ServerFactory):
         self.settings = settings
         self.connections: set[RoomProtocol] = set()
         self._per_host: Counter[str] = Counter()
-        self.rooms_created = 0
-        self.joins = 0
-        """Rooms created and joined over this factory's connections (for the metrics)."""
-        self.rate_limited: Counter[str] = Counter()
-        """Requests refused as RATE_LIMITED, by limit: "connections", "password_attempts" and "hashing"."""
-        self.aborted: Counter[str] = Counter()
-        """Connections aborted over a limit, by L{AbortReason}."""
-        self.refused_requests: Counter[str] = Counter()
-        """
-        Frames answered with a refusal (a non-zero status), by the reason of
-        the error (chatd.protocol.errors): malformed frames, and requests refused.
-        """
+        self.stats = TcpStats()
+        """What this factory and its connections count; the stats log line and the metrics read it."""
         self._hashing: Counter[str] = Counter()
         """Creates and joins carrying a password in the store's hands, by address."""
         self.refused = RefusedConnections(clock)
@@ -672,7 +650,7 @@ class RoomFactory(ServerFactory):
         if self._per_host[host] >= self.settings.max_connections_per_host:
             return self._refuse(ServerFullError(f"{host} holds its limit of connections"), host)
         if not self.new_connections.take(host):
-            self.rate_limited["connections"] += 1
+            self.stats.rate_limited["connections"] += 1
             return self._refuse(RateLimitedError(f"{host} opens connections too fast"), host)
         return RoomProtocol(self)
 
@@ -707,11 +685,13 @@ class RoomFactory(ServerFactory):
 
     def connection_opened(self, protocol: RoomProtocol) -> None:
         self.connections.add(protocol)
+        self.stats.connections = len(self.connections)
         self._per_host[protocol.peer_host] += 1
 
     def connection_closed(self, protocol: RoomProtocol) -> None:
         if protocol in self.connections:
             self.connections.remove(protocol)
+            self.stats.connections = len(self.connections)
             self._per_host[protocol.peer_host] -= 1
             if not self._per_host[protocol.peer_host]:
                 del self._per_host[protocol.peer_host]

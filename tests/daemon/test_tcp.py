@@ -292,7 +292,7 @@ class TimeoutTests(RoomProtocolTestCase):
         self.assertFalse(transport.disconnecting)
         self.clock.advance(1)
         self.assertTrue(transport.disconnected)  # what StringTransport.abortConnection sets
-        self.assertEqual(self.server.tcp_factory.aborted, {"handshake_timeout": 1})
+        self.assertEqual(self.server.tcp_factory.stats.aborted, {"handshake_timeout": 1})
 
     def test_model_client_must_send_its_port_in_time(self) -> None:
         self.enter(Operation.CREATE, "ann", encoding=ASCII)
