@@ -29,7 +29,7 @@ from chatd.daemon.relay import RelayProtocol
 from chatd.daemon.rooms import CloseReason, HashRunner, LeaveReason, Member, Room, RoomRegistry, run_inline
 from chatd.daemon.settings import Settings
 from chatd.daemon.stats import StoreStats
-from chatd.daemon.tcp import RoomFactory
+from chatd.daemon.tcp_factory import RoomFactory
 from chatd.protocol.errors import RateLimitedError
 from chatd.protocol.payloads import Notice, NoticeKind
 
