@@ -30,7 +30,7 @@ def snapshot(registry: RoomRegistry) -> dict[str, Any]:
         "invitations": {invite: id(room) for invite, room in registry._invitations.items()},
         "creating": dict(registry._creating),
         "origins": dict(registry._rooms_by_origin),
-        "hashing": registry.hashing_in_flight,
+        "hashing": registry.stats.hashing_in_flight,
         "recipients": {name: room.recipients for name, room in registry._rooms.items()},
     }
 
@@ -98,4 +98,4 @@ def check_invariants(registry: RoomRegistry, settings: Settings, closed_rooms: l
             assert count <= settings.max_rooms_per_host, (origin, count)
     assert not set(registry._creating) & set(registry._rooms), "a name both reserved and open"
     assert len(registry._rooms) + len(registry._creating) <= settings.max_rooms
-    assert 0 <= registry.hashing_in_flight <= settings.max_hashing
+    assert 0 <= registry.stats.hashing_in_flight <= settings.max_hashing

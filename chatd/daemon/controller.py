@@ -28,7 +28,8 @@ from chatd.daemon.interfaces import IRelayObserver, IRoomObserver, IRoomStore
 from chatd.daemon.relay import RelayProtocol
 from chatd.daemon.rooms import CloseReason, HashRunner, LeaveReason, Member, Room, RoomRegistry, run_inline
 from chatd.daemon.settings import Settings
-from chatd.daemon.tcp import RoomFactory
+from chatd.daemon.stats import StoreStats
+from chatd.daemon.tcp_factory import RoomFactory
 from chatd.protocol.errors import RateLimitedError
 from chatd.protocol.payloads import Notice, NoticeKind
 
@@ -244,6 +245,7 @@ class ChatServer:
         with self._log.failuresHandled("while logging the counters"):
             rate_limited = self.rate_limit_hits()
             udp = self.relay.stats
+            tcp = self.tcp_factory.stats
             self._log.info(
                 "{event}: {rooms} rooms, {members} members, {connections} connections,"
                 " {datagrams_in} datagrams in, {datagrams_out} out, {dropped} dropped,"
@@ -252,19 +254,19 @@ class ChatServer:
                 event="stats",
                 rooms=len(self.store.rooms()),
                 members=self.store.member_count(),
-                connections=len(self.tcp_factory.connections),
+                connections=tcp.connections,
                 datagrams_in=udp.received,
                 datagrams_out=udp.sent,
                 dropped=udp.drops.total,
                 bytes_in=udp.received_bytes,
                 bytes_out=udp.sent_bytes,
                 rate_limited=sum(rate_limited.values()),
-                refused_frames=sum(self.tcp_factory.refused_requests.values()),
+                refused_frames=sum(tcp.refused_requests.values()),
                 **{f"dropped_{reason}": count for reason, count in udp.drops.counts.items()},
                 **{f"rate_limited_{limit}": count for limit, count in rate_limited.items()},
                 **{f"refused_{limit}": count for limit, count in self.limit_refusals().items()},
-                **{f"aborted_{reason}": count for reason, count in self.tcp_factory.aborted.items()},
-                **{f"refused_frames_{reason}": count for reason, count in self.tcp_factory.refused_requests.items()},
+                **{f"aborted_{reason}": count for reason, count in tcp.aborted.items()},
+                **{f"refused_frames_{reason}": count for reason, count in tcp.refused_requests.items()},
             )
 
     def _report_repairs(self) -> None:
@@ -273,7 +275,8 @@ class ChatServer:
         repair is a room or member that a create, join or departure left
         half done: a bug of ours, so it is logged as an error, not counted quietly.
         """
-        repaired = dict(self.store.repaired)
+        store: StoreStats = self.store.stats
+        repaired = dict(store.repaired)
         new = {kind: count - self._repairs_reported.get(kind, 0) for kind, count in repaired.items()}
         new = {kind: count for kind, count in new.items() if count > 0}
         self._repairs_reported = repaired
@@ -295,13 +298,14 @@ class ChatServer:
         "hashing_per_host" (already running for one address); all but the
         first are refused as RATE_LIMITED.
         """
-        refused = dict(self.tcp_factory.rate_limited)
+        tcp = self.tcp_factory.stats.rate_limited_by_limit()
+        store: StoreStats = self.store.stats
         return {
             "datagrams": self.relay.stats.drops.counts[RateLimitedError.reason],
-            "connections": refused.get("connections", 0),
-            "password_attempts": refused.get("password_attempts", 0),
-            "hashing": self.store.refused["hashing"],
-            "hashing_per_host": refused.get("hashing", 0),
+            "connections": tcp["connections"],
+            "password_attempts": tcp["password_attempts"],
+            "hashing": store.refused["hashing"],
+            "hashing_per_host": tcp["hashing_per_host"],
         }
 
     def limit_refusals(self) -> dict[str, int]:
@@ -309,7 +313,8 @@ class ChatServer:
         How often a cap on what one peer may hold refused a request:
         "rooms_per_host" (SERVER_FULL) and "invitations" (ROOM_FULL).
         """
-        return {limit: self.store.refused[limit] for limit in ("rooms_per_host", "invitations")}
+        store: StoreStats = self.store.stats
+        return store.refused_by_cap()
 
     def stop(self) -> Deferred[None]:
         """

@@ -114,25 +114,10 @@ class IRoomStore(Interface):
     """Rooms, members, tokens and invitations."""
 
     observer = Attribute("The IRoomObserver told of membership changes, or None.")
-    password_checks = Attribute(
-        'A Counter of the join passwords checked, by result ("accepted" or "refused"), for the metrics.'
-    )
-    refused = Attribute(
-        "A Counter of the requests this store's limits refused, for the metrics, by limit:"
-        ' "hashing" (max_hashing password hashes already in flight: RATE_LIMITED),'
-        ' "rooms_per_host" (the origin address holds max_rooms_per_host open rooms: SERVER_FULL),'
-        ' "invitations" (the room holds max_invitations live invitations: ROOM_FULL).'
-    )
-    repaired = Attribute(
-        "A Counter of what expire() found broken and removed, by kind, each a bug to log:"
-        ' "rooms" (open without a live host among its members), "members" (holding a token'
-        ' without being in an open room, or listed by a room without a live token), "key_ids" and'
-        ' "invitations" (pointing at no live member or open room), "origins" (per-origin room'
-        " counts that had drifted from the open rooms, recounted)."
-    )
-    hashing_in_flight = Attribute(
-        "How many password hashes and checks (create and join) have been handed to the hash runner"
-        " and not finished: at most max_hashing, each holding scrypt's memory while it runs."
+    stats = Attribute(
+        "The store's counters, a chatd.daemon.stats.StoreStats that the store updates: password hashes"
+        " in flight, join passwords checked, requests its limits refused, what expire() repaired. What"
+        " the sweep's repair report, the stats log line and the metrics read of the store's counts."
     )
 
     def create_room(name: str, request: RoomRequest, dialect: Dialect, origin: str = "") -> Deferred[Member]:
@@ -185,7 +170,7 @@ class IRoomStore(Interface):
         """
         Remove idle members and stale invitations; and, as a last resort
         against bugs, rooms without a live host and members without an open
-        room, each counted in C{repaired}.
+        room, each counted in C{stats.repaired}.
         """
 
     def rooms() -> list[Room]:

@@ -8,11 +8,15 @@ format, from prometheus-client's Twisted resource, with a registry of its
 own (never the process-wide default one, so that tests and several services
 in one process do not clash).
 
-The values are read from the counters the server keeps anyway, at scrape
-time, by L{ChatCollector} (the UDP side's from the relay's one
-C{RelayStats}): nothing is done per datagram for the metrics but
-two byte counts and, on one datagram in L{LATENCY_SAMPLE_EVERY}, two
-C{time.perf_counter} calls. The names are stable; dashboards may rely on them:
+The values are read at scrape time by L{ChatCollector} from the three
+objects that hold the server's counters: the relay's C{RelayStats} (the UDP
+side), the TCP factory's C{TcpStats} and the store's C{StoreStats}
+(chatd.daemon.stats), each of which owns the lists of the labels reported
+from the first scrape on, at 0; the rooms and members open are the store's
+own counts (C{IRoomStore.rooms}, C{member_count}). Nothing is done per
+datagram for the metrics but two byte counts and, on one datagram in
+L{LATENCY_SAMPLE_EVERY}, two C{time.perf_counter} calls. The names are
+stable; dashboards may rely on them:
 
   - C{chatd_rooms} (gauge): rooms open.
   - C{chatd_members} (gauge): members in all rooms.
@@ -48,7 +52,8 @@ C{time.perf_counter} calls. The names are stable; dashboards may rely on them:
     with a refusal, by the reason of chatd.protocol.errors: malformed frames
     (C{malformed}, C{too_large}, C{invalid_utf8}, C{unknown_operation},
     C{timed_out}) and refused requests (C{room_exists}, C{invalid_password},
-    C{not_permitted}, ...); every reason reported from the start, at 0.
+    C{not_permitted}, ...); every reason (C{TcpStats.refusal_reasons}) is
+    reported from the start, at 0.
   - C{chatd_password_hashing} (gauge): password hashes running now.
   - C{chatd_store_repaired_total{kind}} (counter): what the sweep found half
     done and removed (a bug of chatd's whenever it is not 0): C{rooms},
@@ -85,46 +90,9 @@ from typing_extensions import override
 
 from chatd.daemon.controller import ChatServer
 from chatd.daemon.relay import LATENCY_SAMPLE_EVERY
-from chatd.daemon.tcp import AbortReason
-from chatd.protocol import errors
+from chatd.daemon.stats import StoreStats
 
 METRICS_PATH = b"metrics"
-
-TCP_REFUSAL_REASONS = tuple(
-    error.reason
-    for error in (
-        errors.MalformedFrameError,
-        errors.FrameTooLargeError,
-        errors.InvalidUTF8Error,
-        errors.UnknownOperationError,
-        errors.InvalidNameError,
-        errors.UnsupportedVersionError,
-        errors.RoomExistsError,
-        errors.RoomNotFoundError,
-        errors.InvalidPasswordError,
-        errors.InvalidInvitationError,
-        errors.UsernameTakenError,
-        errors.ServerFullError,
-        errors.TooManyRoomsError,
-        errors.RoomFullError,
-        errors.TooManyInvitationsError,
-        errors.NotPermittedError,
-        errors.RequestTimeoutError,
-        errors.RateLimitedError,
-        errors.HashingBusyError,
-    )
-)
-"""Why a TCP frame is answered with a refusal: reported from the first scrape on, at 0 until it happens."""
-
-PASSWORD_CHECK_RESULTS = ("accepted", "refused")
-
-ABORT_REASONS = (
-    AbortReason.SEND_QUEUE,
-    AbortReason.SEND_QUEUE_TIMEOUT,
-    AbortReason.HANDSHAKE_TIMEOUT,
-    AbortReason.CLOSE_TIMEOUT,
-)
-"""Why the daemon resets TCP connections: reported from the first scrape on, at 0 until it happens."""
 
 
 class ChatCollector:
@@ -136,12 +104,11 @@ class ChatCollector:
     def collect(self) -> Iterator[Metric]:
         server = self._server
         relay = server.relay.stats
-        factory = server.tcp_factory
+        tcp = server.tcp_factory.stats
+        store: StoreStats = server.store.stats
         yield GaugeMetricFamily("chatd_rooms", "Rooms open.", value=len(server.store.rooms()))
         yield GaugeMetricFamily("chatd_members", "Members in all rooms.", value=server.store.member_count())
-        yield GaugeMetricFamily(
-            "chatd_tcp_connections", "TCP (and TLS) connections open.", value=len(factory.connections)
-        )
+        yield GaugeMetricFamily("chatd_tcp_connections", "TCP (and TLS) connections open.", value=tcp.connections)
         yield CounterMetricFamily("chatd_datagrams_received", "UDP datagrams received.", value=relay.received)
         yield CounterMetricFamily(
             "chatd_datagrams_sent",
@@ -175,33 +142,31 @@ class ChatCollector:
             "chatd_tcp_aborted",
             "TCP connections reset by the daemon, by reason.",
             "reason",
-            factory.aborted,
-            ABORT_REASONS,
+            tcp.aborted,
+            tcp.abort_reasons,
         )
         yield _by_label(
             "chatd_tcp_refused",
             "TCP frames answered with a refusal, by reason.",
             "reason",
-            factory.refused_requests,
-            TCP_REFUSAL_REASONS,
+            tcp.refused_requests,
+            tcp.refusal_reasons,
         )
-        yield GaugeMetricFamily(
-            "chatd_password_hashing", "Password hashes running now.", value=server.store.hashing_in_flight
-        )
+        yield GaugeMetricFamily("chatd_password_hashing", "Password hashes running now.", value=store.hashing_in_flight)
         yield _by_label(
             "chatd_store_repaired",
             "What the sweep found half done and removed, by kind: a bug of chatd's whenever it is not 0.",
             "kind",
-            server.store.repaired,
+            store.repaired,
         )
-        yield CounterMetricFamily("chatd_rooms_created", "Rooms created.", value=factory.rooms_created)
-        yield CounterMetricFamily("chatd_joins", "Joins of existing rooms.", value=factory.joins)
+        yield CounterMetricFamily("chatd_rooms_created", "Rooms created.", value=tcp.rooms_created)
+        yield CounterMetricFamily("chatd_joins", "Joins of existing rooms.", value=tcp.joins)
         yield _by_label(
             "chatd_password_checks",
             "Join passwords checked (scrypt), by result.",
             "result",
-            server.store.password_checks,
-            PASSWORD_CHECK_RESULTS,
+            store.password_checks,
+            store.password_check_results,
         )
 
     def _latency(self) -> HistogramMetricFamily:

@@ -16,12 +16,12 @@ invitations, rooms per origin) true to each other:
   everything back. A join likewise, and undoes itself when the observer fails.
 - What should never happen is still cleaned up: L{RoomRegistry.expire}
   removes rooms without a live host and members without an open room, and
-  counts each repair in C{repaired}, so a bug costs a log line, not a room
+  counts each repair in C{stats.repaired}, so a bug costs a log line, not a room
   slot for ever.
 
 The limits an attacker could otherwise turn into memory or CPU are here too:
 live invitations per room, open rooms per origin address, password hashes in
-flight; each refusal is counted in C{refused}.
+flight; each refusal is counted in C{stats.refused}.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from chatd.daemon.interfaces import IMemberConnection, IRoomObserver, IRoomStore
 from chatd.daemon.passwords import PasswordHash, hash_password, verify_password
 from chatd.daemon.ratelimit import MemberRateLimit, is_loopback
 from chatd.daemon.settings import Settings
+from chatd.daemon.stats import StoreStats
 from chatd.protocol.errors import (
     HashingBusyError,
     InvalidInvitationError,
@@ -189,28 +190,8 @@ class RoomRegistry:
         """The datagram path's look-up: a bare dict.get, so no Python frame per datagram."""
         self._by_key_id: dict[int, Member] = {}
         self._invitations: dict[str, Room] = {}
-        self._hashing = 0
-        self.password_checks: Counter[str] = Counter()
-        """Join passwords checked (each an scrypt run), by result: "accepted" or "refused"."""
-        self.refused: Counter[str] = Counter()
-        """
-        Requests refused by a limit of this store: "hashing" (max_hashing
-        hashes in flight), "rooms_per_host" (the origin holds
-        max_rooms_per_host rooms), "invitations" (the room holds
-        max_invitations live invitations).
-        """
-        self.repaired: Counter[str] = Counter()
-        """
-        What expire() found broken and removed, each a bug to log: "rooms"
-        (open without a live host), "members" (live without an open room),
-        "key_ids" and "invitations" (left pointing at nothing), "origins"
-        (per-origin room counts that had drifted).
-        """
-
-    @property
-    def hashing_in_flight(self) -> int:
-        """Password hashes and checks handed to the runner whose Deferred has not fired yet."""
-        return self._hashing
+        self.stats = StoreStats()
+        """What this store counts; the sweep's repair report, the stats log line and the metrics read it."""
 
     # -- control operations -------------------------------------------------
 
@@ -266,7 +247,7 @@ class RoomRegistry:
         limit = self._settings.max_rooms_per_host
         if not self._origin_is_limited(origin) or self._rooms_by_origin[origin] < limit:
             return
-        self.refused["rooms_per_host"] += 1
+        self.stats.refused["rooms_per_host"] += 1
         raise TooManyRoomsError(f"{origin} holds its limit of {limit} open rooms; close one to create another")
 
     def _origin_is_limited(self, origin: str) -> bool:
@@ -308,7 +289,7 @@ class RoomRegistry:
             stored = room.password_hash
             password = request.password
             verified = await self._hash(lambda: verify_password(password, stored))
-            self.password_checks["accepted" if verified else "refused"] += 1
+            self.stats.password_checks["accepted" if verified else "refused"] += 1
             if not verified:
                 raise InvalidPasswordError(f"wrong password for room {name!r}")
             # The world may have moved while the password was checked.
@@ -362,18 +343,19 @@ class RoomRegistry:
         Each scrypt run holds 128 * r * N bytes (16 MiB at the default cost),
         so the count bounds the daemon's memory, not only its CPU.
         """
-        if self._hashing >= self._settings.max_hashing:
-            self.refused["hashing"] += 1
+        stats = self.stats
+        if stats.hashing_in_flight >= self._settings.max_hashing:
+            stats.refused["hashing"] += 1
             raise HashingBusyError("the server is checking too many passwords; try again in a moment")
-        self._hashing += 1
+        stats.hashing_in_flight += 1
         try:
             running = self._run_hash(work)
         except BaseException:
-            self._hashing -= 1
+            stats.hashing_in_flight -= 1
             raise
 
         def finished(result: object) -> object:
-            self._hashing -= 1
+            stats.hashing_in_flight -= 1
             return result
 
         running.addBoth(finished)
@@ -459,7 +441,7 @@ class RoomRegistry:
         self._drop_stale_invitations(room, now)
         limit = self._settings.max_invitations
         if len(room.invitations) >= limit:
-            self.refused["invitations"] += 1
+            self.stats.refused["invitations"] += 1
             raise TooManyInvitationsError(
                 f"room {room.name!r} holds its limit of {limit} live invitations; wait for some to be used or expire"
             )
@@ -558,7 +540,7 @@ class RoomRegistry:
     def _repair(self) -> None:
         """
         Remove what no correct sequence of operations leaves behind, and
-        count it in C{repaired}: a last resort against bugs (and exceptions
+        count it in C{stats.repaired}: a last resort against bugs (and exceptions
         from outside, such as a RecursionError) that would otherwise hold a
         room slot, a token or a key id for ever.
         """
@@ -571,7 +553,7 @@ class RoomRegistry:
                     if member.room is room:
                         self._unregister_member(member)
                     self._refresh_recipients(room)
-                    self.repaired["members"] += 1
+                    self.stats.repaired["members"] += 1
         for name, room in list(self._rooms.items()):
             host = room.host
             broken = (
@@ -582,7 +564,7 @@ class RoomRegistry:
                 or not self._is_live(host)
             )
             if broken:
-                self.repaired["rooms"] += 1
+                self.stats.repaired["rooms"] += 1
                 if room.name != name:
                     # Indexed under another name: _close would not find it.
                     del self._rooms[name]
@@ -593,26 +575,26 @@ class RoomRegistry:
             room = member.room
             if self._rooms.get(room.name) is not room or room.members.get(member.name) is not member:
                 self._unregister_member(member)
-                self.repaired["members"] += 1
+                self.stats.repaired["members"] += 1
                 if self.observer is not None:
                     self.observer.member_left(member, LeaveReason.LEFT)
         for token_bytes, member in list(self._by_token_bytes.items()):
             if not self._is_live(member):
                 del self._by_token_bytes[token_bytes]
-                self.repaired["members"] += 1
+                self.stats.repaired["members"] += 1
         for key_id, member in list(self._by_key_id.items()):
             current = member.channel is not None and member.channel.key_id == key_id
             previous = member.previous_channel is not None and member.previous_channel.key_id == key_id
             if not self._is_live(member) or not (current or previous):
                 del self._by_key_id[key_id]
-                self.repaired["key_ids"] += 1
+                self.stats.repaired["key_ids"] += 1
         for invite, room in list(self._invitations.items()):
             if self._rooms.get(room.name) is not room or invite not in room.invitations:
                 del self._invitations[invite]
-                self.repaired["invitations"] += 1
+                self.stats.repaired["invitations"] += 1
         expected = Counter(room.origin for room in self._rooms.values()) + Counter(self._creating.values())
         if expected != self._rooms_by_origin:
-            self.repaired["origins"] += 1
+            self.stats.repaired["origins"] += 1
             self._rooms_by_origin = expected
 
     # -- views --------------------------------------------------------------

@@ -6,53 +6,40 @@ one room; the dialect is detected from its first request and every answer
 uses that request's size encoding and payload form. For the seed and native
 dialects the open connection is the member's presence; the model dialect
 sends its UDP port as 2 raw bytes and the server then closes the connection,
-as that dialect expects.
+as that dialect expects. The frames of one connection are handled in a loop,
+never by recursion, however many arrive in one chunk.
 
-Each connection is a streaming producer on its transport (Twisted's producer
-API, both ways): the transport pauses it when its send buffer is full, and it
-pauses the transport's reading while a request is in flight or its answers
-cannot be sent. A peer that does not read is aborted once
-Settings.send_queue bytes wait for it, or once it has not read for
-Settings.send_queue_timeout seconds; so is a close that does not finish in
-that time. The frames of one connection are handled in a loop, never by
-recursion, however many arrive in one chunk.
+Here are the requests and their answers. What is about bytes and time (the
+transport's producer, the send queue, the handshake, partial-frame and close
+timers) is RoomProtocol's base, chatd.daemon.tcp_flow.FlowControlledProtocol;
+the factory that builds RoomProtocols within the connection limits is
+chatd.daemon.tcp_factory.RoomFactory. The classes that log stay in this
+module, so that their events keep their namespaces (chatd.daemon.tcp.RoomProtocol,
+chatd.daemon.tcp.RefusedConnections).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import (
-    IAddress,
-    IConsumer,
-    IDelayedCall,
-    IPushProducer,
-    IReactorTime,
-    ISSLTransport,
-    ITCPTransport,
-)
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.interfaces import IAddress, ISSLTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from chatd.daemon.interfaces import IMemberConnection, IRoomStore
+from chatd.daemon.interfaces import IMemberConnection
 from chatd.daemon.logs import CountedWarnings
-from chatd.daemon.ratelimit import KeyedLimiter, is_loopback
 from chatd.daemon.rooms import LeaveReason, Member
-from chatd.daemon.settings import Settings
+from chatd.daemon.tcp_flow import FlowControlledProtocol
 from chatd.protocol.errors import (
     HashingBusyError,
     MalformedFrameError,
     NotPermittedError,
     ProtocolError,
     RateLimitedError,
-    RequestTimeoutError,
-    ServerFullError,
     Status,
     UnknownOperationError,
 )
@@ -70,81 +57,36 @@ from chatd.protocol.payloads import (
     read_room_request,
     rekey_payload,
 )
-from chatd.protocol.wire import (
-    HEADER_SIZE,
-    Frame,
-    FrameDecoder,
-    Operation,
-    PortBytes,
-    SizeEncoding,
-    State,
-    encode_frame,
-)
+from chatd.protocol.wire import HEADER_SIZE, Frame, Operation, PortBytes, SizeEncoding, State, encode_frame
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import ITransport
+    from chatd.daemon.tcp_factory import RoomFactory
 
 
-_T = TypeVar("_T")
-
-
-def _host_of(address: IAddress) -> str:
+def host_of(address: IAddress) -> str:
+    """The host of a connection's address: what the per-address limits count by."""
     if isinstance(address, IPv4Address | IPv6Address):
         return address.host
     return str(address)
 
 
-class AbortReason:
-    """Why a connection was aborted: the keys of L{RoomFactory.aborted}."""
-
-    SEND_QUEUE = "send_queue"
-    """More than Settings.send_queue bytes waited for a peer that does not read."""
-    SEND_QUEUE_TIMEOUT = "send_queue_timeout"
-    """The peer did not read for Settings.send_queue_timeout seconds."""
-    HANDSHAKE_TIMEOUT = "handshake_timeout"
-    """No room (or, model dialect, no UDP port) within Settings.handshake_timeout."""
-    CLOSE_TIMEOUT = "close_timeout"
-    """A close did not finish within Settings.send_queue_timeout."""
-
-
-@implementer(IMemberConnection, IPushProducer)
-class RoomProtocol(Protocol):
+@implementer(IMemberConnection)
+class RoomProtocol(FlowControlledProtocol):
     _log = Logger()
 
     def __init__(self, factory: RoomFactory) -> None:
+        super().__init__(factory.clock, factory.settings, factory.stats)
         self._factory = factory
         self._store = factory.store
-        self._clock = factory.clock
-        self._settings = factory.settings
-        self._decoder = FrameDecoder(self._settings.max_payload)
         self.member: Member | None = None
         self.dialect: Dialect | None = None
-        self.peer_host = ""
         self._encoding = SizeEncoding.BINARY
-        self._busy = False
-        """A create or join is in flight; later frames wait for its answer."""
         self._processing = False
         """
         L{_process}'s loop is running: a create or join answered at once,
         inside it, lets the loop go on instead of starting another (one
         stack level per pipelined request would end in RecursionError).
         """
-        self._write_paused = False
-        """The transport's send buffer is full: it has paused us (IPushProducer)."""
-        self._reading_paused = False
-        """We have paused the transport's reading (busy, or the peer does not read)."""
-        self._registered = False
-        """We are the transport's producer (until a close unregisters us)."""
-        self.queued_bytes = 0
-        """Bytes written since the transport paused us: what the peer has not taken."""
-        self._closing = False
-        self._aborted = False
-        self._lost = False
-        self._handshake_timer: IDelayedCall | None = None
-        self._frame_timer: IDelayedCall | None = None
-        self._send_queue_timer: IDelayedCall | None = None
-        self._close_timer: IDelayedCall | None = None
-        self._close_waiters: list[Deferred[None]] = []
 
     # -- connection life ----------------------------------------------------
 
@@ -156,25 +98,15 @@ class RoomProtocol(Protocol):
     @override
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.peer_host = _host_of(self.transport.getPeer())
+        self.peer_host = host_of(self.transport.getPeer())
         self._factory.connection_opened(self)
-        consumer = IConsumer(self.transport, None)
-        if consumer is not None:
-            # Streaming: the transport tells us when its buffer is full and
-            # when it has drained (pauseProducing, resumeProducing).
-            consumer.registerProducer(self, True)
-            self._registered = True
-        self._handshake_timer = self._clock.callLater(self._settings.handshake_timeout, self._handshake_expired)
+        self._start_flow()
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._lost = True
-        self._closing = True
-        self._cancel_timers()
+        self._stop_flow()
         self._factory.connection_closed(self)
-        waiters, self._close_waiters = self._close_waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
+        self._notify_closed()
         member = self.member
         if member is None:
             return
@@ -185,12 +117,18 @@ class RoomProtocol(Protocol):
         self._store.leave(member, LeaveReason.LEFT)
 
     @override
+    def _handshake_pending(self) -> bool:
+        # A model client is not done until its UDP port arrives.
+        return self.member is None or (self.member.address is None and self.member.dialect is Dialect.MODEL)
+
+    @override
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
         self._decoder.feed(data)
         self._process()
 
+    @override
     def _process(self) -> None:
         """
         Handle every whole frame buffered, in order, until one must wait: a
@@ -305,12 +243,12 @@ class RoomProtocol(Protocol):
         # (join): from one address, few at once and few a minute.
         hashing = bool(request.password)
         if hashing and not self._factory.may_hash(self.peer_host):
-            self._factory.rate_limited["hashing"] += 1
+            self._stats.rate_limited["hashing_per_host"] += 1
             raise HashingBusyError(f"{self.peer_host} already has a password request in progress; try again")
         attempt = hashing or (frame.operation is Operation.JOIN and bool(request.invite))
         # Charged before the check, so that parallel guesses are counted too.
         if attempt and not self._factory.password_attempts.take(self.peer_host):
-            self._factory.rate_limited["password_attempts"] += 1
+            self._stats.rate_limited["password_attempts"] += 1
             wait = self._factory.password_attempts.wait_time(self.peer_host)
             raise RateLimitedError(f"too many password attempts from {self.peer_host}; try again in {wait:.0f} s")
         if hashing:
@@ -336,14 +274,13 @@ class RoomProtocol(Protocol):
             return
         self.member = member
         if member.is_host:
-            self._factory.rooms_created += 1
+            self._stats.rooms_created += 1
         else:
-            self._factory.joins += 1
+            self._stats.joins += 1
         # A model client is not done until its port arrives: its handshake
         # timer runs on.
         if member.dialect is not Dialect.MODEL:
-            self._cancel_timer(self._handshake_timer)
-            self._handshake_timer = None
+            self._handshake_done()
         room = member.room
         operation = Operation.CREATE if member.is_host else Operation.JOIN
         self._acknowledge(operation, Status.SUCCESS, room.name)
@@ -412,10 +349,11 @@ class RoomProtocol(Protocol):
 
     # -- answers ------------------------------------------------------------
 
+    @override
     def _refuse(self, error: ProtocolError, operation: Operation, room: str = "") -> None:
         # Every refusal counted, as dropped datagrams are: a peer sending
         # garbage frames shows in the metrics, not only in the log.
-        self._factory.refused_requests[error.reason] += 1
+        self._stats.refused_requests[error.reason] += 1
         if self._decoder.encoding_hint is not None and self.dialect is None:
             self._encoding = self._decoder.encoding_hint
         payload = error_payload(error, self.dialect or Dialect.MODEL)
@@ -433,17 +371,8 @@ class RoomProtocol(Protocol):
     def _send(self, frame: Frame, encoded: bytes | None = None) -> None:
         if self._lost or self._aborted:
             return
-        assert self.transport is not None
         self._log_frame("sent", frame)
-        data = encode_frame(frame) if encoded is None else encoded
-        if self._write_paused:
-            # The transport buffers it (beyond its own buffer size) for a
-            # peer that is not reading: bounded here.
-            self.queued_bytes += len(data)
-            if self.queued_bytes > self._settings.send_queue:
-                self._abort_for(AbortReason.SEND_QUEUE)
-                return
-        self.transport.write(data)
+        self._write(encode_frame(frame) if encoded is None else encoded)
 
     def _log_frame(self, direction: str, frame: Frame) -> None:
         if not self._settings.log_frames:
@@ -479,262 +408,10 @@ class RoomProtocol(Protocol):
     def close(self) -> None:
         self._close()
 
-    def abort(self) -> None:
-        """Close at once, dropping what was not yet sent."""
-        if self._lost or self._aborted:
-            return
-        self._aborted = self._closing = True
-        self._cancel_timers()
-        transport = self.transport
-        assert transport is not None
-        # TCP transports can abort, and TLS ones too: the TLS port's
-        # transports are TCP ones that declare ISSLTransport, which extends
-        # ITCPTransport (a TLSMemoryBIOProtocol declares what it wraps).
-        if ITCPTransport.providedBy(transport):
-            ITCPTransport(transport).abortConnection()
-        else:
-            # A transport that cannot abort (none of Twisted's streams).
-            transport.loseConnection()
-
-    def _abort_for(self, reason: str) -> None:
-        """Abort because a limit was hit: logged and counted by C{reason} (an L{AbortReason})."""
-        if self._lost or self._aborted:
-            return
-        self._factory.aborted[reason] += 1
-        self._log.info(
-            "aborting connection from {peer}: {reason}",
-            event="aborted",
-            peer=self.peer_host,
-            reason=reason,
-            queued_bytes=self.queued_bytes,
-        )
-        self.abort()
-
-    def when_closed(self) -> Deferred[None]:
-        waiter: Deferred[None] = Deferred()
-        if self._lost:
-            waiter.callback(None)
-        else:
-            self._close_waiters.append(waiter)
-        return waiter
-
-    def _close(self) -> None:
-        """Close once what was sent is flushed; abort if that takes too long."""
-        if self._closing:
-            return
-        self._closing = True
-        self._cancel_timers()
-        assert self.transport is not None
-        if self._registered:
-            # A transport with a producer registered does not finish closing
-            # (TCP when the producer is paused, TLS at all): nothing more is
-            # produced anyway.
-            self._registered = False
-            IConsumer(self.transport).unregisterProducer()
-        self._close_timer = self._clock.callLater(
-            self._settings.send_queue_timeout, self._abort_for, AbortReason.CLOSE_TIMEOUT
-        )
-        self.transport.loseConnection()
-
-    # -- IPushProducer: the transport's send buffer -------------------------
-
-    def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer's spelling
-        """The transport's send buffer is full: the peer is not reading fast enough."""
-        if self._write_paused or self._closing:
-            return
-        self._write_paused = True
-        self.queued_bytes = 0
-        self._send_queue_timer = self._clock.callLater(
-            self._settings.send_queue_timeout, self._abort_for, AbortReason.SEND_QUEUE_TIMEOUT
-        )
-        self._update_reading()
-        # A frame waiting here waits for the peer, not for its own bytes.
-        self._watch_partial_frame()
-
-    def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer's spelling
-        """The transport has sent what it held: read and answer again."""
-        if not self._write_paused:
-            return
-        self._write_paused = False
-        self.queued_bytes = 0
-        self._cancel_timer(self._send_queue_timer)
-        self._send_queue_timer = None
-        if not self._closing:
-            self._process()
-
-    def stopProducing(self) -> None:  # noqa: N802 - IPushProducer's spelling
-        """The connection is going (connectionLost follows): nothing more is sent."""
-        self._closing = True
-        self._registered = False
-        self._cancel_timers()
-
-    def _update_reading(self) -> None:
-        """Read from the peer only while its requests can be answered."""
-        wanted = self._busy or self._write_paused
-        # The transport produces what the peer sends (TCP and TLS do).
-        producer = IPushProducer(self.transport, None)
-        # Once closing, the transport reads no more by itself: resuming an
-        # aborted one would only wake the reactor for nothing.
-        if wanted == self._reading_paused or self._closing or producer is None:
-            return
-        self._reading_paused = wanted
-        if wanted:
-            producer.pauseProducing()
-        else:
-            producer.resumeProducing()
-
-    # -- timers -------------------------------------------------------------
-
-    def _watch_partial_frame(self) -> None:
-        """
-        Start the frame timer when a frame begins; it is not reset by more
-        bytes, so a peer dribbling one byte at a time still runs out of time.
-        """
-        waiting = self._decoder.buffered > 0 and not self._busy and not self._closing and not self._write_paused
-        if waiting and self._frame_timer is None:
-            self._frame_timer = self._clock.callLater(self._settings.frame_timeout, self._frame_expired)
-        elif not waiting and self._frame_timer is not None:
-            self._cancel_timer(self._frame_timer)
-            self._frame_timer = None
-
-    def _frame_expired(self) -> None:
-        self._frame_timer = None
-        error = RequestTimeoutError(f"a frame was not finished within {self._settings.frame_timeout:g} s")
-        if self._decoder.buffered >= HEADER_SIZE:
-            self._refuse(error, self._decoder.pending_operation)
-        else:
-            self._log.info(
-                "closing connection from {peer}: {reason}", event="closing", peer=self.peer_host, reason=error.reason
-            )
-            self._close()
-
-    def _handshake_expired(self) -> None:
-        self._handshake_timer = None
-        # Even with a request in flight: a create or join that takes this
-        # long has gone wrong, and _entered copes with a closed connection.
-        # Aborted, not closed: a peer that stalls its handshake may well not
-        # read either, and a close would wait for it.
-        if self.member is None or (self.member.address is None and self.member.dialect is Dialect.MODEL):
-            self._abort_for(AbortReason.HANDSHAKE_TIMEOUT)
-
-    def _cancel_timers(self) -> None:
-        for timer in (self._handshake_timer, self._frame_timer, self._send_queue_timer, self._close_timer):
-            self._cancel_timer(timer)
-        self._handshake_timer = self._frame_timer = self._send_queue_timer = self._close_timer = None
-
-    @staticmethod
-    def _cancel_timer(timer: IDelayedCall | None) -> None:
-        if timer is not None and timer.active():
-            timer.cancel()
-
-
-class RoomFactory(ServerFactory):
-    """Builds a RoomProtocol per connection, within the connection limits."""
-
-    noisy = False
-    _log = Logger()
-
-    def __init__(self, store: IRoomStore, clock: IReactorTime, settings: Settings) -> None:
-        self.store = store
-        self.clock = clock
-        self.settings = settings
-        self.connections: set[RoomProtocol] = set()
-        self._per_host: Counter[str] = Counter()
-        self.rooms_created = 0
-        self.joins = 0
-        """Rooms created and joined over this factory's connections (for the metrics)."""
-        self.rate_limited: Counter[str] = Counter()
-        """Requests refused as RATE_LIMITED, by limit: "connections", "password_attempts" and "hashing"."""
-        self.aborted: Counter[str] = Counter()
-        """Connections aborted over a limit, by L{AbortReason}."""
-        self.refused_requests: Counter[str] = Counter()
-        """
-        Frames answered with a refusal (a non-zero status), by the reason of
-        the error (chatd.protocol.errors): malformed frames, and requests refused.
-        """
-        self._hashing: Counter[str] = Counter()
-        """Creates and joins carrying a password in the store's hands, by address."""
-        self.refused = RefusedConnections(clock)
-        exempt = None if settings.limit_loopback else is_loopback
-        self._hashing_exempt = exempt
-        self.new_connections: KeyedLimiter[str] = KeyedLimiter(
-            settings.connections_per_s, settings.connection_burst, clock, exempt=exempt
-        )
-        self.password_attempts: KeyedLimiter[str] = KeyedLimiter(
-            settings.password_attempts_per_min / 60, settings.password_attempt_burst, clock, exempt=exempt
-        )
-
-    @override
-    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
-        host = _host_of(addr) if addr is not None else ""
-        if len(self.connections) >= self.settings.max_connections:
-            return self._refuse(ServerFullError("the server holds its limit of connections"), host)
-        if self._per_host[host] >= self.settings.max_connections_per_host:
-            return self._refuse(ServerFullError(f"{host} holds its limit of connections"), host)
-        if not self.new_connections.take(host):
-            self.rate_limited["connections"] += 1
-            return self._refuse(RateLimitedError(f"{host} opens connections too fast"), host)
-        return RoomProtocol(self)
-
-    def _refuse(self, error: ProtocolError, host: str) -> _Refusal:
-        self.refused.record(error.reason, peer=host)
-        return _Refusal(error)
-
-    def prune(self) -> None:
-        """Forget per-address limits that carry no information any more (from the sweep)."""
-        self.new_connections.prune()
-        self.password_attempts.prune()
-
-    def may_hash(self, host: str) -> bool:
-        """Whether C{host} may have one more password hashed now (--max-hashing-per-host)."""
-        if self._hashing_exempt is not None and self._hashing_exempt(host):
-            return True
-        return self._hashing[host] < self.settings.max_hashing_per_host
-
-    def hashing_started(self, host: str) -> None:
-        self._hashing[host] += 1
-
-    def hashing_finished(self, result: _T, host: str) -> _T:
-        """A callback and errback: passes C{result} on."""
-        self._hashing[host] -= 1
-        if not self._hashing[host]:
-            del self._hashing[host]
-        return result
-
-    def hashing_in_progress(self, host: str) -> int:
-        """Creates and joins with a password from C{host} that the store has not answered yet."""
-        return self._hashing[host]
-
-    def connection_opened(self, protocol: RoomProtocol) -> None:
-        self.connections.add(protocol)
-        self._per_host[protocol.peer_host] += 1
-
-    def connection_closed(self, protocol: RoomProtocol) -> None:
-        if protocol in self.connections:
-            self.connections.remove(protocol)
-            self._per_host[protocol.peer_host] -= 1
-            if not self._per_host[protocol.peer_host]:
-                del self._per_host[protocol.peer_host]
-
 
 class RefusedConnections(CountedWarnings):
-    """Connections refused over a limit, by reason, with a bounded rate of warnings."""
+    """Connections refused over a limit (RoomFactory), by reason, with a bounded rate of warnings."""
 
     format = "refused a connection from {peer}: {reason}{since}"
     since_format = " ({suppressed} more were refused for this reason since the last warning)"
     event = "refused_connection"
-
-
-class _Refusal(Protocol):
-    """Says why at once, in the binary size encoding, and hangs up."""
-
-    def __init__(self, error: ProtocolError) -> None:
-        self._error = error
-
-    @override
-    def connectionMade(self) -> None:
-        transport: ITransport | None = self.transport
-        assert transport is not None
-        refusal = Frame(Operation.UNKNOWN, State.ACKNOWLEDGE, "", bytes((self._error.status,)))
-        transport.write(encode_frame(refusal))
-        transport.loseConnection()

@@ -19,10 +19,11 @@ from twisted.web.client import Agent, ResponseDone
 from typing_extensions import override
 
 import chatd.daemon.metrics
-from chatd.daemon.metrics import ABORT_REASONS, TCP_REFUSAL_REASONS, make_registry, metrics_url
+from chatd.daemon.metrics import make_registry, metrics_url
 from chatd.daemon.relay import LATENCY_SAMPLE_EVERY, RelayStats
 from chatd.daemon.service import ChatService, make_service
 from chatd.daemon.settings import Settings
+from chatd.daemon.stats import TcpStats
 from chatd.daemon.tcp import RoomProtocol
 from chatd.protocol.datagrams import encode_legacy
 from chatd.protocol.errors import Status
@@ -90,9 +91,9 @@ class CollectorTests(SynchronousTestCase):
             self.assertEqual(value(self.registry, "chatd_rate_limited_total", limit=limit), 0)
         for limit in ("rooms_per_host", "invitations"):
             self.assertEqual(value(self.registry, "chatd_limit_refused_total", limit=limit), 0)
-        for reason in ABORT_REASONS:
+        for reason in TcpStats.abort_reasons:
             self.assertEqual(value(self.registry, "chatd_tcp_aborted_total", reason=reason), 0)
-        for reason in TCP_REFUSAL_REASONS:
+        for reason in TcpStats.refusal_reasons:
             self.assertEqual(value(self.registry, "chatd_tcp_refused_total", reason=reason), 0)
         self.assertEqual(value(self.registry, "chatd_password_hashing"), 0)
         self.assertEqual(value(self.registry, "chatd_relay_latency_seconds_count"), 0)
@@ -132,7 +133,7 @@ class CollectorTests(SynchronousTestCase):
         protocol.pauseProducing()
         self.clock.advance(self.server.settings.send_queue_timeout + 1)
         self.assertEqual(value(self.registry, "chatd_tcp_aborted_total", reason="send_queue_timeout"), 1)
-        self.server.store.repaired["rooms"] += 1
+        self.server.store.stats.repaired["rooms"] += 1
         self.assertEqual(value(self.registry, "chatd_store_repaired_total", kind="rooms"), 1)
 
     def test_refused_frames_are_counted_by_reason(self) -> None:
@@ -144,7 +145,7 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(frames(transport)[0].payload[:1], bytes((Status.MALFORMED_REQUEST,)))
         self.assertEqual(value(self.registry, "chatd_tcp_refused_total", reason="room_not_found"), 1)
         self.assertEqual(value(self.registry, "chatd_tcp_refused_total", reason="invalid_utf8"), 1)
-        self.assertEqual(self.server.tcp_factory.refused_requests, {"room_not_found": 1, "invalid_utf8": 1})
+        self.assertEqual(self.server.tcp_factory.stats.refused_requests, {"room_not_found": 1, "invalid_utf8": 1})
 
     def test_connection_rate_limit_refusals(self) -> None:
         factory = self.server.tcp_factory

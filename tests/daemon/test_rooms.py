@@ -366,7 +366,7 @@ class InvitationLimitTests(LimitTestCase):
             self.registry.mint_invitation(self.host)
         self.assertEqual(raised.exception.status, Status.ROOM_FULL)
         self.assertIn("3 live invitations", str(raised.exception))
-        self.assertEqual(self.registry.refused["invitations"], 1)
+        self.assertEqual(self.registry.stats.refused["invitations"], 1)
         self.assertEqual(len(self.host.room.invitations), 3)
         self.check()
 
@@ -383,7 +383,7 @@ class InvitationLimitTests(LimitTestCase):
         self.clock.advance(self.settings.invite_ttl + 1)
         fresh = self.registry.mint_invitation(self.host)
         self.assertEqual(list(self.host.room.invitations), [fresh])
-        self.assertEqual(self.registry.refused["invitations"], 0)
+        self.assertEqual(self.registry.stats.refused["invitations"], 0)
         self.check()
 
     def test_invitations_go_with_their_room(self) -> None:
@@ -410,7 +410,7 @@ class RoomsPerHostTests(LimitTestCase):
         self.assertEqual(error.status, Status.SERVER_FULL)
         self.assertIn("192.0.2.7", str(error))
         self.assertIn("limit of 2", str(error))
-        self.assertEqual(self.registry.refused["rooms_per_host"], 1)
+        self.assertEqual(self.registry.stats.refused["rooms_per_host"], 1)
         self.assertEqual(self.registry.rooms_of_origin("192.0.2.7"), 2)
         self.check()
 
@@ -419,7 +419,7 @@ class RoomsPerHostTests(LimitTestCase):
         self.registry._run_hash = self.runner
         self.refused(self.create("one more", "192.0.2.7", password="pw"), TooManyRoomsError)
         self.assertEqual(self.runner.pending, [])
-        self.assertEqual(self.registry.hashing_in_flight, 0)
+        self.assertEqual(self.registry.stats.hashing_in_flight, 0)
 
     def test_other_addresses_are_not_affected(self) -> None:
         self.fill()
@@ -474,7 +474,7 @@ class RoomsPerHostTests(LimitTestCase):
         hosts = self.fill()
         hosts[0].room.host = None
         self.registry.expire()
-        self.assertEqual(self.registry.repaired["rooms"], 1)
+        self.assertEqual(self.registry.stats.repaired["rooms"], 1)
         self.assertEqual(self.registry.rooms_of_origin("192.0.2.7"), 1)
         self.check()
 
@@ -483,7 +483,7 @@ class RoomsPerHostTests(LimitTestCase):
             for i in range(self.settings.max_rooms_per_host + 2):
                 self.successResultOf(self.create(f"{origin}/{i}", origin))
             self.assertEqual(self.registry.rooms_of_origin(origin), 4)
-        self.assertEqual(self.registry.refused["rooms_per_host"], 0)
+        self.assertEqual(self.registry.stats.refused["rooms_per_host"], 0)
         self.check()
 
     def test_limit_loopback_limits_loopback_but_not_tools(self) -> None:
@@ -493,7 +493,7 @@ class RoomsPerHostTests(LimitTestCase):
             self.refused(self.create(f"{origin} more", origin), TooManyRoomsError)
         for i in range(self.settings.max_rooms_per_host + 2):
             self.successResultOf(self.create(f"tool {i}", ""))
-        self.assertEqual(self.registry.refused["rooms_per_host"], 2)
+        self.assertEqual(self.registry.stats.refused["rooms_per_host"], 2)
 
 
 class HashingLimitTests(LimitTestCase):
@@ -508,13 +508,13 @@ class HashingLimitTests(LimitTestCase):
     def test_refused_when_full_without_hashing(self) -> None:
         creating = self.create("a", password="pw")
         joining = self.join("bob")
-        self.assertEqual(self.registry.hashing_in_flight, 2)
+        self.assertEqual(self.registry.stats.hashing_in_flight, 2)
         before = snapshot(self.registry)
         error = self.refused(self.create("b", password="pw"), HashingBusyError)
         self.assertEqual(error.status, Status.RATE_LIMITED)
         self.assertIn("too many passwords", str(error))
         self.refused(self.join("cat"), HashingBusyError)
-        self.assertEqual(self.registry.refused["hashing"], 2)
+        self.assertEqual(self.registry.stats.refused["hashing"], 2)
         self.assertEqual(len(self.runner.pending), 2)
         self.assertEqual(snapshot(self.registry), before)
         # Work without a password is not held up.
@@ -523,7 +523,7 @@ class HashingLimitTests(LimitTestCase):
         self.runner.release()
         self.successResultOf(creating)
         self.successResultOf(joining)
-        self.assertEqual(self.registry.hashing_in_flight, 0)
+        self.assertEqual(self.registry.stats.hashing_in_flight, 0)
         self.check()
 
     def test_a_finished_hash_frees_a_place(self) -> None:
@@ -534,9 +534,9 @@ class HashingLimitTests(LimitTestCase):
         self.runner.release()
         self.successResultOf(creating)
         self.refused(joining, InvalidPasswordError)
-        self.assertEqual(self.registry.hashing_in_flight, 0)
+        self.assertEqual(self.registry.stats.hashing_in_flight, 0)
         third = self.create("b", password="pw")
-        self.assertEqual(self.registry.hashing_in_flight, 1)
+        self.assertEqual(self.registry.stats.hashing_in_flight, 1)
         self.runner.release()
         self.successResultOf(third)
 
@@ -544,12 +544,12 @@ class HashingLimitTests(LimitTestCase):
         creating = self.create("a", password="pw")
         self.runner.pending.pop().errback(InjectedError())
         self.failureResultOf(creating, InjectedError)
-        self.assertEqual(self.registry.hashing_in_flight, 0)
+        self.assertEqual(self.registry.stats.hashing_in_flight, 0)
 
     def test_a_runner_that_raises_frees_its_place(self) -> None:
         self.registry._run_hash = raise_injected
         self.failureResultOf(self.join("bob"), InjectedError)
-        self.assertEqual(self.registry.hashing_in_flight, 0)
+        self.assertEqual(self.registry.stats.hashing_in_flight, 0)
 
     def test_a_cancelled_request_stays_counted_until_its_hash_is_done(self) -> None:
         # The peer went away, but the thread is still hashing and holding memory.
@@ -557,9 +557,9 @@ class HashingLimitTests(LimitTestCase):
         creating.cancel()
         self.failureResultOf(creating, CancelledError)
         self.assertEqual(self.registry.rooms(), [self.locked])
-        self.assertEqual(self.registry.hashing_in_flight, 1)
+        self.assertEqual(self.registry.stats.hashing_in_flight, 1)
         self.runner.release()
-        self.assertEqual(self.registry.hashing_in_flight, 0)
+        self.assertEqual(self.registry.stats.hashing_in_flight, 0)
         self.assertEqual(self.registry.rooms(), [self.locked])
         self.check()
 
@@ -578,7 +578,7 @@ class AtomicCreateTests(LimitTestCase):
         self.assertEqual(self.registry.rooms(), [])
         self.assertEqual(self.registry.member_count(), 0)
         self.assertEqual(self.registry.rooms_of_origin(self.origin), 0)
-        self.assertEqual(self.registry.hashing_in_flight, 0)
+        self.assertEqual(self.registry.stats.hashing_in_flight, 0)
         self.check()
         # The name and the origin's places are free again.
         self.registry._run_hash = run_inline
@@ -708,7 +708,7 @@ class RepairTests(LimitTestCase):
 
     def check_repaired(self, **counts: int) -> None:
         self.registry.expire()
-        self.assertEqual(dict(self.registry.repaired), counts)
+        self.assertEqual(dict(self.registry.stats.repaired), counts)
         self.check()
         self.assertEqual(self.registry.rooms_of_origin("192.0.2.7"), 0)
         self.assertEqual(self.registry.member_count(), 0)
@@ -718,7 +718,7 @@ class RepairTests(LimitTestCase):
 
     def test_a_healthy_store_needs_no_repair(self) -> None:
         self.registry.expire()
-        self.assertEqual(self.registry.repaired, Counter())
+        self.assertEqual(self.registry.stats.repaired, Counter())
 
     def test_room_without_host(self) -> None:
         self.host.room.host = None
@@ -740,8 +740,8 @@ class RepairTests(LimitTestCase):
         del self.registry._rooms["hoge"]
         self.registry._rooms_by_origin.clear()
         self.registry.expire()
-        self.assertEqual(self.registry.repaired["members"], 2)
-        self.assertEqual(self.registry.repaired["invitations"], 1)
+        self.assertEqual(self.registry.stats.repaired["members"], 2)
+        self.assertEqual(self.registry.stats.repaired["invitations"], 1)
         self.assertIsNone(self.registry.member_for_token(self.bob.token))
         self.assertIn(("left", "hoge", "bob", "left"), self.observer.events)
         self.check()
@@ -750,13 +750,13 @@ class RepairTests(LimitTestCase):
         other = self.successResultOf(self.create("other"))
         self.host.room.host = other
         self.registry.expire()
-        self.assertEqual(self.registry.repaired["rooms"], 1)
+        self.assertEqual(self.registry.stats.repaired["rooms"], 1)
         self.assertEqual([room.name for room in self.registry.rooms()], ["other"])
         self.check()
 
     def test_drifted_origin_counts_are_recounted(self) -> None:
         self.registry._rooms_by_origin["192.0.2.99"] = 5
         self.registry.expire()
-        self.assertEqual(self.registry.repaired["origins"], 1)
+        self.assertEqual(self.registry.stats.repaired["origins"], 1)
         self.assertEqual(self.registry.rooms_of_origin("192.0.2.99"), 0)
         self.check()

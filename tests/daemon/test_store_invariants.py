@@ -297,7 +297,7 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @invariant()
     def hashing_counts_unfinished_work(self) -> None:
-        assert self.registry.hashing_in_flight == len(self.runner.pending)
+        assert self.registry.stats.hashing_in_flight == len(self.runner.pending)
 
     @invariant()
     def every_member_was_told_it_entered(self) -> None:
@@ -312,8 +312,8 @@ class RegistryMachine(RuleBasedStateMachine):
 
     @invariant()
     def repairs_only_for_what_was_broken(self) -> None:
-        assert self.registry.repaired["rooms"] == self.repairs_caused, dict(self.registry.repaired)
-        assert set(self.registry.repaired) <= {"rooms"}, dict(self.registry.repaired)
+        assert self.registry.stats.repaired["rooms"] == self.repairs_caused, dict(self.registry.stats.repaired)
+        assert set(self.registry.stats.repaired) <= {"rooms"}, dict(self.registry.stats.repaired)
 
     def teardown(self) -> None:
         # Whatever is still waiting finishes, and leaves everything consistent.
@@ -321,7 +321,7 @@ class RegistryMachine(RuleBasedStateMachine):
             self.runner.finish(0, failing=False)
             check_invariants(self.registry, self.settings, self.rooms_seen)
         if hasattr(self, "registry"):
-            assert self.registry.hashing_in_flight == 0
+            assert self.registry.stats.hashing_in_flight == 0
 
 
 def _fields(value: Settings) -> dict[str, Any]:

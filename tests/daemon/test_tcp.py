@@ -292,7 +292,7 @@ class TimeoutTests(RoomProtocolTestCase):
         self.assertFalse(transport.disconnecting)
         self.clock.advance(1)
         self.assertTrue(transport.disconnected)  # what StringTransport.abortConnection sets
-        self.assertEqual(self.server.tcp_factory.aborted, {"handshake_timeout": 1})
+        self.assertEqual(self.server.tcp_factory.stats.aborted, {"handshake_timeout": 1})
 
     def test_model_client_must_send_its_port_in_time(self) -> None:
         self.enter(Operation.CREATE, "ann", encoding=ASCII)
@@ -672,6 +672,39 @@ class RefusalLogTests(RoomProtocolTestCase):
             ],
         )
         self.assertEqual(factory.refused.counts["rate_limited"], 50)
+
+
+class LogNamespaceTests(RoomProtocolTestCase):
+    """
+    The namespace of an event is a log filter's key (docs/architecture.md,
+    section 8): a connection's events keep theirs, from its requests and
+    from its flow control alike, and so do the factory's refusal warnings.
+    """
+
+    def test_connection_events_are_the_room_protocols(self) -> None:
+        events = capture_events(self)
+        host, _, _ = self.enter(Operation.CREATE, "ann", chatd=1)
+        # Flow control: a peer that stops reading, past the send queue timeout.
+        host.pauseProducing()
+        self.clock.advance(self.server.settings.send_queue_timeout + 1)
+        # Flow control: a frame begun and never finished.
+        dribbler, _ = connect(self.server, port=40001)
+        dribbler.dataReceived(b"\x01")
+        self.clock.advance(self.server.settings.frame_timeout + 1)
+        namespaces = {e["event"]: e["log_namespace"] for e in events if "event" in e}
+        self.assertEqual(
+            namespaces,
+            dict.fromkeys(["created", "aborted", "closing"], "chatd.daemon.tcp.RoomProtocol"),
+        )
+
+    def test_refused_connection_warnings_keep_their_namespace(self) -> None:
+        events = capture_events(self)
+        self.server, self.clock, self.udp = make_server(connections_per_s=1, connection_burst=1)
+        flooder = IPv4Address("TCP", "192.0.2.66", 1)
+        for _ in range(2):
+            self.server.tcp_factory.buildProtocol(flooder)
+        (warning,) = [e for e in events if e.get("event") == "refused_connection"]
+        self.assertEqual(warning["log_namespace"], "chatd.daemon.tcp.RefusedConnections")
 
 
 class NativeRegistrationTests(RoomProtocolTestCase):

@@ -30,7 +30,8 @@ from typing_extensions import override
 from chatd.daemon.controller import ChatServer
 from chatd.daemon.server_tls import load_server_certificate
 from chatd.daemon.settings import Settings
-from chatd.daemon.tcp import AbortReason, RoomProtocol
+from chatd.daemon.stats import AbortReason
+from chatd.daemon.tcp import RoomProtocol
 from chatd.protocol.certificates import make_self_signed
 from chatd.protocol.errors import Status
 from chatd.protocol.wire import Operation, SizeEncoding
@@ -79,7 +80,7 @@ class SendQueueTests(SynchronousTestCase):
         self.assertEqual(answered(self, [Operation.INVITE] * 3, transport), [Status.SUCCESS] * 3)
         self.clock.advance(100)
         self.assertFalse(transport.disconnecting)
-        self.assertEqual(self.factory.aborted, {})
+        self.assertEqual(self.factory.stats.aborted, {})
 
     def test_over_send_queue_is_aborted(self) -> None:
         """Joins in the room make the server write notices to a host that does not read."""
@@ -96,7 +97,7 @@ class SendQueueTests(SynchronousTestCase):
             self.clock.advance(2)
         self.assertLessEqual(len(transport.value()), 1024)
         self.assertGreater(len(transport.value()), 1024 - 100)
-        self.assertEqual(self.factory.aborted, {AbortReason.SEND_QUEUE: 1})
+        self.assertEqual(self.factory.stats.aborted, {AbortReason.SEND_QUEUE: 1})
         (event,) = self.aborted_events()
         self.assertEqual((event["reason"], event["peer"]), ("send_queue", "127.0.0.1"))
         # The transport calls connectionLost soon after: the host leaves, its room closes.
@@ -111,7 +112,7 @@ class SendQueueTests(SynchronousTestCase):
         self.assertFalse(transport.disconnected)
         self.clock.advance(0.2)
         self.assertTrue(transport.disconnected)
-        self.assertEqual(self.factory.aborted, {AbortReason.SEND_QUEUE_TIMEOUT: 1})
+        self.assertEqual(self.factory.stats.aborted, {AbortReason.SEND_QUEUE_TIMEOUT: 1})
         self.assertEqual(len(self.aborted_events()), 1)
         protocol.connectionLost()
         self.assertEqual(self.server.store.rooms(), [])
@@ -125,14 +126,14 @@ class SendQueueTests(SynchronousTestCase):
             protocol.resumeProducing()
         self.clock.advance(10)
         self.assertFalse(transport.disconnecting)
-        self.assertEqual(self.factory.aborted, {})
+        self.assertEqual(self.factory.stats.aborted, {})
 
     def test_handshake_timeout_aborts(self) -> None:
         self.serve()
         _, transport = connect(self.server)
         self.clock.advance(self.server.settings.handshake_timeout)
         self.assertTrue(transport.disconnected)
-        self.assertEqual(self.factory.aborted, {AbortReason.HANDSHAKE_TIMEOUT: 1})
+        self.assertEqual(self.factory.stats.aborted, {AbortReason.HANDSHAKE_TIMEOUT: 1})
         (event,) = self.aborted_events()
         self.assertEqual(event["reason"], "handshake_timeout")
 
@@ -149,7 +150,7 @@ class SendQueueTests(SynchronousTestCase):
         self.assertFalse(transport.disconnected)
         self.clock.advance(0.2)
         self.assertTrue(transport.disconnected)
-        self.assertEqual(self.factory.aborted, {AbortReason.CLOSE_TIMEOUT: 1})
+        self.assertEqual(self.factory.stats.aborted, {AbortReason.CLOSE_TIMEOUT: 1})
         bob.connectionLost()
         self.assertEqual(self.server.store.rooms()[0].names(), ("ann", "bob"))
 
@@ -160,7 +161,7 @@ class SendQueueTests(SynchronousTestCase):
         protocol.connectionLost()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertFalse(transport.disconnected)
-        self.assertEqual(self.factory.aborted, {})
+        self.assertEqual(self.factory.stats.aborted, {})
 
     def test_transport_without_abort_is_closed(self) -> None:
         """A transport that is not ITCPTransport (none of Twisted's streams) is closed instead."""
@@ -194,7 +195,7 @@ class PasswordRequestTests(SynchronousTestCase):
         transport = self.ask(OUTSIDER, 3, Operation.CREATE, "room3", password="pw")
         self.assertEqual(status_of(frames(transport)[0]), Status.RATE_LIMITED)
         self.assertEqual(self.runner.pending, [])
-        self.assertEqual(self.factory.rate_limited["password_attempts"], 1)
+        self.assertEqual(self.factory.stats.rate_limited["password_attempts"], 1)
         # Without a password a create costs no attempt.
         transport = self.ask(OUTSIDER, 4, Operation.CREATE, "room4")
         self.assertEqual(status_of(frames(transport)[0]), Status.SUCCESS)
@@ -206,9 +207,9 @@ class PasswordRequestTests(SynchronousTestCase):
         (ack,) = frames(second)
         self.assertEqual(status_of(ack), Status.RATE_LIMITED)
         self.assertIn(b"password request in progress", ack.payload)
-        self.assertEqual(self.factory.rate_limited["hashing"], 1)
+        self.assertEqual(self.factory.stats.rate_limited["hashing_per_host"], 1)
         # Refused before it is charged: the address still has its attempt.
-        self.assertEqual(self.factory.rate_limited["password_attempts"], 0)
+        self.assertEqual(self.factory.stats.rate_limited["password_attempts"], 0)
         # Another address is not held up, nor is a request without a password.
         self.ask("192.0.2.10", 3, Operation.CREATE, "elsewhere", password="pw")
         self.assertEqual(len(self.runner.pending), 2)
@@ -238,7 +239,7 @@ class PasswordRequestTests(SynchronousTestCase):
         for port in (1, 2, 3):
             self.ask("127.0.0.1", port, Operation.CREATE, f"room{port}", password="pw")
         self.assertEqual(len(self.runner.pending), 3)
-        self.assertEqual(self.factory.rate_limited["hashing"], 0)
+        self.assertEqual(self.factory.stats.rate_limited["hashing_per_host"], 0)
 
     def test_loopback_can_be_limited_too(self) -> None:
         self.server, self.clock, self.udp = make_server(limit_loopback=True)
@@ -247,7 +248,7 @@ class PasswordRequestTests(SynchronousTestCase):
         self.ask("127.0.0.1", 1, Operation.CREATE, "room1", password="pw")
         second = self.ask("127.0.0.1", 2, Operation.CREATE, "room2", password="pw")
         self.assertEqual(status_of(frames(second)[0]), Status.RATE_LIMITED)
-        self.assertEqual(self.factory.rate_limited["hashing"], 1)
+        self.assertEqual(self.factory.stats.rate_limited["hashing_per_host"], 1)
 
 
 class PeerThatNeverReadsTests(TestCase):
@@ -290,11 +291,11 @@ class PeerThatNeverReadsTests(TestCase):
                     pending = pending[client.send(pending[:65536]) :]
             except (BlockingIOError, ConnectionError):
                 pass
-            return bool(factory.aborted) and not factory.connections
+            return bool(factory.stats.aborted) and not factory.connections
 
         await until(aborted, "the server aborts a peer that never reads")
         elapsed = time.monotonic() - started
-        self.assertEqual(factory.aborted, {AbortReason.SEND_QUEUE_TIMEOUT: 1})
+        self.assertEqual(factory.stats.aborted, {AbortReason.SEND_QUEUE_TIMEOUT: 1})
         self.assertLess(elapsed, 0.5 + 2.0)
         (event,) = [event for event in events if event.get("event") == "aborted"]
         self.assertLessEqual(max(most_queued, event["queued_bytes"]), self.SETTINGS.send_queue)
@@ -371,5 +372,5 @@ class TLSCloseTests(TestCase):
         protocol.close()
         await bounded(client.lost, "the server's close reaches the client", timeout=2.0)
         await until(lambda: not factory.connections, "the server's side is closed too", timeout=2.0)
-        self.assertEqual(factory.aborted, {})
+        self.assertEqual(factory.stats.aborted, {})
         self.assertEqual(server.store.rooms(), [])
