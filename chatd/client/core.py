@@ -39,7 +39,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from random import random as _uniform
-from typing import Any
 
 from chatd.client.events import (
     ChatEvent,
@@ -71,15 +70,16 @@ from chatd.protocol.errors import (
     NotPermittedError,
     ProtocolError,
     RoomNotFoundError,
-    error_for_status,
 )
 from chatd.protocol.payloads import (
     NATIVE_VERSION,
     EnteredAnswer,
-    decode_json,
+    ReceivedNotice,
+    read_acknowledge_payload,
     read_entered_payload,
     read_invite_payload,
     read_members_payload,
+    read_notice_payload,
     read_rekey_payload,
     room_request_payload,
 )
@@ -459,18 +459,15 @@ class ClientCore:
 
     def _frame_received(self, frame: Frame, now: float) -> list[Action]:
         if frame.operation is Operation.NOTICE:
-            return self._notice(decode_json(frame.payload))
+            return self._notice(read_notice_payload(frame.payload))
         pending = self._pending
         if pending is None:
             return [Log("warn", f"unexpected frame from the server: {frame.operation.name}")]
         pending.frames.append(frame)
         if frame.state is State.ACKNOWLEDGE:
-            status = frame.payload[0] if frame.payload else -1
-            if status != 0:
-                message = ""
-                if len(frame.payload) > 1:
-                    message = str(decode_json(frame.payload[1:]).get("message", ""))
-                return self._fail_request(error_for_status(status, message))
+            refusal = read_acknowledge_payload(frame.payload).refusal
+            if refusal is not None:
+                return self._fail_request(refusal)
             if pending.operation not in _ANSWERED_WITH_COMPLETE:
                 # These answer with a complete frame after the acknowledge; the others end here.
                 return self._finish_request(now)
@@ -550,7 +547,7 @@ class ClientCore:
             self.room_host = host
         return self.members
 
-    def _notice(self, notice: dict[str, Any]) -> list[Action]:
+    def _notice(self, notice: ReceivedNotice) -> list[Action]:
         me = self.info.user if self.info is not None else ""
         # Notices carry the change, not the list: we keep the list ourselves.
         event = event_from_notice(notice, me, self.members)
@@ -811,7 +808,7 @@ class ClientCore:
                 relayed = decode_relay_body(body)
                 actions.append(Emit(MessageReceived(relayed.sender, relayed.text, relayed.timestamp_ms / 1000)))
             elif frame_type == FrameType.NOTICE:
-                actions += self._notice(decode_json(body))
+                actions += self._notice(read_notice_payload(body))
             elif frame_type == FrameType.KEEPALIVE_ACK:
                 self.udp_confirmed = True
                 actions.append(KeepaliveAnswered())
