@@ -14,14 +14,16 @@ executes the L{Action}s it gets back, in order:
    L{CancelTimer}; when a timer runs out, the adapter calls L{timer_fired};
  - L{Answer} (the result or error of a request, by its id);
  - L{KeepaliveAnswered} (the server answered a keepalive: wake C{flush});
- - L{Reconnect} (wait that long, then try to come back), L{CloseControl}
-   (close the control connection before the next try), L{Shutdown} (close
-   everything: the session is over).
+ - L{Reconnect} (wait that long, then call L{reconnect_due}), L{Connect}
+   (open a new control connection for a try to come back), L{CloseControl}
+   (close the control connection, and carry out the actions after it once
+   it is closed), L{Shutdown} (close everything: the session is over).
 
 Inputs: L{start} (a create or join was asked for), L{control_opened},
 L{request} / L{ask_room}, L{control_received}, L{control_lost},
 L{datagram_received}, L{send_message}, L{close_room}, L{flush},
-L{timer_fired}, L{rejoin_failed} / L{rejoined}, L{leave}.
+L{timer_fired}, L{reconnect_due}, L{rejoin_failed} (a L{Connect} could not
+connect), L{leave}.
 
 What is here: framing (FrameDecoder), matching answers to the request,
 notices to events and the member list, sealing and opening with the UDP key
@@ -30,7 +32,10 @@ timing and path-lost reporting, the rekey decision (and its request), and
 the reconnect decision (the host creates the room again, a member waits for
 it until a deadline; exponential backoff, every delay jittered from an
 injected random source, whether the server is out of reach or the member
-waits for the host). Nothing here imports Twisted.
+waits for the host), and the rejoin sequence itself (which create or join
+goes out on which connection: the host falls back to a join when its room's
+name is taken, a member asks without its password first). Nothing here
+imports Twisted.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from chatd.protocol.errors import (
     NotInRoomError,
     NotPermittedError,
     ProtocolError,
+    RoomExistsError,
     RoomNotFoundError,
 )
 from chatd.protocol.payloads import (
@@ -111,6 +117,8 @@ while waiting for the host) is shortened by a random part of up to this
 fraction, so that the clients of a server that restarted, who all lost their
 connection at the same moment, do not all ask at the same moments.
 """
+UDP_CONFIRM_WAIT = 2.0
+"""Seconds a create or join (or a rejoin) waits for the server to answer the first keepalive."""
 CLIENT_MAX_PAYLOAD = 1 << 16
 
 KEEPALIVE = "keepalive"
@@ -119,6 +127,8 @@ PROBE = "probe"
 """The timer of the next keepalive sent early because the last one is still unanswered."""
 REQUEST = "request"
 """The timer of the request waiting for its answer."""
+CONFIRM = "confirm"
+"""The timer of a rejoin's wait for the first keepalive's answer, before it says Reconnected."""
 
 _ANSWERED_WITH_COMPLETE = frozenset(
     {Operation.CREATE, Operation.JOIN, Operation.INVITE, Operation.REKEY, Operation.MEMBERS}
@@ -175,6 +185,7 @@ class CoreConfig:
     retry_jitter: float = RETRY_JITTER
     udp_probe_interval: float = UDP_PROBE_INTERVAL
     udp_lost_after: float = UDP_LOST_AFTER
+    udp_confirm_wait: float = UDP_CONFIRM_WAIT
 
 
 # -- actions ------------------------------------------------------------------------
@@ -227,14 +238,23 @@ class AbortControl:
 
 @dataclass(frozen=True, slots=True)
 class CloseControl:
-    """Close the control connection (waiting until it is closed) before going on."""
+    """Close the control connection; the actions after this one are carried out once it is closed."""
 
 
 @dataclass(frozen=True, slots=True)
 class Reconnect:
-    """Wait C{delay} seconds, then try to come back to the room (and report with rejoined/rejoin_failed)."""
+    """Wait C{delay} seconds, then call L{ClientCore.reconnect_due} (unless the session ended meanwhile)."""
 
     delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """
+    Open a new control connection (and the UDP port, if it is not open yet),
+    then report it with L{ClientCore.control_opened}, or the failure (a
+    ChatError) with L{ClientCore.rejoin_failed}.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +280,7 @@ Action = (
     | AbortControl
     | CloseControl
     | Reconnect
+    | Connect
     | Shutdown
     | Log
 )
@@ -305,12 +326,35 @@ def channel_from(key: tuple[bytes, int], rekey_after: int) -> Channel:
         raise MalformedFrameError(f"the server's key is unusable: {error}") from None
 
 
+class _Purpose(Enum):
+    """Who asked, and so where a request's answer goes."""
+
+    CALLER = "caller"
+    """The adapter's caller: the answer is an L{Answer} action."""
+    REKEY = "rekey"
+    """The core, for a fresh UDP key: no Answer; a failure is logged."""
+    REJOIN = "rejoin"
+    """The core, coming back after the connection was lost: no Answer; the rejoin sequence goes on."""
+
+
+class RejoinStep(Enum):
+    """Where a try to come back to the room is (L{ClientCore.reconnect_due})."""
+
+    CREATE = "create"
+    """The host creates its room again."""
+    PROBE = "probe"
+    """A member joins without its password first (see L{ClientCore.rejoin_probe})."""
+    JOIN = "join"
+    """The room asked for the password: the member joins with it, on the same connection."""
+    CONFIRM = "confirm"
+    """In the room again: waiting, briefly, for the first keepalive's answer before saying so."""
+
+
 @dataclass(slots=True)
 class _Pending:
     request: int
     operation: Operation
-    internal: bool
-    """Asked by the core itself (a rekey): its answer is no Answer action."""
+    purpose: _Purpose
     frames: list[Frame] = field(default_factory=list)
 
 
@@ -351,6 +395,8 @@ class ClientCore:
         self._waiting_since: float | None = None
         """When this member first found the room gone; None while the server is out of reach."""
         self._tries_waiting = 0
+        self.rejoin: RejoinStep | None = None
+        """Where the current try to come back is; None when none is under way."""
 
     # -- timers --------------------------------------------------------------------
 
@@ -374,7 +420,9 @@ class ClientCore:
         if name == PROBE:
             return self._probe_due(now)
         if name == REQUEST:
-            return self._fail_request(ConnectionClosedError("the server did not answer in time"))
+            return self._fail_request(ConnectionClosedError("the server did not answer in time"), now)
+        if name == CONFIRM:
+            return self._rejoin_confirmed()
         return []
 
     # -- entering ----------------------------------------------------------------------
@@ -390,12 +438,20 @@ class ClientCore:
         self._attempt = 0
         self._waiting_since = None
         self._tries_waiting = 0
+        self.rejoin = None
         self.state = ConnectionState.CONNECTING
 
-    def control_opened(self, server_udp: tuple[str, int]) -> None:
-        """A new control connection is up; datagrams are to and from C{server_udp}."""
+    def control_opened(self, server_udp: tuple[str, int]) -> list[Action]:
+        """
+        A new control connection is up; datagrams are to and from
+        C{server_udp}. During a try to come back (L{Connect}), the core asks
+        for the room at once; otherwise the adapter's caller asks.
+        """
         self._decoder = FrameDecoder(CLIENT_MAX_PAYLOAD)
         self.server_udp = server_udp
+        if self.state is ConnectionState.CONNECTING and self.rejoin in (RejoinStep.CREATE, RejoinStep.PROBE):
+            return self._ask_rejoin(self.rejoin)
+        return []
 
     def request(self, frame: Frame, now: float) -> tuple[int, list[Action]]:
         """
@@ -406,11 +462,11 @@ class ClientCore:
         """
         if self._pending is not None:
             raise ClientError("another request is waiting for its answer")
-        return self._ask(frame, internal=False)
+        return self._ask(frame, _Purpose.CALLER)
 
-    def _ask(self, frame: Frame, internal: bool) -> tuple[int, list[Action]]:
+    def _ask(self, frame: Frame, purpose: _Purpose) -> tuple[int, list[Action]]:
         self._requests += 1
-        self._pending = _Pending(self._requests, frame.operation, internal)
+        self._pending = _Pending(self._requests, frame.operation, purpose)
         # The timer first: the answer may come before the adapter's next action.
         return self._requests, [
             self._start_timer(REQUEST, self.config.request_timeout),
@@ -467,7 +523,7 @@ class ClientCore:
         if frame.state is State.ACKNOWLEDGE:
             refusal = read_acknowledge_payload(frame.payload).refusal
             if refusal is not None:
-                return self._fail_request(refusal)
+                return self._fail_request(refusal, now)
             if pending.operation not in _ANSWERED_WITH_COMPLETE:
                 # These answer with a complete frame after the acknowledge; the others end here.
                 return self._finish_request(now)
@@ -475,15 +531,20 @@ class ClientCore:
             return self._finish_request(now)
         return []
 
-    def _fail_request(self, error: ChatError) -> list[Action]:
+    def _fail_request(self, error: ChatError, now: float) -> list[Action]:
         pending, self._pending = self._pending, None
         if pending is None:
             return []
-        actions = self._cancel_timer(REQUEST)
-        if pending.internal:
+        return [*self._cancel_timer(REQUEST), *self._failed(pending, error, now)]
+
+    def _failed(self, pending: _Pending, error: ChatError, now: float) -> list[Action]:
+        """Request C{pending} failed (refused, unreadable, unanswered): tell whoever asked."""
+        if pending.purpose is _Purpose.REKEY:
             self._rekeying = False
-            return [*actions, Log("warn", f"could not replace the UDP key: {error}")]
-        return [*actions, Answer(pending.request, error=error)]
+            return [Log("warn", f"could not replace the UDP key: {error}")]
+        if pending.purpose is _Purpose.REJOIN:
+            return self._rejoin_refused(error, now)
+        return [Answer(pending.request, error=error)]
 
     def _finish_request(self, now: float) -> list[Action]:
         pending, self._pending = self._pending, None
@@ -500,17 +561,17 @@ class ClientCore:
             if pending.operation in (Operation.CREATE, Operation.JOIN):
                 info, entered = self._entered(read_entered_payload(frames[-1].payload), now)
                 actions += entered
+                if pending.purpose is _Purpose.REJOIN:
+                    return [*actions, *self._rejoin_entered()]
                 result = info
             elif pending.operation is Operation.MEMBERS:
                 result = self._members_answered(*read_members_payload(frames[-1].payload))
             elif pending.operation is Operation.INVITE:
                 result = read_invite_payload(frames[-1].payload)
         except ProtocolError as error:
-            if pending.internal:
-                return [*actions, Log("warn", f"could not replace the UDP key: {error}")]
-            return [*actions, Answer(pending.request, error=error)]
+            return [*actions, *self._failed(pending, error, now)]
         except (KeyError, TypeError, ValueError) as error:
-            return [*actions, Answer(pending.request, error=MalformedFrameError(f"unusable answer: {error}"))]
+            return [*actions, *self._failed(pending, MalformedFrameError(f"unusable answer: {error}"), now)]
         return [*actions, Answer(pending.request, result)]
 
     def _entered(self, answer: EnteredAnswer, now: float) -> tuple[RoomInfo, list[Action]]:
@@ -567,9 +628,13 @@ class ClientCore:
         the TLS failure that explains it, if any. C{current} is False for an
         earlier connection (only its request, if any, fails).
         """
-        actions = self._fail_request(refusal or ConnectionClosedError("the server closed the connection"))
+        actions = self._fail_request(refusal or ConnectionClosedError("the server closed the connection"), now)
         if not current:
             return actions
+        if self.rejoin is RejoinStep.CONFIRM:
+            # Back in the room, and out again before it was said: no Reconnected.
+            self.rejoin = None
+            actions += self._cancel_timer(CONFIRM)
         # Unanswered keepalives say nothing about UDP while TCP is down too;
         # a path reported lost stays so until a datagram arrives again.
         actions += self._stop_keepalives()
@@ -625,6 +690,76 @@ class ClientCore:
         assert wanted is not None
         return Membership(Operation.CREATE, wanted.room, wanted.user, wanted.password, None, wanted.native_only)
 
+    def rejoin_probe(self) -> Membership:
+        """
+        What a member asks for first when it comes back: its join without
+        the password. A join that carries a password spends one of the few
+        attempts a minute the server allows an address (docs/protocol.md
+        section 5.1), and a member waiting for its host to reopen the room
+        asks again and again, from the same address as the host's create
+        (which spends one too). Without the password, a room that is not back
+        yet costs nothing; a password room answers "invalid password" at
+        once, without hashing, and the real join follows on the same
+        connection (that refusal does not close it).
+        """
+        wanted = self.rejoin_membership()
+        return Membership(Operation.JOIN, wanted.room, wanted.user, None, None)
+
+    def reconnect_due(self, now: float) -> list[Action]:
+        """
+        The wait of a L{Reconnect} ran out: try to come back. The host
+        creates the room again; a member joins (L{rejoin_probe}), and finds
+        no room (RoomNotFoundError) until the host is back. The request goes
+        out once the connection asked for (L{Connect}) is open.
+        """
+        if not self.reconnecting:
+            return []
+        self.state = ConnectionState.CONNECTING
+        self.rejoin = RejoinStep.CREATE if self.rejoin_as_host() else RejoinStep.PROBE
+        return [Connect()]
+
+    def _ask_rejoin(self, step: RejoinStep) -> list[Action]:
+        self.rejoin = step
+        if step is RejoinStep.CREATE:
+            wanted = self.rejoin_create()
+        elif step is RejoinStep.PROBE:
+            wanted = self.rejoin_probe()
+        else:
+            wanted = self.rejoin_membership()
+        _, actions = self._ask(room_request(wanted), _Purpose.REJOIN)
+        return actions
+
+    def _rejoin_refused(self, error: ChatError, now: float) -> list[Action]:
+        """The server refused (or did not answer) a rejoin's create or join: the next step, or the next try."""
+        step = self.rejoin
+        if step is RejoinStep.CREATE and isinstance(error, RoomExistsError):
+            # The host finds its room's name taken (by a client that is not
+            # this library, or a stranger): it joins that room as a member,
+            # on a new connection.
+            self.rejoin = RejoinStep.PROBE
+            return [CloseControl(), Connect()]
+        wanted = self.wanted
+        has_password = wanted is not None and wanted.password is not None
+        if step is RejoinStep.PROBE and isinstance(error, InvalidPasswordError) and has_password:
+            return self._ask_rejoin(RejoinStep.JOIN)
+        return self.rejoin_failed(error, now)
+
+    def _rejoin_entered(self) -> list[Action]:
+        """
+        In the room again (the keepalives started): wait, briefly, for the
+        server to answer the first keepalive before saying so, as a create
+        or join does; a blocked UDP path only delays it.
+        """
+        self.rejoin = RejoinStep.CONFIRM
+        return [self._start_timer(CONFIRM, self.config.udp_confirm_wait)]
+
+    def _rejoin_confirmed(self) -> list[Action]:
+        """The first keepalive was answered, or the wait for it ran out: the room is entered again."""
+        if self.rejoin is not RejoinStep.CONFIRM:
+            return []
+        self.rejoin = None
+        return [*self._cancel_timer(CONFIRM), *self.rejoined()]
+
     def _next_try(self, now: float) -> list[Action]:
         """The wait before the next try, and the event that says so."""
         self._attempt += 1
@@ -650,10 +785,15 @@ class ClientCore:
 
     def rejoin_failed(self, error: ChatError, now: float) -> list[Action]:
         """
-        A try to come back failed with C{error}. Either give up (the actions
-        end with L{Shutdown}) or close the control connection and try again
-        (they end with L{Reconnect}).
+        A try to come back failed with C{error} (the adapter's L{Connect}
+        could not connect, or the server refused). Either give up (the
+        actions end with L{Shutdown}) or close the control connection and try
+        again (they end with L{Reconnect}).
         """
+        if self.rejoin is not None:
+            self.rejoin = None
+            if self.state is ConnectionState.CONNECTING:
+                self.state = ConnectionState.RECONNECTING
         if not self.reconnecting:
             return []
         attempt = self._attempt
@@ -705,8 +845,9 @@ class ClientCore:
         return self.stop()
 
     def stop(self) -> list[Action]:
-        """Stop the keepalives (the sockets are closing)."""
-        return self._stop_keepalives()
+        """Stop the keepalives, and a rejoin's wait for UDP (the sockets are closing)."""
+        self.rejoin = None
+        return [*self._stop_keepalives(), *self._cancel_timer(CONFIRM)]
 
     def close_room(self, now: float) -> list[Action]:
         """The host's C{/exit}; raises NotInRoomError, or NotPermittedError when not the host."""
@@ -744,7 +885,7 @@ class ClientCore:
         if channel.needs_rekey and not self._rekeying and self._pending is None and self.info is not None:
             # Ask for a fresh key before the counter runs out; the server stops accepting the old one.
             self._rekeying = True
-            _, asked = self._ask(Frame(Operation.REKEY, State.REQUEST, self.info.room, b""), internal=True)
+            _, asked = self._ask(Frame(Operation.REKEY, State.REQUEST, self.info.room, b""), _Purpose.REKEY)
             actions += asked
         return actions
 
@@ -812,6 +953,7 @@ class ClientCore:
             elif frame_type == FrameType.KEEPALIVE_ACK:
                 self.udp_confirmed = True
                 actions.append(KeepaliveAnswered())
+                actions += self._rejoin_confirmed()
         except ProtocolError:
             # Forged, replayed, damaged, or under a key just replaced: dropped,
             # as the server drops such datagrams, and never answered.
