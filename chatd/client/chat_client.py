@@ -38,7 +38,6 @@ from twisted.internet.interfaces import (
     ITCPTransport,
 )
 from twisted.internet.protocol import DatagramProtocol, Protocol, connectionDone
-from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from typing_extensions import override
@@ -49,6 +48,7 @@ from chatd.client.core import (
     EXIT_TEXT,
     HOST_WAIT,
     RETRY_JITTER,
+    UDP_CONFIRM_WAIT,
     UDP_LOST_AFTER,
     UDP_PROBE_INTERVAL,
     UDP_PROBE_MAX_INTERVAL,
@@ -58,6 +58,7 @@ from chatd.client.core import (
     CancelTimer,
     ClientCore,
     CloseControl,
+    Connect,
     ConnectionState,
     CoreConfig,
     Emit,
@@ -78,9 +79,7 @@ from chatd.protocol.errors import (
     ChatError,
     ConnectionClosedError,
     ConnectionFailedError,
-    InvalidPasswordError,
     NotInRoomError,
-    RoomExistsError,
 )
 from chatd.protocol.seal import REKEY_AFTER, Channel
 from chatd.protocol.wire import Frame, Operation
@@ -102,8 +101,6 @@ __all__ = [
     "RoomInfo",
 ]
 
-UDP_CONFIRM_WAIT = 2.0
-"""Seconds a create or join waits for the server to answer the first keepalive."""
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TCP_PORT = 9001
 DEFAULT_UDP_PORT = 9002
@@ -218,6 +215,8 @@ class ChatClient:
             retry_jitter=retry_jitter,
             udp_probe_interval=udp_probe_interval,
             udp_lost_after=udp_lost_after,
+            # Read here, not in the core: a test may change this module's value.
+            udp_confirm_wait=UDP_CONFIRM_WAIT,
         )
         self._core = ClientCore(config, jitter_source)
         self._control: _ControlConnection | None = None
@@ -227,7 +226,7 @@ class ChatClient:
         self._timers: dict[str, IDelayedCall] = {}
         self._answers: dict[int, Deferred[object]] = {}
         self._udp_waiters: list[Deferred[None]] = []
-        self._retry: Deferred[None] | None = None
+        self._retry: IDelayedCall | None = None
 
     # -- what the core knows, read through ----------------------------------------
 
@@ -296,7 +295,7 @@ class ChatClient:
     # -- carrying out the core's actions ------------------------------------------
 
     def _run(self, actions: list[Action]) -> None:
-        for action in actions:
+        for index, action in enumerate(actions):
             if isinstance(action, Emit):
                 if self.listener is not None:
                     self.listener.chat_event(action.event)
@@ -329,11 +328,21 @@ class ChatClient:
             elif isinstance(action, Shutdown):
                 Deferred.fromCoroutine(self._shut(close_udp=True))
             elif isinstance(action, Reconnect):
-                Deferred.fromCoroutine(self._reconnect_loop(action.delay)).addErrback(
+                self._cancel_retry()
+                self._retry = self._clock.callLater(action.delay, self._reconnect_due)
+            elif isinstance(action, Connect):
+                Deferred.fromCoroutine(self._reconnect()).addErrback(
                     lambda failure: self._log.failure("while reconnecting", failure)
                 )
-            elif isinstance(action, CloseControl):
-                Deferred.fromCoroutine(self._close_control())
+            elif isinstance(action, CloseControl) and self._control is not None:
+                # What follows (a new connection, the wait before one) comes
+                # once this one is closed, and the core has heard so.
+                rest = actions[index + 1 :]
+                self._control.close().addCallback(self._run_after, rest)
+                return
+
+    def _run_after(self, _: object, actions: list[Action]) -> None:
+        self._run(actions)
 
     def _timer_fired(self, name: str) -> None:
         self._timers.pop(name, None)
@@ -383,40 +392,30 @@ class ChatClient:
 
     async def _enter(self, wanted: Membership) -> RoomInfo:
         control = await self._connect()
-        await self._listen_udp(control)
-        return await self._in_room(await self._ask_room(wanted))
-
-    async def _enter_as_member(self, wanted: Membership) -> RoomInfo:
-        """
-        Join again after the connection was lost, asking first without the
-        password: a join that carries a password spends one of the few
-        attempts a minute the server allows an address (docs/protocol.md
-        section 5.1), and a member waiting for its host to reopen the room
-        asks again and again, from the same address as the host's create
-        (which spends one too). Without the password, a room that is not back
-        yet costs nothing; a password room answers "invalid password" at
-        once, without hashing, and the real join follows on the same
-        connection (that refusal does not close it).
-        """
-        control = await self._connect()
-        await self._listen_udp(control)
-        probe = Membership(Operation.JOIN, wanted.room, wanted.user, None, None)
-        try:
-            info = await self._ask_room(probe)
-        except InvalidPasswordError:
-            if wanted.password is None:
-                raise
-            info = await self._ask_room(wanted)
-        return await self._in_room(info)
-
-    async def _in_room(self, info: RoomInfo) -> RoomInfo:
-        """The core entered the room (and sent the first keepalive): wait (briefly) for UDP."""
-        if self._tls_creator is not None and self._tls_creator.newly_pinned:
-            self.newly_pinned = self._tls_creator.newly_pinned
+        self._run(self._opened(control))
+        info = await self._ask_room(wanted)
         # Entered means messages can flow both ways, so wait (briefly) for the
         # server to answer that keepalive; a blocked UDP path only delays it.
-        await self._udp_answer(UDP_CONFIRM_WAIT)
+        await self._udp_answer(self._core.config.udp_confirm_wait)
         return info
+
+    async def _reconnect(self) -> None:
+        """The core's L{Connect}: a new control connection for its try to come back, which it carries on."""
+        try:
+            control = await self._connect()
+        except ChatError as error:
+            self._run(self._core.rejoin_failed(error, self._clock.seconds()))
+            return
+        self._run(self._opened(control))
+
+    def _reconnect_due(self) -> None:
+        self._retry = None
+        self._run(self._core.reconnect_due(self._clock.seconds()))
+
+    def _cancel_retry(self) -> None:
+        retry, self._retry = self._retry, None
+        if retry is not None and retry.active():
+            retry.cancel()
 
     async def _connect(self) -> _ControlConnection:
         endpoint: IStreamClientEndpoint
@@ -438,15 +437,16 @@ class ChatClient:
         self._control = control
         return control
 
-    async def _listen_udp(self, control: _ControlConnection) -> None:
+    def _opened(self, control: _ControlConnection) -> list[Action]:
+        """The UDP port listens (opened on the first connection); the core is told of the new connection."""
         assert control.transport is not None
         server_host = _host_of(control.transport.getPeer())
-        self._core.control_opened((server_host, self.udp_port))
         if self._udp is None:
             # The TCP connection's own local address: the same family, and the
             # source address the server knows us by.
             local = _host_of(control.transport.getHost())
             self._udp = IReactorUDP(self._reactor).listenUDP(0, self._datagrams, local, CLIENT_MAX_PAYLOAD)
+        return self._core.control_opened((server_host, self.udp_port))
 
     async def _ask_room(self, wanted: Membership) -> RoomInfo:
         return cast(RoomInfo, await self._ask(room_request(wanted)))
@@ -478,6 +478,13 @@ class ChatClient:
     def _control_received(self, control: _ControlConnection, data: bytes) -> None:
         if control is self._control:
             self._run(self._core.control_received(data, self._clock.seconds()))
+            if self._core.state is ConnectionState.IN_ROOM:
+                self._note_pin()
+
+    def _note_pin(self) -> None:
+        """In the room (first or again) over TLS: the certificate pinned on this first use, if it was."""
+        if self._tls_creator is not None and self._tls_creator.newly_pinned:
+            self.newly_pinned = self._tls_creator.newly_pinned
 
     def _datagram_received(self, datagram: bytes, source: tuple[str, int]) -> None:
         self._run(self._core.datagram_received(datagram, source, self._clock.seconds()))
@@ -551,9 +558,7 @@ class ChatClient:
 
     async def _shut(self, close_udp: bool) -> None:
         self._run(self._core.stop())
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
+        self._cancel_retry()
         control, self._control = self._control, None
         if control is not None and control.transport is not None:
             await control.close()
@@ -570,68 +575,6 @@ class ChatClient:
             self._control = None
         now = self._clock.seconds()
         self._run(self._core.control_lost(reason.getErrorMessage(), now, current=current, refusal=refusal))
-
-    async def _reconnect_loop(self, delay: float) -> None:
-        """
-        Try again and again to come back to the room, waiting as the core
-        says between tries (exponential backoff with jitter; after a server
-        restart a member waits for its host until a deadline), until the
-        room is entered again or the core gives up.
-        """
-        while True:
-            self._retry = deferLater(self._clock, delay, lambda: None)
-            try:
-                await self._retry
-            except CancelledError:
-                return
-            self._retry = None
-            if not self._core.reconnecting:
-                return
-            try:
-                await self._rejoin()
-            except ChatError as error:
-                next_delay: float | None = None
-                for action in self._core.rejoin_failed(error, self._clock.seconds()):
-                    if isinstance(action, CloseControl):
-                        await self._close_control()
-                    elif isinstance(action, Shutdown):
-                        await self._shut(close_udp=True)
-                    elif isinstance(action, Reconnect):
-                        next_delay = action.delay
-                    else:
-                        self._run([action])
-                if next_delay is None:
-                    return
-                delay = next_delay
-                continue
-            self._run(self._core.rejoined())
-            return
-
-    async def _close_control(self) -> None:
-        if self._control is not None:
-            await self._control.close()
-
-    async def _rejoin(self) -> RoomInfo:
-        """
-        Enter the same room under the same name: the host creates it again;
-        a member joins, and finds no room (RoomNotFoundError) until the host
-        is back. If the host finds the name taken (by a client that is not
-        this library, or a stranger) it joins that room as a member.
-        """
-        core = self._core
-        as_host = core.rejoin_as_host()
-        core.state = ConnectionState.CONNECTING
-        try:
-            if not as_host:
-                return await self._enter_as_member(core.rejoin_membership())
-            try:
-                return await self._enter(core.rejoin_create())
-            except RoomExistsError:
-                await self._close_control()
-                return await self._enter_as_member(core.rejoin_membership())
-        finally:
-            if core.state is ConnectionState.CONNECTING:
-                core.state = ConnectionState.RECONNECTING
 
 
 def _reason(error: BaseException) -> str:

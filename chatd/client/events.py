@@ -2,14 +2,16 @@
 What a chat client hears, as typed values: messages, who came and went,
 why the room ended, and how the connection is doing.
 
-Pure: chatd.client.chat_client builds these from the wire and hands them to its
-listener; user interfaces only ever see these types, never bytes.
+Pure: chatd.client.core builds these from what the protocol's readers make
+of the wire (chatd.protocol.payloads), and chatd.client.chat_client hands
+them to its listener; user interfaces only ever see these types, never bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from chatd.protocol.payloads import NoticeKind, ReceivedNotice
 
 ACTION_PREFIX = "/me "
 """A message starting with this is an action: shown as C{* name rest}."""
@@ -165,41 +167,43 @@ ChatEvent = (
 )
 
 
-def event_from_notice(notice: dict[str, Any], me: str, members: tuple[str, ...] = ()) -> ChatEvent | None:
+def event_from_notice(notice: ReceivedNotice, me: str, members: tuple[str, ...] = ()) -> ChatEvent | None:
     """
-    The event for a native notice (docs/protocol.md, "Notices"), as seen by
-    member C{me}; None for an event this client does not know (a newer server).
+    The event for a native notice (docs/protocol.md, "Notices"; read from
+    the wire by L{chatd.protocol.payloads.read_notice}), as seen by member
+    C{me}; None for an event this client does not know (a newer server).
 
     A notice says who came or went, not who is there: C{members} is the list
     the client holds (from its create or join answer, or operation 7), and a
     C{MemberJoined} or C{MemberLeft} carries that list with the change
-    applied (L{apply_presence}). A notice that does carry C{"members"} (a
+    applied (L{apply_presence}). A notice that does carry a member list (a
     server from before notices became changes only) is taken at its word.
     """
-    kind = notice.get("event")
-    room = str(notice.get("room", ""))
-    user = str(notice.get("user", ""))
-    text = str(notice.get("text", ""))
-    listed = notice.get("members")
-    if isinstance(listed, list):
-        members = tuple(str(name) for name in listed)
-    elif kind in ("joined", "left", "timed_out"):
-        members = apply_presence(members, user, joined=kind == "joined")
-    if kind == "joined":
-        return MemberJoined(user, members, text)
-    if kind == "left":
-        return MemberLeft(user, members, text)
-    if kind == "timed_out":
+    kind = notice.kind
+    user = notice.user or ""
+    if notice.members is not None:
+        members = notice.members
+    elif kind in _PRESENCE:
+        members = apply_presence(members, user, joined=kind is NoticeKind.MEMBER_JOINED)
+    if kind is NoticeKind.MEMBER_JOINED:
+        return MemberJoined(user, members, notice.text)
+    if kind is NoticeKind.MEMBER_LEFT:
+        return MemberLeft(user, members, notice.text)
+    if kind is NoticeKind.TIMED_OUT:
         if user == me:
-            return RemovedForInactivity(room, text)
-        return MemberLeft(user, members, text, timed_out=True)
-    if kind == "room_closed":
-        return RoomClosed(room, str(notice.get("reason", "")), text)
-    if kind == "server_stopping":
-        return ServerStopping(room, text)
-    if kind == "throttled":
-        return Throttled(room, text)
+            return RemovedForInactivity(notice.room, notice.text)
+        return MemberLeft(user, members, notice.text, timed_out=True)
+    if kind is NoticeKind.ROOM_CLOSED:
+        return RoomClosed(notice.room, notice.reason, notice.text)
+    if kind is NoticeKind.SERVER_STOPPING:
+        return ServerStopping(notice.room, notice.text)
+    if kind is NoticeKind.THROTTLED:
+        return Throttled(notice.room, notice.text)
     return None
+
+
+_PRESENCE = frozenset({NoticeKind.MEMBER_JOINED, NoticeKind.MEMBER_LEFT, NoticeKind.TIMED_OUT})
+"""The notices that change who is in the room."""
 
 
 def apply_presence(members: tuple[str, ...], user: str, *, joined: bool) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from chatd.protocol.errors import (
     ProtocolError,
     Status,
     UnsupportedVersionError,
+    error_for_status,
 )
 from chatd.protocol.wire import Frame, SizeEncoding
 
@@ -306,6 +307,58 @@ def acknowledge_payload(status: Status, dialect: Dialect, message: str = "") -> 
 
 def error_payload(error: ProtocolError, dialect: Dialect) -> bytes:
     return acknowledge_payload(error.status, dialect, str(error))
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledgement:
+    """What L{acknowledge_payload} says, read back (the client's side)."""
+
+    status: int
+    """
+    The status byte: 0 for success; a refusal's otherwise, maybe one this
+    client does not know (a newer server's), so an int and not a L{Status}.
+    """
+    message: str = ""
+    """A native refusal's reason, for display; empty for the legacy form and for success."""
+    versions: tuple[int, ...] = ()
+    """The native protocol versions the server speaks, as a native refusal lists them."""
+
+    @property
+    def refusal(self) -> ProtocolError | None:
+        """
+        None for success; otherwise the error that names the status
+        (L{error_for_status}), with the server's message: a caller catches
+        C{RoomExistsError} rather than comparing numbers.
+        """
+        if self.status == Status.SUCCESS:
+            return None
+        return error_for_status(self.status, self.message)
+
+
+def read_acknowledge_payload(payload: bytes) -> Acknowledgement:
+    """
+    The payload of an acknowledge frame (L{acknowledge_payload}): one status
+    byte, and for a native refusal the JSON detail after it. Only a refusal's
+    detail is read (a success is one byte in every dialect). Raises
+    MalformedFrameError when there is no status byte, or the detail is not a
+    JSON object whose known members have their documented types
+    (docs/protocol.md section 3.2); members it does not know are ignored.
+    """
+    if not payload:
+        raise MalformedFrameError("an acknowledge has no status byte")
+    status = payload[0]
+    if status == Status.SUCCESS or len(payload) == 1:
+        return Acknowledgement(status)
+    detail = decode_json(payload[1:])
+    versions = detail.get("versions", [])
+    if not isinstance(versions, list) or not all(_is_int(version) for version in versions):
+        raise MalformedFrameError("'versions' must be an array of integers")
+    return Acknowledgement(status, _optional_str(detail, "message") or "", tuple(versions))
+
+
+def _is_int(value: object) -> bool:
+    # JSON's true and false are Python ints too; no version is a boolean.
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def encode_json(obj: dict[str, Any]) -> bytes:
@@ -634,3 +687,62 @@ class Notice:
                 encoded = self.text_for(recipient).encode("utf-8")
             self._encoded[key] = encoded
         return encoded
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedNotice:
+    """
+    What L{Notice.to_json} says, read back as its recipient got it: the
+    client's side of a native notice (docs/protocol.md section 4.6), from a
+    NOTICE frame or the body of a sealed NOTICE datagram.
+    """
+
+    kind: NoticeKind | None
+    """None for an event this reader does not know (a newer server's), or none named."""
+    room: str = ""
+    text: str = ""
+    """The legacy text, worded for this recipient (L{Notice.text_for})."""
+    user: str | None = None
+    """The member the notice is about, if any."""
+    reason: str = ""
+    """Why the room ended (C{room_closed}, C{server_stopping})."""
+    members: tuple[str, ...] | None = None
+    """
+    The whole member list, which only a server from before notices became
+    changes only sent; None from every current server.
+    """
+
+
+def read_notice(obj: dict[str, Any]) -> ReceivedNotice:
+    """
+    A native notice object (L{Notice.to_json}), parsed. Members it does not
+    know are ignored and absent ones read as empty (docs/protocol.md section
+    9: a server may add members, and older ones sent fewer); an C{event} it
+    does not know reads as kind None. A known member of the wrong type
+    raises MalformedFrameError (InvalidUTF8Error for a string that is not
+    valid Unicode).
+    """
+    event = _optional_str(obj, "event")
+    kind = _NOTICE_KINDS.get(event) if event is not None else None
+    listed = obj.get("members")
+    members: tuple[str, ...] | None = None
+    if listed is not None:
+        if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
+            raise MalformedFrameError("'members' must be an array of strings")
+        members = tuple(listed)
+    return ReceivedNotice(
+        kind=kind,
+        room=_optional_str(obj, "room") or "",
+        text=_optional_str(obj, "text") or "",
+        user=_optional_str(obj, "user"),
+        reason=_optional_str(obj, "reason") or "",
+        members=members,
+    )
+
+
+def read_notice_payload(payload: bytes) -> ReceivedNotice:
+    """A NOTICE frame's payload, or a NOTICE datagram's body, as L{read_notice} reads it."""
+    return read_notice(decode_json(payload))
+
+
+_NOTICE_KINDS = {kind.value: kind for kind in NoticeKind}

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IReactorFDSet
 
-import chatd.client.core
+import chatd.client.requests
 from chatd.client.chat_client import ConnectionState, RoomInfo
 from chatd.client.core import KEEPALIVE
 from chatd.client.events import (
@@ -433,7 +433,7 @@ class ClientTests(ClientCase):
     async def test_unsupported_version(self) -> None:
         """A client speaking a version this server does not: refused, and the connection closed."""
         service = self.serve()
-        self.patch(chatd.client.core, "NATIVE_VERSION", 2)
+        self.patch(chatd.client.requests, "NATIVE_VERSION", 2)
         alice = self.person(service, "alice")
         await self.refused(alice.client.create("lobby", "alice"), UnsupportedVersionError)
         self.assertEqual(alice.client.state, ConnectionState.IDLE)

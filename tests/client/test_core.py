@@ -235,6 +235,17 @@ class ControlTests(_CoreTest):
         self.assertRaises(NotPermittedError, core.invite_request)
         self.assertRaises(NotPermittedError, core.close_room, 0.0)
 
+    def test_malformed_notice_or_acknowledge_is_an_unreadable_stream(self) -> None:
+        """What the protocol's readers refuse is no notice and no answer: the stream is dropped."""
+        core = self.core()
+        self.enter(core)
+        self.assertEqual(core.control_received(notice(event="joined", room="hoge", user=5), 0.0)[-1], AbortControl())
+        core = self.core()
+        self.enter(core)
+        core.request(core.members_request(), 0.0)
+        empty = encode_frame(Frame(Operation.MEMBERS, State.ACKNOWLEDGE, "hoge", b""))
+        self.assertEqual(core.control_received(empty, 0.0)[-1], AbortControl())
+
     def test_unreadable_stream_is_aborted(self) -> None:
         core = self.core()
         self.enter(core)
@@ -276,6 +287,15 @@ class DatagramTests(_CoreTest):
         self.assertEqual(events(actions), [RoomClosed("hoge", "closed", "* closed")])
         self.assertEqual(core.control_lost("closed", 2.0), [CancelTimer(KEEPALIVE), Shutdown()])
         self.assertEqual(core.state, ConnectionState.CLOSED)
+
+    def test_malformed_notice_datagram_is_dropped(self) -> None:
+        core = self.core()
+        self.enter(core)
+        body = json.dumps({"event": "room_closed", "room": ["hoge"]}).encode()
+        actions = core.datagram_received(self.from_server(FrameType.NOTICE, body), SERVER_UDP, 1.0)
+        self.assertEqual(events(actions), [])
+        self.assertEqual(core.dropped_datagrams, 1)
+        self.assertFalse(core.room_over)
 
     def test_send_message(self) -> None:
         core = self.core()

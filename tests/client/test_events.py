@@ -14,6 +14,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.client.events import (
+    ChatEvent,
     ConnectionLost,
     MemberJoined,
     MemberLeft,
@@ -25,7 +26,7 @@ from chatd.client.events import (
     apply_presence,
     event_from_notice,
 )
-from chatd.protocol.payloads import Dialect, Notice, NoticeKind
+from chatd.protocol.payloads import Dialect, Notice, NoticeKind, read_notice
 
 
 def notice(**members: Any) -> dict[str, Any]:
@@ -33,18 +34,21 @@ def notice(**members: Any) -> dict[str, Any]:
     return {"chatd": 1, **members}
 
 
+def event_of(obj: dict[str, Any], me: str, members: tuple[str, ...] = ()) -> ChatEvent | None:
+    """The event for notice object C{obj}, read as the client reads it (chatd.protocol's reader first)."""
+    return event_from_notice(read_notice(obj), me, members)
+
+
 class EventFromNoticeTests(SynchronousTestCase):
     def test_joined(self) -> None:
         """A notice names the newcomer; the list is the client's own, with it added."""
-        event = event_from_notice(
-            notice(event="joined", room="hoge", text="* bob joined hoge", user="bob"), "alice", ("alice",)
-        )
+        event = event_of(notice(event="joined", room="hoge", text="* bob joined hoge", user="bob"), "alice", ("alice",))
         self.assertEqual(event, MemberJoined("bob", ("alice", "bob"), "* bob joined hoge"))
 
     def test_left(self) -> None:
         # The notice of docs/protocol.md section 8.5, byte for byte.
         raw = '{"chatd": 1, "event": "left", "room": "hoge", "text": "* carol left hoge", "user": "carol"}'
-        event = event_from_notice(json.loads(raw), "bob", ("alice", "carol", "bob"))
+        event = event_of(json.loads(raw), "bob", ("alice", "carol", "bob"))
         self.assertEqual(event, MemberLeft("carol", ("alice", "bob"), "* carol left hoge"))
         assert isinstance(event, MemberLeft)
         self.assertFalse(event.timed_out)
@@ -56,10 +60,8 @@ class EventFromNoticeTests(SynchronousTestCase):
         """
         joined = notice(event="joined", room="hoge", text="t", user="bob")
         left = notice(event="left", room="hoge", text="t", user="carol")
-        self.assertEqual(
-            event_from_notice(joined, "alice", ("alice", "bob")), MemberJoined("bob", ("alice", "bob"), "t")
-        )
-        self.assertEqual(event_from_notice(left, "alice", ("alice", "bob")), MemberLeft("carol", ("alice", "bob"), "t"))
+        self.assertEqual(event_of(joined, "alice", ("alice", "bob")), MemberJoined("bob", ("alice", "bob"), "t"))
+        self.assertEqual(event_of(left, "alice", ("alice", "bob")), MemberLeft("carol", ("alice", "bob"), "t"))
 
     def test_apply_presence_keeps_join_order(self) -> None:
         self.assertEqual(apply_presence(("a", "b", "c"), "b", joined=False), ("a", "c"))
@@ -69,7 +71,7 @@ class EventFromNoticeTests(SynchronousTestCase):
 
     def test_a_member_list_in_the_notice_is_taken_at_its_word(self) -> None:
         """A server from before notices carried only the change sent the whole list: it wins."""
-        event = event_from_notice(
+        event = event_of(
             notice(event="left", room="hoge", text="t", members=["alice", "bob"], user="carol"), "bob", ("zed",)
         )
         self.assertEqual(event, MemberLeft("carol", ("alice", "bob"), "t"))
@@ -77,17 +79,13 @@ class EventFromNoticeTests(SynchronousTestCase):
     def test_timed_out_about_another(self) -> None:
         """Someone else was removed: an ordinary departure, marked as timed out."""
         text = "* bob was removed from hoge after 300 s without activity"
-        event = event_from_notice(
-            notice(event="timed_out", room="hoge", text=text, user="bob"), "alice", ("alice", "bob")
-        )
+        event = event_of(notice(event="timed_out", room="hoge", text=text, user="bob"), "alice", ("alice", "bob"))
         self.assertEqual(event, MemberLeft("bob", ("alice",), text, timed_out=True))
 
     def test_timed_out_about_me(self) -> None:
         """The same notice about this client itself: it is out of the room."""
         text = "* you were removed from hoge after 300 s without activity"
-        event = event_from_notice(
-            notice(event="timed_out", room="hoge", text=text, user="bob"), "bob", ("alice", "bob")
-        )
+        event = event_of(notice(event="timed_out", room="hoge", text=text, user="bob"), "bob", ("alice", "bob"))
         self.assertEqual(event, RemovedForInactivity("hoge", text))
 
     def test_room_closed(self) -> None:
@@ -96,19 +94,19 @@ class EventFromNoticeTests(SynchronousTestCase):
             '{"chatd": 1, "event": "room_closed", "room": "lobby", "text": "* room lobby was closed: the host left",'
             ' "user": "bob", "reason": "the host left"}'
         )
-        event = event_from_notice(json.loads(raw), "carol")
+        event = event_of(json.loads(raw), "carol")
         self.assertEqual(event, RoomClosed("lobby", "the host left", "* room lobby was closed: the host left"))
 
     def test_room_closed_to_the_host(self) -> None:
         """A closed room is a closed room, also for the member it names."""
-        event = event_from_notice(
+        event = event_of(
             notice(event="room_closed", room="lobby", text="t", user="bob", reason="the host timed out"), "bob"
         )
         self.assertEqual(event, RoomClosed("lobby", "the host timed out", "t"))
 
     def test_server_stopping(self) -> None:
         text = "* the server is shutting down; room lobby is closed"
-        event = event_from_notice(
+        event = event_of(
             notice(
                 event="server_stopping", room="lobby", text=text, user="alice", reason="the server is shutting down"
             ),
@@ -118,22 +116,20 @@ class EventFromNoticeTests(SynchronousTestCase):
 
     def test_unknown_event(self) -> None:
         """A newer server's event, or no event at all, is not guessed at."""
-        self.assertIsNone(event_from_notice(notice(event="renamed", room="hoge", text="* hoge is now fuga"), "a"))
-        self.assertIsNone(event_from_notice(notice(room="hoge", text="* something"), "a"))
-        self.assertIsNone(event_from_notice(notice(event=None, room="hoge"), "a"))
-        self.assertIsNone(event_from_notice({}, "a"))
+        self.assertIsNone(event_of(notice(event="renamed", room="hoge", text="* hoge is now fuga"), "a"))
+        self.assertIsNone(event_of(notice(room="hoge", text="* something"), "a"))
+        self.assertIsNone(event_of(notice(event=None, room="hoge"), "a"))
+        self.assertIsNone(event_of({}, "a"))
 
     def test_unknown_members_ignored(self) -> None:
         """Members a later version adds change nothing (docs/protocol.md section 9)."""
-        event = event_from_notice(
-            notice(event="joined", room="r", text="t", user="b", colour="blue", since=12), "a", ("a",)
-        )
+        event = event_of(notice(event="joined", room="r", text="t", user="b", colour="blue", since=12), "a", ("a",))
         self.assertEqual(event, MemberJoined("b", ("a", "b"), "t"))
 
     def test_missing_fields(self) -> None:
         """Absent strings read as empty; the client's list is then left as it was."""
-        self.assertEqual(event_from_notice({"event": "left"}, "a", ("a",)), MemberLeft("", ("a",), ""))
-        self.assertEqual(event_from_notice({"event": "room_closed"}, "a"), RoomClosed("", "", ""))
+        self.assertEqual(event_of({"event": "left"}, "a", ("a",)), MemberLeft("", ("a",), ""))
+        self.assertEqual(event_of({"event": "room_closed"}, "a"), RoomClosed("", "", ""))
 
     def test_every_server_notice_is_known(self) -> None:
         """What the server's Notice writes for each kind, as each recipient sees it."""
@@ -151,7 +147,7 @@ class EventFromNoticeTests(SynchronousTestCase):
             sent = Notice(kind, "hoge", "bob", reason="why", idle_timeout=5.0)
             for recipient, wanted in (("bob", for_subject), ("alice", for_other)):
                 payload = sent.encode_for(recipient, Dialect.NATIVE)
-                event = event_from_notice(json.loads(payload), recipient)
+                event = event_of(json.loads(payload), recipient)
                 self.assertIsInstance(event, wanted, (kind, recipient))
                 self.assertEqual(getattr(event, "text", None), sent.text_for(recipient), (kind, recipient))
 
