@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from chatd.protocol.datagrams import FrameType, decode_legacy, decode_relay_body
+from chatd.protocol.delivery import decode_latest, decode_posted, decode_range, decode_send, decode_sent
 from chatd.protocol.errors import ProtocolError, Status
 from chatd.protocol.seal import HEADER_SIZE as SEALED_HEADER_SIZE
 from chatd.protocol.seal import SEALED_MARKER, TAG_SIZE, peek_header
@@ -226,15 +227,37 @@ def describe_opened(opened: Opened) -> str:
     except ValueError:
         return f"frame type {opened.frame_type} (unknown), body {show_bytes(opened.body)}"
     body = opened.body
-    if kind is FrameType.RELAY:
-        try:
-            relayed = decode_relay_body(body)
-        except ProtocolError as error:
-            return f"RELAY body the codec refuses: {error}"
-        return f"RELAY from {relayed.sender!r} at {_timestamp(relayed.timestamp_ms)}: {relayed.text!r}"
+    try:
+        described = _describe_body(kind, body)
+    except ProtocolError as error:
+        return f"{kind.name} body the codec refuses: {error}"
+    if described is not None:
+        return described
     if not body:
         return f"{kind.name} (no body)"
     return f"{kind.name} {show_bytes(body)}"
+
+
+def _describe_body(kind: FrameType, body: bytes) -> str | None:
+    """The frame types whose bodies have fields, read by the protocol's own decoders; None for the others."""
+    if kind is FrameType.RELAY:
+        relayed = decode_relay_body(body)
+        return f"RELAY from {relayed.sender!r} at {_timestamp(relayed.timestamp_ms)}: {relayed.text!r}"
+    if kind is FrameType.SEND:
+        send = decode_send(body)
+        return f"SEND id {send.message_id}: {send.text!r}"
+    if kind is FrameType.SENT:
+        sent = decode_sent(body)
+        return f"SENT id {sent.message_id} as seq {sent.seq} at {_timestamp(sent.time_ms)}"
+    if kind is FrameType.POSTED:
+        posted = decode_posted(body)
+        return f"POSTED seq {posted.seq} from {posted.sender!r} at {_timestamp(posted.time_ms)}: {posted.text!r}"
+    if kind in (FrameType.REPAIR, FrameType.GONE):
+        asked = decode_range(body)
+        return f"{kind.name} seq {asked.first} to {asked.last} ({len(asked)} messages)"
+    if kind is FrameType.KEEPALIVE_ACK and body:
+        return f"KEEPALIVE_ACK, the room's latest seq {decode_latest(body)}"
+    return None
 
 
 def sealed_hex(data: bytes) -> str:

@@ -22,6 +22,7 @@ from chatd.debug.describe import (
     show_bytes,
 )
 from chatd.protocol.datagrams import FrameType, encode_legacy, encode_relay_body
+from chatd.protocol.delivery import encode_latest, encode_posted, encode_range, encode_send, encode_sent
 from chatd.protocol.seal import Direction, Sealer
 from chatd.protocol.wire import Frame, Operation, SizeEncoding, State, decode_frame, encode_frame
 from tests.helpers import SEED_EXAMPLE
@@ -213,7 +214,23 @@ class DescribeTests(SynchronousTestCase):
         self.assertEqual(
             describe_opened(Opened(FrameType.NOTICE, b'{"event": "joined"}')), 'NOTICE \'{"event": "joined"}\''
         )
-        self.assertEqual(describe_opened(Opened(9, b"\xff")), "frame type 9 (unknown), body b'\\xff' (not UTF-8)")
+        self.assertEqual(describe_opened(Opened(12, b"\xff")), "frame type 12 (unknown), body b'\\xff' (not UTF-8)")
+
+    def test_delivery_frames(self) -> None:
+        cases = {
+            (FrameType.SEND, encode_send(7, "hi")): "SEND id 7: 'hi'",
+            (FrameType.SENT, encode_sent(7, 42, 0)): "SENT id 7 as seq 42 at 1970-01-01T00:00:00.000Z",
+            (FrameType.POSTED, encode_posted(42, 1000, "ann", "hi")): (
+                "POSTED seq 42 from 'ann' at 1970-01-01T00:00:01.000Z: 'hi'"
+            ),
+            (FrameType.REPAIR, encode_range(3, 5)): "REPAIR seq 3 to 5 (3 messages)",
+            (FrameType.GONE, encode_range(1, 2)): "GONE seq 1 to 2 (2 messages)",
+            (FrameType.KEEPALIVE_ACK, encode_latest(42)): "KEEPALIVE_ACK, the room's latest seq 42",
+            (FrameType.PROBE, b""): "PROBE (no body)",
+            (FrameType.REPAIR, b"\x00"): "REPAIR body the codec refuses: range body of 1 bytes, not 16",
+        }
+        for (kind, body), expected in cases.items():
+            self.assertEqual(describe_opened(Opened(kind, body)), expected)
 
     def test_sealed_relay_with_a_short_body(self) -> None:
         self.assertEqual(
