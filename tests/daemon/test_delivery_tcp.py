@@ -12,10 +12,12 @@ from typing import Any
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from chatd.daemon import rooms
+from chatd.daemon.history import RoomHistory
 from chatd.daemon.rooms import Member
 from chatd.daemon.tcp import RoomProtocol
 from chatd.protocol.datagrams import FrameType, encode_legacy
-from chatd.protocol.delivery import decode_latest, decode_posted, decode_sent, encode_send
+from chatd.protocol.delivery import decode_latest, decode_posted, decode_sent, encode_range, encode_send
 from chatd.protocol.payloads import DELIVERY
 from chatd.protocol.seal import Channel, Direction
 from chatd.protocol.wire import Frame, Operation, SizeEncoding, State, encode_frame
@@ -222,3 +224,82 @@ class ClosedConnectionTests(DeliveryTcpCase):
         ann = self.enter("ann", features=[DELIVERY])
         ann.protocol.close()
         self.assertFalse(ann.protocol.send_datagram(b"\x00" * 32))
+
+
+class ExampleTests(SynchronousTestCase):
+    def test_the_bytes_of_the_example(self) -> None:
+        """docs/protocol.md section 8.12, byte for byte."""
+        keys = iter([bytes(range(0x20, 0x40)), bytes(range(0x40, 0x60))])
+        key_ids = iter([0x0A0B0C0D, 0x01020304])
+        tokens = iter(["q7Rt2WmZ4xPa9LkD3vBn0A", "Hc5Ue8Jf1Ys6Gd0Tw3Mb7Q"])
+        self.patch(rooms, "new_key", lambda: next(keys))
+        self.patch(rooms, "new_key_id", lambda: next(key_ids))
+        self.patch(rooms, "new_token", lambda: next(tokens))
+        server, clock, udp = make_server(history_messages=3)
+        self.patch(server.store, "_new_history", lambda: RoomHistory(3, 262144, epoch="5eed0c0ffee0d00d"))
+        clock.advance(1767225600.5)
+        answers: list[tuple[RoomProtocol, StringTransport, dict[str, Any]]] = []
+        for port, payload in (
+            (41001, {"chatd": 1, "username": "ann", "features": ["delivery"], "client": "ann-laptop"}),
+            (41002, {"chatd": 1, "username": "bob", "features": ["delivery"]}),
+        ):
+            protocol, transport = connect(server, port=port)
+            protocol.dataReceived(request(Operation.JOIN if answers else Operation.CREATE, "hoge", payload))
+            answers.append((protocol, transport, json.loads(frames(transport)[1].payload)))
+        bob_protocol, bob_transport, bob_answer = answers[1]
+        self.assertEqual(bob_answer["delivery"], {"epoch": "5eed0c0ffee0d00d", "seq": 0, "history_from": 1})
+        ann = Channel(bytes(range(0x20, 0x40)), 0x0A0B0C0D, Direction.TO_SERVER)
+        bob = Channel(bytes(range(0x40, 0x60)), 0x01020304, Direction.TO_SERVER)
+        ann_at, bob_at = ("127.0.0.1", 50001), ("127.0.0.1", 50002)
+        relay = server.relay
+        relay.datagramReceived(ann.seal(FrameType.KEEPALIVE, b""), ann_at)
+        relay.datagramReceived(bob.seal(FrameType.KEEPALIVE, b""), bob_at)
+        udp.written.clear()
+        send = ann.seal(FrameType.SEND, encode_send(1, "hi"))
+        self.assertEqual(
+            send.hex(), "0001000a0b0c0d00000000000000015557dab61605c70ebb689dd415cc9bc7fba6eb8ce00dcba57de06c"
+        )
+        relay.datagramReceived(send, ann_at)
+        self.assertEqual(
+            sorted((address, data.hex()) for data, address in udp.written),
+            [
+                (
+                    ann_at,
+                    "0001000a0b0c0d0000000000000001145af5ccdc7f57e00ffe952bc040a098e7117815c5dd76bd6a23e336272c50f10f9295ad1e24550b79",
+                ),
+                (
+                    bob_at,
+                    "0001000102030400000000000000014a812fd6cfe41d27b9f565beceb442a4abe52867f4af8c7ce64627f916813f8c3ca2611fa13358",
+                ),
+            ],
+        )
+        udp.written.clear()
+        relay.datagramReceived(bob.seal(FrameType.KEEPALIVE, b""), bob_at)
+        self.assertEqual(
+            [data.hex() for data, _ in udp.written],
+            ["0001000102030400000000000000026edc6e672c176c18c8e9529a4ce6fd4b5b3720c8fc4773faf4"],
+        )
+        for message_id, text in ((2, "two"), (3, "three"), (4, "four")):
+            relay.datagramReceived(ann.seal(FrameType.SEND, encode_send(message_id, text)), ann_at)
+        udp.written.clear()
+        repair = bob.seal(FrameType.REPAIR, encode_range(1, 4))
+        self.assertEqual(
+            repair.hex(),
+            "0001000102030400000000000000022c97d02d043362f0730c50a64b55ed20e2f5132ee00a9ea9c0a3170260ecbc9b42",
+        )
+        relay.datagramReceived(repair, bob_at)
+        self.assertEqual(
+            udp.written[0][0].hex(),
+            "000100010203040000000000000006a581998aa202517752eea9aacc6614e15ee24baaa15eb607174aae08a1c8fe107e",
+        )
+        tunnelled = encode_frame(Frame(Operation.DATAGRAM, State.REQUEST, "hoge", bob.seal(FrameType.KEEPALIVE, b"")))
+        self.assertEqual(
+            tunnelled.hex(),
+            "0408000000000000000000000000000000000000000000000000000000000020686f6765000100010203040000000000000003951405158b8a9c26f3749959843493430c",
+        )
+        frames(bob_transport)
+        bob_protocol.dataReceived(tunnelled)
+        self.assertEqual(
+            bob_transport.value().hex(),
+            "0408020000000000000000000000000000000000000000000000000000000028686f676500010001020304000000000000000a9a1354e8ae335125eb321a4f77882161ba78970f3d1cf746ff",
+        )
