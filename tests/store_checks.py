@@ -32,6 +32,7 @@ def snapshot(registry: RoomRegistry) -> dict[str, Any]:
         "origins": dict(registry._rooms_by_origin),
         "hashing": registry.stats.hashing_in_flight,
         "recipients": {name: room.recipients for name, room in registry._rooms.items()},
+        "windows": {name: (room.windows.live, room.windows.departed) for name, room in registry._rooms.items()},
     }
 
 
@@ -56,9 +57,13 @@ def check_invariants(registry: RoomRegistry, settings: Settings, closed_rooms: l
         expected_recipients = tuple(
             (member, member.address, member.channel is not None)
             for member in room.members.values()
-            if member.address is not None
+            if member.address is not None and not member.delivery
         )
         assert room.recipients == expected_recipients, f"stale recipients in {name!r}"
+        expected_delivery = tuple(member for member in room.members.values() if member.delivery)
+        assert room.delivery_members == expected_delivery, f"stale delivery members in {name!r}"
+        for member in expected_delivery:
+            assert member.window is not None and room.windows.window(member.window_key) is member.window, name
         assert len(room.invitations) <= settings.max_invitations, (name, len(room.invitations))
         for invite in room.invitations:
             assert registry._invitations.get(invite) is room, f"invitation of {name!r} not indexed"

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from chatd.daemon.delivery import DeliveryGauges, delivery_gauges
 from chatd.daemon.interfaces import IRelayObserver, IRoomObserver, IRoomStore
 from chatd.daemon.relay import RelayProtocol
 from chatd.daemon.rooms import CloseReason, HashRunner, LeaveReason, Member, Room, RoomRegistry, run_inline
@@ -122,7 +123,8 @@ class ChatServer:
         self.store.observer = self
         self.relay = RelayProtocol(self.store, clock, self.settings)
         self.relay.observer = self
-        self.tcp_factory = RoomFactory(self.store, clock, self.settings)
+        # The relay takes the sealed frames members send over TCP (operation 8).
+        self.tcp_factory = RoomFactory(self.store, clock, self.settings, tunnel=self.relay)
         self._repairs_reported: dict[str, int] = {}
         """The store's repair counts at the last sweep: only new repairs are logged."""
         self._presence: dict[Room, _PresenceWindow] = {}
@@ -307,6 +309,14 @@ class ChatServer:
             "hashing": store.refused["hashing"],
             "hashing_per_host": tcp["hashing_per_host"],
         }
+
+    def delivery_gauges(self) -> DeliveryGauges:
+        """
+        Reliable delivery's gauges, read from the rooms when asked for: the
+        messages and bytes every room's history holds, and the members whose
+        path is TCP.
+        """
+        return delivery_gauges(self.store.rooms())
 
     def limit_refusals(self) -> dict[str, int]:
         """

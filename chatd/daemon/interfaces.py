@@ -15,7 +15,11 @@ destinations once as an L{IFanout} and reports the copies the kernel refused
 after they were queued to the listener registered with it. The relay tells
 the controller of a member sending too fast through L{IRelayObserver}, and
 the controller hands the relay the notices to send as datagrams through
-L{IDatagramNotices}: notices go one way, controller to relay.
+L{IDatagramNotices}: notices go one way, controller to relay. A fourth,
+L{ITunnelledDatagrams}, carries the sealed frames a member's control
+connection received as operation 8 (reliable delivery's TCP fallback) to the
+relay; the relay sends frames the other way through the member's
+L{IMemberConnection.send_datagram}.
 """
 
 from __future__ import annotations
@@ -41,6 +45,14 @@ class IMemberConnection(Interface):
     def send_notice(notice: Notice) -> None:
         """Send a system notice as a TCP frame."""
 
+    def send_datagram(sealed: bytes) -> bool:
+        """
+        Send one sealed frame as an operation 8 (DATAGRAM) frame, State 2, as
+        notices are sent (flow-controlled, within the send queue): the TCP
+        path of a member with the "delivery" feature. False when the
+        connection sends nothing more (it is closing or gone).
+        """
+
     def close() -> None:
         """Close the connection after what was sent is flushed."""
 
@@ -50,6 +62,24 @@ class IDatagramNotices(Interface):
 
     def send_notice(member: Member, notice: Notice) -> None:
         """Send C{notice} to C{member}'s registered UDP address (sealed for a native member); never raises."""
+
+
+class ITunnelledDatagrams(Interface):
+    """
+    Sealed frames that a member's control connection carried as operation 8
+    (the TCP fallback of reliable delivery): handed by the connection to
+    the relay (given to the TCP factory by the controller), which checks
+    and handles them as datagrams.
+    """
+
+    def tunnelled(member: Member, data: bytes, peer: Address) -> None:
+        """
+        C{data} came inside an operation 8 frame on C{member}'s connection,
+        from C{peer} (its TCP address, for the drop counters' warnings). It
+        is checked as a datagram would be, but for the source address: it
+        must be sealed under C{member}'s own key. Never raises: what fails
+        is dropped and counted, and the connection stays open.
+        """
 
 
 class IRelayObserver(Interface):

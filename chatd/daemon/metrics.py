@@ -62,6 +62,20 @@ stable; dashboards may rely on them:
   - C{chatd_joins_total} (counter): joins of existing rooms.
   - C{chatd_password_checks_total{result}} (counter): join passwords checked
     (each an scrypt run on the thread pool), C{accepted} or C{refused}.
+  - C{chatd_delivery_duplicates_total} (counter): SENDs seen again (reliable
+    delivery, docs/reliability.md): answered with their SENT again, or
+    dropped when older than the duplicate window.
+  - C{chatd_delivery_repaired_total} (counter): messages sent again as
+    POSTED for REPAIR requests.
+  - C{chatd_delivery_gone_total} (counter): GONE frames sent (parts of
+    REPAIR requests older than the history).
+  - C{chatd_history_messages} and C{chatd_history_bytes} (gauges): messages,
+    and bytes of names and texts, held by every room's history together.
+  - C{chatd_members_on_tcp} (gauge): members with the delivery feature whose
+    path is TCP (their last keepalive came inside an operation 8 frame).
+  - C{chatd_tunneled_frames_total{direction}} (counter): sealed frames
+    carried over TCP as operation 8 frames: C{in} from members (dropped ones
+    included), C{out} to them.
 
 Besides these, the registry holds prometheus-client's standard C{process_*}
 metrics (CPU seconds, resident memory, open and maximum file descriptors)
@@ -167,6 +181,35 @@ class ChatCollector:
             "result",
             store.password_checks,
             store.password_check_results,
+        )
+        yield from self._delivery()
+
+    def _delivery(self) -> Iterator[Metric]:
+        delivery = self._server.relay.stats.delivery
+        gauges = self._server.delivery_gauges()
+        yield CounterMetricFamily(
+            "chatd_delivery_duplicates", "SENDs seen again (reliable delivery).", value=delivery.duplicates
+        )
+        yield CounterMetricFamily(
+            "chatd_delivery_repaired", "Messages sent again for REPAIR requests.", value=delivery.repaired
+        )
+        yield CounterMetricFamily(
+            "chatd_delivery_gone", "GONE frames sent: repairs older than the history.", value=delivery.gone
+        )
+        yield GaugeMetricFamily(
+            "chatd_history_messages", "Messages held by the rooms' histories.", value=gauges.history_messages
+        )
+        yield GaugeMetricFamily(
+            "chatd_history_bytes", "Bytes of names and texts held by the rooms' histories.", value=gauges.history_bytes
+        )
+        yield GaugeMetricFamily(
+            "chatd_members_on_tcp", "Members whose path is TCP (reliable delivery).", value=gauges.members_on_tcp
+        )
+        yield _by_label(
+            "chatd_tunneled_frames",
+            "Sealed frames carried over TCP as operation 8 frames, by direction.",
+            "direction",
+            {"in": delivery.tunneled_in, "out": delivery.tunneled_out},
         )
 
     def _latency(self) -> HistogramMetricFamily:

@@ -32,15 +32,25 @@ from twisted.logger import Logger
 from typing_extensions import override
 from zope.interface import implementer
 
+from chatd.daemon.delivery import DeliveryRelay
 from chatd.daemon.fanout import fanout_transport
-from chatd.daemon.interfaces import IDatagramNotices, IFanout, IFanoutTransport, IRelayObserver, IRoomStore
+from chatd.daemon.interfaces import (
+    IDatagramNotices,
+    IFanout,
+    IFanoutTransport,
+    IRelayObserver,
+    IRoomStore,
+    ITunnelledDatagrams,
+)
 from chatd.daemon.logs import CountedWarnings
 from chatd.daemon.ratelimit import KeyedLimiter, MemberRateLimit
 from chatd.daemon.rooms import LeaveReason, Member, Recipient, Room
 from chatd.daemon.settings import Settings
 from chatd.daemon.sockaddr import Address
+from chatd.daemon.stats import DeliveryStats
 from chatd.protocol.datagrams import (
     CLIENT_FRAME_TYPES,
+    DELIVERY_CLIENT_FRAME_TYPES,
     MAX_DATAGRAM,
     RELAY_OVERHEAD,
     FrameType,
@@ -150,7 +160,7 @@ class RelayStats:
     of them before it first happens.
     """
 
-    __slots__ = ("drops", "latency", "received", "received_bytes", "send_errors", "sent", "sent_bytes")
+    __slots__ = ("delivery", "drops", "latency", "received", "received_bytes", "send_errors", "sent", "sent_bytes")
 
     drop_reasons: ClassVar[tuple[str, ...]] = tuple(error.reason for error in DROP_ERRORS)
     """Every reason in L{drops}' counts, now or later."""
@@ -168,6 +178,8 @@ class RelayStats:
         """Datagrams dropped, by reason (one of L{drop_reasons})."""
         self.latency = LatencyHistogram()
         """Seconds from arrival to the end of the fan-out, for one datagram in LATENCY_SAMPLE_EVERY."""
+        self.delivery = DeliveryStats()
+        """Reliable delivery's counters: duplicates, repairs, GONEs, operation 8 frames in and out."""
 
     def dropped_by_reason(self) -> dict[str, int]:
         """Every reason of L{drop_reasons}, with its count (0 until it happens)."""
@@ -229,6 +241,17 @@ def _refuse_if_limited(limiter: KeyedLimiter[_Key], refused_until: dict[_Key, fl
         raise ForgeryLimitedError("too many authentication failures for this key id or from this address")
 
 
+def _channel_for(member: Member, key_id: int) -> Channel:
+    """C{member}'s key with C{key_id}: its current one, or the one before its last rekey."""
+    current = member.channel
+    if current is not None and key_id == current.key_id:
+        return current
+    previous = member.previous_channel
+    if previous is None or previous.key_id != key_id:
+        raise UnknownKeyError("no member holds this key")
+    return previous
+
+
 def _forget_ended(refused_until: dict[_Key, float], now: float, longest: float) -> None:
     # A deadline further off than any refusal lasts is a wall clock that
     # stepped back: the limiters count that as no time, and decide afresh.
@@ -237,13 +260,16 @@ def _forget_ended(refused_until: dict[_Key, float], now: float, longest: float) 
         del refused_until[key]
 
 
-@implementer(IDatagramNotices)
+@implementer(IDatagramNotices, ITunnelledDatagrams)
 class RelayProtocol(DatagramProtocol):
     """
     The relay. It sends through its transport as an L{IFanoutTransport}
     (Twisted's stock port adapted, see L{fanout_transport}), counts in its
     L{RelayStats}, tells its L{IRelayObserver} of members sending too fast,
     and sends the notices the controller hands it (L{IDatagramNotices}).
+    Members with the "delivery" feature are served by its L{DeliveryRelay}
+    (chatd.daemon.delivery), which also gets the sealed frames their
+    control connections carry (L{ITunnelledDatagrams}).
     """
 
     noisy = False
@@ -254,6 +280,8 @@ class RelayProtocol(DatagramProtocol):
         self._store = store
         self._member_for_token_bytes: Callable[[bytes], Member | None] = store.member_for_token_bytes
         self._clock = clock
+        self._seconds = clock.seconds
+        """Bound once: every message relayed reads the time (its number's time_ms)."""
         self.observer: IRelayObserver | None = None
         """Told (at most every few seconds per member) when a member sends too fast."""
         self.stats = RelayStats(clock)
@@ -263,6 +291,8 @@ class RelayProtocol(DatagramProtocol):
         """The transport, as the relay sends through it; None while there is none (closed)."""
         self._fanouts: dict[Room, RoomFanout] = {}
         """Each room's recipients prepared for sending, rebuilt when Room.recipients changes."""
+        self.delivery = DeliveryRelay(self, self.stats.delivery)
+        """What members with the "delivery" feature send and are sent."""
         # Authentication failures of sealed datagrams from anywhere but the
         # member's registered address, per key id and per source host; see
         # _open_from_elsewhere. Loopback is not exempt (unlike the TCP
@@ -409,15 +439,12 @@ class RelayProtocol(DatagramProtocol):
 
     def _native(self, datagram: bytes, header: SealedHeader, source: Address) -> None:
         member = self._store.member_for_key_id(header.key_id)
-        if member is None or member.channel is None:
+        if member is None:
             raise UnknownKeyError("no member holds this key")
-        current = member.channel
-        channel = current if header.key_id == current.key_id else member.previous_channel
-        if channel is None:
-            # No decryption was spent, so nothing is charged to the source:
-            # a spoofer naming random key ids could otherwise use up the
-            # allowance of any host it spoofs, without knowing a live key.
-            raise UnknownKeyError("no member holds this key")
+        # No decryption is spent on an unknown key, so nothing is charged to
+        # the source: a spoofer naming random key ids could otherwise use up
+        # the allowance of any host it spoofs, without knowing a live key.
+        channel = _channel_for(member, header.key_id)
         from_registered = member.address == source
         if from_registered:
             # The member's own path, the one that carries the traffic: never
@@ -426,23 +453,58 @@ class RelayProtocol(DatagramProtocol):
             frame_type, body = channel.open(datagram, header)
         else:
             frame_type, body = self._open_from_elsewhere(channel, datagram, header, source)
-        if channel is current and member.previous_channel is not None:
-            self._store.confirm_key(member)
-        # Authenticated from here on; still refuse the server's own frame
-        # types before the address is learned from this datagram.
-        if frame_type not in CLIENT_FRAME_TYPES:
-            raise MalformedFrameError(f"frame type {frame_type} is not sent by clients")
+        self._authenticated(member, channel, frame_type)
         if not from_registered:
             # Learned, or changed (roaming), only from an authenticated datagram.
             self._store.bind_address(member, source)
         self._store.touch(member)
-        if frame_type == FrameType.MESSAGE:
+        if member.delivery:
+            self.delivery.received(member, frame_type, body, source)
+        elif frame_type == FrameType.MESSAGE:
             decode_text(body, "message")
             self._message(member, body)
         else:
             self._within_limit(member, 0)
             # Sealed like the keepalive, with an empty body: never larger than it.
             self._send_sealed(member, FrameType.KEEPALIVE_ACK, b"")
+
+    def _authenticated(self, member: Member, channel: Channel, frame_type: int) -> None:
+        """
+        A frame of C{member}'s opened under C{channel}: confirm a new key,
+        and refuse the frame types its client may not send, before the
+        address is learned from it or it counts as activity.
+        """
+        if channel is member.channel and member.previous_channel is not None:
+            self._store.confirm_key(member)
+        allowed = DELIVERY_CLIENT_FRAME_TYPES if member.delivery else CLIENT_FRAME_TYPES
+        if frame_type not in allowed:
+            raise MalformedFrameError(f"frame type {frame_type} is not sent by this client")
+
+    def tunnelled(self, member: Member, data: bytes, peer: Address) -> None:
+        """
+        A sealed frame from C{member}'s control connection (operation 8,
+        L{ITunnelledDatagrams}): checked as a datagram is, except that
+        instead of a source address its key must be C{member}'s own. No
+        address is learned from it. Dropped and counted like a datagram,
+        never raised, so the connection stays open.
+        """
+        self.stats.delivery.tunneled_in += 1
+        try:
+            decoded = decode_datagram(data)
+            if not isinstance(decoded, SealedHeader):
+                raise MalformedFrameError("an operation 8 payload is a sealed frame")
+            if self._store.member_for_key_id(decoded.key_id) is not member:
+                # Another member's key (or none): this connection speaks for its own member only.
+                raise WrongSourceError("sealed under a key that is not this connection's member's")
+            channel = _channel_for(member, decoded.key_id)
+            frame_type, body = channel.open(data, decoded)
+            self._authenticated(member, channel, frame_type)
+            self._store.touch(member)
+            self.delivery.received(member, frame_type, body, None)
+        except ProtocolError as error:
+            self.drops.drop(error.reason, peer)
+        except Exception:
+            self._log.failure("while handling an operation 8 frame from {source_host}", source_host=peer[0])
 
     def _refused_forgery(self, datagram: bytes, source: Address) -> bool:
         """
@@ -514,24 +576,34 @@ class RelayProtocol(DatagramProtocol):
         _forget_ended(self._host_refused_until, now, self._longest_refusal)
         return self._failures_by_key.prune() + self._failures_by_host.prune()
 
-    def _message(self, sender: Member, message: bytes) -> None:
+    def _message(self, sender: Member, message: bytes) -> tuple[int, int] | None:
+        """
+        Relay a message from any dialect: check it, number it in its room's
+        history (one time for every copy, and the SENT), then fan it out.
+        Returns its sequence number and time in milliseconds; None for C{/exit}.
+        """
         # The substring test spares the stripped copy for every other message.
         if EXIT_COMMAND in message and message.strip() == EXIT_COMMAND:
             # The host's /exit closes the room on purpose; anyone else's is leaving it.
             self._store.leave(sender, LeaveReason.EXITED)
-            return
+            return None
         if len(sender.name_bytes) + len(message) + RELAY_OVERHEAD > MAX_DATAGRAM:
             check_relay_size(sender.name, message)
         limit = sender.rate_limit
         if limit is not None and not limit.allow(len(message)):
             self._throttle(sender, limit)
         room = sender.room
+        # Numbered before any copy goes, so every member sees one order.
+        time_ms = int(self._seconds() * 1000)
+        seq = room.history.append(sender.name_bytes, message, time_ms)
+        if room.delivery_members:
+            self.delivery.fan_out(room.delivery_members, sender, seq, time_ms, message)
         transport = self._port
         stats = self.stats
         if transport is None:
             # The port is closed (shutting down): nothing can be sent any more.
             stats.send_errors += sum(1 for member, _, _ in room.recipients if member is not sender)
-            return
+            return seq, time_ms
         fanout = self._fanouts.get(room)
         if fanout is None or fanout.recipients is not room.recipients or fanout.transport is not transport:
             fanout = self._fanouts[room] = RoomFanout(room.recipients, transport)
@@ -549,7 +621,7 @@ class RelayProtocol(DatagramProtocol):
             sent_bytes = sent * len(legacy)
             errors = failed
         if fanout.sealed:
-            native = pack_relay_body(sender.name_bytes, message, int(self._clock.seconds() * 1000))
+            native = pack_relay_body(sender.name_bytes, message, time_ms)
             write = transport.write
             for member, address in fanout.sealed:
                 if member is sender:
@@ -575,6 +647,21 @@ class RelayProtocol(DatagramProtocol):
         stats.sent_bytes += sent_bytes
         if errors:
             stats.send_errors += errors
+        return seq, time_ms
+
+    # -- what the delivery side uses (chatd.daemon.delivery.RelayHost) --------
+
+    def relay_message(self, sender: Member, message: bytes) -> tuple[int, int] | None:
+        return self._message(sender, message)
+
+    def charge(self, member: Member, size: int) -> None:
+        self._within_limit(member, size)
+
+    def send_udp(self, address: Address, data: bytes) -> None:
+        self._send(address, data)
+
+    def send_error(self) -> None:
+        self.stats.send_errors += 1
 
     def forget_room(self, room: Room) -> None:
         """Drop what was prepared for relaying in C{room} (it is closed)."""
@@ -602,6 +689,10 @@ class RelayProtocol(DatagramProtocol):
             self._send(member.address, body)
 
     def _send_sealed(self, member: Member, frame_type: FrameType, body: bytes) -> None:
+        if member.delivery:
+            # Along its path, and never a datagram over 1,200 bytes.
+            self.delivery.send(member, frame_type, body)
+            return
         channel = member.channel
         assert channel is not None and member.address is not None
         if channel.sent >= REJECT_AFTER:

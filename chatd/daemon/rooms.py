@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -37,6 +37,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from chatd.daemon.history import DuplicateWindow, IHistory, RoomHistory, RoomWindows
 from chatd.daemon.interfaces import IMemberConnection, IRoomObserver, IRoomStore
 from chatd.daemon.passwords import PasswordHash, hash_password, verify_password
 from chatd.daemon.ratelimit import MemberRateLimit, is_loopback
@@ -55,7 +56,7 @@ from chatd.protocol.errors import (
     TooManyRoomsError,
     UsernameTakenError,
 )
-from chatd.protocol.payloads import Dialect, RoomRequest, validate_name
+from chatd.protocol.payloads import DELIVERY, Dialect, RoomRequest, validate_name
 from chatd.protocol.seal import Channel, Direction, new_key, new_key_id
 
 Recipient = tuple["Member", tuple[str, int], bool]
@@ -119,6 +120,25 @@ class Member:
     """The key before the last rekey, still opened until the member has used the new one."""
     rate_limit: MemberRateLimit | None = None
     """Messages and bytes per second this member may send (None: unlimited)."""
+    delivery: bool = False
+    """
+    A native member that asked for the "delivery" feature and got it
+    (docs/reliability.md): it is sent POSTED instead of RELAY, and may send
+    SEND, REPAIR and PROBE.
+    """
+    window_key: Hashable | None = None
+    """
+    The key of its duplicate window in C{room.windows}: its client id, or
+    the member itself when its client gave none (a delivery member only).
+    """
+    window: DuplicateWindow | None = None
+    """Its duplicate window, while it is registered (a delivery member only): the SEND path needs no look-up."""
+    on_tcp: bool = False
+    """
+    Its path (a delivery member only): False for UDP, True when its last
+    KEEPALIVE came inside an operation 8 frame. Every sealed frame for it
+    then goes over its control connection.
+    """
     name_bytes: bytes = field(init=False, repr=False)
     """The name as UTF-8, encoded once: every relayed copy and size check needs it."""
     prefix: bytes = field(init=False, repr=False)
@@ -153,10 +173,21 @@ class Room:
     """The name as UTF-8: the legacy datagram path compares it with the bytes on the wire."""
     recipients: tuple[Recipient, ...] = ()
     """
-    Members with a registered address, in join order, as (member, address,
-    native): what a relay fans out to. Rebuilt by the registry when a member
-    arrives, leaves or changes address, never per datagram.
+    Members without the "delivery" feature that have a registered address,
+    in join order, as (member, address, native): what a relay fans out to.
+    Rebuilt by the registry when a member arrives, leaves or changes
+    address, never per datagram.
     """
+    delivery_members: tuple[Member, ...] = ()
+    """
+    Members with the "delivery" feature, in join order, with or without an
+    address: one on the TCP path may never have sent a datagram. Rebuilt
+    with L{recipients}.
+    """
+    history: IHistory = field(default_factory=RoomHistory)
+    """The room's epoch, sequence numbers and recent messages (the store makes it with the settings' bounds)."""
+    windows: RoomWindows = field(default_factory=RoomWindows, repr=False)
+    """The duplicate windows of its delivery members, and of some that left."""
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
@@ -221,8 +252,10 @@ class RoomRegistry:
                 cost = self._settings.password_cost
                 password_hash = await self._hash(lambda: hash_password(password, cost))
                 assert isinstance(password_hash, PasswordHash)
-            room = Room(name, password_hash, native_only=request.native_only, origin=origin)
-            host = self._new_member(room, request.username, dialect)
+            room = Room(
+                name, password_hash, native_only=request.native_only, origin=origin, history=self._new_history()
+            )
+            host = self._new_member(room, request, dialect)
             room.host = host
             room.members[host.name] = host
             self._register_member(host)
@@ -298,10 +331,13 @@ class RoomRegistry:
             self._check_room_takes(room, request.username)
         member: Member | None = None
         try:
-            member = self._new_member(room, request.username, dialect)
+            member = self._new_member(room, request, dialect)
             room.members[member.name] = member
             self._register_member(member)
-            # No recipients to refresh: a new member has no address yet.
+            if member.delivery:
+                # Without an address, but reachable over TCP all the same.
+                self._refresh_recipients(room)
+            # Otherwise no recipients to refresh: a new member has no address yet.
             if self.observer is not None:
                 self.observer.member_joined(member)
         except BaseException:
@@ -372,16 +408,24 @@ class RoomRegistry:
             token = new_token()
         return token
 
-    def _new_member(self, room: Room, username: str, dialect: Dialect) -> Member:
+    def _new_history(self) -> IHistory:
+        """A new room's history: in memory, within the settings' bounds, under a new epoch."""
+        return RoomHistory(self._settings.history_messages, self._settings.history_bytes)
+
+    def _new_member(self, room: Room, request: RoomRequest, dialect: Dialect) -> Member:
         """A member with its token (and key, if native), not yet in any index or room."""
         token = self._fresh_token()
         settings = self._settings
         limit = MemberRateLimit(
             settings.messages_per_s, settings.message_burst, settings.bytes_per_s, settings.byte_burst, self._clock
         )
-        member = Member(username, token, room, dialect, self._clock.seconds(), rate_limit=limit)
+        member = Member(request.username, token, room, dialect, self._clock.seconds(), rate_limit=limit)
         if dialect is Dialect.NATIVE:
             member.channel = Channel(new_key(), self._fresh_key_id(), Direction.TO_CLIENT)
+            # Only a native request has features (a legacy one's are ignored by the parser).
+            if DELIVERY in request.features:
+                member.delivery = True
+                member.window_key = request.client_id if request.client_id is not None else member
         return member
 
     def _register_member(self, member: Member) -> None:
@@ -390,6 +434,8 @@ class RoomRegistry:
         self._by_token_bytes[member.token.encode("utf-8")] = member
         if member.channel is not None:
             self._by_key_id[member.channel.key_id] = member
+        if member.window_key is not None and member.window is None:
+            member.window = member.room.windows.enter(member.window_key)
 
     def _unregister_member(self, member: Member) -> None:
         """Undo L{_register_member}, for whatever part of it happened; a no-op for the rest."""
@@ -402,6 +448,11 @@ class RoomRegistry:
             if channel is not None and self._by_key_id.get(channel.key_id) is member:
                 del self._by_key_id[channel.key_id]
         member.previous_channel = None
+        if member.window is not None:
+            # A client id may come back (a rejoin): its window is kept for it.
+            # A membership's own key cannot, so its window is forgotten.
+            member.window = None
+            member.room.windows.leave(member.window_key, keep=member.window_key is not member)
 
     def _fresh_key_id(self) -> int:
         key_id = new_key_id()
@@ -480,8 +531,9 @@ class RoomRegistry:
         room.recipients = tuple(
             (member, member.address, member.channel is not None)
             for member in room.members.values()
-            if member.address is not None
+            if member.address is not None and not member.delivery
         )
+        room.delivery_members = tuple(member for member in room.members.values() if member.delivery)
 
     def touch(self, member: Member) -> None:
         member.last_active = self._clock.seconds()
@@ -515,6 +567,7 @@ class RoomRegistry:
             self._unregister_member(member)
         room.members.clear()
         room.recipients = ()
+        room.delivery_members = ()
         room.closed = True
         for invite in room.invitations:
             if self._invitations.get(invite) is room:

@@ -179,3 +179,27 @@ class StoreStats:
     def refused_by_cap(self) -> dict[str, int]:
         """Every limit of L{caps}, with its count (0 until it happens)."""
         return _every(self.caps, self.refused)
+
+
+class DeliveryStats:
+    """
+    The counters of reliable delivery (docs/reliability.md, 7), updated by
+    the relay's delivery side (chatd.daemon.delivery) and held by the
+    relay's C{RelayStats}; read by the stats log line and the metrics
+    endpoint. The gauges (history sizes, members on TCP) are not here: they
+    are read from the rooms when asked for (C{ChatServer.delivery_gauges}).
+    """
+
+    __slots__ = ("duplicates", "gone", "repaired", "tunneled_in", "tunneled_out")
+
+    def __init__(self) -> None:
+        self.duplicates = 0
+        """SENDs seen again: answered with the SENT again, or, below the duplicate window, dropped."""
+        self.repaired = 0
+        """Messages sent again as POSTED for REPAIR requests."""
+        self.gone = 0
+        """GONE frames sent: parts of REPAIR requests older than the history."""
+        self.tunneled_in = 0
+        """Operation 8 frames received from members (each a sealed frame), dropped ones included."""
+        self.tunneled_out = 0
+        """Sealed frames sent to members as operation 8 frames (their path is TCP, or the frame is over 1,200 bytes)."""

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
+from chatd.daemon.history import history_from
 from chatd.daemon.interfaces import IMemberConnection
 from chatd.daemon.logs import CountedWarnings
 from chatd.daemon.rooms import LeaveReason, Member
@@ -44,6 +45,7 @@ from chatd.protocol.errors import (
     UnknownOperationError,
 )
 from chatd.protocol.payloads import (
+    DeliveryStart,
     Dialect,
     Notice,
     acknowledge_payload,
@@ -80,6 +82,8 @@ class RoomProtocol(FlowControlledProtocol):
         self._store = factory.store
         self.member: Member | None = None
         self.dialect: Dialect | None = None
+        self.peer_port = 0
+        """The peer's TCP port (0 when its address has none): the drop counters name operation 8's source by it."""
         self._encoding = SizeEncoding.BINARY
         self._processing = False
         """
@@ -98,7 +102,10 @@ class RoomProtocol(FlowControlledProtocol):
     @override
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.peer_host = host_of(self.transport.getPeer())
+        peer = self.transport.getPeer()
+        self.peer_host = host_of(peer)
+        if isinstance(peer, IPv4Address | IPv6Address):
+            self.peer_port = peer.port
         self._factory.connection_opened(self)
         self._start_flow()
 
@@ -202,6 +209,8 @@ class RoomProtocol(FlowControlledProtocol):
             self._acknowledge(frame.operation, Status.SUCCESS, frame.room)
             payload = members_payload(room.names(), room.host.name if room.host is not None else None)
             self._send(Frame(Operation.MEMBERS, State.COMPLETE, room.name, payload, self._encoding))
+        elif frame.operation is Operation.DATAGRAM:
+            self._tunnelled(frame)
         elif frame.operation is Operation.INVITE:
             member = self._member_for(frame)
             if not member.is_host:
@@ -213,6 +222,21 @@ class RoomProtocol(FlowControlledProtocol):
             self._log.info("{user} invited someone to {room}", event="invited", user=member.name, room=member.room.name)
         else:
             raise UnknownOperationError(f"operation {frame.operation.name} is not a request")
+
+    def _tunnelled(self, frame: Frame) -> None:
+        """
+        Operation 8: a sealed frame carried instead of a datagram, from a
+        member with the "delivery" feature. Handed to the relay, which
+        checks it as a datagram; never acknowledged (a datagram is not),
+        and what the relay drops never closes the connection.
+        """
+        member = self.member
+        tunnel = self._factory.tunnel
+        if member is None or not member.delivery or tunnel is None:
+            raise NotPermittedError("only a member with the delivery feature can send operation 8")
+        if frame.room and frame.room != member.room.name:
+            raise NotPermittedError("that is not your room")
+        tunnel.tunnelled(member, frame.payload, (self.peer_host, self.peer_port))
 
     def _member_for(self, frame: Frame) -> Member:
         if self.member is None:
@@ -313,7 +337,13 @@ class RoomProtocol(FlowControlledProtocol):
             members=member.room.names(),
             idle_timeout=self._settings.idle_timeout,
             keepalive_interval=self._settings.keepalive_interval,
+            delivery=self._delivery_start(member) if member.delivery else None,
         )
+
+    def _delivery_start(self, member: Member) -> DeliveryStart:
+        """Where a delivery member starts: the room's epoch, latest number, and the history it is offered."""
+        history = member.room.history
+        return DeliveryStart(history.epoch, history.latest, history_from(history, self._settings.history_on_join))
 
     def _not_entered(self, failure: Failure, operation: Operation, room: str) -> None:
         self._busy = False
@@ -404,6 +434,14 @@ class RoomProtocol(FlowControlledProtocol):
             frame = Frame(Operation.NOTICE, State.COMPLETE, notice.room, payload, self._encoding)
             framed = notice.frames[key] = (frame, encode_frame(frame))
         self._send(*framed)
+
+    def send_datagram(self, sealed: bytes) -> bool:
+        member = self.member
+        if member is None or self._closing or self._lost or self._aborted:
+            return False
+        # The same path as notices: flow-controlled, bounded by the send queue.
+        self._send(Frame(Operation.DATAGRAM, State.COMPLETE, member.room.name, sealed, self._encoding))
+        return True
 
     def close(self) -> None:
         self._close()

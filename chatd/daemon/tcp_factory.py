@@ -22,7 +22,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from typing_extensions import override
 
-from chatd.daemon.interfaces import IRoomStore
+from chatd.daemon.interfaces import IRoomStore, ITunnelledDatagrams
 from chatd.daemon.ratelimit import KeyedLimiter, is_loopback
 from chatd.daemon.settings import Settings
 from chatd.daemon.stats import TcpStats
@@ -43,8 +43,19 @@ class RoomFactory(ServerFactory):
     noisy = False
     _log = Logger()
 
-    def __init__(self, store: IRoomStore, clock: IReactorTime, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: IRoomStore,
+        clock: IReactorTime,
+        settings: Settings,
+        tunnel: ITunnelledDatagrams | None = None,
+    ) -> None:
         self.store = store
+        self.tunnel = tunnel
+        """
+        Where operation 8 frames go (the relay, given by the controller);
+        None refuses them all (a factory without a relay, in tools and tests).
+        """
         self.clock = clock
         self.settings = settings
         self.connections: set[RoomProtocol] = set()
