@@ -385,6 +385,22 @@ class RejoinTests(_DeliveryTest):
         shown = events(self.posted(core, 2, 7.0)) + events(self.posted(core, 3, 7.0))
         self.assertEqual([(e.seq, e.history) for e in shown], [(2, False), (3, False)])
 
+    def test_on_tcp_the_rejoin_keeps_the_path(self) -> None:
+        """Back on a new connection, a member on TCP moves the server's path there with its first keepalive."""
+        core = self.delivering()
+        core.timer_fired(DELIVERY, 3.0)
+        self.assertEqual(core.delivery_path, "tcp")
+        back = self.rejoin(core, 5.0, **grant())
+        self.assertEqual(self.kinds(back)[0], ("tcp", FrameType.KEEPALIVE))
+        self.assertEqual(events(back), [], "no path change to tell")
+
+    def test_udp_judged_afresh_after_a_rejoin(self) -> None:
+        """On UDP, the wait for the first answer starts again with the new membership, not before the loss."""
+        core = self.delivering()
+        back = self.rejoin(core, 5.0, **grant())
+        self.assertEqual(self.kinds(back), [("udp", FrameType.KEEPALIVE)])
+        self.assertEqual(self.delivery_timer(back), PathMonitor.FIRST_ANSWER_WAIT)
+
     def test_room_created_again(self) -> None:
         core = self.delivering()
         self.posted(core, 1, 0.1)
