@@ -49,6 +49,12 @@ REQUEST = "request"
 """The timer of the request waiting for its answer."""
 CONFIRM = "confirm"
 """The timer of a rejoin's wait for the first keepalive's answer, before it says Reconnected."""
+DELIVERY = "delivery"
+"""
+The timer of reliable delivery (chatd.client.reliable): the earliest of the
+outbox's retransmissions, the timeline's repairs and the path monitor's
+deadlines, so that the three share one timer.
+"""
 
 
 # -- what the client knows -----------------------------------------------------
@@ -101,6 +107,13 @@ class CoreConfig:
     udp_probe_interval: float = UDP_PROBE_INTERVAL
     udp_lost_after: float = UDP_LOST_AFTER
     udp_confirm_wait: float = UDP_CONFIRM_WAIT
+    delivery: bool = False
+    """
+    Ask for the "delivery" feature on every create and join (docs/reliability.md).
+    False: never ask, and behave exactly as a client without it. Off unless
+    asked for, so that a library user (and every test written before the
+    feature) gets the requests and events it always got; chatd-chat asks.
+    """
 
 
 # -- actions ------------------------------------------------------------------------

@@ -51,9 +51,10 @@ def client_for(
     """
     A client of the server at C{host} and its ports (the terminal app's room
     screen may have changed them), with the arguments' TLS and native-only
-    choices.
+    choices, asking for the "delivery" feature.
     """
-    return ChatClient(reactor, host, tcp_port, udp_port, listener, tls=arguments.tls)
+    # Both faces ask for reliable delivery; a server without it answers as before.
+    return ChatClient(reactor, host, tcp_port, udp_port, listener, tls=arguments.tls, delivery=True)
 
 
 def make_client(reactor: Any, arguments: ChatArguments, listener: IChatListener) -> ChatClient:

@@ -71,8 +71,8 @@ from chatd.client.core import (
     SendFrame,
     Shutdown,
     StartTimer,
-    room_request,
 )
+from chatd.client.delivery import DeliveryStats
 from chatd.client.events import ChatEvent
 from chatd.client.tls import ChatTLSCreator, TrustPolicy, explain_tls_failure, tls_endpoint
 from chatd.protocol.errors import (
@@ -193,6 +193,7 @@ class ChatClient:
         jitter_source: Callable[[], float] = random.random,
         udp_probe_interval: float = UDP_PROBE_INTERVAL,
         udp_lost_after: float = UDP_LOST_AFTER,
+        delivery: bool = False,
     ) -> None:
         self._reactor = reactor
         self._clock: IReactorTime = reactor
@@ -217,6 +218,7 @@ class ChatClient:
             udp_lost_after=udp_lost_after,
             # Read here, not in the core: a test may change this module's value.
             udp_confirm_wait=UDP_CONFIRM_WAIT,
+            delivery=delivery,
         )
         self._core = ClientCore(config, jitter_source)
         self._control: _ControlConnection | None = None
@@ -283,6 +285,31 @@ class ChatClient:
     def dropped_datagrams(self) -> int:
         """Datagrams that did not authenticate, were replayed, or could not be read."""
         return self._core.dropped_datagrams
+
+    @property
+    def delivery(self) -> bool:
+        """
+        The server granted the "delivery" feature (docs/reliability.md) for
+        this membership: L{send} returns message ids, whose states come as
+        MessageStateChanged events; messages arrive in room order, with their
+        sequence numbers; DeliveryPathChanged replaces UdpPathLost and
+        UdpPathRestored. Asked for only when the client was made with
+        C{delivery=True}.
+        """
+        return self._core.delivery
+
+    @property
+    def delivery_stats(self) -> DeliveryStats | None:
+        """
+        The member's own delivery counts (retransmissions, repaired,
+        duplicates, missed, path), for /stats; None without the feature.
+        """
+        return self._core.delivery_stats
+
+    @property
+    def delivery_path(self) -> str | None:
+        """C{"udp"} or C{"tcp"}: the way messages go with the feature; None without it."""
+        return self._core.delivery_path
 
     @property
     def _channel(self) -> Channel | None:
@@ -449,7 +476,7 @@ class ChatClient:
         return self._core.control_opened((server_host, self.udp_port))
 
     async def _ask_room(self, wanted: Membership) -> RoomInfo:
-        return cast(RoomInfo, await self._ask(room_request(wanted)))
+        return cast(RoomInfo, await self._ask(self._core.room_frame(wanted)))
 
     def _ask(self, frame: Frame) -> Deferred[object]:
         """Send a request; fire with its result (see ClientCore.request)."""
@@ -491,9 +518,23 @@ class ChatClient:
 
     # -- sending --------------------------------------------------------------
 
-    def send(self, text: str) -> None:
-        """Send a chat message to the room. Raises NotInRoomError or MessageTooLongError."""
-        self._run(self._core.send_message(text, self._clock.seconds()))
+    def send(self, text: str) -> int | None:
+        """
+        Send a chat message to the room. With the "delivery" feature: its
+        message id, under which MessageStateChanged tells its states
+        (sending, sent, not delivered); while reconnecting it waits to be
+        sent on the rejoin. Without: None. Raises NotInRoomError or
+        MessageTooLongError.
+        """
+        message_id, actions = self._core.post(text, self._clock.seconds())
+        self._run(actions)
+        return message_id
+
+    def retry(self) -> list[int]:
+        """/retry: send again, under their own ids, the messages not delivered (with the feature); their ids."""
+        ids, actions = self._core.retry(self._clock.seconds())
+        self._run(actions)
+        return ids
 
     def flush(self, timeout: float = 2.0) -> Deferred[None]:
         """

@@ -34,6 +34,9 @@ The core is made of parts, each a module of its own:
  - chatd.client.udp_path: the UDP key (replay checks, the previous key
    after a rekey), sealing and opening, the keepalive and UDP-probe timing
    and path-lost reporting;
+ - chatd.client.reliable: the "delivery" feature (docs/reliability.md):
+   acknowledged sends, the room's order and repairs, the TCP fallback
+   (operation 8), with its one timer;
  - chatd.client.reconnect: the rejoin sequence (the host creates the room
    again and falls back to a join when its name is taken; a member asks
    without its password first) and the retry policy (exponential backoff,
@@ -47,11 +50,13 @@ reconnect), and the order of things. Nothing here imports Twisted.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from random import random as _uniform
 
 from chatd.client.actions import (
     CONFIRM,
+    DELIVERY,
     HOST_WAIT,
     KEEPALIVE,
     PROBE,
@@ -80,6 +85,7 @@ from chatd.client.actions import (
     StartTimer,
     Timers,
 )
+from chatd.client.delivery import DeliveryStats
 from chatd.client.events import (
     ConnectionLost,
     MemberJoined,
@@ -101,6 +107,7 @@ from chatd.client.reconnect import (
     request_for,
     step_after,
 )
+from chatd.client.reliable import DeliverySession, OverTcp, by_udp
 from chatd.client.requests import CLIENT_MAX_PAYLOAD, Failed, Outcome, Purpose, Requests, room_request
 from chatd.client.udp_path import UDP_PROBE_MAX_INTERVAL, UdpPath, channel_from, message_body
 from chatd.protocol.datagrams import FrameType, decode_relay_body
@@ -113,9 +120,10 @@ from chatd.protocol.errors import (
     NotPermittedError,
     ProtocolError,
 )
+from chatd.protocol.payloads import DELIVERY as DELIVERY_FEATURE
 from chatd.protocol.payloads import EnteredAnswer, ReceivedNotice, read_notice_payload
 from chatd.protocol.seal import Channel
-from chatd.protocol.wire import Frame, Operation, State
+from chatd.protocol.wire import Frame, Operation, State, encode_frame
 
 __all__ = [
     "CLIENT_MAX_PAYLOAD",
@@ -154,6 +162,9 @@ __all__ = [
     "room_request",
 ]
 
+_STAYING = frozenset({ConnectionState.IN_ROOM, ConnectionState.RECONNECTING, ConnectionState.CONNECTING})
+"""The states of a membership that goes on: in the room, or on the way back to it."""
+
 EXIT_TEXT = b"/exit"
 """The message the server reads as leaving (and, from the host, as closing the room)."""
 
@@ -178,6 +189,13 @@ class ClientCore:
         self._path = UdpPath(self.config, self._timers, self._send_datagram, self._in_room)
         # Uniform in [0, 1): random.random, or a test's fixed numbers.
         self._reconnection = Reconnection(self.config, random if random is not None else _uniform)
+        self.client_id = secrets.token_urlsafe(12)
+        """
+        This client's own id (16 URL-safe characters), sent with every create
+        and join for the "delivery" feature: the same across reconnections,
+        so that the server knows a message sent again after a rejoin.
+        """
+        self._delivery = DeliverySession(self._timers, self._transmit)
 
     # -- what the parts know, read through -----------------------------------------------
 
@@ -202,6 +220,21 @@ class ClientCore:
         return self._path.dropped
 
     @property
+    def delivery(self) -> bool:
+        """The server granted the "delivery" feature for the current membership."""
+        return self._delivery.granted
+
+    @property
+    def delivery_stats(self) -> DeliveryStats | None:
+        """The delivery counts (for /stats) while the feature is granted; None otherwise."""
+        return self._delivery.stats if self._delivery.granted else None
+
+    @property
+    def delivery_path(self) -> str | None:
+        """C{"udp"} or C{"tcp"}: the way messages go, while the feature is granted; None otherwise."""
+        return self._delivery.path
+
+    @property
     def reconnecting(self) -> bool:
         return self.state is ConnectionState.RECONNECTING
 
@@ -220,6 +253,8 @@ class ClientCore:
             return self._ended(self._requests.fail(ConnectionClosedError("the server did not answer in time")), now)
         if name == CONFIRM:
             return self._rejoin_confirmed()
+        if name == DELIVERY:
+            return self._delivery.timer_fired(now)
         return []
 
     # -- entering ----------------------------------------------------------------------
@@ -234,6 +269,7 @@ class ClientCore:
         self.room_host = None
         self._reconnection.reset()
         self.rejoin = None
+        self._delivery.reset()
         self.state = ConnectionState.CONNECTING
 
     def control_opened(self, server_udp: tuple[str, int]) -> list[Action]:
@@ -259,7 +295,13 @@ class ClientCore:
 
     def ask_room(self, wanted: Membership, now: float) -> tuple[int, list[Action]]:
         """Send the create or join request for C{wanted}."""
-        return self.request(room_request(wanted), now)
+        return self.request(self.room_frame(wanted), now)
+
+    def room_frame(self, wanted: Membership) -> Frame:
+        """The create or join request for C{wanted}: asking for the "delivery" feature, unless configured not to."""
+        if not self.config.delivery:
+            return room_request(wanted)
+        return room_request(wanted, (DELIVERY_FEATURE,), self.client_id)
 
     def invite_request(self) -> Frame:
         """The invite request; raises NotInRoomError or NotPermittedError."""
@@ -295,6 +337,9 @@ class ClientCore:
     def _frame_received(self, frame: Frame, now: float) -> list[Action]:
         if frame.operation is Operation.NOTICE:
             return self._notice(read_notice_payload(frame.payload))
+        if frame.operation is Operation.DATAGRAM:
+            # Never a request's answer: a sealed frame, or the refusal of one of ours.
+            return self._tunneled(frame, now)
         if self._requests.pending is None:
             return [Log("warn", f"unexpected frame from the server: {frame.operation.name}")]
         return self._ended(self._requests.received(frame), now)
@@ -357,7 +402,12 @@ class ClientCore:
         # never outlives its host (section 6.4).
         self.room_host = info.user if info.host else (self.members[0] if self.members else None)
         self.state = ConnectionState.IN_ROOM
-        return info, self._path.entered(channel, info.keepalive_interval, now)
+        grant = answer.delivery if self.config.delivery else None
+        actions = self._delivery.entered(grant, info.room, info.user, now)
+        # With the feature, the path monitor tells of the path (DeliveryPathChanged), not UdpPath.
+        self._path.reports = not self._delivery.granted
+        actions += self._path.entered(channel, info.keepalive_interval, now)
+        return info, [*actions, *self._delivery.work(now)]
 
     def _notice(self, notice: ReceivedNotice) -> list[Action]:
         me = self.info.user if self.info is not None else ""
@@ -387,7 +437,7 @@ class ClientCore:
             # Back in the room, and out again before it was said: no Reconnected.
             self.rejoin = None
             actions += self._timers.cancel(CONFIRM)
-        actions += self._path.stop()
+        actions += [*self._path.stop(), *self._delivery.stop()]
         if self.leaving or self.state is not ConnectionState.IN_ROOM:
             return actions
         if self.room_over or isinstance(refusal, CertificateError):
@@ -450,7 +500,7 @@ class ClientCore:
     def _ask_rejoin(self, step: RejoinStep) -> list[Action]:
         assert self.wanted is not None
         self.rejoin = step
-        _, actions = self._requests.ask(room_request(request_for(step, self.wanted)), Purpose.REJOIN)
+        _, actions = self._requests.ask(self.room_frame(request_for(step, self.wanted)), Purpose.REJOIN)
         return actions
 
     def _rejoin_refused(self, error: ChatError, now: float) -> list[Action]:
@@ -517,7 +567,7 @@ class ClientCore:
     def stop(self) -> list[Action]:
         """Stop the keepalives, and a rejoin's wait for UDP (the sockets are closing)."""
         self.rejoin = None
-        return [*self._path.stop(), *self._timers.cancel(CONFIRM)]
+        return [*self._path.stop(), *self._delivery.stop(), *self._timers.cancel(CONFIRM)]
 
     def close_room(self, now: float) -> list[Action]:
         """The host's C{/exit}; raises NotInRoomError, or NotPermittedError when not the host."""
@@ -530,19 +580,57 @@ class ClientCore:
     # -- UDP -------------------------------------------------------------------------------------
 
     def send_message(self, text: str, now: float) -> list[Action]:
-        """A chat message to the room. Raises NotInRoomError or MessageTooLongError."""
+        """A chat message to the room (L{post} without its id). Raises NotInRoomError or MessageTooLongError."""
+        return self.post(text, now)[1]
+
+    def post(self, text: str, now: float) -> tuple[int | None, list[Action]]:
+        """
+        A chat message to the room: its id with the "delivery" feature (its
+        states come as MessageStateChanged), None without. With the feature
+        a message typed while reconnecting waits, C{sending}, for the rejoin.
+        Raises NotInRoomError or MessageTooLongError.
+        """
+        # Granted is of this membership (start() forgets it), so CONNECTING here is a try to come back.
+        if self._delivery.granted and self.info is not None and self.state in _STAYING:
+            message_body(self.info.user, text)
+            return self._delivery.post(text, now)
         if self.state is not ConnectionState.IN_ROOM or self.info is None:
             raise NotInRoomError("not in a room" if self.state is not ConnectionState.RECONNECTING else "reconnecting")
-        return self._send_datagram(FrameType.MESSAGE, message_body(self.info.user, text), now)
+        return None, self._send_datagram(FrameType.MESSAGE, message_body(self.info.user, text), now)
+
+    def retry(self, now: float) -> tuple[list[int], list[Action]]:
+        """/retry: the messages not delivered are sent again under their ids (none without the feature)."""
+        if not self._delivery.granted:
+            return [], []
+        return self._delivery.retry(now)
 
     def flush(self, now: float) -> list[Action]:
         """A keepalive now, whose answer (L{KeepaliveAnswered}) comes after everything sent before."""
         return self._path.send_keepalive(now)
 
     def _send_datagram(self, frame_type: FrameType, body: bytes, now: float) -> list[Action]:
-        actions = self._path.seal(frame_type, body)
+        """A frame of the core's own: by UDP, or, with the feature, the way the path monitor says."""
+        if self._delivery.granted:
+            return self._delivery.send_frame(frame_type, body, now)
+        return self._transmit(frame_type, body, by_udp, now)
+
+    def _transmit(self, frame_type: FrameType, body: bytes, tcp: OverTcp, now: float) -> list[Action]:
+        """
+        Seal a frame and send it: as an operation 8 frame on the control
+        connection when C{tcp} says so for its sealed size (the "delivery"
+        feature's TCP path, and frames over MAX_NATIVE_DATAGRAM), by UDP
+        otherwise. Nothing without a server address or a key.
+        """
         channel = self._path.channel
-        if not actions or channel is None or not channel.needs_rekey:
+        if self._path.server_udp is None or channel is None:
+            return []
+        data = channel.seal(frame_type, body)
+        actions: list[Action]
+        if tcp(len(data)) and self.info is not None:
+            actions = [SendFrame(encode_frame(Frame(Operation.DATAGRAM, State.REQUEST, self.info.room, data)))]
+        else:
+            actions = [SendDatagram(data)]
+        if not channel.needs_rekey:
             return actions
         if not self._rekeying and self._requests.pending is None and self.info is not None:
             # Ask for a fresh key before the counter runs out; the server stops accepting the old one.
@@ -557,14 +645,40 @@ class ClientCore:
         if opened is None:
             return []
         frame_type, body, actions = opened
+        return [*actions, *self._sealed(frame_type, body, now, udp=True)]
+
+    def _tunneled(self, frame: Frame, now: float) -> list[Action]:
+        """
+        An operation 8 frame from the server: a sealed frame that came over
+        the control connection (the TCP path, or too large for UDP), opened
+        and read exactly as a datagram. An acknowledge is the server refusing
+        one of ours (the feature was not granted): nothing to answer.
+        """
+        if frame.state is not State.COMPLETE:
+            return [Log("warn", "the server refused a frame sent over the control connection")]
+        if not self._delivery.granted:
+            return [Log("warn", "a sealed frame over the control connection, without the delivery feature")]
+        opened = self._path.open_tunneled(frame.payload)
+        if opened is None:
+            return []
+        return self._sealed(*opened, now, udp=False)
+
+    def _sealed(self, frame_type: int, body: bytes, now: float, *, udp: bool) -> list[Action]:
+        """An authenticated frame from the server, by UDP or (C{udp} False) inside operation 8."""
+        actions: list[Action] = []
         try:
+            if self._delivery.granted:
+                actions += self._delivery.received(frame_type, body, now, udp=udp)
             if frame_type == FrameType.RELAY:
                 relayed = decode_relay_body(body)
                 actions.append(Emit(MessageReceived(relayed.sender, relayed.text, relayed.timestamp_ms / 1000)))
             elif frame_type == FrameType.NOTICE:
                 actions += self._notice(read_notice_payload(body))
             elif frame_type == FrameType.KEEPALIVE_ACK:
-                self._path.confirmed = True
+                if udp:
+                    self._path.confirmed = True
+                else:
+                    actions += self._path.answered_over_tcp()
                 actions.append(KeepaliveAnswered())
                 actions += self._rejoin_confirmed()
         except ProtocolError:

@@ -189,6 +189,11 @@ class Outbox:
         message = self._messages.get(message_id)
         return message.state if message is not None else None
 
+    def text(self, message_id: int) -> str | None:
+        """The text of a message not acknowledged yet (for the events that name it); None otherwise."""
+        message = self._messages.get(message_id)
+        return message.text if message is not None else None
+
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
@@ -313,6 +318,20 @@ class Outbox:
             heapq.heappush(self._waiting, message.message_id)
         self._in_flight.clear()
         return ids
+
+    def abandon(self) -> list[tuple[int, str]]:
+        """
+        Forget every message not acknowledged (the membership they were for
+        is over: a new room, or a server that no longer grants the
+        feature). The ids and texts of those that were still C{sending}.
+        Ids go on from where they were, so that none is reused under the
+        same client id.
+        """
+        sending = [(m.message_id, m.text) for m in self._messages.values() if m.state is MessageState.SENDING]
+        self._messages.clear()
+        self._waiting.clear()
+        self._in_flight.clear()
+        return sorted(sending)
 
     def __iter__(self) -> Iterator[tuple[int, MessageState]]:
         """Every message not acknowledged, with its state, in id order."""

@@ -23,6 +23,10 @@ class MessageReceived:
     text: str
     time: float
     """When the server relayed it, in seconds since the epoch (the server's clock)."""
+    seq: int | None = None
+    """The room's sequence number for it (with the "delivery" feature; None without)."""
+    history: bool = False
+    """Said before this client entered: offered as history on entering (docs/reliability.md)."""
 
     @property
     def is_action(self) -> bool:
@@ -150,8 +154,61 @@ class UdpPathRestored:
     """Datagrams from the server arrive again after a L{UdpPathLost}."""
 
 
+@dataclass(frozen=True, slots=True)
+class MessageStateChanged:
+    """
+    One of this client's messages changed state (with the "delivery"
+    feature): C{state} is C{"sending"}, C{"sent"} (acknowledged: C{seq} is
+    its place in the room) or C{"not delivered"} (given up; /retry sends it
+    again under the same id, so it is never shown twice).
+    """
+
+    message_id: int
+    text: str
+    state: str
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesMissed:
+    """Messages C{first} to C{last} are older than the room's history and cannot be shown: never skipped silently."""
+
+    first: int
+    last: int
+    text: str
+    """The sentence to show, e.g. C{"3 messages missed"}."""
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecreated:
+    """The room was created again (a new epoch): its numbering started again and earlier messages are gone."""
+
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPathChanged:
+    """
+    Messages now go by C{path}, C{"udp"} or C{"tcp"} (with the "delivery"
+    feature: the TCP fallback when UDP is blocked); C{text} is the sentence to
+    show, e.g. C{"UDP blocked: messages go over TCP"}.
+    """
+
+    path: str
+    text: str
+
+
 ChatEvent = (
     MessageReceived
+    | MessageStateChanged
+    | MessagesMissed
+    | RoomRecreated
+    | DeliveryPathChanged
     | MemberJoined
     | MemberLeft
     | RoomClosed

@@ -11,7 +11,7 @@ L{Failed} from here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -36,10 +36,21 @@ _ANSWERED_WITH_COMPLETE = frozenset(
 """Requests whose success acknowledge is followed by a complete frame."""
 
 
-def room_request(wanted: Membership) -> Frame:
-    """The create or join request (docs/protocol.md section 4.1) for C{wanted}."""
+def room_request(wanted: Membership, features: Sequence[str] = (), client_id: str | None = None) -> Frame:
+    """
+    The create or join request (docs/protocol.md section 4.1) for C{wanted},
+    asking for C{features} under the client's own id C{client_id} (if any).
+    """
     native_only = wanted.native_only and wanted.operation is Operation.CREATE
-    payload = room_request_payload(wanted.user, wanted.password, wanted.invite, native_only, NATIVE_VERSION)
+    payload = room_request_payload(
+        wanted.user,
+        wanted.password,
+        wanted.invite,
+        native_only,
+        NATIVE_VERSION,
+        features=features,
+        client_id=client_id,
+    )
     return Frame(wanted.operation, State.REQUEST, wanted.room, payload)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from chatd.client.actions import KEEPALIVE, PROBE, Action, CoreConfig, Emit, SendDatagram, Timers
+from chatd.client.actions import KEEPALIVE, PROBE, Action, CoreConfig, Emit, Timers
 from chatd.client.events import UdpPathLost, UdpPathRestored
 from chatd.protocol.datagrams import MAX_DATAGRAM, FrameType, check_relay_size
 from chatd.protocol.errors import FrameTooLargeError, MalformedFrameError, MessageTooLongError, ProtocolError
@@ -71,6 +71,13 @@ class UdpPath:
         """The server has answered a keepalive since the room was entered."""
         self.lost = False
         """Keepalives went unanswered and UdpPathLost was emitted, and nothing has been heard since."""
+        self.reports = True
+        """
+        Whether the path's loss and return are told (UdpPathLost, UdpPathRestored).
+        The core turns it off while the "delivery" feature is granted: then its
+        path monitor decides and tells (DeliveryPathChanged), and UDP being
+        lost is no longer a loss of messages, only a change of path.
+        """
         self.dropped = 0
         """Datagrams that did not authenticate, were replayed, or could not be read."""
         self._interval = 0.0
@@ -102,12 +109,6 @@ class UdpPath:
         """The server handed out a new key; its copies under the old one may still arrive."""
         self.previous_channel = self.channel
         self.channel = channel_from(key, self._config.rekey_after)
-
-    def seal(self, frame_type: FrameType, body: bytes) -> list[Action]:
-        """The datagram to send, if there is a server to send it to and a key to seal it with."""
-        if self.server_udp is None or self.channel is None:
-            return []
-        return [SendDatagram(self.channel.seal(frame_type, body))]
 
     # -- keepalives and probes -------------------------------------------------------------
 
@@ -146,7 +147,7 @@ class UdpPath:
         if not self._in_room() or self._unanswered_since is None:
             return []
         actions: list[Action] = []
-        if not self.lost and now - self._unanswered_since >= self._config.udp_lost_after:
+        if self.reports and not self.lost and now - self._unanswered_since >= self._config.udp_lost_after:
             self.lost = True
             actions.append(Emit(UdpPathLost(round(now - self._heard_at, 3))))
         self._probes_sent += 1
@@ -170,8 +171,22 @@ class UdpPath:
         key just replaced: dropped, as the server drops such datagrams, and
         never answered).
         """
+        if source != self.server_udp:
+            return None
+        opened = self.open_tunneled(data)
+        if opened is None:
+            return None
+        return *opened, self._heard(now)
+
+    def open_tunneled(self, data: bytes) -> tuple[int, bytes] | None:
+        """
+        A sealed frame, opened with the key (and replay window) datagrams are
+        opened with: its frame type and body. For operation 8 frames too, which
+        carry exactly what a datagram would: one replay window for both, so a
+        frame that came both ways is taken once. None when it does not open.
+        """
         current = self.channel
-        if source != self.server_udp or current is None:
+        if current is None:
             return None
         try:
             header = peek_header(data)
@@ -183,7 +198,17 @@ class UdpPath:
             return None
         if channel is current:
             self.previous_channel = None
-        return frame_type, body, self._heard(now)
+        return frame_type, body
+
+    def answered_over_tcp(self) -> list[Action]:
+        """
+        A keepalive was answered inside operation 8 (the TCP path of the
+        "delivery" feature): the server is there, so no early keepalives; the
+        UDP path is the path monitor's to judge, so nothing is said of it.
+        """
+        self._unanswered_since = None
+        self._probes_sent = 0
+        return self._timers.cancel(PROBE)
 
     def _heard(self, now: float) -> list[Action]:
         """An authenticated datagram from the server arrived: the path works (again)."""

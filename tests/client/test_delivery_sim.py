@@ -6,18 +6,16 @@ the server, on a simulated clock. Every message must reach every other member
 exactly once, in room order, and every sender must see each of its messages
 acknowledged.
 
-The server model is plain test code following docs/reliability.md, section 3
-(numbering, a duplicate window by message id, a history ring, REPAIR with
-REPAIR_BATCH and GONE, keepalive answers with the latest number); it is not
-the daemon, whose relay gets its own test behind the same network. Frames go
-through the real codecs of chatd.protocol.delivery.
+The server model (tests/delivery_model.py) is plain test code following
+docs/reliability.md, section 3; it is not the daemon, whose relay gets its
+own test behind the same network. Frames go through the real codecs of
+chatd.protocol.delivery. tests/client/test_core_delivery_sim.py runs whole
+client cores against the same model.
 """
 
 from __future__ import annotations
 
 import random
-from collections import deque
-from dataclasses import dataclass, field
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,90 +23,18 @@ from chatd.client.delivery import DeliveryStats, MessageSent, Outbox, RttEstimat
 from chatd.client.timeline import Missed, RoomRecreated, Shown, Timeline, TimelineItem
 from chatd.protocol.datagrams import FrameType
 from chatd.protocol.delivery import (
-    REPAIR_BATCH,
     decode_latest,
     decode_posted,
     decode_range,
-    decode_send,
     decode_sent,
-    encode_latest,
-    encode_posted,
     encode_range,
     encode_send,
-    encode_sent,
 )
+from tests.delivery_model import ModelFrame, ServerModel
 from tests.lossy_network import LossyNetwork
 
 SERVER = "server"
-Frame = tuple[FrameType, bytes]
-
-
-@dataclass
-class ServerModel:
-    """The server's delivery rules for one room, as a test model."""
-
-    ring_size: int = 512
-    epoch: str = "0123456789abcdef"
-    latest: int = 0
-    ring: deque[tuple[int, int, str, str]] = field(default_factory=deque)
-    windows: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)
-    members: set[str] = field(default_factory=set)
-    relayed: list[tuple[str, int]] = field(default_factory=list)
-    """(sender, message id) in room order: what was numbered."""
-
-    def join(self, name: str, history: int = 50) -> tuple[str, int, int]:
-        self.members.add(name)
-        self.windows.setdefault(name, {})
-        oldest = self.ring[0][0] if self.ring else self.latest + 1
-        return self.epoch, self.latest, max(self.latest - history + 1, oldest)
-
-    def leave(self, name: str) -> None:
-        self.members.discard(name)
-
-    def recreate(self) -> None:
-        """The room closed and created again: a new epoch, numbering from 1, the history and windows gone."""
-        self.epoch = "fedcba9876543210"
-        self.latest = 0
-        self.ring.clear()
-        self.windows = {name: {} for name in self.members}
-
-    def receive(self, now: float, sender: str, frame: Frame) -> list[tuple[str, Frame]]:
-        if sender not in self.members:
-            return []
-        kind, body = frame
-        time_ms = int(now * 1000)
-        if kind is FrameType.SEND:
-            send = decode_send(body)
-            window = self.windows[sender]
-            if send.message_id in window:
-                seq, at = window[send.message_id]
-                return [(sender, (FrameType.SENT, encode_sent(send.message_id, seq, at)))]
-            self.latest += 1
-            window[send.message_id] = (self.latest, time_ms)
-            self.relayed.append((sender, send.message_id))
-            self.ring.append((self.latest, time_ms, sender, send.text))
-            while len(self.ring) > self.ring_size:
-                self.ring.popleft()
-            posted = encode_posted(self.latest, time_ms, sender, send.text)
-            out = [(member, (FrameType.POSTED, posted)) for member in sorted(self.members) if member != sender]
-            out.append((sender, (FrameType.SENT, encode_sent(send.message_id, self.latest, time_ms))))
-            return out
-        if kind is FrameType.REPAIR:
-            wanted = decode_range(body)
-            if wanted.first > self.latest:
-                return []
-            last = min(wanted.last, wanted.first + REPAIR_BATCH - 1, self.latest)
-            oldest = self.ring[0][0] if self.ring else self.latest + 1
-            out = []
-            if wanted.first < oldest:
-                out.append((sender, (FrameType.GONE, encode_range(wanted.first, min(oldest - 1, wanted.last)))))
-            for seq, at, name, text in self.ring:
-                if wanted.first <= seq <= last:
-                    out.append((sender, (FrameType.POSTED, encode_posted(seq, at, name, text))))
-            return out
-        if kind is FrameType.KEEPALIVE:
-            return [(sender, (FrameType.KEEPALIVE_ACK, encode_latest(self.latest)))]
-        raise AssertionError(f"unexpected frame {kind}")
+Frame = ModelFrame
 
 
 class SimClient:
