@@ -12,7 +12,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from chatd.client.chat_client import ConnectionState, IChatListener, RoomInfo
-from chatd.client.events import ChatEvent, Reconnected
+from chatd.client.delivery import DeliveryStats
+from chatd.client.events import ChatEvent, MessageStateChanged, Reconnected
 from chatd.protocol.errors import MessageTooLongError, NotInRoomError
 
 REACTOR: Any = _reactor
@@ -97,6 +98,14 @@ class FakeClient:
         self.closed_room = 0
         """How often close_room was asked for (it leaves too)."""
         self._entering: Deferred[RoomInfo] | None = None
+        self.delivery = False
+        """The server granted reliable delivery: sends get ids, and the delivery_* below say something."""
+        self.delivery_stats: DeliveryStats | None = None
+        self.delivery_path: str | None = None
+        self.failed: list[int] = []
+        """The ids of the messages given up on, that retry() sends again."""
+        self.early_state: str | None = None
+        """A state to tell from inside send(), before it returns the id, as the client may."""
 
     def _enter(self, *request: str) -> Deferred[RoomInfo]:
         self.requests.append(request)
@@ -138,12 +147,24 @@ class FakeClient:
             self.room_host = event.host
         self.listener.chat_event(event)
 
-    def send(self, text: str) -> None:
+    def send(self, text: str) -> int | None:
         if self.state is not ConnectionState.IN_ROOM:
             raise NotInRoomError("not in a room")
         if len(text) > self.max_message:
             raise MessageTooLongError(f"a message of {len(text)} bytes is too long to relay")
         self.sent.append(text)
+        if not self.delivery:
+            return None
+        message_id = len(self.sent)
+        if self.early_state is not None:
+            self.listener.chat_event(MessageStateChanged(message_id, text, self.early_state))
+        return message_id
+
+    def retry(self) -> list[int]:
+        if self.state is not ConnectionState.IN_ROOM:
+            raise NotInRoomError("not in a room")
+        retried, self.failed = self.failed, []
+        return retried
 
     def invite(self) -> Deferred[str]:
         invitation: Deferred[str] = Deferred()

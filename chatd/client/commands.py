@@ -1,13 +1,18 @@
 """
 What a line typed in the chat screen means: text to send, or a slash command.
 
-Pure: no urwid, no client. The session decides what each command does.
+Pure: no urwid, no client. The session decides what each command does; the
+sentences that answer C{/retry} and C{/stats} are here, so that the terminal
+app and line mode (chatd.client.line_commands) say the same thing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+
+from chatd.client.delivery import DeliveryStats
 
 
 class Command(Enum):
@@ -18,6 +23,8 @@ class Command(Enum):
     LEAVE = "leave"
     CLOSE = "close"
     QUIT = "quit"
+    RETRY = "retry"
+    STATS = "stats"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,8 @@ HELP: tuple[HelpEntry, ...] = (
     HelpEntry("/leave", "leave the room and pick another (a host leaving closes it)"),
     HelpEntry("/close", "(host) close the room for everyone"),
     HelpEntry("/quit", "leave the room and exit (also /exit, Ctrl-C)"),
+    HelpEntry("/retry", "send your messages that were not delivered again"),
+    HelpEntry("/stats", "your delivery counts: messages sent again, repaired, missed; the path"),
     HelpEntry("//TEXT", "send TEXT starting with one '/'"),
 )
 
@@ -110,3 +119,37 @@ def parse(line: str) -> Parsed | None:
     if command is Command.ME and not argument:
         return Usage("/me needs some text: /me waves")
     return Run(command, argument)
+
+
+# -- the answers to /retry and /stats, for both faces --------------------------------------
+
+NO_DELIVERY = "this server does not offer reliable delivery: each message is sent once, without acknowledgement"
+"""What /retry and /stats say to a server without the "delivery" feature (docs/reliability.md)."""
+
+
+def retry_words(ids: Sequence[int]) -> str:
+    """What /retry did, with the feature: how many messages go again, or that none had failed."""
+    if not ids:
+        return "nothing to send again: no message failed"
+    return f"sending {_count(len(ids), 'message')} again"
+
+
+def stats_words(stats: DeliveryStats) -> str:
+    """
+    The member's own delivery counts, in the order a person asks about them:
+    what it had to send again, what was repaired or dropped on the way in,
+    what was lost for good, and which path messages take.
+    """
+    return (
+        f"{_count(stats.retransmissions, 'message')} sent again, {stats.repaired} repaired,"
+        f" {_count(stats.duplicates, 'duplicate')} dropped, {stats.missed} missed; path: {path_words(stats.path)}"
+    )
+
+
+def path_words(path: str) -> str:
+    """C{"UDP"}, or C{"TCP (UDP blocked)"}: the path in use, and why when it is not the usual one."""
+    return "TCP (UDP blocked)" if path.lower() == "tcp" else "UDP"
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"

@@ -16,11 +16,21 @@ room. Their answers go to standard output and start with C{= }:
     C{/who}                C{= members of hoge: alice, bob}
     C{/me TEXT}            sends the action C{/me TEXT}
     C{/invite}             the host only: C{= invitation to hoge: TOKEN}
+    C{/retry}              sends our messages that were not delivered again:
+                           C{= sending 2 messages again}, or C{= nothing to
+                           send again: no message failed}
+    C{/stats}              our own delivery counts: C{= delivery: 3 messages
+                           sent again, 1 repaired, 0 duplicates dropped, 0
+                           missed; path: UDP}
     C{/help}               one line per command: C{= /who: list the room's
                            members}
     C{//TEXT}              sends C{/TEXT}: text that starts with a slash, as
                            in IRC
     =====================  ====================================================
+
+Without reliable delivery (an older server), C{/retry} and C{/stats} both
+answer C{= this server does not offer reliable delivery: each message is sent
+once, without acknowledgement}: a fact about the server, not a mistake.
 
 An unknown command (C{/frobnicate}), a command used wrongly (C{/me} alone),
 or one only the host may use is one line on standard error, and nothing is
@@ -41,7 +51,8 @@ from twisted.python.failure import Failure
 from chatd.client.chat_client import ChatClient
 from chatd.client.commands import EXIT_TEXT, Command, HelpEntry, Run, Say, Unknown, Usage, parse
 from chatd.client.events import ACTION_PREFIX
-from chatd.client.line_output import HelpLine, Invitation, LineEvent, Members
+from chatd.client.line_output import HelpLine, Invitation, LineEvent, Members, Retried, StatsReport
+from chatd.protocol.errors import NotInRoomError
 
 LINE_HELP: tuple[HelpEntry, ...] = (
     HelpEntry("/help", "this list"),
@@ -50,6 +61,8 @@ LINE_HELP: tuple[HelpEntry, ...] = (
     HelpEntry("/invite", "(host) make a single-use invitation token"),
     HelpEntry("/close", "(host) close the room for everyone, and exit"),
     HelpEntry("/exit", "leave the room and exit, as the end of input does (also /quit, /leave)"),
+    HelpEntry("/retry", "send your messages that were not delivered again"),
+    HelpEntry("/stats", "your delivery counts: messages sent again, repaired, missed; the path"),
     HelpEntry("//TEXT", "send TEXT starting with one '/'"),
 )
 """
@@ -124,6 +137,11 @@ def run_command(session: CommandTarget, command: Run) -> None:
         case Command.LEAVE | Command.QUIT:
             # Line mode has no other room to go to: leaving is the end.
             session.finish_input()
+        case Command.RETRY:
+            _retry(session)
+        case Command.STATS:
+            client = session.client
+            session.write(StatsReport(client.delivery_stats if client.delivery else None))
         case _:
             assert_never(command.command)
 
@@ -131,6 +149,20 @@ def run_command(session: CommandTarget, command: Run) -> None:
 def _is_host(session: CommandTarget) -> bool:
     info = session.client.info
     return info is not None and info.host
+
+
+def _retry(session: CommandTarget) -> None:
+    client = session.client
+    if not client.delivery:
+        session.write(Retried(delivery=False))
+        return
+    try:
+        ids = client.retry()
+    except NotInRoomError as error:
+        # Reconnecting: the client sends what is unacknowledged once back anyway.
+        session.warn(f"not sent again: {error}")
+        return
+    session.write(Retried(delivery=True, ids=tuple(ids)))
 
 
 def _invite(session: CommandTarget) -> None:

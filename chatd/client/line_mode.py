@@ -16,9 +16,16 @@ reconnecting wait (up to 1000 of them, L{PENDING_LIMIT}; more are not sent,
 each with a warning) and go out once it is back in the room.
 
 Commands: a line that starts with C{/} is a command, as in the terminal app,
-never text for the room: C{/exit}, C{/who}, C{/me TEXT}, C{/help}, ...; their
-answers go to standard output and start with C{= } (chatd.client.line_commands
-lists them).
+never text for the room: C{/exit}, C{/who}, C{/me TEXT}, C{/retry}, C{/stats},
+C{/help}, ...; their answers go to standard output and start with C{= }
+(chatd.client.line_commands lists them).
+
+Reliable delivery (a server with the "delivery" feature, docs/reliability.md):
+the client sends each message again until the server acknowledges it. A
+message it gives up on is one line, C{! not delivered: TEXT (/retry sends it
+again)}, and C{/retry} sends every such message again under its own id, so
+that none is shown twice. Messages said before we entered come first, each
+marked C{[history] }.
 
 Standard error gets one line per warning, each written only once the
 standard output lines before it have gone out, so that the two, read
@@ -221,7 +228,10 @@ class LineSession:
         return self._room
 
     def write(self, event: LineEvent) -> None:
-        self.console.write_line(self._format(event))
+        line = self._format(event)
+        # None: the text form leaves the event out (a message of ours that was sent).
+        if line is not None:
+            self.console.write_line(line)
 
     def say(self, text: str) -> None:
         if self._reconnecting:

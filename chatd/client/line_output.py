@@ -28,7 +28,21 @@ start with C{* }, the client's own connection news with C{! }:
     UDP unanswered; back again    C{! no UDP from the server for 12 s: messages
                                   cannot be delivered}; C{! UDP from the server
                                   again: messages are delivered}
+    message from the history      C{[history] alice: hello}, C{[history] * alice
+    (said before we entered)      waves}
+    our message not delivered     C{! not delivered: hello (/retry sends it again)}
+    our message sending, sent     nothing: only the failure needs a reader's eye
+    messages missed               C{! 3 messages missed}
+    room created again            C{! room hoge was created again: earlier messages
+                                  are gone} (the client's words)
+    delivery path changed         C{! UDP blocked: messages go over TCP},
+                                  C{! UDP works again}
     ============================  =================================================
+
+The lines marked C{!} after "message from the history" come only from a server
+with reliable delivery (the "delivery" feature, docs/reliability.md); they
+carry the client library's own sentence after the C{! }. Our own messages are
+not printed when sent (they are what we wrote), only when they fail for good.
 
 Control characters (and U+2028, U+2029) in names and texts are written as
 escapes (C{\\n}, C{\\r}, C{\\x1b}, C{\\u2028}) so that one event stays one line;
@@ -44,7 +58,16 @@ and fields are stable; new keys may be added at the end, never removed.
     C{"entered"}         C{room}, C{user}, C{host} (bool: we created it), C{members}
     C{"message"}         C{sender}, C{text} (exact, C{/me } included), C{time}
                          (float, seconds since the epoch, the server's clock),
-                         C{action} (bool: the text starts with C{/me })
+                         C{action} (bool: the text starts with C{/me }); with
+                         reliable delivery also C{seq} (int: its place in the
+                         room) and C{history} (bool: said before we entered)
+    C{"message_state"}   C{id} (int: ours, for the message), C{state}
+                         (C{"sending"}, C{"sent"} or C{"not delivered"}), C{seq}
+                         (int once sent, else null), C{text}: one of our messages
+    C{"missed"}          C{first}, C{last}, C{count} (ints), C{text}: messages
+                         older than the room's history, never to be shown
+    C{"room_recreated"}  C{room}, C{text}: numbering started again
+    C{"path"}            C{path} (C{"udp"} or C{"tcp"}), C{text}
     C{"joined"}          C{user}, C{members} (everyone now), C{text}
     C{"left"}            C{user}, C{members} (who remain), C{text}, C{timed_out}
                          (bool: removed for inactivity rather than leaving)
@@ -62,9 +85,21 @@ and fields are stable; new keys may be added at the end, never removed.
     C{"members"}         C{room}, C{members}: the answer to C{/who}
     C{"invitation"}      C{room}, C{token}: the answer to C{/invite}
     C{"help"}            C{usage}, C{description}: one per command, for C{/help}
+    C{"retried"}         C{delivery} (bool: the server offers it), C{ids} (the
+                         messages sent again): the answer to C{/retry}
+    C{"stats"}           C{delivery} (bool), C{retransmissions}, C{repaired},
+                         C{duplicates}, C{missed} (ints), C{path} (C{"udp"} or
+                         C{"tcp"}); all null without the feature: C{/stats}
     ===================  ===========================================================
 
     {"event": "message", "sender": "alice", "text": "hello", "time": 1795885041.972, "action": false}
+    {"event": "message", "sender": "jo", "text": "hi", "time": 1795885000.5, "action": false, "seq": 7, "history": true}
+    {"event": "message_state", "id": 3, "state": "not delivered", "seq": null, "text": "hello"}
+
+The C{seq} and C{history} of a message are there exactly when the server
+numbers messages (reliable delivery); without it a message object is what it
+always was, byte for byte. Every state of our messages is written in JSON,
+"sending" and "sent" included, so that a bot can wait for its acknowledgements.
 """
 
 from __future__ import annotations
@@ -75,16 +110,22 @@ from dataclasses import dataclass
 from typing import Any, assert_never
 
 from chatd.client.chat_client import RoomInfo
+from chatd.client.commands import NO_DELIVERY, retry_words, stats_words
+from chatd.client.delivery import DeliveryStats
 from chatd.client.events import (
     ChatEvent,
     ConnectionLost,
+    DeliveryPathChanged,
     MemberJoined,
     MemberLeft,
     MessageReceived,
+    MessagesMissed,
+    MessageStateChanged,
     Reconnected,
     Reconnecting,
     RemovedForInactivity,
     RoomClosed,
+    RoomRecreated,
     ServerStopping,
     Throttled,
     UdpPathLost,
@@ -131,22 +172,57 @@ class HelpLine:
     description: str
 
 
-CommandAnswer = Members | Invitation | HelpLine
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """The answer to C{/retry}: which failed messages went again."""
+
+    delivery: bool
+    """The server offers reliable delivery; without it nothing is ever sent again."""
+    ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReport:
+    """The answer to C{/stats}: our own delivery counts, None without the feature."""
+
+    stats: DeliveryStats | None
+
+
+CommandAnswer = Members | Invitation | HelpLine | Retried | StatsReport
 LineEvent = ChatEvent | Entered | CommandAnswer
 """Everything line mode prints."""
+
+
+HISTORY_MARK = "[history] "
+"""
+Before a message said before we entered: a script that only wants what is
+new drops these lines, and a person reading sees why old talk appears.
+"""
+NOT_DELIVERED = "not delivered"
+"""The state (L{MessageStateChanged}) of a message the client gave up on."""
 
 
 # -- formatting: pure, one event to one line -----------------------------------------------
 
 
-def format_text(event: LineEvent) -> str:
-    """The text form of C{event}: one line, without its newline."""
+def format_text(event: LineEvent) -> str | None:
+    """The text form of C{event}: one line, without its newline; None for an event the text form leaves out."""
     match event:
         case Entered():
             verb = "created" if event.host else "joined"
             line = f"* you {verb} {event.room} as {event.user}; members: {', '.join(event.members)}"
         case MessageReceived():
             line = f"* {event.sender} {event.action}" if event.is_action else f"{event.sender}: {event.text}"
+            if event.history:
+                line = HISTORY_MARK + line
+        case MessageStateChanged():
+            # "sending" and "sent" are the normal course of every line we
+            # write; only a message given up on needs the reader to act.
+            if event.state != NOT_DELIVERED:
+                return None
+            line = f"! not delivered: {event.text} (/retry sends it again)"
+        case MessagesMissed() | RoomRecreated() | DeliveryPathChanged():
+            line = f"! {event.text}"
         case MemberJoined() | MemberLeft() | RoomClosed() | RemovedForInactivity() | ServerStopping() | Throttled():
             line = event.text
         case ConnectionLost():
@@ -173,6 +249,10 @@ def format_text(event: LineEvent) -> str:
             line = f"= invitation to {event.room}: {event.token}"
         case HelpLine():
             line = f"= {event.usage}: {event.description}"
+        case Retried():
+            line = f"= {retry_words(event.ids) if event.delivery else NO_DELIVERY}"
+        case StatsReport():
+            line = f"= {NO_DELIVERY}" if event.stats is None else f"= delivery: {stats_words(event.stats)}"
         case _:
             assert_never(event)
     return one_line(line)
@@ -190,13 +270,38 @@ def event_object(event: LineEvent) -> dict[str, Any]:
                 "members": list(event.members),
             }
         case MessageReceived():
-            return {
+            message: dict[str, Any] = {
                 "event": "message",
                 "sender": event.sender,
                 "text": event.text,
                 "time": event.time,
                 "action": event.is_action,
             }
+            if event.seq is not None or event.history:
+                # Only from a server that numbers messages: without it, the
+                # object stays what scripts have always read.
+                message |= {"seq": event.seq, "history": event.history}
+            return message
+        case MessageStateChanged():
+            return {
+                "event": "message_state",
+                "id": event.message_id,
+                "state": event.state,
+                "seq": event.seq,
+                "text": event.text,
+            }
+        case MessagesMissed():
+            return {
+                "event": "missed",
+                "first": event.first,
+                "last": event.last,
+                "count": event.count,
+                "text": event.text,
+            }
+        case RoomRecreated():
+            return {"event": "room_recreated", "room": event.room, "text": event.text}
+        case DeliveryPathChanged():
+            return {"event": "path", "path": event.path, "text": event.text}
         case MemberJoined():
             return {"event": "joined", "user": event.user, "members": list(event.members), "text": event.text}
         case MemberLeft():
@@ -240,8 +345,29 @@ def event_object(event: LineEvent) -> dict[str, Any]:
             return {"event": "invitation", "room": event.room, "token": event.token}
         case HelpLine():
             return {"event": "help", "usage": event.usage, "description": event.description}
+        case Retried():
+            return {"event": "retried", "delivery": event.delivery, "ids": list(event.ids)}
+        case StatsReport():
+            return _stats_object(event.stats)
         case _:
             assert_never(event)
+
+
+def _stats_object(stats: DeliveryStats | None) -> dict[str, Any]:
+    if stats is None:
+        # The same keys either way: a script reads them without checking first.
+        counts: dict[str, Any] = dict.fromkeys(("retransmissions", "repaired", "duplicates", "missed", "path"))
+        return {"event": "stats", "delivery": False, **counts}
+    return {
+        "event": "stats",
+        "delivery": True,
+        "retransmissions": stats.retransmissions,
+        "repaired": stats.repaired,
+        "duplicates": stats.duplicates,
+        "missed": stats.missed,
+        # Lower case, as the "path" event's: DeliveryStats says "UDP" or "TCP".
+        "path": stats.path.lower(),
+    }
 
 
 def format_json(event: LineEvent) -> str:

@@ -6,6 +6,13 @@ hands each typed line to a callback; the session decides what lines mean.
 The input line keeps the focus; PgUp and PgDn scroll the scrollback, and the
 view follows new lines only while it is at the bottom, so reading back is
 never interrupted.
+
+Own messages sent with reliable delivery (docs/reliability.md) carry their
+state after the text, changed in place by L{ChatScreen.set_message_state}: a
+dim C{…} while sending, nothing once the server has it (an acknowledged
+message looks like any other: only the exceptions catch the eye), and a red
+C{✗ not delivered — /retry} when the client gave up. Messages from before
+you came in (history) are dim, under a divider line.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from enum import Enum
 import urwid
 from typing_extensions import override
 
-from chatd.client.commands import COMMAND_NAMES
+from chatd.client.commands import COMMAND_NAMES, path_words
 from chatd.tui import theme
 from chatd.tui.input_line import InputHistory, InputLine
 
@@ -67,9 +74,33 @@ class StatusInfo:
     udp_lost: bool = False
     """The server's UDP answers stopped: messages are not delivered, though the room is still there."""
 
+    path: str | None = None
+    """The path messages take with reliable delivery, C{"udp"} or C{"tcp"}; None without the feature."""
+    not_delivered: int = 0
+    """Own messages the client gave up on, waiting for /retry."""
+
 
 HOST_MARK = " (host)"
 """After the host's name in the member list."""
+
+SENDING = "sending"
+SENT = "sent"
+NOT_DELIVERED = "not delivered"
+"""The states of an own message (chatd.client.events.MessageStateChanged)."""
+
+_STATE_MARKS: dict[str, list[str | tuple[str, str]]] = {
+    SENDING: [" ", (theme.SENDING, "…")],
+    SENT: [],
+    NOT_DELIVERED: [" ", (theme.ERROR, "✗ not delivered — /retry")],
+}
+
+
+@dataclass(slots=True)
+class _OwnLine:
+    """An own message on screen, to redraw with its new state."""
+
+    text: urwid.Text
+    markup: list[str | tuple[str, str]]
 
 
 def clock_time(when: float) -> str:
@@ -88,6 +119,8 @@ class ChatScreen(urwid.WidgetWrap[urwid.Frame[urwid.Columns, urwid.AttrMap[urwid
         self._status: StatusInfo | None = None
         self._members: tuple[str, ...] = ()
         self._lines = urwid.SimpleFocusListWalker[urwid.Columns]([])
+        self._own: dict[int, _OwnLine] = {}
+        """Own messages whose state may still change, by message id."""
         self._scrollback = urwid.ListBox(self._lines)
         self._member_lines = urwid.SimpleListWalker[urwid.Text]([])
         self._member_panel = urwid.ListBox(self._member_lines)
@@ -108,15 +141,50 @@ class ChatScreen(urwid.WidgetWrap[urwid.Frame[urwid.Columns, urwid.AttrMap[urwid
 
     # -- what the session tells it ------------------------------------------
 
-    def add_message(self, when: float, sender: str, text: str, *, own: bool = False, mention: bool = False) -> None:
+    def add_message(
+        self,
+        when: float,
+        sender: str,
+        text: str,
+        *,
+        own: bool = False,
+        mention: bool = False,
+        message_id: int | None = None,
+        state: str = SENDING,
+    ) -> None:
+        """
+        A message; an own one with a C{message_id} (reliable delivery) shows
+        C{state}, and L{set_message_state} changes it.
+        """
         if own:
-            self._append(when, [(theme.OWN_NICK, f"<{sender}>"), " ", (theme.OWN_TEXT, text)])
+            self._append_own(when, [(theme.OWN_NICK, f"<{sender}>"), " ", (theme.OWN_TEXT, text)], message_id, state)
         else:
             body: str | tuple[str, str] = (theme.MENTION, text) if mention else text
             self._append(when, [(theme.nick_attribute(sender), f"<{sender}>"), " ", body])
 
-    def add_action(self, when: float, sender: str, text: str) -> None:
-        self._append(when, (theme.ACTION, f"* {sender} {text}"))
+    def add_action(
+        self, when: float, sender: str, text: str, *, message_id: int | None = None, state: str = SENDING
+    ) -> None:
+        self._append_own(when, [(theme.ACTION, f"* {sender} {text}")], message_id, state)
+
+    def add_history(self, when: float, sender: str, text: str, *, action: bool = False) -> None:
+        """A message said before we came in: all dim, so that it does not read as happening now."""
+        self._append(when, (theme.HISTORY, f"* {sender} {text}" if action else f"<{sender}> {text}"))
+
+    def add_divider(self, when: float, text: str) -> None:
+        """A rule with C{text} in it, between parts of the conversation (the history, and now)."""
+        self._append(when, (theme.HISTORY, f"──── {text} ────"))
+
+    def set_message_state(self, message_id: int, state: str) -> bool:
+        """Show an own message's new state, in place; False if no line has that id (yet)."""
+        line = self._own.get(message_id)
+        if line is None:
+            return False
+        line.text.set_text(line.markup + _STATE_MARKS.get(state, []))
+        if state == SENT:
+            # Final: nothing will change it again, so the line need not be found.
+            del self._own[message_id]
+        return True
 
     def add_line(self, when: float, kind: LineKind, text: str) -> None:
         body = text if kind.text_attribute is None else (kind.text_attribute, text)
@@ -188,15 +256,28 @@ class ChatScreen(urwid.WidgetWrap[urwid.Frame[urwid.Columns, urwid.AttrMap[urwid
             frame.focus_position = "footer"
         self._show_status()
 
-    def _append(self, when: float, markup: _Markup) -> None:
+    def _append_own(self, when: float, markup: list[str | tuple[str, str]], message_id: int | None, state: str) -> None:
+        if message_id is None:
+            # Without reliable delivery there is no state to show.
+            self._append(when, markup)
+            return
+        self._own[message_id] = _OwnLine(self._append(when, markup), markup)
+        self.set_message_state(message_id, state)
+
+    def _append(self, when: float, markup: _Markup) -> urwid.Text:
+        """Add a line; its text widget, to change it later."""
         following = self.following
-        self._lines.append(_line(when, markup))
+        line = _line(when, markup)
+        self._lines.append(line)
         if len(self._lines) > MAX_LINES:
             del self._lines[: len(self._lines) - MAX_LINES]
         if following:
             self._lines.set_focus(len(self._lines) - 1)
         else:
             self._show_status()
+        text = line.contents[1][0]
+        assert isinstance(text, urwid.Text)
+        return text
 
     def _show_status(self) -> None:
         status = self._status
@@ -208,8 +289,15 @@ class ChatScreen(urwid.WidgetWrap[urwid.Frame[urwid.Columns, urwid.AttrMap[urwid
             " │ ",
             (status.tone.value, status.state),
         ]
-        if status.udp_lost:
+        if status.path is not None:
+            # TCP is the fallback: worth a glance, as the reason is a blocked UDP.
+            words = path_words(status.path)
+            parts += [" │ ", (theme.STATUS_BUSY, words) if status.path == "tcp" else words]
+        if status.udp_lost and status.path != "tcp":
+            # Over TCP messages are delivered: a silent UDP is no news then.
             parts += [" │ ", (theme.STATUS_BAD, "UDP: no answer")]
+        if status.not_delivered:
+            parts += [" │ ", (theme.STATUS_BAD, f"{status.not_delivered} not delivered: /retry")]
         parts.append(f" │ {status.members} member{'s' if status.members != 1 else ''}")
         if status.host:
             parts += [" │ ", (theme.STATUS_BUSY, "host")]

@@ -4,7 +4,9 @@ and what is typed there becomes messages and commands for the client.
 
 The session owns its client (made by the factory it is given, with itself
 as the listener) and its ChatScreen. It never switches screens: leaving and
-quitting are handed to the controller through two callbacks.
+quitting are handed to the controller through two callbacks. What reliable
+delivery adds (our messages' states, history, the path, /retry and /stats)
+is drawn by its chatd.tui.delivery_view.DeliveryView.
 """
 
 from __future__ import annotations
@@ -35,13 +37,17 @@ from chatd.client.events import (
     ACTION_PREFIX,
     ChatEvent,
     ConnectionLost,
+    DeliveryPathChanged,
     MemberJoined,
     MemberLeft,
     MessageReceived,
+    MessagesMissed,
+    MessageStateChanged,
     Reconnected,
     Reconnecting,
     RemovedForInactivity,
     RoomClosed,
+    RoomRecreated,
     ServerStopping,
     Throttled,
     UdpPathLost,
@@ -50,12 +56,13 @@ from chatd.client.events import (
 )
 from chatd.protocol.errors import MessageTooLongError, NotInRoomError
 from chatd.tui.chat_screen import ChatScreen, LineKind, StatusInfo, Tone
+from chatd.tui.delivery_view import DeliveryClient, DeliveryView
 from chatd.tui.input_line import InputHistory
 from chatd.tui.screens import RoomChoice
-from chatd.tui.wording import describe
+from chatd.tui.wording import describe, duration, lost_connection, sentence
 
 
-class ChatClientLike(Protocol):
+class ChatClientLike(DeliveryClient, Protocol):
     """What the app needs of a chat client: chatd.client.chat_client.ChatClient, or a test's fake."""
 
     @property
@@ -81,7 +88,9 @@ class ChatClientLike(Protocol):
         self, room: str, user: str, password: str | None = None, invite: str | None = None
     ) -> Deferred[RoomInfo]: ...
 
-    def send(self, text: str) -> None: ...
+    def send(self, text: str) -> int | None:
+        """Send C{text}; its message id with reliable delivery, None without."""
+        ...
 
     def invite(self) -> Deferred[str]: ...
 
@@ -133,6 +142,7 @@ class ChatSession:
         self._mention = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
         self.screen = ChatScreen(choice.room, self._typed, history)
         self.client = client_factory(choice.host, choice.tcp_port, choice.udp_port, self)
+        self._delivery = DeliveryView(self.screen, self.client, clock)
         self._show_status()
 
     # -- entering and leaving -------------------------------------------------
@@ -165,6 +175,7 @@ class ChatSession:
                 " check it with whoever runs the server.",
             )
         self._set_members(self.client.members)
+        self._delivery.entered()
         self._who()
         self.screen.add_line(now, LineKind.INFO, "/help lists the commands.")
         self._update()
@@ -205,7 +216,12 @@ class ChatSession:
     def _show_event(self, event: ChatEvent) -> None:
         now = self._clock.seconds()
         screen = self.screen
-        if isinstance(event, MessageReceived):
+        if isinstance(event, MessageReceived) and event.history:
+            self._delivery.history(event)
+        elif isinstance(event, MessageStateChanged | MessagesMissed | RoomRecreated | DeliveryPathChanged):
+            self._delivery.show(event)
+        elif isinstance(event, MessageReceived):
+            self._delivery.live()
             if event.is_action:
                 screen.add_action(event.time, event.sender, event.action)
             else:
@@ -221,17 +237,17 @@ class ChatSession:
             reason = f": {event.reason}" if event.reason else ""
             self._room_over(now, f"Room {event.room} was closed{reason}.")
         elif isinstance(event, RemovedForInactivity):
-            self._room_over(now, _sentence(event.text))
+            self._room_over(now, sentence(event.text))
         elif isinstance(event, Throttled):
             # Said by the server, since our own messages were shown as sent.
-            screen.add_line(now, LineKind.ERROR, _sentence(event.text))
+            screen.add_line(now, LineKind.ERROR, sentence(event.text))
         elif isinstance(event, ServerStopping):
             screen.add_line(now, LineKind.NOTICE, "The server is shutting down; reconnecting when it is back.")
         elif isinstance(event, ConnectionLost):
             if event.will_reconnect:
-                screen.add_line(now, LineKind.NOTICE, f"{_lost(event)}; reconnecting.")
+                screen.add_line(now, LineKind.NOTICE, f"{lost_connection(event)}; reconnecting.")
             else:
-                self._room_over(now, f"{_lost(event)}.")
+                self._room_over(now, f"{lost_connection(event)}.")
         elif isinstance(event, Reconnecting):
             self._retry = event
             self._retry_at = now + event.delay
@@ -244,6 +260,7 @@ class ChatSession:
             if event.host is not None:
                 self._host_after_reconnect(now, event.host == self.name, event.host)
             self._set_members(event.members)
+            self._delivery.entered()
         elif isinstance(event, WaitingForHost):
             self._waiting_for_host(now, event)
         elif isinstance(event, UdpPathLost):
@@ -275,7 +292,7 @@ class ChatSession:
                 now,
                 LineKind.NOTICE,
                 f"The server restarted and room {event.room} is gone; waiting for {host} to reopen it"
-                f" (giving up in {_duration(event.gives_up_in)}).",
+                f" (giving up in {duration(event.gives_up_in)}).",
             )
         self._retry = event
         self._retry_at = now + event.delay
@@ -324,6 +341,8 @@ class ChatSession:
                 host=self._host and self._over is None,
                 server=f"{choice.host}:{choice.tcp_port}",
                 udp_lost=self._udp_lost and self._over is None and self.client.state is ConnectionState.IN_ROOM,
+                path=self._delivery.path if self._over is None else None,
+                not_delivered=len(self._delivery.failed) if self._over is None else 0,
             )
         )
 
@@ -378,21 +397,30 @@ class ChatSession:
             self._leave()
         elif command is Command.QUIT:
             self._on_quit()
+        elif command is Command.RETRY:
+            self._send_again()
+        elif command is Command.STATS:
+            self._delivery.stats()
+
+    def _send_again(self) -> None:
+        try:
+            self._delivery.retry()
+        except NotInRoomError:
+            # Reconnecting: the client sends what is unacknowledged once back anyway.
+            self.screen.add_line(self._clock.seconds(), LineKind.ERROR, f"Not sent again: {self._why_not_in_room()}.")
 
     def _send(self, text: str, line: str) -> None:
         now = self._clock.seconds()
         try:
-            self.client.send(text)
+            message_id = self.client.send(text)
         except MessageTooLongError as error:
             self._not_sent(now, f"{error}; shorten it", line)
             return
         except NotInRoomError:
             self._not_sent(now, self._why_not_in_room(), line)
             return
-        if text.startswith(ACTION_PREFIX):
-            self.screen.add_action(now, self.name, text[len(ACTION_PREFIX) :])
-        else:
-            self.screen.add_message(now, self.name, text, own=True)
+        action = text[len(ACTION_PREFIX) :] if text.startswith(ACTION_PREFIX) else None
+        self._delivery.sent(text, message_id, me=self.name, action=action)
 
     def _not_sent(self, now: float, why: str, line: str) -> None:
         self.screen.add_line(now, LineKind.ERROR, f"Not sent: {why}. Your text is back in the input line.")
@@ -501,28 +529,3 @@ class ChatSession:
 def _who_entry(name: str, *, you: bool, host: bool) -> str:
     marks = [mark for mark, applies in (("you", you), ("host", host)) if applies]
     return f"{name} ({', '.join(marks)})" if marks else name
-
-
-def _duration(seconds: float) -> str:
-    """'45 s', '2 min': how long until the client gives up, as a person would say it."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min"
-
-
-def _clause(text: str) -> str:
-    """A server's or Twisted's text to quote: no '* ' notice mark, a capital, no full stop."""
-    text = text.removeprefix("* ").strip().rstrip(".") or "no reason given"
-    return text[0].upper() + text[1:]
-
-
-def _lost(event: ConnectionLost) -> str:
-    """The 'Lost the connection' sentence, without its end: why, when the reason says more than the socket's."""
-    explanation = event.explanation
-    if explanation is None:
-        return "Lost the connection to the server"
-    return f"Lost the connection to the server: {_clause(explanation)}"
-
-
-def _sentence(text: str) -> str:
-    return _clause(text) + "."

@@ -27,6 +27,8 @@ JOINED = "joined"
 LEFT = "left"
 NOTICE = "notice"
 ERROR = "error"
+SENDING = "sending"
+HISTORY = "history"
 MEMBERS_TITLE = "members title"
 MEMBER = "member"
 MEMBER_ME = "member me"
@@ -68,6 +70,10 @@ PALETTE: list[PaletteEntry] = [
     (LEFT, "brown", "default"),
     (NOTICE, "dark cyan", "default"),
     (ERROR, "light red,bold", "default"),
+    # Dim: a message on its way, and talk from before you came in, are there
+    # to be read but are not what is happening now.
+    (SENDING, "dark gray", "default"),
+    (HISTORY, "dark gray", "default"),
     (MEMBERS_TITLE, "white,bold", "default"),
     (MEMBER, "default", "default"),
     (MEMBER_ME, "yellow,bold", "default"),

@@ -3,7 +3,9 @@ What to tell the person when something fails, and where they can fix it.
 
 Pure: an exception in, a sentence and the field to correct out. No
 traceback ever reaches the screen; an error we did not expect is named by
-its type and message, which is still more use than silence.
+its type and message, which is still more use than silence. Also the small
+helpers that turn the server's and the client's words into the chat
+screen's sentences.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from chatd.client.events import ConnectionLost
 from chatd.protocol.errors import (
     ChatError,
     ConnectionClosedError,
@@ -101,3 +104,32 @@ def explain_entry_failure(error: BaseException, name: str, choice: RoomChoice) -
     if isinstance(error, ConnectionClosedError):
         return Explanation(f"The server hung up before answering ({error}); try again.", field=Field.HOST)
     return Explanation(f"Could not enter room “{room}”: {describe(error)}.")
+
+
+# -- sentences for the chat screen, from the client's events ------------------------------
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '2 min': how long until the client gives up, as a person would say it."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
+
+
+def clause(text: str) -> str:
+    """A server's or Twisted's text to quote: no '* ' notice mark, a capital, no full stop."""
+    text = text.removeprefix("* ").strip().rstrip(".") or "no reason given"
+    return text[0].upper() + text[1:]
+
+
+def lost_connection(event: ConnectionLost) -> str:
+    """The 'Lost the connection' sentence, without its end: why, when the reason says more than the socket's."""
+    explanation = event.explanation
+    if explanation is None:
+        return "Lost the connection to the server"
+    return f"Lost the connection to the server: {clause(explanation)}"
+
+
+def sentence(text: str) -> str:
+    """A server's or the client's words as a sentence of our own: a capital and a full stop."""
+    return clause(text) + "."

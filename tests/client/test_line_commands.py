@@ -64,6 +64,8 @@ class SlashCommandTests(SessionCase):
                 "= /invite: (host) make a single-use invitation token",
                 "= /close: (host) close the room for everyone, and exit",
                 "= /exit: leave the room and exit, as the end of input does (also /quit, /leave)",
+                "= /retry: send your messages that were not delivered again",
+                "= /stats: your delivery counts: messages sent again, repaired, missed; the path",
                 "= //TEXT: send TEXT starting with one '/'",
             ],
         )

@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from chatd.client.chat_cli import ChatArguments
 from chatd.client.chat_client import ChatClient, ConnectionState, IChatListener, RoomInfo
+from chatd.client.delivery import DeliveryStats
 from chatd.client.events import (
     ChatEvent,
     ConnectionLost,
@@ -88,11 +89,24 @@ class FakeClient:
         self.members: tuple[str, ...] = ("alice", "bob")
         self.sent: list[str] = []
         self.invitation: Deferred[str] = Deferred()
+        self.delivery = False
+        """The server granted reliable delivery: sends get ids, /retry and /stats have something to say."""
+        self.delivery_stats: DeliveryStats | None = None
+        self.delivery_path: str | None = None
+        self.failed: list[int] = []
+        """The ids of the messages given up on, that retry() sends again."""
 
-    def send(self, text: str) -> None:
+    def send(self, text: str) -> int | None:
         if self.state is not ConnectionState.IN_ROOM:
             raise NotInRoomError("reconnecting")
         self.sent.append(text)
+        return len(self.sent) if self.delivery else None
+
+    def retry(self) -> list[int]:
+        if self.state is not ConnectionState.IN_ROOM:
+            raise NotInRoomError("reconnecting")
+        retried, self.failed = self.failed, []
+        return retried
 
     def invite(self) -> Deferred[str]:
         return self.invitation
