@@ -177,7 +177,13 @@ async def run_one(reactor: Any, arguments: argparse.Namespace, loss: float, numb
     shown = {name: Shown() for name in names}
     clients = {
         name: ChatClient(
-            reactor, arguments.host, arguments.tcp_port, proxy_port, Recorder(shown[name]), reconnect=False
+            reactor,
+            arguments.host,
+            arguments.tcp_port,
+            proxy_port,
+            Recorder(shown[name]),
+            reconnect=False,
+            delivery=True,
         )
         for name in names
     }

@@ -422,7 +422,11 @@ class InRoomTests(_ServiceTestCase):
             entered, {"event": "entered", "room": "hoge", "user": "bob", "host": False, "members": ["alice", "bob"]}
         )
         self.assertIsInstance(message.pop("time"), float)
-        self.assertEqual(message, {"event": "message", "sender": "alice", "text": WAVE, "action": True})
+        # chatd-chat asks for reliable delivery: the message has its place in the room, and is not history.
+        self.assertEqual(
+            message,
+            {"event": "message", "sender": "alice", "text": WAVE, "action": True, "seq": 1, "history": False},
+        )
         session.end_input()
         self.assertEqual(await session.status, EXIT_OK)
 
@@ -612,7 +616,8 @@ class ProcessTests(_ServiceTestCase):
         await self.line(
             alice,
             3,
-            f'{{"event": "message", "sender": "bob", "text": "{WAVE}", "time": {time!r}, "action": true}}',
+            f'{{"event": "message", "sender": "bob", "text": "{WAVE}", "time": {time!r}, "action": true,'
+            ' "seq": 1, "history": false}',
         )
         # The host's end of input closes the room: bob ends with status 3.
         alice.close_stdin()
