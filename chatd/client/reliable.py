@@ -227,6 +227,8 @@ class DeliverySession:
             if self.outbox.acknowledged(sent, now) is not None and text is not None:
                 actions.append(Emit(MessageStateChanged(sent.message_id, text, MessageState.SENT.value, sent.seq)))
             actions += self._shown(timeline.own_sent(sent.seq, now))
+            if udp:
+                monitor.round_trip()
         elif frame_type == FrameType.GONE:
             actions = self._shown(timeline.gone(decode_range(body), now))
         elif frame_type == FrameType.KEEPALIVE_ACK:

@@ -300,18 +300,31 @@ class PathMonitorTests(SynchronousTestCase):
         self.assertFalse(monitor.via_tcp(10))
         self.assertIsNone(monitor.next_deadline())
 
-    def test_two_unanswered_in_a_row(self) -> None:
+    def test_three_unanswered_in_a_row(self) -> None:
         monitor = PathMonitor()
         monitor.keepalive(0.0)
         monitor.keepalive_ack(0.1, by_udp=True)
         self.assertEqual(monitor.keepalive(30.0).keepalive, Path.UDP)
         self.assertEqual(monitor.keepalive(31.5).keepalive, Path.UDP)  # one unanswered
-        monitor.keepalive_ack(31.6, by_udp=True)
-        self.assertEqual(monitor.keepalive(61.5).keepalive, Path.UDP)
-        self.assertEqual(monitor.keepalive(63.0).keepalive, Path.UDP)  # one unanswered
-        actions = monitor.keepalive(64.5)  # two in a row
+        self.assertEqual(monitor.keepalive(33.0).keepalive, Path.UDP)  # two
+        monitor.keepalive_ack(33.1, by_udp=True)
+        self.assertEqual(monitor.keepalive(63.0).keepalive, Path.UDP)
+        self.assertEqual(monitor.keepalive(64.5).keepalive, Path.UDP)  # one unanswered
+        self.assertEqual(monitor.keepalive(66.0).keepalive, Path.UDP)  # two
+        actions = monitor.keepalive(67.5)  # three in a row
         self.assertEqual(actions, PathActions(changed=PathChanged(Path.TCP, UDP_BLOCKED), keepalive=Path.TCP))
-        self.assertEqual(monitor.next_deadline(), 69.5)
+        self.assertEqual(monitor.next_deadline(), 72.5)
+
+    def test_a_sent_by_udp_is_an_answer(self) -> None:
+        # A chatting client on a lossy path: keepalive answers lost, but its SENTs come.
+        monitor = PathMonitor()
+        monitor.keepalive(0.0)
+        monitor.keepalive_ack(0.1, by_udp=True)
+        for moment in (30.0, 31.5, 33.0, 34.5, 36.0):
+            self.assertEqual(monitor.keepalive(moment).keepalive, Path.UDP)
+            monitor.round_trip()
+        self.assertEqual(monitor.path, Path.UDP)
+        self.assertIsNone(monitor.next_deadline())
 
     def test_probe_answer_moves_back_then_blocked_again(self) -> None:
         monitor = PathMonitor()
@@ -320,8 +333,9 @@ class PathMonitorTests(SynchronousTestCase):
         monitor.poll(8.0)
         self.assertEqual(monitor.keepalive_ack(8.1, by_udp=True).keepalive, Path.UDP)
         self.assertEqual(monitor.keepalive(38.0).keepalive, Path.UDP)  # the one at 8.1 unanswered
-        self.assertEqual(monitor.keepalive(39.5).changed, PathChanged(Path.TCP, UDP_BLOCKED))
-        self.assertEqual(monitor.next_deadline(), 44.5)
+        self.assertEqual(monitor.keepalive(39.5).keepalive, Path.UDP)  # two
+        self.assertEqual(monitor.keepalive(41.0).changed, PathChanged(Path.TCP, UDP_BLOCKED))
+        self.assertEqual(monitor.next_deadline(), 46.0)
 
     def test_rtt_samples_only_when_unambiguous(self) -> None:
         monitor = PathMonitor()
