@@ -608,6 +608,13 @@ class ChatClient:
             stopped = udp.stopListening()
             if stopped is not None:
                 await stopped
+        if self._core.state is ConnectionState.CLOSED:
+            # Closed for good, both sockets shut: no timer of the core's may
+            # outlive them, even one a frame read while the connection was
+            # closing asked for (the core's bookkeeping of its timers is per
+            # membership; this is the adapter's own, and the last word).
+            for name in list(self._timers):
+                self._cancel_timer(name)
 
     def _control_lost(self, control: _ControlConnection, reason: Failure) -> None:
         refusal = explain_tls_failure(reason, self._tls_creator) if self.tls is not None else None

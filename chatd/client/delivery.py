@@ -473,7 +473,7 @@ class PathMonitor:
         return PathActions(changed=PathChanged(Path.UDP, UDP_WORKS), keepalive=Path.UDP)
 
     def round_trip(self) -> None:
-        """A SENT came by UDP: UDP works both ways, as a KEEPALIVE_ACK would say (no RTT sample: the outbox takes it)."""
+        """A SENT came by UDP: UDP works both ways, as a KEEPALIVE_ACK says (the outbox takes its RTT sample)."""
         if self.path is Path.UDP:
             self._answered_once = True
             self._first_deadline = None
