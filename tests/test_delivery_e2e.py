@@ -100,7 +100,7 @@ class DeliveryEndToEndTests(ClientCase):
             self.assertEqual(set(texts), expected)
             seqs = [event.seq for event in shown]
             self.assertTrue(all(seq is not None for seq in seqs))
-            self.assertEqual(seqs, sorted(seqs), f"{name} was shown messages out of room order")  # type: ignore[type-var]
+            self.assertEqual(seqs, sorted(seqs), f"{name} was shown messages out of room order")
             for event in shown:
                 # One room order for everyone: a number names the same message for every member.
                 self.assertEqual(by_seq.setdefault(event.seq, (event.sender, event.text)), (event.sender, event.text))
