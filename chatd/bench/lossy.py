@@ -256,7 +256,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reorder-ms", type=non_negative, default=20.0, help="extra random delay, ms (20)")
     parser.add_argument("--members", type=positive_int, default=3, help="members in the room (3)")
     parser.add_argument("--messages", type=positive_int, default=200, help="messages each member sends (200)")
-    parser.add_argument("--rate", type=positive, default=20.0, help="messages a second each member sends (20)")
+    parser.add_argument(
+        "--rate",
+        type=positive,
+        default=10.0,
+        help="messages a second each member sends (10: half the daemon's default limit of 20 a member,"
+        " so that what loss adds, retransmissions and repairs, stays within it)",
+    )
     parser.add_argument("--timeout", type=positive, default=30.0, help="seconds to wait after the last send (30)")
     parser.add_argument("--seed", type=int, default=1, help="the proxy's seed (1)")
     parser.add_argument("--json", action="store_true", help="one JSON object per loss rate instead of a table")
