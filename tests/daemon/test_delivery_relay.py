@@ -201,8 +201,8 @@ class DuplicateTests(DeliveryCase):
 
 
 class RepairTests(DeliveryCase):
-    def setUp(self) -> None:  # type: ignore[override]
-        super().setUp(history_messages=10, message_burst=1000)
+    def setUp(self, history_messages: int = 10) -> None:  # type: ignore[override]
+        super().setUp(history_messages=history_messages, message_burst=1000)
         self.ann = self.member("ann", ANN)
         self.bob = self.member("bob", BOB)
         for message_id in range(1, 16):
@@ -244,9 +244,8 @@ class RepairTests(DeliveryCase):
         self.assertEqual([decode_posted(b).seq for _, b in self.repair(14, 99)], [14, 15])
 
     def test_one_repair_sends_at_most_a_batch(self) -> None:
-        self.setUp()
+        self.setUp(history_messages=500)
         history = self.ann.room.history
-        history.max_messages = 500  # type: ignore[attr-defined]
         for message_id in range(100, 200):
             self.datagram(self.ann, FrameType.SEND, encode_send(message_id, "x"))
         self.udp.written.clear()
