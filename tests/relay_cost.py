@@ -34,6 +34,8 @@ MESSAGE = b"x" * 100
 ROOM_SIZE = 10
 
 try:
+    # The daemon's side of the feature, not only its wire: a tree whose daemon does not grant it has no delivery case.
+    import chatd.daemon.delivery  # noqa: F401
     from chatd.protocol.delivery import encode_send
     from chatd.protocol.payloads import DELIVERY
 except ImportError:  # a tree from before reliable delivery
