@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -115,3 +116,44 @@ class LossyNetwork(Generic[Payload]):
 
     def __len__(self) -> int:
         return len(self._heap)
+
+
+class SimulatedRoom(ABC):
+    """
+    What the simulations of reliable delivery share: a seeded clock-driven
+    run in which members talk, and a wait until the room has settled.
+    Subclasses say how time advances, who posts, and what settled means.
+    """
+
+    now: float
+    rng: random.Random
+
+    @abstractmethod
+    def step_until(self, time: float) -> None:
+        """Run every event up to C{time}."""
+
+    @abstractmethod
+    def post(self, name: str, text: str) -> None:
+        """Member C{name} sends C{text}."""
+
+    @abstractmethod
+    def settled(self) -> bool:
+        """Every message acknowledged, and every member shows the room's latest with no gap."""
+
+    def settle(self, limit: float = 600.0) -> None:
+        """Run until L{settled}, within C{limit} simulated seconds."""
+        end = self.now + limit
+        while self.now < end:
+            self.step_until(self.now + 1.0)
+            if self.settled():
+                return
+        raise AssertionError("not settled")
+
+    def chat(self, names: list[str], count: int, interval: float = 0.01) -> None:
+        """Each of C{names} posts C{count} messages, one every C{interval} seconds (jittered)."""
+        schedule = sorted(
+            (self.now + i * interval + self.rng.uniform(0, interval), name, i) for name in names for i in range(count)
+        )
+        for at, name, i in schedule:
+            self.step_until(at)
+            self.post(name, f"{name} {i}")

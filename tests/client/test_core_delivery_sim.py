@@ -45,7 +45,7 @@ from chatd.protocol.errors import ConnectionFailedError, ProtocolError
 from chatd.protocol.seal import Channel, Direction, peek_header
 from chatd.protocol.wire import Frame, FrameDecoder, Operation, State, encode_frame
 from tests.delivery_model import ServerModel
-from tests.lossy_network import LossyNetwork
+from tests.lossy_network import LossyNetwork, SimulatedRoom
 
 SERVER = "server"
 SERVER_UDP = ("192.0.2.1", 9002)
@@ -158,7 +158,7 @@ class CoreClient:
         return {s.message_id: s for s in self.states if s.state == "sent"}
 
 
-class CoreSimulation:
+class CoreSimulation(SimulatedRoom):
     def __init__(self, seed: int, *, loss: float = 0.2, duplicate: float = 0.05, ring_size: int = 512) -> None:
         self.rng = random.Random(seed)
         self.udp: LossyNetwork[bytes] = LossyNetwork(self.rng, loss=loss, duplicate=duplicate, delay=(0.005, 0.06))
@@ -320,24 +320,6 @@ class CoreSimulation:
             if timeline is None or timeline.last_shown != self.model.latest or timeline.gaps:
                 return False
         return True
-
-    def settle(self, limit: float = 600.0) -> None:
-        """Run until every message is acknowledged and every core shows the room's latest."""
-        end = self.now + limit
-        while self.now < end:
-            self.step_until(self.now + 1.0)
-            if self.settled():
-                return
-        raise AssertionError("not settled")
-
-    def chat(self, names: list[str], count: int, interval: float = 0.01) -> None:
-        """Each of C{names} posts C{count} messages, one every C{interval} seconds (jittered)."""
-        schedule = sorted(
-            (self.now + i * interval + self.rng.uniform(0, interval), name, i) for name in names for i in range(count)
-        )
-        for at, name, i in schedule:
-            self.step_until(at)
-            self.post(name, f"{name} {i}")
 
 
 class CoreDeliverySimulationTests(SynchronousTestCase):

@@ -31,7 +31,7 @@ from chatd.protocol.delivery import (
     encode_send,
 )
 from tests.delivery_model import ModelFrame, ServerModel
-from tests.lossy_network import LossyNetwork
+from tests.lossy_network import LossyNetwork, SimulatedRoom
 
 SERVER = "server"
 Frame = ModelFrame
@@ -105,7 +105,7 @@ class SimClient:
         return [item for item in self.items if isinstance(item, Shown)]
 
 
-class Simulation:
+class Simulation(SimulatedRoom):
     def __init__(self, seed: int, *, loss: float = 0.2, duplicate: float = 0.05, ring_size: int = 512) -> None:
         self.rng = random.Random(seed)
         self.network: LossyNetwork[Frame] = LossyNetwork(self.rng, loss=loss, duplicate=duplicate, delay=(0.005, 0.06))
@@ -144,26 +144,14 @@ class Simulation:
             for client in self.clients.values():
                 client.tick(self.now, self.network)
 
-    def settle(self, limit: float = 600.0) -> None:
-        """Run until every message is acknowledged and every timeline shows the room's latest."""
-        end = self.now + limit
-        while self.now < end:
-            self.step_until(self.now + 1.0)
-            if all(
-                not c.outbox.unacknowledged and c.timeline.last_shown == self.server.latest and not c.timeline.gaps
-                for c in self.clients.values()
-            ):
-                return
-        raise AssertionError("not settled")
+    def post(self, name: str, text: str) -> None:
+        self.clients[name].post(text)
 
-    def chat(self, names: list[str], count: int, interval: float = 0.01) -> None:
-        """Each of C{names} posts C{count} messages, one every C{interval} seconds (jittered)."""
-        schedule = sorted(
-            (self.now + i * interval + self.rng.uniform(0, interval), name, i) for name in names for i in range(count)
+    def settled(self) -> bool:
+        return all(
+            not c.outbox.unacknowledged and c.timeline.last_shown == self.server.latest and not c.timeline.gaps
+            for c in self.clients.values()
         )
-        for at, name, i in schedule:
-            self.step_until(at)
-            self.clients[name].post(f"{name} {i}")
 
 
 class DeliverySimulationTests(SynchronousTestCase):
