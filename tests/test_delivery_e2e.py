@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 
+import chatd.client.core
 from chatd.bench import lossy
 from chatd.bench.impair import Direction, Impairment, ImpairmentProxy
 from chatd.client.chat_client import ChatClient
@@ -144,6 +145,27 @@ class DeliveryEndToEndTests(ClientCase):
         bob.client.send("over udp")
         await ann.heard.next(MessageReceived, lambda event: event.text == "over udp", timeout=WAIT)
         self.assertGreater(proxy.counters(Direction.TO_CLIENT).forwarded, before)
+
+    async def test_blocked_in_the_middle_with_the_servers_keepalive_interval(self) -> None:
+        # The server's default keepalive interval (30 s): the sender finds the
+        # block from its own unanswered message (3 s), the listener from its
+        # keepalives (every DELIVERY_KEEPALIVE at most, shortened here to keep
+        # the test short), and then gets what it missed by repair.
+        self.patch(chatd.client.core, "DELIVERY_KEEPALIVE", 1.0)
+        service = self.serve()
+        proxy, port = self.impaired(service, seed=3)
+        ann = await self.member(service, port, "ann", create=True)
+        bob = await self.member(service, port, "bob")
+        ann.client.send("before")
+        await bob.heard.next(MessageReceived, lambda event: event.text == "before", timeout=WAIT)
+        proxy.block("both")
+        ann.client.send("during")
+        changed = await ann.heard.next(DeliveryPathChanged, timeout=8.0)
+        self.assertEqual(changed.path, "tcp")
+        await bob.heard.next(DeliveryPathChanged, lambda event: event.path == "tcp", timeout=15.0)
+        message = await bob.heard.next(MessageReceived, lambda event: event.text == "during", timeout=WAIT)
+        self.assertEqual((message.sender, message.history), ("ann", False))
+        self.assertEqual([e.text for e in self.shown(bob)], ["before", "during"])
 
     async def test_udp_blocked_from_the_start(self) -> None:
         service = self.serve(keepalive_interval=0.5)

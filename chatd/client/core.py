@@ -169,6 +169,10 @@ EXIT_TEXT = b"/exit"
 """The message the server reads as leaving (and, from the host, as closing the room)."""
 
 
+DELIVERY_KEEPALIVE = 10.0
+"""With reliable delivery, the longest wait between keepalives (docs/reliability.md, 4), whatever the server asks."""
+
+
 class ClientCore:
     """One person in one room of one chatd server, without the I/O."""
 
@@ -406,7 +410,14 @@ class ClientCore:
         actions = self._delivery.entered(grant, info.room, info.user, now)
         # With the feature, the path monitor tells of the path (DeliveryPathChanged), not UdpPath.
         self._path.reports = not self._delivery.granted
-        actions += self._path.entered(channel, info.keepalive_interval, now)
+        interval = info.keepalive_interval
+        if self._delivery.granted:
+            # A member that only listens learns that UDP is blocked from its
+            # keepalives alone: every DELIVERY_KEEPALIVE seconds at most, so
+            # it finds out in seconds, not in the minute and a half that three
+            # misses at the server's 30 s would take.
+            interval = min(interval, DELIVERY_KEEPALIVE)
+        actions += self._path.entered(channel, interval, now)
         return info, [*actions, *self._delivery.work(now)]
 
     def _notice(self, notice: ReceivedNotice) -> list[Action]:

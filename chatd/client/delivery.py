@@ -13,6 +13,7 @@ the tests drive them with a simulated clock.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -295,6 +296,10 @@ class Outbox:
             return 0.0
         return min((m.deadline for m in self._in_flight.values()), default=None)
 
+    def unacknowledged_since(self) -> float | None:
+        """When the oldest message in flight was first sent in its attempt; None when none is in flight."""
+        return min((m.started for m in self._in_flight.values()), default=None)
+
     def retry(self) -> list[int]:
         """/retry: the failed messages wait to be sent again under their own ids (C{sending}); their ids."""
         ids = self.failed
@@ -386,12 +391,17 @@ class PathMonitor:
     blocked one. Three misses in a row: at 20 % loss each way a keepalive's
     round trip fails 36 % of the time, and two in a row (13 %) happened often
     enough in the simulation to send working clients to TCP.
+    And, while chatting: a message sent SEND_WAIT ago and still not
+    acknowledged, with nothing at all heard by UDP since it went (L{heard}):
+    keepalives come every 30 s by default, so three misses would take a
+    minute and a half, while a conversation's own silence tells in seconds.
     On TCP: a PROBE by UDP after PROBE_FIRST, the wait doubling to PROBE_MAX.
     Back to UDP: any KEEPALIVE_ACK by UDP (a probe's answer, or a late
     keepalive's).
     """
 
     FIRST_ANSWER_WAIT = 3.0
+    SEND_WAIT = 3.0
     MISSES_FOR_TCP = 3
     PROBE_FIRST = 5.0
     PROBE_MAX = 30.0
@@ -407,6 +417,8 @@ class PathMonitor:
         self._unanswered = False
         """Whether the last keepalive by UDP has had no answer by UDP yet."""
         self._misses = 0
+        self._heard_at = -math.inf
+        """When a frame last came from the server by UDP."""
         self._probe_at: float | None = None
         self._probe_wait = self.PROBE_FIRST
         # Per transport: how many keepalives or probes are unanswered, and when
@@ -471,6 +483,28 @@ class PathMonitor:
         self._unanswered = True
         self._sent(Path.UDP, now)
         return PathActions(changed=PathChanged(Path.UDP, UDP_WORKS), keepalive=Path.UDP)
+
+    def heard(self, now: float) -> None:
+        """A frame came from the server by UDP (any frame: it shows that this direction works)."""
+        self._heard_at = now
+
+    def sends_unanswered(self, now: float, since: float | None) -> PathActions:
+        """
+        The outbox's oldest message in flight went out at C{since} (None:
+        nothing in flight). On UDP, and nothing heard by UDP since then for
+        SEND_WAIT: UDP is blocked.
+        """
+        if self.path is not Path.UDP or since is None or self._heard_at >= since or now < since + self.SEND_WAIT:
+            return PathActions()
+        changed = self._to_tcp(now)
+        self._sent(Path.TCP, now)
+        return PathActions(changed=changed, keepalive=Path.TCP)
+
+    def send_deadline(self, since: float | None) -> float | None:
+        """When L{sends_unanswered} would find UDP blocked, if nothing is heard by then."""
+        if self.path is not Path.UDP or since is None or self._heard_at >= since:
+            return None
+        return since + self.SEND_WAIT
 
     def round_trip(self) -> None:
         """A SENT came by UDP: UDP works both ways, as a KEEPALIVE_ACK says (the outbox takes its RTT sample)."""

@@ -216,6 +216,8 @@ class DeliverySession:
         timeline, monitor = self.timeline, self.monitor
         if timeline is None or monitor is None:
             return []
+        if udp:
+            monitor.heard(now)
         actions: list[Action]
         if frame_type == FrameType.POSTED:
             actions = self._shown(timeline.posted(decode_posted(body), now))
@@ -258,6 +260,9 @@ class DeliverySession:
         if wanted.changed is not None:
             changed = wanted.changed
             actions.append(Emit(DeliveryPathChanged(changed.path.value.lower(), changed.message)))
+            if changed.path is Path.TCP:
+                # What is in flight went where nothing gets through: again at once, by the new path.
+                self.outbox.resend_all()
         if wanted.keepalive is not None:
             rule = over_tcp if wanted.keepalive is Path.TCP else by_udp
             actions += self._transmit(FrameType.KEEPALIVE, b"", rule, now)
@@ -282,7 +287,9 @@ class DeliverySession:
         timeline, monitor = self.timeline, self.monitor
         if not self.connected or timeline is None or monitor is None:
             return []
-        actions: list[Action] = []
+        # The path first: a message found unanswered moves everything in flight to TCP, to go at once below.
+        actions: list[Action] = self._path_actions(monitor.poll(now), now)
+        actions += self._path_actions(monitor.sends_unanswered(now, self.outbox.unacknowledged_since()), now)
         due = self.outbox.due(now)
         for outgoing in due.sends:
             actions += self._transmit(
@@ -292,7 +299,6 @@ class DeliverySession:
             actions.append(Emit(MessageStateChanged(failed.message_id, failed.text, failed.state.value)))
         for wanted in timeline.repairs_due(now):
             actions += self._transmit(FrameType.REPAIR, encode_range(wanted.first, wanted.last), monitor.via_tcp, now)
-        actions += self._path_actions(monitor.poll(now), now)
         return [*actions, *self._schedule(now)]
 
     def _schedule(self, now: float) -> list[Action]:
@@ -301,7 +307,12 @@ class DeliverySession:
             return []
         deadlines = [
             deadline
-            for deadline in (self.outbox.next_deadline(), self.timeline.next_deadline(), self.monitor.next_deadline())
+            for deadline in (
+                self.outbox.next_deadline(),
+                self.timeline.next_deadline(),
+                self.monitor.next_deadline(),
+                self.monitor.send_deadline(self.outbox.unacknowledged_since()),
+            )
             if deadline is not None
         ]
         if not deadlines:

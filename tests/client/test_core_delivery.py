@@ -51,6 +51,7 @@ from chatd.protocol.delivery import (
 from chatd.protocol.errors import MessageTooLongError
 from chatd.protocol.seal import Channel, Direction
 from chatd.protocol.wire import Frame, Operation, State, decode_frame, encode_frame
+from chatd.client.core import DELIVERY_KEEPALIVE
 from tests.client.test_core import KEY, KEY_ID, SERVER_UDP, _CoreTest, ack, complete, events, of, room_answer
 
 EPOCH = "0123456789abcdef"
@@ -337,6 +338,34 @@ class PathTests(_DeliveryTest):
         self.assertNotIn(UdpPathLost, [type(e) for e in heard])
         self.assertEqual(kinds[-1], ("tcp", FrameType.KEEPALIVE))
         self.assertEqual(kinds[:-1], [("udp", FrameType.KEEPALIVE)] * (len(kinds) - 1))
+
+    def test_keepalives_every_ten_seconds_at_most(self) -> None:
+        # The server asks for 30 s (room_answer's keepalive_interval); a listener must find a blocked path sooner.
+        core = self.delivering()
+        answered = self.udp(core, FrameType.KEEPALIVE_ACK, encode_latest(0), 0.1)
+        keepalive = [a for a in [*self.entered, *answered] if isinstance(a, StartTimer) and a.name == KEEPALIVE]
+        self.assertTrue(keepalive)
+        self.assertLessEqual(keepalive[-1].delay, DELIVERY_KEEPALIVE)
+        self.assertEqual(self.kinds(core.timer_fired(KEEPALIVE, DELIVERY_KEEPALIVE)), [("udp", FrameType.KEEPALIVE)])
+
+    def test_to_tcp_when_a_message_goes_unanswered(self) -> None:
+        core = self.delivering()
+        self.udp(core, FrameType.KEEPALIVE_ACK, encode_latest(0), 0.1)
+        _, posted = core.post("anyone?", 5.0)
+        self.assertEqual(self.kinds(posted), [("udp", FrameType.SEND)])
+        # Retransmissions by UDP, nothing heard: at 3 s the path is judged blocked.
+        heard: list[Any] = []
+        kinds: list[tuple[str, FrameType]] = []
+        now = 5.0
+        while not heard and now < 9.0:
+            now = round(now + 0.1, 1)
+            actions = core.timer_fired(DELIVERY, now)
+            heard += events(actions)
+            kinds += self.kinds(actions)
+        self.assertEqual(heard, [DeliveryPathChanged("tcp", UDP_BLOCKED)])
+        self.assertEqual(now, 8.0)
+        # The keepalive that moves the server's path, and the message again at once, over TCP.
+        self.assertEqual(kinds[-2:], [("tcp", FrameType.KEEPALIVE), ("tcp", FrameType.SEND)])
 
     def test_no_udp_path_events_with_the_feature(self) -> None:
         core = self.delivering()

@@ -263,6 +263,34 @@ class OutboxTests(SynchronousTestCase):
 
 
 class PathMonitorTests(SynchronousTestCase):
+    def test_a_message_unanswered_with_nothing_heard_means_blocked(self) -> None:
+        monitor = PathMonitor()
+        monitor.keepalive(0.0)
+        monitor.keepalive_ack(0.1, by_udp=True)
+        monitor.heard(0.1)
+        # Nothing in flight: nothing to judge by.
+        self.assertEqual(monitor.sends_unanswered(50.0, None), PathActions())
+        self.assertIsNone(monitor.send_deadline(None))
+        # A message in flight since 10.0: blocked at 13.0 unless something comes by UDP.
+        self.assertEqual(monitor.send_deadline(10.0), 13.0)
+        self.assertEqual(monitor.sends_unanswered(12.9, 10.0), PathActions())
+        actions = monitor.sends_unanswered(13.0, 10.0)
+        self.assertEqual(actions, PathActions(changed=PathChanged(Path.TCP, UDP_BLOCKED), keepalive=Path.TCP))
+        self.assertEqual(monitor.path, Path.TCP)
+        # On TCP the rule says nothing more.
+        self.assertIsNone(monitor.send_deadline(20.0))
+        self.assertEqual(monitor.sends_unanswered(30.0, 20.0), PathActions())
+
+    def test_anything_heard_by_udp_since_the_send_means_udp_works(self) -> None:
+        # A lossy path in a busy room: the SENT is late, but other frames come.
+        monitor = PathMonitor()
+        monitor.keepalive(0.0)
+        monitor.keepalive_ack(0.1, by_udp=True)
+        monitor.heard(11.0)
+        self.assertIsNone(monitor.send_deadline(10.0))
+        self.assertEqual(monitor.sends_unanswered(20.0, 10.0), PathActions())
+        self.assertEqual(monitor.path, Path.UDP)
+
     def test_udp_works(self) -> None:
         monitor = PathMonitor()
         self.assertEqual(monitor.keepalive(0.0), PathActions(keepalive=Path.UDP))
