@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from chatd.client.actions import DELIVERY
 from chatd.client.core import (
+    DELIVERY_KEEPALIVE,
     KEEPALIVE,
     PROBE,
     Action,
@@ -51,7 +52,6 @@ from chatd.protocol.delivery import (
 from chatd.protocol.errors import MessageTooLongError
 from chatd.protocol.seal import Channel, Direction
 from chatd.protocol.wire import Frame, Operation, State, decode_frame, encode_frame
-from chatd.client.core import DELIVERY_KEEPALIVE
 from tests.client.test_core import KEY, KEY_ID, SERVER_UDP, _CoreTest, ack, complete, events, of, room_answer
 
 EPOCH = "0123456789abcdef"
