@@ -128,8 +128,9 @@ class Member:
     """
     window_key: Hashable | None = None
     """
-    The key of its duplicate window in C{room.windows}: its client id, or
-    the member itself when its client gave none (a delivery member only).
+    The key of its duplicate window in C{room.windows}: its user name and
+    client id, or the member itself when its client gave none (a delivery
+    member only).
     """
     window: DuplicateWindow | None = None
     """Its duplicate window, while it is registered (a delivery member only): the SEND path needs no look-up."""
@@ -425,7 +426,11 @@ class RoomRegistry:
             # Only a native request has features (a legacy one's are ignored by the parser).
             if DELIVERY in request.features:
                 member.delivery = True
-                member.window_key = request.client_id if request.client_id is not None else member
+                # The client id with the user name: a client id travels in
+                # clear over plain TCP, and whoever shared a window could push
+                # its ids past another's, whose messages would then be dropped
+                # as stale. A user name is one member's at a time in a room.
+                member.window_key = (member.name, request.client_id) if request.client_id is not None else member
         return member
 
     def _register_member(self, member: Member) -> None:

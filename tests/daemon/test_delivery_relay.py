@@ -186,6 +186,18 @@ class DuplicateTests(DeliveryCase):
         self.datagram(again, FrameType.SEND, encode_send(1, "before"))
         self.assertEqual((room.history.latest, self.stats.duplicates), (2, 0))
 
+    def test_another_user_with_the_same_client_id_has_a_window_of_its_own(self) -> None:
+        # An id seen on the wire gives no hold on its owner's window: pushing
+        # ids far ahead under it must not make the owner's messages stale.
+        self.member("host", ANN)
+        ann = self.member("ann", BOB, client_id="laptop-1")
+        mallory = self.member("mallory", CAT, client_id="laptop-1")
+        self.datagram(mallory, FrameType.SEND, encode_send(10_000, "far ahead"))
+        self.datagram(ann, FrameType.SEND, encode_send(1, "mine"))
+        sent = [decode_sent(body) for kind, body in self.udp_to(ann) if kind == FrameType.SENT]
+        self.assertEqual([(s.message_id, s.seq) for s in sent], [(1, 2)])
+        self.assertEqual((ann.room.history.latest, self.stats.duplicates), (2, 0))
+
     def test_a_leaving_client_ids_window_is_kept(self) -> None:
         self.member("host", ANN)
         ann = self.member("ann", BOB, client_id="c1")

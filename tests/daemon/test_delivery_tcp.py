@@ -108,9 +108,9 @@ class EnteringTests(DeliveryTcpCase):
             ],
         )
 
-    def test_the_client_id_keys_the_window(self) -> None:
+    def test_the_user_name_and_client_id_key_the_window(self) -> None:
         ann = self.enter("ann", features=[DELIVERY], client="phone")
-        self.assertEqual(ann.member.window_key, "phone")
+        self.assertEqual(ann.member.window_key, ("ann", "phone"))
         pat = self.enter("pat", features=[DELIVERY])
         self.assertIs(pat.member.window_key, pat.member)
 
