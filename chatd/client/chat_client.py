@@ -229,6 +229,8 @@ class ChatClient:
         self._answers: dict[int, Deferred[object]] = {}
         self._udp_waiters: list[Deferred[None]] = []
         self._retry: IDelayedCall | None = None
+        self._shutdowns = 0
+        """How many times the sockets were shut: a batch of actions decided before the last one is not carried out."""
 
     # -- what the core knows, read through ----------------------------------------
 
@@ -321,8 +323,19 @@ class ChatClient:
 
     # -- carrying out the core's actions ------------------------------------------
 
-    def _run(self, actions: list[Action]) -> None:
+    def _run(self, actions: list[Action], shutdowns: int | None = None) -> None:
+        """
+        Carry out the core's actions in order. An event or an answer calls
+        out (the listener, a Deferred's callbacks), and what it calls may
+        leave or shut this client at once: the rest of the batch was decided
+        for a session that is over, so it stops there (C{shutdowns} is the
+        count it was decided under, for a batch carried out later).
+        """
+        if shutdowns is None:
+            shutdowns = self._shutdowns
         for index, action in enumerate(actions):
+            if self._shutdowns != shutdowns:
+                return
             if isinstance(action, Emit):
                 if self.listener is not None:
                     self.listener.chat_event(action.event)
@@ -354,6 +367,8 @@ class ChatClient:
                 self._log.emit(_LEVELS[action.level], "{message}", message=action.message)
             elif isinstance(action, Shutdown):
                 Deferred.fromCoroutine(self._shut(close_udp=True))
+                # The core's own decision, with the rest of this batch: that rest still goes.
+                shutdowns = self._shutdowns
             elif isinstance(action, Reconnect):
                 self._cancel_retry()
                 self._retry = self._clock.callLater(action.delay, self._reconnect_due)
@@ -365,11 +380,11 @@ class ChatClient:
                 # What follows (a new connection, the wait before one) comes
                 # once this one is closed, and the core has heard so.
                 rest = actions[index + 1 :]
-                self._control.close().addCallback(self._run_after, rest)
+                self._control.close().addCallback(self._run_after, rest, shutdowns)
                 return
 
-    def _run_after(self, _: object, actions: list[Action]) -> None:
-        self._run(actions)
+    def _run_after(self, _: object, actions: list[Action], shutdowns: int) -> None:
+        self._run(actions, shutdowns)
 
     def _timer_fired(self, name: str) -> None:
         self._timers.pop(name, None)
@@ -598,6 +613,9 @@ class ChatClient:
         await self._shut(close_udp=True)
 
     async def _shut(self, close_udp: bool) -> None:
+        # First: any batch of actions still being carried out (this shut came
+        # from a listener it called) stops before its next action.
+        self._shutdowns += 1
         self._run(self._core.stop())
         self._cancel_retry()
         control, self._control = self._control, None
@@ -608,13 +626,6 @@ class ChatClient:
             stopped = udp.stopListening()
             if stopped is not None:
                 await stopped
-        if self._core.state is ConnectionState.CLOSED:
-            # Closed for good, both sockets shut: no timer of the core's may
-            # outlive them, even one a frame read while the connection was
-            # closing asked for (the core's bookkeeping of its timers is per
-            # membership; this is the adapter's own, and the last word).
-            for name in list(self._timers):
-                self._cancel_timer(name)
 
     def _control_lost(self, control: _ControlConnection, reason: Failure) -> None:
         refusal = explain_tls_failure(reason, self._tls_creator) if self.tls is not None else None
