@@ -45,7 +45,6 @@ from chatd.protocol.delivery import (
     send_text,
 )
 from chatd.protocol.payloads import decode_text
-from chatd.protocol.seal import REJECT_AFTER
 
 
 class RelayHost(Protocol):
@@ -64,6 +63,9 @@ class RelayHost(Protocol):
 
     def send_udp(self, address: Address, data: bytes) -> None:
         """Send one datagram, counted as sent or as a send error."""
+
+    def seal_for(self, member: Member, frame_type: FrameType, body: bytes) -> bytes | None:
+        """C{body} sealed for C{member}; None (a send error counted) when its key is spent."""
 
     def send_error(self) -> None:
         """Count a frame that could not be sent."""
@@ -186,13 +188,9 @@ class DeliveryRelay:
 
     def send(self, member: Member, frame_type: FrameType, body: bytes) -> None:
         """Seal a frame for a delivery member and send it along its path (or over TCP, if too large for UDP)."""
-        channel = member.channel
-        assert channel is not None
-        if channel.sent >= REJECT_AFTER:
-            # The key is spent and the client has not asked for a new one.
-            self._host.send_error()
+        data = self._host.seal_for(member, frame_type, body)
+        if data is None:
             return
-        data = channel.seal(frame_type, body)
         if member.on_tcp or len(data) > MAX_NATIVE_DATAGRAM:
             self._tunnel(member, data)
         elif member.address is None:
@@ -202,12 +200,9 @@ class DeliveryRelay:
 
     def _send_udp(self, member: Member, address: Address, frame_type: FrameType, body: bytes) -> None:
         """Seal a small frame (a keepalive answer) and send it by UDP to C{address}, whatever the path."""
-        channel = member.channel
-        assert channel is not None
-        if channel.sent >= REJECT_AFTER:
-            self._host.send_error()
-            return
-        self._host.send_udp(address, channel.seal(frame_type, body))
+        data = self._host.seal_for(member, frame_type, body)
+        if data is not None:
+            self._host.send_udp(address, data)
 
     def _tunnel(self, member: Member, data: bytes) -> None:
         connection = member.connection

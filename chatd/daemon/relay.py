@@ -694,13 +694,23 @@ class RelayProtocol(DatagramProtocol):
             # Along its path, and never a datagram over 1,200 bytes.
             self.delivery.send(member, frame_type, body)
             return
+        assert member.address is not None
+        data = self.seal_for(member, frame_type, body)
+        if data is not None:
+            self._send(member.address, data)
+
+    def seal_for(self, member: Member, frame_type: FrameType, body: bytes) -> bytes | None:
+        """
+        C{body} sealed under C{member}'s key with the server's next counter;
+        None, counted as a send error, when the key is spent (its counter at
+        REJECT_AFTER) and the client has not asked for a new one.
+        """
         channel = member.channel
-        assert channel is not None and member.address is not None
+        assert channel is not None
         if channel.sent >= REJECT_AFTER:
-            # The key is spent and the client has not asked for a new one.
             self.stats.send_errors += 1
-            return
-        self._send(member.address, channel.seal(frame_type, body))
+            return None
+        return channel.seal(frame_type, body)
 
     def _send(self, address: Address, data: bytes) -> None:
         # One recipient's failure (gone interface, oversized, wrong family)
