@@ -46,6 +46,12 @@ from chatd.protocol.delivery import (
 )
 from chatd.protocol.payloads import decode_text
 
+# Read from the module on the message path: an enum member read from its
+# class costs about 65 ns in Python 3.11 (see chatd.daemon.relay).
+_SEND = FrameType.SEND
+_MESSAGE = FrameType.MESSAGE
+_POSTED = FrameType.POSTED
+
 
 class RelayHost(Protocol):
     """What L{DeliveryRelay} uses of the relay (RelayProtocol provides it)."""
@@ -111,9 +117,9 @@ class DeliveryRelay:
         where its datagram came from, None when it came inside an operation
         8 frame. Raises the ProtocolError it is dropped for.
         """
-        if frame_type == FrameType.SEND:
+        if frame_type == _SEND:
             self._send_received(member, body)
-        elif frame_type == FrameType.MESSAGE:
+        elif frame_type == _MESSAGE:
             # A delivery client may still send plain MESSAGEs: numbered and relayed, never acknowledged.
             decode_text(body, "message")
             self._host.relay_message(member, body)
@@ -184,7 +190,7 @@ class DeliveryRelay:
                 # Not reachable yet (no datagram, no keepalive over TCP):
                 # its first KEEPALIVE_ACK tells it the latest, and it repairs.
                 continue
-            self.send(member, FrameType.POSTED, body)
+            self.send(member, _POSTED, body)
 
     def send(self, member: Member, frame_type: FrameType, body: bytes) -> None:
         """Seal a frame for a delivery member and send it along its path (or over TCP, if too large for UDP)."""

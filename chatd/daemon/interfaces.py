@@ -188,7 +188,11 @@ class IRoomStore(Interface):
         """From now on C{member} sends and receives datagrams at C{address}."""
 
     def touch(member: Member) -> None:
-        """C{member} has just shown activity."""
+        """
+        C{member} has just shown activity on its control connection. The
+        relay sets C{Member.last_active} itself, from the one clock read it
+        makes per datagram for the rate limit and the history's time.
+        """
 
     def leave(member: Member, reason: LeaveReason) -> None:
         """Remove C{member}; if it is the host, close its room."""

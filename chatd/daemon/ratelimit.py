@@ -311,8 +311,12 @@ class MemberRateLimit:
         self._throttled = False
         self._warned_at: float | None = None
 
-    def allow(self, size: int) -> bool:
-        """Charge one message of ``size`` bytes if both limits allow it; else charge nothing."""
+    def allow(self, size: int, now: float | None = None) -> bool:
+        """
+        Charge one message of ``size`` bytes if both limits allow it; else
+        charge nothing. ``now`` is the clock's time when the caller has
+        just read it (the relay, once per datagram); else it is read here.
+        """
         if type(size) is not int or size < 0:
             _check_cost(size)
         # Runs for every relayed message, so it is written out: both buckets
@@ -320,7 +324,8 @@ class MemberRateLimit:
         # TokenBucket._refill_at does, without its calls), checked, and only
         # then charged.
         messages, size_bucket = self._messages, self._bytes
-        now = self._clock.seconds()
+        if now is None:
+            now = self._clock.seconds()
         elapsed = now - messages._last
         if elapsed > 0:
             level = messages._tokens + elapsed * messages._rate

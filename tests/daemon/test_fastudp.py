@@ -448,7 +448,7 @@ class PlainRelay(RelayProtocol):
         return False
 
     @override
-    def _message(self, sender: Member, message: bytes) -> None:
+    def _message(self, sender: Member, message: bytes, now: float) -> None:
         if message.strip() == EXIT_COMMAND:
             self._store.leave(sender, chatd.daemon.rooms.LeaveReason.EXITED)
             return

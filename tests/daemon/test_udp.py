@@ -286,10 +286,11 @@ class DropTests(RelayTestCase):
     def test_unexpected_errors_are_logged_not_raised(self) -> None:
         ann = self.member("ann", Dialect.MODEL, ANN)
 
-        def broken(member: Member) -> None:
-            raise RuntimeError("boom")
+        class BrokenLimit:
+            def allow(self, size: int, now: float | None = None) -> bool:
+                raise RuntimeError("boom")
 
-        self.store.touch = broken  # type: ignore[method-assign]
+        ann.rate_limit = BrokenLimit()  # type: ignore[assignment]
         self.say(ann, "hi")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
