@@ -288,7 +288,15 @@ class ReleasedRoom:
 
 @dataclass(frozen=True, slots=True)
 class ReapReport:
-    """What one reap removed, for the caller to tell the members' rooms (each item reported once, cluster-wide)."""
+    """
+    What one reap removed, for the caller to tell the members' rooms. Each
+    item is reported once cluster-wide, however many nodes reap at once:
+    C{nodes} the dead nodes this reap finished and forgot, C{members} the
+    members removed, C{rooms} the rooms released because their host was
+    removed. A member of a released room that was on the dead node too is
+    reported either among C{members} or among its room's members, not both
+    (the order in which a node's members are reaped is Redis's SPOP's).
+    """
 
     nodes: tuple[str, ...] = ()
     members: tuple[ReapedMember, ...] = ()
@@ -334,4 +342,4 @@ def decode_reap_batch(text: object) -> tuple[ReapReport, bool]:
         raise _malformed("reap report", "it is not the JSON the reap script writes") from None
     if not isinstance(node, str) or not isinstance(finished, bool):
         raise _malformed("reap report", "node or finished has the wrong type")
-    return ReapReport((node,), tuple(members), tuple(rooms)), finished
+    return ReapReport((node,) if finished else (), tuple(members), tuple(rooms)), finished

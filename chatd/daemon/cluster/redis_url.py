@@ -64,7 +64,8 @@ def parse_redis_url(text: str) -> RedisURL:
     if parts.scheme != SCHEME:
         raise ValueError(f"{text!r} is not a Redis URL: it must start with redis://")
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{text!r}: a user or password in the Redis URL is not supported")
+        # Not echoed: the URL holds a secret, and this sentence may be logged.
+        raise ValueError("a user or password in the Redis URL is not supported (redis://HOST:PORT/DB)")
     if not parts.hostname:
         raise ValueError(f"{text!r} is not a Redis URL: it names no host (redis://HOST:PORT/DB)")
     if parts.query or parts.fragment:
@@ -98,7 +99,8 @@ def _reason(failure: BaseException, timeout: float) -> str:
         return "its host name does not resolve"
     if isinstance(failure, ConnectError):
         return failure.osError if isinstance(failure.osError, str) and failure.osError else str(failure)
-    return str(failure)
+    # txredisapi's own failures (a database Redis refuses to select) start with this.
+    return str(failure).removeprefix("Redis error: ")
 
 
 async def connect(url: str | RedisURL, reactor: IReactorTime, timeout: float) -> RedisConnection:
