@@ -238,6 +238,36 @@ return 'removed'
 """,
 )
 
+# KEYS: room, members. ARGV: prefix, room, epoch, field count, room fields..., name, json, name, json...
+# Answer: {outcome, names taken by members on other nodes...}.
+_RESTORE = Script(
+    "restore",
+    """
+local prefix, room, epoch = ARGV[1], ARGV[2], ARGV[3]
+local field_count = tonumber(ARGV[4])
+local outcome = 'kept'
+local current = redis.call('HGET', KEYS[1], 'epoch')
+if current and current ~= epoch then return {'conflict'} end
+if not current then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + field_count))
+  outcome = 'recreated'
+end
+local answer = {outcome}
+for i = 5 + field_count, #ARGV, 2 do
+  local name, encoded = ARGV[i], ARGV[i + 1]
+  local node = cjson.decode(encoded).node
+  local raw = redis.call('HGET', KEYS[2], name)
+  if raw and cjson.decode(raw).node ~= node then
+    table.insert(answer, name)
+  else
+    redis.call('HSET', KEYS[2], name, encoded)
+    redis.call('SADD', node_index(prefix, node), entry(room, name))
+  end
+end
+return answer
+""",
+)
+
 # KEYS: room, invites. ARGV: epoch, token hash, ttl ms, max live.
 _ADD_INVITATION = Script(
     "add_invitation",
@@ -373,6 +403,25 @@ class Spending(Enum):
     EXPIRED = "expired"
     """It existed but its time was up: removed, never spent."""
     NO_ROOM = "no_room"
+
+
+class RestoreOutcome(Enum):
+    """What L{RoomDirectory.restore_room} did with the room itself."""
+
+    KEPT = "kept"
+    """Redis still had the room (same epoch): only the members were written again."""
+    RECREATED = "recreated"
+    """Redis had lost the room: it was written again from the node's record."""
+    CONFLICT = "conflict"
+    """Another room of that name (another epoch) was claimed meanwhile: nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restoration:
+    """A restore's outcome, and the members not restored because their names are now taken on other nodes."""
+
+    outcome: RestoreOutcome
+    taken: tuple[str, ...] = ()
 
 
 class Liveness(Enum):
@@ -527,6 +576,24 @@ class RoomDirectory:
         entries = await self._command("SMEMBERS", self.keys.node_members(node))
         return sorted(split_member_entry(str(entry)) for entry in entries)
 
+    async def restore_room(self, room: RoomRecord, members: Sequence[MemberRecord]) -> Restoration:
+        """
+        Write a room and some of its members back, as this node knows them,
+        after Redis lost them (restarted without its data; the heartbeat says
+        so: L{Liveness.REGISTERED}). Idempotent and safe from every node at
+        once: the room is written only if Redis has no room of that name (any
+        node holding some of its members may bring it back first), and only
+        under its own epoch; each member is written unless a member of that
+        name is now on another node. Invitations are not restored: they were
+        single-use secrets, and the host can mint new ones.
+        """
+        fields = encode_room(room)
+        flat_members = [item for member in members for item in (member.name, encode_member(member))]
+        keys = [self.keys.room(room.name), self.keys.members(room.name)]
+        arguments = [self.keys.prefix, room.name, room.epoch, str(len(fields)), *fields, *flat_members]
+        answer = await self._run(_RESTORE, keys, arguments)
+        return Restoration(RestoreOutcome(answer[0]), tuple(str(name) for name in answer[1:]))
+
     # Invitations
 
     async def add_invitation(self, room: str, epoch: str, token: str, ttl: float, max_live: int) -> InvitationOutcome:
@@ -598,6 +665,11 @@ class RoomDirectory:
                 "node {node}: heartbeat failed: {reason}", node=self.node, reason=str(error), event="heartbeat_failed"
             )
             result = error
+        except Exception:
+            # A bug must not stop the beating (the node would look dead to the
+            # whole cluster and be reaped): log it and beat again next time.
+            self.log.failure("node {node}: heartbeat failed unexpectedly", node=self.node)
+            result = ClusterUnavailableError("the heartbeat failed unexpectedly (see the log)")
         if observer is not None:
             observer(result)
 

@@ -13,6 +13,8 @@ from chatd.daemon.cluster.directory import (
     Keys,
     MemberOutcome,
     Removal,
+    Restoration,
+    RestoreOutcome,
     RoomDirectory,
     Spending,
     TakeOverOutcome,
@@ -101,6 +103,28 @@ class RoomTests(DirectoryTestCase):
         self.assertEqual(sorted(await directory.node_members("n1")), sorted((name, "0042") for name in names))
         for name in names:
             self.assertEqual([m.name for m in await directory.members(name)], ["0042"])
+
+    async def test_index_entries_from_lua_match(self) -> None:
+        """The node index entries the scripts build (take-over, release, reap) are the ones Python builds."""
+        n1, n2 = await self.directory("n1"), await self.directory("n2")
+        await n1.heartbeat()
+        names = ["été 🍵", "3:ab", "{x}"]
+        for name in names:
+            room = room_record(name=name, host="ünï", node="n2")
+            await n2.claim_room(room, member_record("ünï", "n2"))
+            await n1.add_member(name, room.epoch, member_record("bø", "n1", credential="s"))
+            await n1.add_member(name, room.epoch, member_record("çe", "n1"))
+            moved = await n2.take_over_member(name, room.epoch, "bø", "s", "n2", "t")
+            self.assertIs(moved.outcome, TakeOverOutcome.MOVED)
+        self.assertEqual(await n1.node_members("n1"), sorted((name, "çe") for name in names))
+        await n2.evict_node("n1")
+        self.assertEqual(await n1.node_members("n1"), [])
+        for name in names:
+            self.assertEqual([m.name for m in await n2.members(name)], ["bø", "ünï"])
+            room = await n2.room(name)
+            assert room is not None
+            await n2.release_room(name, room.epoch)
+        self.assertEqual(await n2.node_members("n2"), [])
 
 
 class MemberTests(DirectoryTestCase):
@@ -197,6 +221,47 @@ class MemberTests(DirectoryTestCase):
         self.assertIs(await outcome("elsewhere", epoch, "alice", "alice-secret"), TakeOverOutcome.NO_ROOM)
         self.assertEqual((await self.n1.member("teahouse", "alice") or member_record("x")).node, "n1")
         self.assertEqual(await self.n2.node_members("n2"), [])
+
+
+class RestoreTests(DirectoryTestCase):
+    async def test_after_redis_lost_everything(self) -> None:
+        """Each node writes back what it holds; the first recreates the room, the others add their members."""
+        n1, n2 = await self.directory("n1"), await self.directory("n2")
+        room = room_record(host="alice", node="n1")
+        alice, bob, carol = (
+            member_record("alice", "n1", "a"),
+            member_record("bob", "n2", "b"),
+            member_record("carol", "n2"),
+        )
+        await n1.claim_room(room, alice)
+        await n2.add_member("teahouse", room.epoch, bob)
+        await n2.add_member("teahouse", room.epoch, carol)
+        await self.raw("FLUSHALL")
+
+        second = await n2.restore_room(room, [bob, carol])
+        first = await n1.restore_room(room, [alice])
+
+        self.assertEqual(second, Restoration(RestoreOutcome.RECREATED))
+        self.assertEqual(first, Restoration(RestoreOutcome.KEPT))
+        self.assertEqual(await n1.room("teahouse"), room)
+        self.assertEqual(await n1.members("teahouse"), [alice, bob, carol])
+        self.assertEqual(await n1.node_members("n1"), [("teahouse", "alice")])
+        self.assertEqual(await n1.node_members("n2"), [("teahouse", "bob"), ("teahouse", "carol")])
+        self.assertEqual(await n1.restore_room(room, [alice]), Restoration(RestoreOutcome.KEPT))
+
+    async def test_conflicts(self) -> None:
+        """A newer room of the name is left alone; a name taken meanwhile on another node is reported."""
+        n1, n2 = await self.directory("n1"), await self.directory("n2")
+        old = room_record()
+        newer = room_record(host="dave", node="n2")
+        await n2.claim_room(newer, member_record("dave", "n2"))
+        self.assertEqual(
+            await n1.restore_room(old, [member_record("alice", "n1")]), Restoration(RestoreOutcome.CONFLICT)
+        )
+        self.assertEqual([m.name for m in await n1.members("teahouse")], ["dave"])
+        restored = await n1.restore_room(newer, [member_record("dave", "n1"), member_record("erin", "n1")])
+        self.assertEqual(restored, Restoration(RestoreOutcome.KEPT, ("dave",)))
+        self.assertEqual([(m.name, m.node) for m in await n1.members("teahouse")], [("dave", "n2"), ("erin", "n1")])
 
 
 class InvitationTests(DirectoryTestCase):
