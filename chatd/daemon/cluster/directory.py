@@ -53,6 +53,17 @@ nodes whose score is older than the grace period, pops their index entries
 and removes each member still on that node. A node must beat before it adds
 members (start_heartbeat beats at once), or nobody would ever reap them.
 
+Resume credentials are compared by their SHA-256 inside the take-over
+script and replaced in the same step by the new one the node hands out: a
+credential serves one take-over, so of two nodes taking a member over at once
+exactly one wins, and a credential that leaked is worth nothing once used.
+
+Redis restarted without its data: the next heartbeat answers
+L{Liveness.REGISTERED}, and each node writes back what it holds with
+L{RoomDirectory.restore_room} (idempotent, from any node, never over a newer
+room of the name). With Redis's append-only file (as the tests' servers and
+docs/cluster.md use) nothing is lost and nothing needs restoring.
+
 With Redis Cluster the room scripts stay in one slot; the node index and
 P:nodes are other slots, so claim, add, take-over, removal and reap would
 have to update the index in a second step (docs/cluster.md).
