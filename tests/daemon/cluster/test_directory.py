@@ -121,9 +121,9 @@ class RoomTests(DirectoryTestCase):
         self.assertEqual(await n1.node_members("n1"), [])
         for name in names:
             self.assertEqual([m.name for m in await n2.members(name)], ["bø", "ünï"])
-            room = await n2.room(name)
-            assert room is not None
-            await n2.release_room(name, room.epoch)
+            found = await n2.room(name)
+            assert found is not None
+            await n2.release_room(name, found.epoch)
         self.assertEqual(await n2.node_members("n2"), [])
 
 
