@@ -230,6 +230,19 @@ class InternalServerError(ProtocolError):
     closes = True
 
 
+class ClusterUnavailableError(ProtocolError):
+    """
+    The cluster's shared state (Redis) cannot be reached or read: the server
+    is degraded. Creates and joins are refused with SERVER_FULL (the nearest
+    existing meaning: "not now, try later or elsewhere") and the connection
+    stays open; a dedicated status would be a wire change (docs/protocol.md).
+    The message names what failed, in one sentence.
+    """
+
+    status = Status.SERVER_FULL
+    reason = "cluster_unavailable"
+
+
 class UnknownStatusError(ProtocolError):
     """A status byte this client does not know (from a newer server)."""
 

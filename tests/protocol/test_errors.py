@@ -35,6 +35,7 @@ EXPECTED: dict[type[ProtocolError], tuple[Status, str, bool]] = {
     errors.ReplayedError: (Status.MALFORMED_REQUEST, "replayed", False),
     errors.InternalServerError: (Status.INTERNAL_ERROR, "internal_error", True),
     errors.UnknownStatusError: (Status.MALFORMED_REQUEST, "unknown_status", False),
+    errors.ClusterUnavailableError: (Status.SERVER_FULL, "cluster_unavailable", False),
     errors.TooManyRoomsError: (Status.SERVER_FULL, "too_many_rooms", False),
     errors.TooManyInvitationsError: (Status.ROOM_FULL, "too_many_invitations", False),
     errors.HashingBusyError: (Status.RATE_LIMITED, "hashing_busy", False),
