@@ -1,0 +1,1 @@
+"""chatd beyond one process: what nodes share through Redis (docs/cluster.md)."""
