@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from chatd.daemon.delivery import DeliveryGauges, delivery_gauges
-from chatd.daemon.interfaces import IRelayObserver, IRoomObserver, IRoomStore
+from chatd.daemon.interfaces import IClusterNode, IRelayObserver, IRoomObserver, IRoomStore
 from chatd.daemon.relay import RelayProtocol
 from chatd.daemon.rooms import CloseReason, HashRunner, LeaveReason, Member, Room, RoomRegistry, run_inline
 from chatd.daemon.settings import Settings
@@ -116,10 +116,16 @@ class ChatServer:
         settings: Settings | None = None,
         store: IRoomStore | None = None,
         run_hash: HashRunner = run_inline,
+        cluster: IClusterNode | None = None,
     ) -> None:
+        """
+        @param cluster: the node of a cluster this server is (chatd.daemon.cluster.node),
+            whose claims its room store consults; None (the default) for a server alone.
+        """
         self.clock = clock
         self.settings = settings or Settings()
-        self.store: IRoomStore = store or RoomRegistry(clock, self.settings, run_hash)
+        claims = cluster.claims if cluster is not None else None
+        self.store: IRoomStore = store or RoomRegistry(clock, self.settings, run_hash, claims=claims)
         self.store.observer = self
         self.relay = RelayProtocol(self.store, clock, self.settings)
         self.relay.observer = self
@@ -129,6 +135,9 @@ class ChatServer:
         """The store's repair counts at the last sweep: only new repairs are logged."""
         self._presence: dict[Room, _PresenceWindow] = {}
         """The rooms whose presence window is open: a change there now is held."""
+        self.cluster = cluster
+        if cluster is not None:
+            cluster.attach(self)
 
     # -- IRoomObserver ------------------------------------------------------
 
@@ -156,7 +165,7 @@ class ChatServer:
         # Held joins and leaves are stale: the close notice says it all.
         self._close_window(room)
         kind = NoticeKind.SERVER_STOPPING if reason is CloseReason.SERVER_STOPPING else NoticeKind.ROOM_CLOSED
-        host = room.host.name if room.host is not None else None
+        host = room.host_name
         notice = Notice(
             kind,
             room.name,
@@ -171,6 +180,19 @@ class ChatServer:
             self._hang_up(member)
         self.relay.forget_room(room)
         self._log.info("room {room} closed: {reason}", event="room_closed", room=room.name, reason=reason.value)
+
+    def presence_elsewhere(self, member: Member, reason: LeaveReason | None) -> None:
+        """
+        A member on another node of the cluster (C{member} its stand-in in
+        C{Room.remote_members}) joined (C{reason} None) or left: this node's
+        members are told as of a local change, in the same presence windows.
+        """
+        if reason is None:
+            self.member_joined(member)
+            return
+        kind = NoticeKind.TIMED_OUT if reason is LeaveReason.TIMED_OUT else NoticeKind.MEMBER_LEFT
+        notice = Notice(kind, member.room.name, member.name, idle_timeout=self.settings.idle_timeout, for_silence=False)
+        self._presence_changed(member, notice)
 
     # -- presence notices ---------------------------------------------------
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
-from chatd.daemon.history import Duplicate, Verdict, serve_repair
+from chatd.daemon.history import UNNUMBERED, Duplicate, DuplicateWindow, INumberedLater, Verdict, serve_repair
 from chatd.daemon.rooms import Member, Room
 from chatd.daemon.sockaddr import Address
 from chatd.daemon.stats import DeliveryStats
@@ -161,8 +161,24 @@ class DeliveryRelay:
                 # /exit: the member has left; there is nobody to acknowledge.
                 return
             seq, time_ms = numbered
+            if seq == UNNUMBERED:
+                # A cluster room: the shared log numbers it, and the SENT
+                # waits until it is stored there (never before).
+                later = INumberedLater(member.room.history).when_numbered()
+                later.addCallback(self._numbered, member, window, send.message_id, time_ms)
+                return
             window.record(send.message_id, seq, time_ms)
             self.send(member, FrameType.SENT, encode_sent(send.message_id, seq, time_ms))
+
+    def _numbered(
+        self, seq: int | None, member: Member, window: DuplicateWindow, message_id: int, time_ms: int
+    ) -> None:
+        """A cluster room's message got its number (None: it could not be stored, so no SENT)."""
+        if seq is None or member.window is not window:
+            # Not stored, or the member has gone: its client sends it again, or has left.
+            return
+        window.record(message_id, seq, time_ms)
+        self.send(member, FrameType.SENT, encode_sent(message_id, seq, time_ms))
 
     def _repair(self, member: Member, body: bytes) -> None:
         wanted = decode_range(body)
@@ -180,9 +196,24 @@ class DeliveryRelay:
 
     # -- sending --------------------------------------------------------------
 
-    def fan_out(self, members: tuple[Member, ...], sender: Member, seq: int, time_ms: int, message: bytes) -> None:
-        """A room message to its delivery members but its sender: one POSTED body, sealed for each."""
-        body = pack_posted(seq, time_ms, sender.name_bytes, message)
+    def fan_out(
+        self,
+        members: tuple[Member, ...],
+        sender: Member | None,
+        seq: int,
+        time_ms: int,
+        message: bytes,
+        name: bytes = b"",
+    ) -> None:
+        """
+        A room message to its delivery members but its sender: one POSTED
+        body, sealed for each. Nothing for a message not numbered yet (a
+        cluster room's: its POSTED go out when the room log's copy comes
+        back). C{name} is the sender's when it is not a member here.
+        """
+        if seq == UNNUMBERED:
+            return
+        body = pack_posted(seq, time_ms, sender.name_bytes if sender is not None else name, message)
         for member in members:
             if member is sender:
                 continue

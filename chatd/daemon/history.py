@@ -24,11 +24,14 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from enum import Enum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from zope.interface import Attribute, Interface, implementer
 
 from chatd.protocol.delivery import REPAIR_BATCH, SeqRange
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 DUPLICATE_WINDOW = 128
 """
@@ -135,6 +138,29 @@ class IHistory(Interface):
         The entries of sequence numbers C{first} to C{last} (both included)
         that are held, and the oldest held, so that the caller can tell the
         part older than the history (GONE) from the part not yet given.
+        """
+
+
+UNNUMBERED = 0
+"""
+What L{IHistory.append} answers for a message whose number comes later: a
+cluster room's messages are numbered by the shared room log
+(chatd.daemon.cluster), and no copy or SENT may carry a number before it is
+stored there (L{INumberedLater}).
+"""
+
+
+class INumberedLater(IHistory):
+    """
+    A history whose L{IHistory.append} answers L{UNNUMBERED}: the message is
+    handed to a shared log that numbers it (and stores it) in its own time.
+    """
+
+    def when_numbered() -> Deferred[int | None]:
+        """
+        The number the message appended last gets, once the shared log stored
+        it; None when it could not be stored (nothing may acknowledge it).
+        Called right after that L{IHistory.append}, before any other.
         """
 
 

@@ -20,6 +20,10 @@ L{ITunnelledDatagrams}, carries the sealed frames a member's control
 connection received as operation 8 (reliable delivery's TCP fallback) to the
 relay; the relay sends frames the other way through the member's
 L{IMemberConnection.send_datagram}.
+
+With several nodes serving one room (chatd.daemon.cluster), each node's
+store keeps its own members, and consults L{IRoomClaims} wherever the
+cluster must decide once: a room's name, a member's name, an invitation.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 
     from twisted.internet.defer import Deferred
 
+    from chatd.daemon.history import IHistory
     from chatd.daemon.rooms import CloseReason, LeaveReason, Member, Room
     from chatd.daemon.sockaddr import Address
     from chatd.protocol.payloads import Dialect, Notice, RoomRequest
@@ -138,6 +143,90 @@ class IRoomObserver(Interface):
 
     def room_closed(room: Room, members: list[Member], reason: CloseReason) -> None:
         """C{room} is gone; C{members} were in it and hold no token any more."""
+
+
+class IRoomClaims(Interface):
+    """
+    What the nodes of a cluster must agree on, asked by the room store at
+    the points where its own indexes would decide alone
+    (chatd.daemon.cluster.store implements it on the Redis directory). A
+    store without it is a single node, deciding everything itself.
+
+    The Deferreds fail with the ProtocolError the request is refused for:
+    ClusterUnavailableError when the cluster's shared state cannot be
+    reached; the rest as the in-memory store raises them. The notifications
+    (L{entered}, L{member_left}, L{room_closed}, L{invitation_minted})
+    never raise: what they write to the cluster is written in the background.
+    """
+
+    def new_history(name: str) -> IHistory:
+        """The history of a room this node is about to create: a new incarnation (epoch), numbered cluster-wide."""
+
+    def claim(room: Room, host: Member) -> Deferred[None]:
+        """
+        Take C{room.name} (with its epoch, password hash and native_only)
+        for the whole cluster, C{host} its first member, before the store
+        commits the room: RoomExistsError when any node holds the name (of
+        two claims at the same instant, exactly one succeeds).
+        """
+
+    def find(name: str) -> Deferred[Room | None]:
+        """
+        A replica of room C{name}, which another node holds: a new Room of
+        the same name and epoch, with the record's password hash and
+        native_only, whose host is remote (C{Room.replica}); None when no
+        node holds the name. Not yet in the store: the store adds it with
+        its first local member.
+        """
+
+    def admit(room: Room, request: RoomRequest, dialect: Dialect) -> Deferred[None]:
+        """
+        Add the requester's name to C{room} cluster-wide before the store
+        commits the join: UsernameTakenError, RoomFullError, or
+        RoomNotFoundError when the room's incarnation ended meanwhile.
+        """
+
+    def spend_invitation(room: Room, invite: str) -> Deferred[None]:
+        """Spend C{invite} on C{room}, once cluster-wide: InvalidInvitationError if unknown, spent or expired."""
+
+    def check_available() -> None:
+        """Raise ClusterUnavailableError when the cluster is known to be unreachable now (what a mint checks)."""
+
+    def invitation_minted(room: Room, invite: str, ttl: float) -> None:
+        """C{invite} was minted for C{room} on this node, valid C{ttl} seconds: recorded cluster-wide."""
+
+    def entered(member: Member) -> None:
+        """C{member} is now in its room on this node (a host with its new room, or a joiner)."""
+
+    def abandoned(room: Room, name: str) -> None:
+        """
+        A create or join of member C{name} that L{claim} or L{admit}
+        accepted did not complete (the store rolled it back): undone cluster-wide.
+        """
+
+    def member_left(member: Member, reason: LeaveReason) -> None:
+        """C{member} left its room on this node; the room goes on."""
+
+    def room_closed(room: Room, members: list[Member], reason: CloseReason) -> None:
+        """
+        C{room} is closed on this node, C{members} were its local members:
+        cluster-wide when it is this node's doing (its host left here, the
+        server stops), only here when the cluster closed it or the node's
+        last member of a replica left.
+        """
+
+
+class IClusterNode(Interface):
+    """
+    A node of a cluster (chatd.daemon.cluster.node.ClusterNode), handed to
+    the controller that serves its rooms: the store consults its claims, and
+    it relays and tells what the other nodes publish.
+    """
+
+    claims = Attribute("The node's IRoomClaims, which the controller gives its room store.")
+
+    def attach(server: object) -> None:
+        """Serve C{server}'s rooms (a chatd.daemon.controller.ChatServer): called once, by its constructor."""
 
 
 class IRoomStore(Interface):

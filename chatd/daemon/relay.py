@@ -673,6 +673,47 @@ class RelayProtocol(DatagramProtocol):
     def charge(self, member: Member, size: int) -> None:
         self._within_limit(member, size)
 
+    # -- what a cluster's node uses (chatd.daemon.cluster) -----------------------
+
+    def relay_posted(
+        self, room: Room, name: bytes, message: bytes, seq: int, time_ms: int, *, relayed_here: bool
+    ) -> None:
+        """
+        A message of C{room} that the cluster's room log numbered, to this
+        node's members of it: its delivery members get it as POSTED with
+        C{seq}, but the sender if it is here; the others in their dialects,
+        as L{_message} sends them, unless C{relayed_here} (the sender is
+        here, and L{_message} sent their copies at once). Never on the
+        single-node path: a node without a cluster never calls it.
+        """
+        sender = room.members.get(name.decode("utf-8", "replace")) if relayed_here else None
+        if room.delivery_members:
+            self.delivery.fan_out(room.delivery_members, sender, seq, time_ms, message, name)
+        if relayed_here or not room.recipients:
+            return
+        transport = self._port
+        stats = self.stats
+        if transport is None:
+            stats.send_errors += len(room.recipients)
+            return
+        fanout = self._fanouts.get(room)
+        if fanout is None or fanout.recipients is not room.recipients or fanout.transport is not transport:
+            fanout = self._fanouts[room] = RoomFanout(room.recipients, transport)
+        if fanout.legacy is not None:
+            if message.startswith(ACTION_PREFIX):
+                legacy = b"* " + name + b" " + message[len(ACTION_PREFIX) :]
+            else:
+                legacy = name + b": " + message
+            failed = fanout.legacy.send(legacy, -1)
+            sent = len(fanout.legacy_index) - failed
+            stats.sent += sent
+            stats.sent_bytes += sent * len(legacy)
+            stats.send_errors += failed
+        if fanout.sealed:
+            native = pack_relay_body(name, message, time_ms)
+            for member, _ in fanout.sealed:
+                self._send_sealed(member, _RELAY, native)
+
     def send_udp(self, address: Address, data: bytes) -> None:
         self._send(address, data)
 

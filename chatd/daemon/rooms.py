@@ -38,7 +38,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from chatd.daemon.history import DuplicateWindow, IHistory, RoomHistory, RoomWindows
-from chatd.daemon.interfaces import IMemberConnection, IRoomObserver, IRoomStore
+from chatd.daemon.interfaces import IMemberConnection, IRoomClaims, IRoomObserver, IRoomStore
 from chatd.daemon.passwords import PasswordHash, hash_password, verify_password
 from chatd.daemon.ratelimit import MemberRateLimit, is_loopback
 from chatd.daemon.settings import Settings
@@ -93,6 +93,8 @@ class CloseReason(Enum):
     SERVER_STOPPING = "the server is shutting down"
     BROKEN = "the room lost its host"
     """Closed by L{RoomRegistry.expire}'s repair: a bug left the room without a live host."""
+    NO_LOCAL_MEMBERS = "no member is left on this node"
+    """A replica (a room another node holds) dropped by this node: the room goes on elsewhere."""
 
 
 _HOST_DEPARTURES = {
@@ -189,12 +191,43 @@ class Room:
     """The room's epoch, sequence numbers and recent messages (the store makes it with the settings' bounds)."""
     windows: RoomWindows = field(default_factory=RoomWindows, repr=False)
     """The duplicate windows of its delivery members, and of some that left."""
+    replica: bool = False
+    """
+    A room another node of a cluster holds (its host is there): this node
+    keeps it for its own members, and drops it when the last of them leaves.
+    """
+    remote_host: str | None = None
+    """A replica's host, by name (L{host} is None: the host is not on this node)."""
+    remote_members: dict[str, Member] = field(default_factory=dict, repr=False)
+    """
+    The members on other nodes, by name (a cluster's rooms only): stand-ins
+    that hold no token, key or address, kept by chatd.daemon.cluster so that
+    the member list is the whole room's and their comings and goings are
+    told like local ones.
+    """
 
     def __post_init__(self) -> None:
         self.name_bytes = self.name.encode("utf-8")
 
     def names(self) -> tuple[str, ...]:
-        return tuple(self.members)
+        """
+        Everyone in the room, as a create or join answer lists them: the host
+        first, the member who entered last (always one of this node's) last.
+        With members on other nodes (a cluster's): the host, those elsewhere,
+        then those here.
+        """
+        if not self.remote_members:
+            return tuple(self.members)
+        host = self.host_name
+        first = () if host is None else (host,)
+        elsewhere = tuple(name for name in self.remote_members if name != host)
+        here = tuple(name for name in self.members if name != host)
+        return (*first, *elsewhere, *here)
+
+    @property
+    def host_name(self) -> str | None:
+        """The host's name, wherever it is."""
+        return self.host.name if self.host is not None else self.remote_host
 
 
 @implementer(IRoomStore)
@@ -205,8 +238,11 @@ class RoomRegistry:
         settings: Settings | None = None,
         run_hash: HashRunner = run_inline,
         observer: IRoomObserver | None = None,
+        claims: IRoomClaims | None = None,
     ) -> None:
         self._clock = clock
+        self.claims = claims
+        """The cluster consulted where it must agree (chatd.daemon.cluster); None for a single node."""
         self._settings = settings or Settings()
         self._run_hash = run_hash
         self.observer = observer
@@ -246,6 +282,7 @@ class RoomRegistry:
         self._creating[name] = origin
         self._rooms_by_origin[origin] += 1
         room: Room | None = None
+        claimed = False
         try:
             password_hash = None
             if request.password:
@@ -253,18 +290,27 @@ class RoomRegistry:
                 cost = self._settings.password_cost
                 password_hash = await self._hash(lambda: hash_password(password, cost))
                 assert isinstance(password_hash, PasswordHash)
-            room = Room(
-                name, password_hash, native_only=request.native_only, origin=origin, history=self._new_history()
-            )
+            claims = self.claims
+            history = self._new_history() if claims is None else claims.new_history(name)
+            room = Room(name, password_hash, native_only=request.native_only, origin=origin, history=history)
             host = self._new_member(room, request, dialect)
             room.host = host
             room.members[host.name] = host
+            if claims is not None:
+                # The name must be this node's cluster-wide before it is anyone's here.
+                await claims.claim(room, host)
+                claimed = True
             self._register_member(host)
             self._rooms[name] = room
+            if claims is not None:
+                claims.entered(host)
             return host
         except BaseException:
             # Whatever failed, nothing of this create may stay behind: a room
             # without a host would hold its slot (and its origin's) for ever.
+            if claimed and room is not None and room.host is not None:
+                assert self.claims is not None
+                self.claims.abandoned(room, room.host.name)
             if room is not None:
                 for member in list(room.members.values()):
                     self._unregister_member(member)
@@ -307,14 +353,22 @@ class RoomRegistry:
         return Deferred.fromCoroutine(self._join_room(name, request, dialect))
 
     async def _join_room(self, name: str, request: RoomRequest, dialect: Dialect) -> Member:
+        claims = self.claims
         room = self._rooms.get(name)
+        if room is None and claims is not None:
+            # Held by another node, perhaps: a replica is made for the members here.
+            room = await claims.find(name)
         if room is None:
             raise RoomNotFoundError(f"no room {name!r}")
         if room.native_only and dialect is not Dialect.NATIVE:
             raise NotPermittedError(f"room {name!r} admits native clients only")
         self._check_room_takes(room, request.username)
         spent_invitation: tuple[str, float] | None = None
-        if request.invite is not None:
+        if request.invite is not None and claims is not None:
+            # Single use cluster-wide: spent in the directory, wherever it was minted.
+            await claims.spend_invitation(room, request.invite)
+            self._forget_invitation(room, request.invite)
+        elif request.invite is not None:
             spent_invitation = self._take_invitation(room, request.invite)
         elif room.password_hash is not None:
             if not request.password:
@@ -330,6 +384,8 @@ class RoomRegistry:
             if room.closed:
                 raise RoomNotFoundError(f"room {name!r} was closed")
             self._check_room_takes(room, request.username)
+        if claims is not None:
+            room = await self._admit(claims, room, request, dialect)
         member: Member | None = None
         try:
             member = self._new_member(room, request, dialect)
@@ -341,6 +397,8 @@ class RoomRegistry:
             # Otherwise no recipients to refresh: a new member has no address yet.
             if self.observer is not None:
                 self.observer.member_joined(member)
+            if claims is not None:
+                claims.entered(member)
         except BaseException:
             # The join did not happen: the room is as it was, and the
             # invitation (single use, but not used) works again.
@@ -349,12 +407,44 @@ class RoomRegistry:
                 if room.members.get(member.name) is member:
                     del room.members[member.name]
                 self._refresh_recipients(room)
+            if claims is not None:
+                claims.abandoned(room, request.username)
+                if room.replica and not room.members and not room.closed:
+                    self._close(room, CloseReason.NO_LOCAL_MEMBERS)
             if spent_invitation is not None and not room.closed:
                 invite, expires = spent_invitation
                 room.invitations[invite] = expires
                 self._invitations[invite] = room
             raise
         return member
+
+    async def _admit(self, claims: IRoomClaims, room: Room, request: RoomRequest, dialect: Dialect) -> Room:
+        """
+        Add the member's name to the room cluster-wide, then the room this
+        node serves it in: the room as it is here, a replica made by a join
+        in parallel (same incarnation), or C{room}, a new replica, now added.
+        """
+        await claims.admit(room, request, dialect)
+        current = self._rooms.get(room.name)
+        if room.replica and current is not room:
+            if current is not None and current.history.epoch == room.history.epoch and not current.closed:
+                room = current
+            elif current is None and not room.closed:
+                self._rooms[room.name] = room
+                self._rooms_by_origin[room.origin] += 1
+            else:
+                claims.abandoned(room, request.username)
+                raise RoomNotFoundError(f"room {room.name!r} was closed")
+        if room.closed:
+            claims.abandoned(room, request.username)
+            raise RoomNotFoundError(f"room {room.name!r} was closed")
+        return room
+
+    def _forget_invitation(self, room: Room, invite: str) -> None:
+        """An invitation spent cluster-wide: if this node minted it, its own index forgets it too."""
+        if self._invitations.get(invite) is room:
+            del self._invitations[invite]
+            room.invitations.pop(invite, None)
 
     def _check_room_takes(self, room: Room, username: str) -> None:
         if username in room.members:
@@ -490,6 +580,8 @@ class RoomRegistry:
     def mint_invitation(self, member: Member) -> str:
         if not self._is_live(member):
             raise NotPermittedError("only a member of an open room can invite")
+        if self.claims is not None:
+            self.claims.check_available()
         room = member.room
         now = self._clock.seconds()
         # Spent-by-time invitations make room before the count, so the limit
@@ -504,6 +596,8 @@ class RoomRegistry:
         token = self._fresh_token()
         room.invitations[token] = now + self._settings.invite_ttl
         self._invitations[token] = room
+        if self.claims is not None:
+            self.claims.invitation_minted(room, token, self._settings.invite_ttl)
         return token
 
     def _drop_stale_invitations(self, room: Room, now: float) -> None:
@@ -558,6 +652,11 @@ class RoomRegistry:
         self._refresh_recipients(room)
         if self.observer is not None:
             self.observer.member_left(member, reason)
+        if self.claims is not None:
+            self.claims.member_left(member, reason)
+            if room.replica and not room.members and not room.closed:
+                # The room goes on elsewhere; this node has nobody left in it.
+                self._close(room, CloseReason.NO_LOCAL_MEMBERS)
 
     def close_room(self, room: Room, reason: CloseReason) -> None:
         if room.closed:
@@ -582,8 +681,12 @@ class RoomRegistry:
             # The one place an open room stops counting against its origin.
             del self._rooms[room.name]
             self._release_origin(room.origin)
-        if self.observer is not None:
-            self.observer.room_closed(room, members, reason)
+        try:
+            if self.observer is not None:
+                self.observer.room_closed(room, members, reason)
+        finally:
+            if self.claims is not None:
+                self.claims.room_closed(room, members, reason)
 
     def expire(self) -> None:
         now = self._clock.seconds()
@@ -614,13 +717,17 @@ class RoomRegistry:
                     self.stats.repaired["members"] += 1
         for name, room in list(self._rooms.items()):
             host = room.host
-            broken = (
-                room.closed
-                or room.name != name
-                or host is None
-                or room.members.get(host.name) is not host
-                or not self._is_live(host)
-            )
+            if room.replica:
+                # Its host is on another node: broken only without members of its own here.
+                broken = room.closed or room.name != name or not room.members
+            else:
+                broken = (
+                    room.closed
+                    or room.name != name
+                    or host is None
+                    or room.members.get(host.name) is not host
+                    or not self._is_live(host)
+                )
             if broken:
                 self.stats.repaired["rooms"] += 1
                 if room.name != name:

@@ -207,7 +207,7 @@ class RoomProtocol(FlowControlledProtocol):
                 raise NotPermittedError("only native clients can ask for the member list")
             room = member.room
             self._acknowledge(frame.operation, Status.SUCCESS, frame.room)
-            payload = members_payload(room.names(), room.host.name if room.host is not None else None)
+            payload = members_payload(room.names(), room.host_name)
             self._send(Frame(Operation.MEMBERS, State.COMPLETE, room.name, payload, self._encoding))
         elif frame.operation is Operation.DATAGRAM:
             self._tunnelled(frame)

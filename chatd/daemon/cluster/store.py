@@ -1,0 +1,392 @@
+"""
+A node's room store in a cluster: the L{IRoomClaims} that the in-memory
+store (chatd.daemon.rooms.RoomRegistry) consults, on the Redis room
+directory and room log, and the history of a room numbered cluster-wide.
+
+The registry keeps each node's own members, and everything the datagram
+path looks up, in memory; this module makes the decisions that must be
+made once for the whole cluster go through Redis first:
+
+- a create claims the name cluster-wide (L{ClusterClaims.claim}) and starts
+  the room's log before the room is anyone's here; a refusal is
+  RoomExistsError, whichever node holds the name;
+- a join of a room held elsewhere makes a I{replica} here (L{ClusterClaims.find}):
+  the same name and epoch, the record's password hash and native_only, the
+  host remote, the history loaded from the log; then adds the member's
+  name cluster-wide (L{ClusterClaims.admit}: NAME_TAKEN, ROOM_FULL);
+- an invitation is recorded when minted and spent in the directory, once
+  cluster-wide, wherever it is presented;
+- a departure removes the member cluster-wide and tells the other nodes; a
+  close that is this node's doing (its host left here, the server stops)
+  releases the room and tells every node; a replica whose last member here
+  left is only dropped here.
+
+Requests wait for Redis and fail with ClusterUnavailableError when it
+cannot be reached (refused at once while the bus says Redis is away).
+What a departure or a close writes goes in the background, tracked so that
+a stopping node waits for it (L{ClusterClaims.settle}).
+
+L{SharedHistory} is a cluster room's L{IHistory}: reads from the node's
+cache of the log (chatd.daemon.cluster.log.ClusterHistory, fed in order by
+the bus), numbering by the log (L{RoomLog.post}): C{append} answers
+UNNUMBERED, and the number comes with L{SharedHistory.when_numbered} once
+the message is stored, never before.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from chatd.daemon.cluster.directory import InvitationOutcome, MemberOutcome, RoomDirectory, Spending
+from chatd.daemon.cluster.envelope import Notice as NoticeEnvelope
+from chatd.daemon.cluster.envelope import NoticeKind as EnvelopeNoticeKind
+from chatd.daemon.cluster.envelope import Posted, RoomClosed
+from chatd.daemon.cluster.log import ClusterHistory, RedisUnavailableError, RoomLog, StaleEpochError
+from chatd.daemon.cluster.records import MemberRecord, RoomRecord, new_epoch
+from chatd.daemon.history import UNNUMBERED, Held, IHistory, INumberedLater
+from chatd.daemon.interfaces import IRoomClaims
+from chatd.daemon.rooms import CloseReason, LeaveReason, Member, Room
+from chatd.daemon.settings import Settings
+from chatd.protocol.errors import (
+    ClusterUnavailableError,
+    InvalidInvitationError,
+    RoomExistsError,
+    RoomFullError,
+    RoomNotFoundError,
+    UsernameTakenError,
+)
+from chatd.protocol.payloads import DELIVERY, Dialect, RoomRequest
+
+_log = Logger()
+
+UNAVAILABLE = "the cluster's shared state (Redis) cannot be reached: rooms cannot be created or joined now"
+"""The one sentence a create, join or invitation is refused with while Redis is away."""
+
+
+class RoomFeeds(Protocol):
+    """What the claims need of the node: a room's feed from the other nodes, while it has members here."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether Redis is reachable now, as far as the node knows (its bus)."""
+
+    def watch(self, room: Room) -> None:
+        """Follow C{room}'s channel (idempotent): its messages, notices and close reach the members here."""
+
+    def unwatch(self, room: Room) -> None:
+        """Stop following C{room}'s channel (it is closed here)."""
+
+    def publish(self, room: Room, envelope: NoticeEnvelope | RoomClosed) -> Deferred[Any]:
+        """Tell the other nodes following C{room}."""
+
+
+@implementer(INumberedLater)
+class SharedHistory:
+    """
+    A cluster room's history: read from the node's cache of the room log,
+    numbered by the log. C{append} posts the message (one round trip: it
+    is numbered, stored and published at once) and answers UNNUMBERED;
+    L{when_numbered} fires with the number once it is stored, None when it
+    could not be.
+    """
+
+    __slots__ = ("_failed", "_last_post", "cache", "log", "node", "room")
+
+    def __init__(self, cache: ClusterHistory, log: RoomLog, room: str, node: str) -> None:
+        self.cache = cache
+        self.log = log
+        self.room = room
+        self.node = node
+        self._last_post: Deferred[int | None] = succeed(None)
+        self._failed = False
+
+    @property
+    def epoch(self) -> str:
+        return self.cache.epoch
+
+    @property
+    def latest(self) -> int:
+        return self.cache.latest
+
+    @property
+    def oldest(self) -> int:
+        return self.cache.oldest
+
+    @property
+    def message_count(self) -> int:
+        return self.cache.message_count
+
+    @property
+    def byte_count(self) -> int:
+        return self.cache.byte_count
+
+    def append(self, name: bytes, text: bytes, time_ms: int) -> int:
+        posting: Deferred[Any] = self.log.post(self.room, self.cache.epoch, name, text, time_ms, self.node)
+        self._last_post = posting.addCallbacks(self._stored, self._not_stored)
+        return UNNUMBERED
+
+    def when_numbered(self) -> Deferred[int | None]:
+        outcome: Deferred[int | None] = Deferred()
+
+        def forward(seq: int | None) -> int | None:
+            outcome.callback(seq)
+            return seq
+
+        self._last_post.addCallback(forward)
+        return outcome
+
+    def range(self, first: int, last: int) -> Held:
+        return self.cache.range(first, last)
+
+    def receive(self, posted: Posted) -> bool:
+        """A message from the bus (this node's own included): held in order; False for one held already."""
+        return self.cache.receive(posted)
+
+    def _stored(self, seq: int) -> int:
+        if self._failed:
+            self._failed = False
+            _log.info("room {room}: messages are stored in the room log again", room=self.room)
+        return seq
+
+    def _not_stored(self, failure: Failure) -> None:
+        # Relayed to the members here already; never acknowledged, never
+        # numbered: a delivery client sends it again under its id.
+        if not self._failed:
+            self._failed = True
+            _log.warn(
+                "room {room}: a message could not be stored in the room log ({error}); not acknowledged",
+                room=self.room,
+                error=failure.getErrorMessage(),
+                event="post_failed",
+            )
+        if not failure.check(RedisUnavailableError, StaleEpochError, ClusterUnavailableError):
+            _log.failure("room {room}: posting to the room log failed unexpectedly", failure, room=self.room)
+        return None
+
+
+def stand_in(room: Room, name: str) -> Member:
+    """A member on another node, as this node lists and announces it: no token, key or address."""
+    return Member(name, "", room, Dialect.NATIVE, 0.0)
+
+
+@implementer(IRoomClaims)
+class ClusterClaims:
+    """
+    The cluster's side of a node's room store (L{IRoomClaims}), on the Redis
+    directory and room log. C{feeds} is the node (chatd.daemon.cluster.node).
+    """
+
+    def __init__(
+        self,
+        directory: RoomDirectory,
+        log: RoomLog,
+        feeds: RoomFeeds,
+        clock: IReactorTime,
+        settings: Settings | None = None,
+    ) -> None:
+        self.directory = directory
+        self.log = log
+        self.node = directory.node
+        self.feeds = feeds
+        self.clock = clock
+        self.settings = settings or Settings()
+        self.closed_by_cluster: set[Room] = set()
+        """Rooms being closed here because the cluster said so: nothing more to tell it."""
+        self._pending: set[Deferred[Any]] = set()
+
+    # -- requests -----------------------------------------------------------------
+
+    def check_available(self) -> None:
+        if not self.feeds.connected:
+            raise ClusterUnavailableError(UNAVAILABLE)
+
+    def new_history(self, name: str) -> IHistory:
+        settings = self.settings
+        cache = ClusterHistory(new_epoch(), settings.history_messages, settings.history_bytes)
+        return SharedHistory(cache, self.log, name, self.node)
+
+    def claim(self, room: Room, host: Member) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._claim(room, host))
+
+    async def _claim(self, room: Room, host: Member) -> None:
+        self.check_available()
+        epoch = room.history.epoch
+        record = RoomRecord(
+            name=room.name,
+            epoch=epoch,
+            host=host.name,
+            host_node=self.node,
+            password=room.password_hash,
+            native_only=room.native_only,
+            created_ms=max(0, int(self.clock.seconds() * 1000)),
+        )
+        if not await self.directory.claim_room(record, self._record_of(host.name, host.dialect, host.delivery)):
+            raise RoomExistsError(f"room {room.name!r} exists")
+        try:
+            await _unavailable_as_cluster(self.log.begin(room.name, epoch))
+        except BaseException:
+            self._background(self.directory.release_room(room.name, epoch))
+            raise
+
+    def find(self, name: str) -> Deferred[Room | None]:
+        return Deferred.fromCoroutine(self._find(name))
+
+    async def _find(self, name: str) -> Room | None:
+        self.check_available()
+        record = await self.directory.room(name)
+        if record is None:
+            return None
+        settings = self.settings
+        try:
+            cache = await _unavailable_as_cluster(
+                ClusterHistory.load(self.log, name, record.epoch, settings.history_messages, settings.history_bytes)
+            )
+        except StaleEpochError:
+            # Closed (or made again) since the directory was read: not this room any more.
+            return None
+        members = await self.directory.members(name)
+        room = Room(
+            name,
+            record.password,
+            native_only=record.native_only,
+            history=SharedHistory(cache, self.log, name, self.node),
+            replica=True,
+            remote_host=record.host,
+        )
+        for member in members:
+            room.remote_members[member.name] = stand_in(room, member.name)
+        return room
+
+    def admit(self, room: Room, request: RoomRequest, dialect: Dialect) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._admit(room, request, dialect))
+
+    async def _admit(self, room: Room, request: RoomRequest, dialect: Dialect) -> None:
+        self.check_available()
+        delivery = dialect is Dialect.NATIVE and DELIVERY in request.features
+        record = self._record_of(request.username, dialect, delivery)
+        outcome = await self.directory.add_member(room.name, room.history.epoch, record, self.settings.max_members)
+        if outcome is MemberOutcome.NAME_TAKEN:
+            raise UsernameTakenError(f"{request.username!r} is already in room {room.name!r}")
+        if outcome is MemberOutcome.ROOM_FULL:
+            raise RoomFullError(f"room {room.name!r} holds its limit of {self.settings.max_members} members")
+        if outcome is MemberOutcome.NO_ROOM:
+            raise RoomNotFoundError(f"room {room.name!r} was closed")
+
+    def spend_invitation(self, room: Room, invite: str) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._spend_invitation(room, invite))
+
+    async def _spend_invitation(self, room: Room, invite: str) -> None:
+        self.check_available()
+        outcome = await self.directory.spend_invitation(room.name, room.history.epoch, invite)
+        if outcome is Spending.EXPIRED:
+            raise InvalidInvitationError("the invitation has expired")
+        if outcome is Spending.NO_ROOM:
+            raise RoomNotFoundError(f"room {room.name!r} was closed")
+        if outcome is not Spending.SPENT:
+            raise InvalidInvitationError("the invitation is not valid for this room")
+
+    # -- notifications ---------------------------------------------------------------
+
+    def invitation_minted(self, room: Room, invite: str, ttl: float) -> None:
+        adding = Deferred.fromCoroutine(
+            self.directory.add_invitation(room.name, room.history.epoch, invite, ttl, self.settings.max_invitations)
+        )
+
+        def added(outcome: InvitationOutcome) -> None:
+            if outcome is not InvitationOutcome.ADDED:
+                _log.warn(
+                    "room {room}: an invitation was not recorded cluster-wide ({outcome})",
+                    room=room.name,
+                    outcome=outcome.value,
+                )
+
+        self._background(adding.addCallback(added))
+
+    def entered(self, member: Member) -> None:
+        room = member.room
+        room.remote_members.pop(member.name, None)
+        self.feeds.watch(room)
+        if not member.is_host:
+            self._publish(
+                room, NoticeEnvelope(room.name, room.history.epoch, EnvelopeNoticeKind.JOINED, member.name, self.node)
+            )
+
+    def abandoned(self, room: Room, name: str) -> None:
+        epoch = room.history.epoch
+        if not room.replica and room.host is not None and room.host.name == name:
+            self._release(room)
+        else:
+            self._background(self.directory.remove_member(room.name, epoch, name, self.node))
+
+    def member_left(self, member: Member, reason: LeaveReason) -> None:
+        room = member.room
+        self._leave(room, member.name, reason)
+
+    def room_closed(self, room: Room, members: list[Member], reason: CloseReason) -> None:
+        if room in self.closed_by_cluster:
+            self.closed_by_cluster.discard(room)
+        elif room.replica:
+            # The room goes on elsewhere: only this node's members leave it.
+            for member in members:
+                self._leave(room, member.name, LeaveReason.LEFT)
+        else:
+            self._release(room)
+            host = room.host_name or ""
+            self._publish(room, RoomClosed(room.name, room.history.epoch, self.node, reason.value, host))
+        self.feeds.unwatch(room)
+
+    # -- the background --------------------------------------------------------------
+
+    def settle(self) -> Deferred[None]:
+        """Fires once what departures and closes wrote to Redis so far is written (or failed)."""
+        pending = list(self._pending)
+        return DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)
+
+    def _leave(self, room: Room, name: str, reason: LeaveReason) -> None:
+        epoch = room.history.epoch
+        self._background(self.directory.remove_member(room.name, epoch, name, self.node))
+        kind = EnvelopeNoticeKind.TIMED_OUT if reason is LeaveReason.TIMED_OUT else EnvelopeNoticeKind.LEFT
+        self._publish(room, NoticeEnvelope(room.name, epoch, kind, name, self.node, reason.value))
+
+    def _release(self, room: Room) -> None:
+        epoch = room.history.epoch
+        self._background(self.directory.release_room(room.name, epoch))
+        self._background(self.log.delete(room.name, epoch))
+
+    def _publish(self, room: Room, envelope: NoticeEnvelope | RoomClosed) -> None:
+        self._background(self.feeds.publish(room, envelope))
+
+    def _background(self, work: Any) -> None:
+        """Track C{work} (a coroutine or a Deferred) until it ends; its failure is logged, never raised."""
+        running: Deferred[Any] = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
+        self._pending.add(running)
+
+        def done(result: object) -> None:
+            self._pending.discard(running)
+            if isinstance(result, Failure):
+                _log.warn(
+                    "node {node}: the cluster could not be told of a change: {error}",
+                    node=self.node,
+                    error=result.getErrorMessage(),
+                    event="cluster_write_failed",
+                )
+
+        running.addBoth(done)
+
+    def _record_of(self, name: str, dialect: Dialect, delivery: bool) -> MemberRecord:
+        # No resume credential yet: a member resumes on another node only once the nodes hand them out.
+        return MemberRecord(name, self.node, dialect.value, delivery, None)
+
+
+async def _unavailable_as_cluster(waiting: Deferred[Any]) -> Any:
+    """The log's answer, its RedisUnavailableError as ClusterUnavailableError (what a TCP peer is told)."""
+    try:
+        return await waiting
+    except RedisUnavailableError as error:
+        raise ClusterUnavailableError(f"the room log in Redis cannot be reached: {error}") from None

@@ -1,0 +1,138 @@
+"""
+Several chatd nodes serving one room through a real redis-server
+(chatd.daemon.cluster.node and store): members on different nodes in every
+dialect get every message once and in room order, the same sequence numbers
+everywhere for delivery members; joins, leaves and the member list are
+cluster-wide; the host's leave closes the room on every node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from chatd.client.events import MemberJoined, MemberLeft, MessageReceived, RoomClosed
+from chatd.protocol.payloads import MODEL_ROOM_CLOSED, Dialect
+from tests.cluster_nodes import ClusterCase, TestNode
+from tests.waiting import Recorder, until
+
+
+def shown(heard: Recorder) -> list[tuple[str, str]]:
+    """The messages a native member was shown (its history on entering aside), as (sender, text)."""
+    return [(event.sender, event.text) for event in heard.of(MessageReceived) if not event.history]
+
+
+def seqs(heard: Recorder) -> list[int | None]:
+    return [event.seq for event in heard.of(MessageReceived) if not event.history]
+
+
+def heard_all(heard: Recorder, count: int) -> Callable[[], bool]:
+    return lambda: len(shown(heard)) == count
+
+
+def holds_nothing(node: TestNode) -> Callable[[], bool]:
+    return lambda: node.server.store.rooms() == [] and node.cluster.watched() == []
+
+
+class NodesTests(ClusterCase):
+    async def test_native_members_on_two_nodes_hear_each_other(self) -> None:
+        a, b = await self.nodes("a", "b")
+        ann, ann_heard = await self.native(a, "ann", create=True)
+        bob, bob_heard = await self.native(b, "bob")
+        self.assertEqual(set(bob.members), {"ann", "bob"})
+        await ann_heard.next(MemberJoined, lambda event: event.user == "bob")
+        ann.send("hello from a")
+        await bob_heard.message("ann", "hello from a")
+        bob.send("hello from b")
+        await ann_heard.message("bob", "hello from b")
+        self.assertEqual(shown(ann_heard), [("bob", "hello from b")])
+        self.assertEqual(shown(bob_heard), [("ann", "hello from a")])
+
+    async def test_every_dialect_everyone_gets_everything_once_in_room_order(self) -> None:
+        a, b = await self.nodes("a", "b")
+        ann, ann_heard = await self.native(a, "ann", create=True, delivery=True)
+        dee, dee_heard = await self.native(b, "dee", delivery=True)
+        nat, nat_heard = await self.native(b, "nat")
+        mo = await self.legacy(a, Dialect.MODEL, "mo")
+        sid = await self.legacy(b, Dialect.SEED, "sid")
+        # The notices of the joins, before any message.
+        await until(lambda: len(ann_heard.of(MemberJoined)) == 4, "ann hears of four joins")
+        await until(lambda: len(dee_heard.of(MemberJoined)) == 3, "dee hears of three joins")
+        await mo.collect(1, "mo hears of sid's join")
+        self.assertIn("sid", mo.texts[0])
+        mo.texts.clear()
+        senders = {"ann": ann.send, "dee": dee.send, "nat": nat.send, "mo": mo.say, "sid": sid.say}
+        rounds = 5
+        for index in range(rounds):
+            for name, send in senders.items():
+                send(f"{name} {index}")
+        total = rounds * len(senders)
+        natives = {"ann": ann_heard, "dee": dee_heard, "nat": nat_heard}
+        for name, heard in natives.items():
+            await until(heard_all(heard, total - rounds), f"{name} hears all the others")
+        await mo.collect(total - rounds, "mo hears all the others")
+        await sid.collect(total - rounds, "sid hears all the others")
+        expected = {name: [f"{name} {index}" for index in range(rounds)] for name in senders}
+        for name, heard in natives.items():
+            got = shown(heard)
+            self.assertEqual(len(got), len(set(got)), f"{name} heard something twice")
+            for sender in senders:
+                if sender != name:
+                    self.assertEqual(
+                        [text for who, text in got if who == sender], expected[sender], f"{name} from {sender}"
+                    )
+        for legacy, name in ((mo, "mo"), (sid, "sid")):
+            for sender in senders:
+                if sender != name:
+                    texts = [text.split(": ", 1)[1] for text in legacy.texts if text.startswith(f"{sender}: ")]
+                    self.assertEqual(texts, expected[sender], f"{name} from {sender}")
+        # The delivery members saw one room order, numbered by the log: the same seqs for the same messages.
+        await until(lambda: len(shown(ann_heard)) == total - rounds, "ann")
+        ann_seq = {text: seq for (_, text), seq in zip(shown(ann_heard), seqs(ann_heard), strict=True)}
+        dee_seq = {text: seq for (_, text), seq in zip(shown(dee_heard), seqs(dee_heard), strict=True)}
+        common = set(ann_seq) & set(dee_seq)
+        self.assertEqual(len(common), total - 2 * rounds)
+        for text in common:
+            self.assertEqual(ann_seq[text], dee_seq[text], text)
+        self.assertEqual(seqs(ann_heard), sorted(seqs(ann_heard)))
+        self.assertEqual(seqs(dee_heard), sorted(seqs(dee_heard)))
+        all_seqs = set(ann_seq.values()) | set(dee_seq.values())
+        self.assertEqual(all_seqs, set(range(1, total + 1)))
+
+    async def test_member_lists_and_notices_are_cluster_wide(self) -> None:
+        a, b, c = await self.nodes("a", "b", "c")
+        ann, ann_heard = await self.native(a, "ann", create=True)
+        bob, bob_heard = await self.native(b, "bob")
+        cat, _cat_heard = await self.native(c, "cat")
+        self.assertEqual(set(cat.members), {"ann", "bob", "cat"})
+        self.assertEqual(cat.room_host, "ann")
+        await until(lambda: [e.user for e in ann_heard.of(MemberJoined)] == ["bob", "cat"], "ann hears bob and cat")
+        await until(lambda: [e.user for e in bob_heard.of(MemberJoined)] == ["cat"], "bob hears cat")
+        listed = await bob.refresh_members()
+        self.assertEqual(set(listed), {"ann", "bob", "cat"})
+        await cat.leave()
+        await until(lambda: [e.user for e in ann_heard.of(MemberLeft)] == ["cat"], "ann hears cat leave")
+        await until(lambda: [e.user for e in bob_heard.of(MemberLeft)] == ["cat"], "bob hears cat leave")
+        self.assertEqual(set(await ann.refresh_members()), {"ann", "bob"})
+        # c had nobody left in the room: it dropped its replica and stopped following the room.
+        await until(lambda: c.cluster.watched() == [], "c stops following lobby")
+        self.assertEqual(c.server.store.rooms(), [])
+        self.assertEqual(sorted(m.name for m in await a.cluster.directory.members("lobby")), ["ann", "bob"])
+
+    async def test_the_hosts_leave_closes_the_room_on_every_node(self) -> None:
+        a, b, c = await self.nodes("a", "b", "c")
+        ann, _ = await self.native(a, "ann", create=True)
+        _bob, bob_heard = await self.native(b, "bob")
+        _cat, cat_heard = await self.native(c, "cat", delivery=True)
+        mo = await self.legacy(c, Dialect.MODEL, "mo")
+        await ann.leave()
+        closed_bob = await bob_heard.next(RoomClosed)
+        closed_cat = await cat_heard.next(RoomClosed)
+        self.assertEqual(closed_bob.reason, "the host left")
+        self.assertEqual(closed_cat.room, "lobby")
+        (told,) = await mo.collect(1, "mo is told the room closed")
+        self.assertEqual(told, MODEL_ROOM_CLOSED)
+        for node in (a, b, c):
+            await until(holds_nothing(node), f"node {node.name} holds and follows no room")
+        self.assertIsNone(await a.cluster.directory.room("lobby"))
+        # The name is free again, cluster-wide.
+        await self.native(b, "bob2", "lobby", create=True)
