@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
-from chatd.daemon.history import UNNUMBERED, Duplicate, DuplicateWindow, INumberedLater, Verdict, serve_repair
+from chatd.daemon.history import UNNUMBERED, Duplicate, DuplicateWindow, Verdict, serve_repair
+from chatd.daemon.interfaces import INumberedLater
 from chatd.daemon.rooms import Member, Room
 from chatd.daemon.sockaddr import Address
 from chatd.daemon.stats import DeliveryStats
@@ -151,6 +152,9 @@ class DeliveryRelay:
             # for the cost of a keepalive (so duplicates cannot flood).
             self.stats.duplicates += 1
             self._host.charge(member, 0)
+            if verdict.seq == UNNUMBERED:
+                # Its first copy is being stored (a cluster room): acknowledged once it is.
+                return
             self.send(member, FrameType.SENT, encode_sent(send.message_id, verdict.seq, verdict.time_ms))
         elif verdict is Verdict.STALE:
             # So late it cannot be told from a forgery: nothing to answer.
@@ -164,6 +168,8 @@ class DeliveryRelay:
             if seq == UNNUMBERED:
                 # A cluster room: the shared log numbers it, and the SENT
                 # waits until it is stored there (never before).
+                # Until then a copy sent again is a duplicate, not posted twice.
+                window.record(send.message_id, UNNUMBERED, time_ms)
                 later = INumberedLater(member.room.history).when_numbered()
                 later.addCallback(self._numbered, member, window, send.message_id, time_ms)
                 return
@@ -174,10 +180,14 @@ class DeliveryRelay:
         self, seq: int | None, member: Member, window: DuplicateWindow, message_id: int, time_ms: int
     ) -> None:
         """A cluster room's message got its number (None: it could not be stored, so no SENT)."""
-        if seq is None or member.window is not window:
-            # Not stored, or the member has gone: its client sends it again, or has left.
+        if seq is None:
+            # Not stored: nothing acknowledged, and the client's next copy is posted again.
+            window.forget(message_id)
             return
         window.record(message_id, seq, time_ms)
+        if member.window is not window:
+            # The member has gone (its window stays for a client that comes back).
+            return
         self.send(member, FrameType.SENT, encode_sent(message_id, seq, time_ms))
 
     def _repair(self, member: Member, body: bytes) -> None:

@@ -24,14 +24,11 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
 from enum import Enum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from zope.interface import Attribute, Interface, implementer
 
 from chatd.protocol.delivery import REPAIR_BATCH, SeqRange
-
-if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
 
 DUPLICATE_WINDOW = 128
 """
@@ -146,22 +143,8 @@ UNNUMBERED = 0
 What L{IHistory.append} answers for a message whose number comes later: a
 cluster room's messages are numbered by the shared room log
 (chatd.daemon.cluster), and no copy or SENT may carry a number before it is
-stored there (L{INumberedLater}).
+stored there (chatd.daemon.interfaces.INumberedLater).
 """
-
-
-class INumberedLater(IHistory):
-    """
-    A history whose L{IHistory.append} answers L{UNNUMBERED}: the message is
-    handed to a shared log that numbers it (and stores it) in its own time.
-    """
-
-    def when_numbered() -> Deferred[int | None]:
-        """
-        The number the message appended last gets, once the shared log stored
-        it; None when it could not be stored (nothing may acknowledge it).
-        Called right after that L{IHistory.append}, before any other.
-        """
 
 
 @implementer(IHistory)
@@ -370,6 +353,16 @@ class DuplicateWindow:
         slots[at + 2] = time_ms
         if message_id > self.highest:
             self.highest = message_id
+
+    def forget(self, message_id: int) -> None:
+        """
+        Forget C{message_id}, recorded while its number was not known (a
+        cluster room's message that could not be stored): its client's next
+        copy of it is new again.
+        """
+        slots, at = self._slots, 3 * (message_id % DUPLICATE_WINDOW)
+        if slots[at] == message_id:
+            slots[at] = 0
 
     def remembered(self) -> int:
         """How many ids in the window are remembered (for tests and debugging: it counts, in O(DUPLICATE_WINDOW))."""

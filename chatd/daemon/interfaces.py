@@ -216,6 +216,23 @@ class IRoomClaims(Interface):
         """
 
 
+class INumberedLater(Interface):
+    """
+    A room history (L{IHistory}) whose C{append} answers
+    C{chatd.daemon.history.UNNUMBERED}: the message is handed to a shared
+    log that numbers and stores it in its own time (a cluster room's,
+    chatd.daemon.cluster.store.SharedHistory). What numbers delivery
+    members' messages asks it for the number before acknowledging.
+    """
+
+    def when_numbered() -> Deferred[int | None]:
+        """
+        The number the message appended last gets, once the shared log stored
+        it; None when it could not be stored (nothing may acknowledge it).
+        Called right after that C{append}, before any other.
+        """
+
+
 class IClusterNode(Interface):
     """
     A node of a cluster (chatd.daemon.cluster.node.ClusterNode), handed to

@@ -35,9 +35,10 @@ the message is stored, never before.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,8 +50,8 @@ from chatd.daemon.cluster.envelope import NoticeKind as EnvelopeNoticeKind
 from chatd.daemon.cluster.envelope import Posted, RoomClosed
 from chatd.daemon.cluster.log import ClusterHistory, RedisUnavailableError, RoomLog, StaleEpochError
 from chatd.daemon.cluster.records import MemberRecord, RoomRecord, new_epoch
-from chatd.daemon.history import UNNUMBERED, Held, IHistory, INumberedLater
-from chatd.daemon.interfaces import IRoomClaims
+from chatd.daemon.history import UNNUMBERED, Held, IHistory
+from chatd.daemon.interfaces import INumberedLater, IRoomClaims
 from chatd.daemon.rooms import CloseReason, LeaveReason, Member, Room
 from chatd.daemon.settings import Settings
 from chatd.protocol.errors import (
@@ -86,7 +87,7 @@ class RoomFeeds(Protocol):
         """Tell the other nodes following C{room}."""
 
 
-@implementer(INumberedLater)
+@implementer(IHistory, INumberedLater)
 class SharedHistory:
     """
     A cluster room's history: read from the node's cache of the room log,
@@ -96,13 +97,17 @@ class SharedHistory:
     could not be.
     """
 
-    __slots__ = ("_failed", "_last_post", "cache", "log", "node", "room")
+    __slots__ = ("_failed", "_last_post", "cache", "connected", "log", "node", "room")
 
-    def __init__(self, cache: ClusterHistory, log: RoomLog, room: str, node: str) -> None:
+    def __init__(
+        self, cache: ClusterHistory, log: RoomLog, room: str, node: str, connected: Callable[[], bool]
+    ) -> None:
+        """@param connected: whether Redis is reachable now: while it is not, nothing is posted."""
         self.cache = cache
         self.log = log
         self.room = room
         self.node = node
+        self.connected = connected
         self._last_post: Deferred[int | None] = succeed(None)
         self._failed = False
 
@@ -127,7 +132,14 @@ class SharedHistory:
         return self.cache.byte_count
 
     def append(self, name: bytes, text: bytes, time_ms: int) -> int:
-        posting: Deferred[Any] = self.log.post(self.room, self.cache.epoch, name, text, time_ms, self.node)
+        posting: Deferred[Any]
+        if self.connected():
+            posting = self.log.post(self.room, self.cache.epoch, name, text, time_ms, self.node)
+        else:
+            # Not even queued on the connection: a post that went out once
+            # Redis is back, after its sender was told nothing, would be
+            # stored twice when the sender sends it again.
+            posting = fail(ClusterUnavailableError(UNAVAILABLE))
         self._last_post = posting.addCallbacks(self._stored, self._not_stored)
         return UNNUMBERED
 
@@ -200,6 +212,9 @@ class ClusterClaims:
         """Rooms being closed here because the cluster said so: nothing more to tell it."""
         self._pending: set[Deferred[Any]] = set()
 
+    def _connected(self) -> bool:
+        return self.feeds.connected
+
     # -- requests -----------------------------------------------------------------
 
     def check_available(self) -> None:
@@ -209,7 +224,7 @@ class ClusterClaims:
     def new_history(self, name: str) -> IHistory:
         settings = self.settings
         cache = ClusterHistory(new_epoch(), settings.history_messages, settings.history_bytes)
-        return SharedHistory(cache, self.log, name, self.node)
+        return SharedHistory(cache, self.log, name, self.node, self._connected)
 
     def claim(self, room: Room, host: Member) -> Deferred[None]:
         return Deferred.fromCoroutine(self._claim(room, host))
@@ -255,7 +270,7 @@ class ClusterClaims:
             name,
             record.password,
             native_only=record.native_only,
-            history=SharedHistory(cache, self.log, name, self.node),
+            history=SharedHistory(cache, self.log, name, self.node, self._connected),
             replica=True,
             remote_host=record.host,
         )

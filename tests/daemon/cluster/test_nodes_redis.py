@@ -1,0 +1,73 @@
+"""
+Redis stopped during a conversation, with real nodes and real clients:
+creates and joins are refused at once with one clear sentence (SERVER_FULL,
+cluster_unavailable), members on the same node go on chatting, nothing is
+acknowledged to a delivery member that was not stored; and once Redis is
+back (same port, same data), the nodes carry on by themselves: cross-node
+relaying resumes and what was kept back is stored and acknowledged.
+"""
+
+from __future__ import annotations
+
+from chatd.client.events import MessageReceived, MessageStateChanged
+from chatd.protocol.errors import Status
+from chatd.protocol.payloads import Dialect
+from tests.cluster_nodes import ClusterCase, refusal
+from tests.waiting import sleep, until
+
+
+class RedisOutageTests(ClusterCase):
+    timeout = 90
+
+    async def test_redis_stopped_and_back_during_a_conversation(self) -> None:
+        a, b = await self.nodes("a", "b")
+        ann, ann_heard = await self.native(a, "ann", create=True)
+        dee, dee_heard = await self.native(a, "dee", delivery=True)
+        mo = await self.legacy(a, Dialect.MODEL, "mo")
+        bob, bob_heard = await self.native(b, "bob")
+        ann.send("before")
+        await bob_heard.message("ann", "before")
+        await dee_heard.message("ann", "before")
+        await mo.collect(2, "mo hears of bob's join and ann's first words")
+        self.assertIn("ann: before", mo.texts)
+
+        self.redis.stop()
+        await until(lambda: not a.cluster.connected and not b.cluster.connected, "both nodes see Redis gone")
+        # Creates and joins are refused at once, with the reason.
+        created = await self.raw_create(a, "cy", "another")
+        status, message = refusal(created)
+        self.assertEqual(status, Status.SERVER_FULL)
+        self.assertIn("Redis", message)
+        joined = await self.raw_join(b, "dan", "lobby")
+        self.assertEqual(refusal(joined)[0], Status.SERVER_FULL)
+        # The members on one node go on: ann's words reach mo and its native neighbours at once.
+        mo.texts.clear()
+        ann.send("during")
+        await mo.collect(1, "mo hears ann while Redis is away")
+        self.assertEqual(mo.texts, ["ann: during"])
+        # A delivery member's message is relayed here but never acknowledged while it cannot be stored.
+        sent_while_away = dee.send("kept back")
+        await mo.collect(2, "mo hears dee while Redis is away")
+        await sleep(0.5)
+        acknowledged = [e.message_id for e in dee_heard.of(MessageStateChanged) if e.state == "sent"]
+        self.assertNotIn(sent_while_away, acknowledged)
+
+        self.redis.restart()
+        await until(lambda: a.cluster.connected and b.cluster.connected, "both nodes have Redis again", 15)
+        # Cross-node relaying resumes by itself.
+        ann.send("after")
+        await bob_heard.message("ann", "after", timeout=10)
+        bob.send("from b again")
+        await ann_heard.message("bob", "from b again", timeout=10)
+        # dee's message is sent again by its client, stored, and acknowledged now.
+        await until(
+            lambda: sent_while_away in [e.message_id for e in dee_heard.of(MessageStateChanged) if e.state == "sent"],
+            "dee's kept-back message acknowledged once Redis is back",
+            20,
+        )
+        await bob_heard.message("dee", "kept back", timeout=10)
+        await sleep(0.5)
+        self.assertEqual(bob_heard.messages_from("dee"), ["kept back"])
+        # Creates and joins work again.
+        await self.native(b, "dan", "another", create=True)
+        self.assertEqual([e.text for e in bob_heard.of(MessageReceived) if e.sender == "ann"][-1], "after")
