@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatd.daemon.cluster.bus import ClusterBus
@@ -123,6 +124,7 @@ class ClusterNode:
         closes wrote to Redis, then stop following rooms and stop the bus.
         """
         await self.claims.settle()
+        self.claims.stop()
         for room in list(self._watched.values()):
             self.unwatch(room)
         if self.bus.running:
@@ -138,6 +140,15 @@ class ClusterNode:
     def _bus_state(self, connected: bool) -> None:
         if connected:
             self._log.info("node {node}: Redis is back; rooms are followed again", node=self.name, event="redis_back")
+            self.claims.reconnected()
+            for room in list(self._watched.values()):
+                history = room.history
+                assert isinstance(history, SharedHistory)
+                history.post_held()
+            # The bus caught the messages up from the log; the notices of
+            # the outage are lost, so the member lists are read again.
+            for room in list(self._watched.values()):
+                Deferred.fromCoroutine(self.refresh_members(room)).addErrback(self._not_refreshed, room)
         else:
             self._log.warn(
                 "node {node}: Redis is lost: creates and joins are refused, messages are relayed on this node only",
@@ -181,6 +192,32 @@ class ClusterNode:
     def watched(self) -> list[str]:
         """The rooms this node follows (for tests and operators)."""
         return list(self._watched)
+
+    def _not_refreshed(self, failure: Failure, room: Room) -> None:
+        self._log.warn(
+            "node {node}: could not read room {room}'s members again: {error}",
+            node=self.name,
+            room=room.name,
+            error=failure.getErrorMessage(),
+        )
+
+    async def refresh_members(self, room: Room) -> None:
+        """
+        Read C{room}'s members on other nodes from the directory, and tell
+        the members here of the differences as of joins and leaves (after
+        Redis was away, when the notices of the outage were lost).
+        """
+        records = await self.directory.members(room.name)
+        server = self._server
+        if server is None or room.closed or self._watched.get(room.name) is not room:
+            return
+        elsewhere = {record.name for record in records if record.node != self.name}
+        for name in [name for name in room.remote_members if name not in elsewhere]:
+            server.presence_elsewhere(room.remote_members.pop(name), LeaveReason.LEFT)
+        for name in sorted(elsewhere):
+            if name not in room.remote_members and name not in room.members:
+                room.remote_members[name] = member = stand_in(room, name)
+                server.presence_elsewhere(member, None)
 
     # -- what the other nodes say ---------------------------------------------------------
 

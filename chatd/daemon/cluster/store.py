@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -50,7 +50,7 @@ from chatd.daemon.cluster.envelope import NoticeKind as EnvelopeNoticeKind
 from chatd.daemon.cluster.envelope import Posted, RoomClosed
 from chatd.daemon.cluster.log import ClusterHistory, RedisUnavailableError, RoomLog, StaleEpochError
 from chatd.daemon.cluster.records import MemberRecord, RoomRecord, new_epoch
-from chatd.daemon.history import UNNUMBERED, Held, IHistory
+from chatd.daemon.history import DEFAULT_HISTORY_MESSAGES, UNNUMBERED, Held, IHistory
 from chatd.daemon.interfaces import INumberedLater, IRoomClaims
 from chatd.daemon.rooms import CloseReason, LeaveReason, Member, Room
 from chatd.daemon.settings import Settings
@@ -66,6 +66,8 @@ from chatd.protocol.payloads import DELIVERY, Dialect, RoomRequest
 
 _log = Logger()
 
+WRITE_ATTEMPTS = 5
+"""Times a departure's or a close's write to Redis is tried while the bus says Redis is there."""
 UNAVAILABLE = "the cluster's shared state (Redis) cannot be reached: rooms cannot be created or joined now"
 """The one sentence a create, join or invitation is refused with while Redis is away."""
 
@@ -97,17 +99,29 @@ class SharedHistory:
     could not be.
     """
 
-    __slots__ = ("_failed", "_last_post", "cache", "connected", "log", "node", "room")
+    __slots__ = ("_failed", "_held", "_last_post", "cache", "connected", "log", "max_held", "node", "room")
 
     def __init__(
-        self, cache: ClusterHistory, log: RoomLog, room: str, node: str, connected: Callable[[], bool]
+        self,
+        cache: ClusterHistory,
+        log: RoomLog,
+        room: str,
+        node: str,
+        connected: Callable[[], bool],
+        max_held: int = DEFAULT_HISTORY_MESSAGES,
     ) -> None:
-        """@param connected: whether Redis is reachable now: while it is not, nothing is posted."""
+        """
+        @param connected: whether Redis is reachable now: while it is not, nothing is posted.
+        @param max_held: the most messages held while Redis is away; past it, they are not stored.
+        """
+        self.max_held = max_held
         self.cache = cache
         self.log = log
         self.room = room
         self.node = node
         self.connected = connected
+        self._held: list[tuple[bytes, bytes, int, Deferred[int]]] = []
+        """Messages appended while Redis was away, posted in order once it is back (L{post_held})."""
         self._last_post: Deferred[int | None] = succeed(None)
         self._failed = False
 
@@ -135,13 +149,28 @@ class SharedHistory:
         posting: Deferred[Any]
         if self.connected():
             posting = self.log.post(self.room, self.cache.epoch, name, text, time_ms, self.node)
+        elif len(self._held) < self.max_held:
+            # Held here, not queued on the connection: posted once Redis is
+            # back, and only then acknowledged (a delivery member's copies
+            # sent again meanwhile are duplicates of it, not new messages).
+            posting = Deferred()
+            self._held.append((name, text, time_ms, posting))
         else:
-            # Not even queued on the connection: a post that went out once
-            # Redis is back, after its sender was told nothing, would be
-            # stored twice when the sender sends it again.
             posting = fail(ClusterUnavailableError(UNAVAILABLE))
         self._last_post = posting.addCallbacks(self._stored, self._not_stored)
         return UNNUMBERED
+
+    def post_held(self) -> None:
+        """Redis is back: post what was appended while it was away, in order."""
+        held, self._held = self._held, []
+        for name, text, time_ms, waiting in held:
+            self.log.post(self.room, self.cache.epoch, name, text, time_ms, self.node).chainDeferred(waiting)
+
+    def drop_held(self) -> None:
+        """The room is closed here: what was held is never stored."""
+        held, self._held = self._held, []
+        for _, _, _, waiting in held:
+            waiting.errback(ClusterUnavailableError(UNAVAILABLE))
 
     def when_numbered(self) -> Deferred[int | None]:
         outcome: Deferred[int | None] = Deferred()
@@ -211,6 +240,9 @@ class ClusterClaims:
         self.closed_by_cluster: set[Room] = set()
         """Rooms being closed here because the cluster said so: nothing more to tell it."""
         self._pending: set[Deferred[Any]] = set()
+        self._unwritten: list[tuple[Callable[[], Any], int]] = []
+        """Departures and closes that Redis was away for, written again once it is back (L{reconnected})."""
+        self._retry: IDelayedCall | None = None
 
     def _connected(self) -> bool:
         return self.feeds.connected
@@ -224,7 +256,7 @@ class ClusterClaims:
     def new_history(self, name: str) -> IHistory:
         settings = self.settings
         cache = ClusterHistory(new_epoch(), settings.history_messages, settings.history_bytes)
-        return SharedHistory(cache, self.log, name, self.node, self._connected)
+        return SharedHistory(cache, self.log, name, self.node, self._connected, settings.history_messages)
 
     def claim(self, room: Room, host: Member) -> Deferred[None]:
         return Deferred.fromCoroutine(self._claim(room, host))
@@ -246,7 +278,7 @@ class ClusterClaims:
         try:
             await _unavailable_as_cluster(self.log.begin(room.name, epoch))
         except BaseException:
-            self._background(self.directory.release_room(room.name, epoch))
+            self._background(lambda: self.directory.release_room(room.name, epoch))
             raise
 
     def find(self, name: str) -> Deferred[Room | None]:
@@ -270,7 +302,7 @@ class ClusterClaims:
             name,
             record.password,
             native_only=record.native_only,
-            history=SharedHistory(cache, self.log, name, self.node, self._connected),
+            history=SharedHistory(cache, self.log, name, self.node, self._connected, settings.history_messages),
             replica=True,
             remote_host=record.host,
         )
@@ -321,7 +353,7 @@ class ClusterClaims:
                     outcome=outcome.value,
                 )
 
-        self._background(adding.addCallback(added))
+        self._background(lambda: adding.addCallback(added), again=False)
 
     def entered(self, member: Member) -> None:
         room = member.room
@@ -337,13 +369,16 @@ class ClusterClaims:
         if not room.replica and room.host is not None and room.host.name == name:
             self._release(room)
         else:
-            self._background(self.directory.remove_member(room.name, epoch, name, self.node))
+            self._background(lambda: self.directory.remove_member(room.name, epoch, name, self.node))
 
     def member_left(self, member: Member, reason: LeaveReason) -> None:
         room = member.room
         self._leave(room, member.name, reason)
 
     def room_closed(self, room: Room, members: list[Member], reason: CloseReason) -> None:
+        history = room.history
+        if isinstance(history, SharedHistory):
+            history.drop_held()
         if room in self.closed_by_cluster:
             self.closed_by_cluster.discard(room)
         elif room.replica:
@@ -358,6 +393,13 @@ class ClusterClaims:
 
     # -- the background --------------------------------------------------------------
 
+    def stop(self) -> None:
+        """The node stops: nothing more is tried again."""
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        self._unwritten.clear()
+
     def settle(self) -> Deferred[None]:
         """Fires once what departures and closes wrote to Redis so far is written (or failed)."""
         pending = list(self._pending)
@@ -365,32 +407,59 @@ class ClusterClaims:
 
     def _leave(self, room: Room, name: str, reason: LeaveReason) -> None:
         epoch = room.history.epoch
-        self._background(self.directory.remove_member(room.name, epoch, name, self.node))
+        self._background(lambda: self.directory.remove_member(room.name, epoch, name, self.node))
         kind = EnvelopeNoticeKind.TIMED_OUT if reason is LeaveReason.TIMED_OUT else EnvelopeNoticeKind.LEFT
         self._publish(room, NoticeEnvelope(room.name, epoch, kind, name, self.node, reason.value))
 
     def _release(self, room: Room) -> None:
         epoch = room.history.epoch
-        self._background(self.directory.release_room(room.name, epoch))
-        self._background(self.log.delete(room.name, epoch))
+        self._background(lambda: self.directory.release_room(room.name, epoch))
+        self._background(lambda: self.log.delete(room.name, epoch))
 
     def _publish(self, room: Room, envelope: NoticeEnvelope | RoomClosed) -> None:
-        self._background(self.feeds.publish(room, envelope))
+        self._background(lambda: self.feeds.publish(room, envelope))
 
-    def _background(self, work: Any) -> None:
-        """Track C{work} (a coroutine or a Deferred) until it ends; its failure is logged, never raised."""
-        running: Deferred[Any] = work if isinstance(work, Deferred) else Deferred.fromCoroutine(work)
+    def reconnected(self) -> None:
+        """
+        Redis is back: write what departures and closes could not write while
+        it was away (each write is idempotent: a member already gone, a room
+        already released, change nothing), in the order they happened.
+        """
+        unwritten, self._unwritten = self._unwritten, []
+        for work, attempts in unwritten:
+            self._background(work, attempts=attempts)
+
+    def _background(self, work: Callable[[], Any], *, again: bool = True, attempts: int = 0) -> None:
+        """
+        Run C{work} (making a coroutine or a Deferred) and track it until it
+        ends; its failure is logged, never raised. Unless C{again} is False,
+        what Redis was away for is kept for L{reconnected}: not even sent
+        while the node knows Redis is away (the connection would queue it
+        and send it late), and tried again a second later, at most
+        L{WRITE_ATTEMPTS} times, when it failed with the bus connected.
+        """
+        if again and not self.feeds.connected:
+            self._unwritten.append((work, attempts))
+            return
+        made = work()
+        running: Deferred[Any] = made if isinstance(made, Deferred) else Deferred.fromCoroutine(made)
         self._pending.add(running)
 
         def done(result: object) -> None:
             self._pending.discard(running)
-            if isinstance(result, Failure):
-                _log.warn(
-                    "node {node}: the cluster could not be told of a change: {error}",
-                    node=self.node,
-                    error=result.getErrorMessage(),
-                    event="cluster_write_failed",
-                )
+            if not isinstance(result, Failure):
+                return
+            if again and result.check(ClusterUnavailableError, RedisUnavailableError) and attempts + 1 < WRITE_ATTEMPTS:
+                self._unwritten.append((work, attempts + 1))
+                if self.feeds.connected and (self._retry is None or not self._retry.active()):
+                    self._retry = self.clock.callLater(1.0, self.reconnected)
+                return
+            _log.warn(
+                "node {node}: the cluster could not be told of a change: {error}",
+                node=self.node,
+                error=result.getErrorMessage(),
+                event="cluster_write_failed",
+            )
 
         running.addBoth(done)
 

@@ -4,12 +4,14 @@ creates and joins are refused at once with one clear sentence (SERVER_FULL,
 cluster_unavailable), members on the same node go on chatting, nothing is
 acknowledged to a delivery member that was not stored; and once Redis is
 back (same port, same data), the nodes carry on by themselves: cross-node
-relaying resumes and what was kept back is stored and acknowledged.
+relaying resumes, what was said meanwhile is stored (then acknowledged) and
+relayed to the other nodes in order, and the departures of the outage reach
+the directory and the other nodes.
 """
 
 from __future__ import annotations
 
-from chatd.client.events import MessageReceived, MessageStateChanged
+from chatd.client.events import MemberLeft, MessageStateChanged
 from chatd.protocol.errors import Status
 from chatd.protocol.payloads import Dialect
 from tests.cluster_nodes import ClusterCase, refusal
@@ -25,10 +27,11 @@ class RedisOutageTests(ClusterCase):
         dee, dee_heard = await self.native(a, "dee", delivery=True)
         mo = await self.legacy(a, Dialect.MODEL, "mo")
         bob, bob_heard = await self.native(b, "bob")
+        cat, _ = await self.native(b, "cat")
         ann.send("before")
         await bob_heard.message("ann", "before")
         await dee_heard.message("ann", "before")
-        await mo.collect(2, "mo hears of bob's join and ann's first words")
+        await mo.collect(3, "mo hears of bob's and cat's joins and ann's first words")
         self.assertIn("ann: before", mo.texts)
 
         self.redis.stop()
@@ -51,6 +54,8 @@ class RedisOutageTests(ClusterCase):
         await sleep(0.5)
         acknowledged = [e.message_id for e in dee_heard.of(MessageStateChanged) if e.state == "sent"]
         self.assertNotIn(sent_while_away, acknowledged)
+        # A member leaves while Redis is away: the cluster learns it once Redis is back.
+        await cat.leave()
 
         self.redis.restart()
         await until(lambda: a.cluster.connected and b.cluster.connected, "both nodes have Redis again", 15)
@@ -68,6 +73,13 @@ class RedisOutageTests(ClusterCase):
         await bob_heard.message("dee", "kept back", timeout=10)
         await sleep(0.5)
         self.assertEqual(bob_heard.messages_from("dee"), ["kept back"])
+        self.assertEqual(ann_heard.messages_from("dee"), ["kept back"])
+        await ann_heard.next(MemberLeft, lambda event: event.user == "cat", timeout=10)
+        self.assertEqual(
+            sorted(m.name for m in await a.cluster.directory.members("lobby")), ["ann", "bob", "dee", "mo"]
+        )
+        self.assertEqual(set(await ann.refresh_members()), {"ann", "bob", "dee", "mo"})
+        # What ann said while Redis was away was held, then stored and relayed: nothing lost, in order.
+        self.assertEqual(bob_heard.messages_from("ann"), ["before", "during", "after"])
         # Creates and joins work again.
         await self.native(b, "dan", "another", create=True)
-        self.assertEqual([e.text for e in bob_heard.of(MessageReceived) if e.sender == "ann"][-1], "after")
