@@ -93,6 +93,8 @@ class CloseReason(Enum):
     SERVER_STOPPING = "the server is shutting down"
     BROKEN = "the room lost its host"
     """Closed by L{RoomRegistry.expire}'s repair: a bug left the room without a live host."""
+    HOST_SERVER_STOPPED = "the host's server stopped"
+    """The host's node (another node of the cluster) stopped: the room closed with it."""
     NO_LOCAL_MEMBERS = "no member is left on this node"
     """A replica (a room another node holds) dropped by this node: the room goes on elsewhere."""
 

@@ -266,5 +266,8 @@ class ClusterNode:
             reason = CloseReason(closed.reason)
         except ValueError:
             reason = CloseReason.HOST_LEFT
+        if reason is CloseReason.SERVER_STOPPING:
+            # Not this server: its members are told the room closed, not that their server stops.
+            reason = CloseReason.HOST_SERVER_STOPPED
         self.claims.closed_by_cluster.add(room)
         server.store.close_room(room, reason)

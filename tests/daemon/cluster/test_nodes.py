@@ -136,3 +136,19 @@ class NodesTests(ClusterCase):
         self.assertIsNone(await a.cluster.directory.room("lobby"))
         # The name is free again, cluster-wide.
         await self.native(b, "bob2", "lobby", create=True)
+
+    async def test_a_stopping_node_closes_its_rooms_everywhere_and_leaves_the_others(self) -> None:
+        a, b = await self.nodes("a", "b")
+        ann, ann_heard = await self.native(a, "ann", "north", create=True)
+        await self.native(b, "bob", "north")
+        await self.native(b, "cy", "south", create=True)
+        _, dee_heard = await self.native(a, "dee", "south")
+        await b.stop()
+        # b hosted south: closed for dee on a, with the server's reason.
+        closed = await dee_heard.next(RoomClosed)
+        self.assertEqual((closed.room, closed.reason), ("south", "the host's server stopped"))
+        # bob was in north, hosted on a: north goes on, and ann hears bob leave.
+        await ann_heard.next(MemberLeft, lambda event: event.user == "bob")
+        self.assertIsNone(await a.cluster.directory.room("south"))
+        self.assertEqual([m.name for m in await a.cluster.directory.members("north")], ["ann"])
+        self.assertEqual(set(await ann.refresh_members()), {"ann"})
