@@ -93,6 +93,8 @@ class ClusterNode:
         self._server: ChatServer | None = None
         self._watched: dict[str, Room] = {}
         """The rooms whose channel this node follows, by name: those with members here."""
+        self._confirmed: set[Room] = set()
+        """The watched rooms whose subscription Redis confirmed."""
 
     # -- the life of the node ---------------------------------------------------------
 
@@ -171,6 +173,7 @@ class ClusterNode:
         subscribing = self.bus.subscribe(
             room.name, lambda envelope: self._received(room, envelope), epoch=history.epoch, since=history.latest
         )
+        subscribing.addCallback(lambda _: self._confirmed.add(room) if self._watched.get(room.name) is room else None)
         subscribing.addErrback(
             lambda failure: self._log.warn(
                 "node {node}: could not follow room {room}: {error}",
@@ -184,6 +187,7 @@ class ClusterNode:
         if self._watched.get(room.name) is not room:
             return
         del self._watched[room.name]
+        self._confirmed.discard(room)
         self.bus.unsubscribe(room.name).addErrback(lambda _: None)
 
     def publish(self, room: Room, envelope: NoticeEnvelope | RoomClosed) -> Deferred[Any]:
@@ -192,6 +196,11 @@ class ClusterNode:
     def watched(self) -> list[str]:
         """The rooms this node follows (for tests and operators)."""
         return list(self._watched)
+
+    def following(self, name: str) -> bool:
+        """Whether Redis confirmed this node's subscription to room C{name}'s channel."""
+        room = self._watched.get(name)
+        return room is not None and room in self._confirmed
 
     def _not_refreshed(self, failure: Failure, room: Room) -> None:
         self._log.warn(

@@ -141,8 +141,12 @@ class NodesTests(ClusterCase):
         a, b = await self.nodes("a", "b")
         ann, ann_heard = await self.native(a, "ann", "north", create=True)
         await self.native(b, "bob", "north")
-        await self.native(b, "cy", "south", create=True)
+        cy, _ = await self.native(b, "cy", "south", create=True)
         _, dee_heard = await self.native(a, "dee", "south")
+        # a follows south from now on (a room closed before would be told as closed while a was away).
+        await until(lambda: a.cluster.following("south") and b.cluster.following("north"), "a and b follow")
+        cy.send("bye")
+        await dee_heard.message("cy", "bye")
         await b.stop()
         # b hosted south: closed for dee on a, with the server's reason.
         closed = await dee_heard.next(RoomClosed)
