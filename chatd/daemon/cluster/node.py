@@ -45,6 +45,7 @@ from chatd.daemon.cluster.envelope import Envelope, Posted, RoomClosed
 from chatd.daemon.cluster.envelope import Notice as NoticeEnvelope
 from chatd.daemon.cluster.envelope import NoticeKind as EnvelopeNoticeKind
 from chatd.daemon.cluster.log import RoomLog
+from chatd.daemon.cluster.records import ReapReport
 from chatd.daemon.cluster.store import ClusterClaims, SharedHistory, stand_in
 from chatd.daemon.interfaces import IClusterNode
 from chatd.daemon.rooms import CloseReason, LeaveReason, Room
@@ -227,6 +228,27 @@ class ClusterNode:
             if name not in room.remote_members and name not in room.members:
                 room.remote_members[name] = member = stand_in(room, name)
                 server.presence_elsewhere(member, None)
+
+    async def announce_reaped(self, report: ReapReport) -> None:
+        """
+        Tell every node what a reap (or an eviction) removed, as the dead
+        node would have: a LEFT notice for each member removed, a closing for
+        each room released (its log deleted), so that their members here
+        and elsewhere are told and the lists follow. Call it with what
+        L{RoomDirectory.reap} answered, on the node that reaped.
+        """
+        for member in report.members:
+            if member.was_host:
+                continue
+            left = NoticeEnvelope(
+                member.room, member.epoch, EnvelopeNoticeKind.LEFT, member.name, member.node, LeaveReason.LEFT.value
+            )
+            await self.bus.publish(member.room, left)
+        for released in report.rooms:
+            reason = CloseReason.HOST_SERVER_STOPPED.value
+            closed = RoomClosed(released.name, released.epoch, self.name, reason, released.host)
+            await self.bus.publish(released.name, closed)
+            await self.log.delete(released.name, released.epoch)
 
     # -- what the other nodes say ---------------------------------------------------------
 

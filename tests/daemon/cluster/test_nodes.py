@@ -13,7 +13,7 @@ from collections.abc import Callable
 from chatd.client.events import MemberJoined, MemberLeft, MessageReceived, RoomClosed
 from chatd.protocol.payloads import MODEL_ROOM_CLOSED, Dialect
 from tests.cluster_nodes import ClusterCase, TestNode
-from tests.waiting import Recorder, until
+from tests.waiting import Recorder, bounded, until
 
 
 def shown(heard: Recorder) -> list[tuple[str, str]]:
@@ -156,3 +156,22 @@ class NodesTests(ClusterCase):
         self.assertIsNone(await a.cluster.directory.room("south"))
         self.assertEqual([m.name for m in await a.cluster.directory.members("north")], ["ann"])
         self.assertEqual(set(await ann.refresh_members()), {"ann"})
+
+    async def test_a_dead_nodes_members_and_rooms_reaped_are_told_everywhere(self) -> None:
+        a, b = await self.nodes("a", "b")
+        ann, ann_heard = await self.native(a, "ann", "north", create=True)
+        await self.native(b, "bob", "north")
+        await self.native(b, "cy", "south", create=True)
+        _, dee_heard = await self.native(a, "dee", "south")
+        await until(lambda: a.cluster.following("south"), "a follows south")
+        # b dies as far as Redis can tell: it writes nothing more (its bus is gone, so its writes are held).
+        await bounded(b.cluster.bus.stopService(), "b's bus stops")
+        report = await a.cluster.directory.evict_node("b")
+        self.assertEqual([member.name for member in report.members if not member.was_host], ["bob"])
+        self.assertEqual([room.name for room in report.rooms], ["south"])
+        await a.cluster.announce_reaped(report)
+        await ann_heard.next(MemberLeft, lambda event: event.user == "bob")
+        closed = await dee_heard.next(RoomClosed)
+        self.assertEqual((closed.room, closed.reason), ("south", "the host's server stopped"))
+        self.assertEqual(await ann.refresh_members(), ("ann",))
+        await until(lambda: [room.name for room in a.server.store.rooms()] == ["north"], "a holds north alone")
