@@ -1,7 +1,8 @@
 """
 Assembly: the MultiService that twistd runs.
 
-Children, in start order: the UDP relay, the TCP listener (and the TLS one,
+Children, in start order: the node's part in the cluster (with --redis:
+chatd.daemon.cluster.service), the UDP relay, the TCP listener (and the TLS one,
 with a certificate), the metrics endpoint (when asked for), the idle sweep and
 the stats log line (each a TimerService at its own interval), and the shutdown
 hook. MultiService stops them in reverse, so on SIGTERM members are told and
@@ -38,6 +39,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from typing_extensions import override
 
+from chatd.daemon.cluster.redis_url import parse_redis_url
+from chatd.daemon.cluster.service import ClusterService
 from chatd.daemon.controller import ChatServer
 from chatd.daemon.fastudp import BatchedUDPPort
 from chatd.daemon.malloc import return_large_blocks_to_the_system
@@ -193,6 +196,15 @@ class ChatService(MultiService):
     def tls_port(self) -> int | None:
         """The TLS port, or None when the daemon has no certificate."""
         return self._listener("tls").port_number if self.tls is not None else None
+
+    @property
+    def cluster(self) -> ClusterService | None:
+        """The node's part in the cluster (--redis), or None when it runs alone."""
+        if self.server.settings.redis is None:
+            return None
+        service = self.getServiceNamed("cluster")
+        assert isinstance(service, ClusterService)
+        return service
 
     @property
     def metrics_port(self) -> int | None:
@@ -353,6 +365,11 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
         return IReactorTCP(reactor).listenTCP(settings.tcp_port, server.tcp_factory, 1024, settings.interface)
 
     children: list[tuple[str, Service]] = [("udp", ListeningService(listen_udp)), ("tcp", ListeningService(listen_tcp))]
+    if settings.redis is not None:
+        # First to start and last to stop: the node is in the cluster before
+        # it takes requests, and stays in it while members are told goodbye.
+        cluster = ClusterService(parse_redis_url(settings.redis), settings.node_name, reactor)
+        children.insert(0, ("cluster", cluster))
     if tls is not None:
         options = tls.options
 

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, TypeVar, get_type_hints
 
 from chatd.daemon import ratelimit
+from chatd.daemon.cluster.redis_url import parse_redis_url
 from chatd.daemon.fastudp import HAVE_MMSG
 from chatd.daemon.history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MESSAGES, DEFAULT_HISTORY_ON_JOIN
 from chatd.daemon.passwords import DEFAULT_COST
@@ -35,6 +38,9 @@ UDP_IO_CHOICES = ("batched", "twisted")
 """How the UDP port does its I/O: chatd's own batching port (chatd.daemon.fastudp), or Twisted's stock one."""
 DEFAULT_UDP_IO = "batched" if HAVE_MMSG else "twisted"
 """Batched where recvmmsg/sendmmsg exist (Linux); elsewhere the stock port, which is as fast as a plain loop."""
+
+MAX_NODE_NAME = 100
+"""The longest node name (--node): it is in Redis keys and in every member's record."""
 
 _T = TypeVar("_T")
 
@@ -86,6 +92,24 @@ def name_length(option: str, value: int) -> str | None:
 
 def power_of_two(option: str, value: int) -> str | None:
     return None if value >= 2 and not value & (value - 1) else f"{option} must be a power of 2"
+
+
+def redis_url(option: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_redis_url(value)
+    except ValueError as error:
+        return f"{option}: {error}"
+    return None
+
+
+def node_name(option: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_NODE_NAME or not value.isprintable() or any(c.isspace() for c in value):
+        return f"{option} must be 1 to {MAX_NODE_NAME} printable characters without spaces"
+    return None
 
 
 def one_of(*choices: str) -> Check:
@@ -319,6 +343,22 @@ class Settings:
         DEFAULT_HISTORY_ON_JOIN, "Messages of history offered to a member as it enters (0: none).", check=not_negative
     )
     """How many of the latest messages held a member with the delivery feature is offered as it enters a room."""
+    redis: str | None = setting(
+        None,
+        "Keep rooms in Redis and relay with the other nodes using it: redis://HOST:PORT/DB"
+        " (docs/cluster.md); off unless given.",
+        check=redis_url,
+    )
+    """Where the cluster's Redis is; None runs one node with everything in memory."""
+    node: str | None = setting(
+        None, "This node's name in the cluster (with --redis); HOST:PID unless given.", check=node_name
+    )
+    """This node's name in Redis; None means the host name and the process id (L{Settings.node_name})."""
+
+    @property
+    def node_name(self) -> str:
+        """The node's name in the cluster: --node, or this host's name and the process id."""
+        return self.node if self.node is not None else f"{socket.gethostname()}:{os.getpid()}"
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> Settings:
@@ -364,6 +404,8 @@ class Settings:
                 f" silent members would stay up to {self.idle_timeout + self.sweep_interval:g} s;"
                 " lower --sweep-interval"
             )
+        if self.node is not None and self.redis is None:
+            return "--node names this daemon in a cluster: it needs --redis"
         if self.message_burst < 1:
             return f"--message-burst {self.message_burst:g} is less than 1: no member could ever send a message"
         if self.byte_burst < MAX_DATAGRAM:
