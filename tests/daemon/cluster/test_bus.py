@@ -31,8 +31,8 @@ from chatd.daemon.cluster.envelope import (
     room_channel,
     with_seq,
 )
-from chatd.daemon.cluster.log import RedisUnavailableError, RoomLog
-from chatd.daemon.history import RoomHistory
+from chatd.daemon.cluster.log import ClusterHistory, RedisUnavailableError, RoomLog
+from chatd.daemon.history import Held, RoomHistory, serve_repair
 from tests.redis_server import RedisServer, _free_port
 from tests.waiting import CLOCK, bounded, sleep, until
 
@@ -69,6 +69,15 @@ class Node:
 
     async def subscribe(self, room: str = "lobby", **options: Any) -> None:
         await bounded(self.bus.subscribe(room, self.handler(room), **options), f"{self.name} subscribes to {room}")
+
+
+def RoomHistoryOf(held: Held) -> RoomHistory:  # noqa: N802 (reads as the class it makes)
+    """A memory ring holding exactly C{held}, to compare repairs with."""
+    history = RoomHistory(max_messages=max(1, len(held.entries)), epoch=EPOCH)
+    history.latest = held.oldest - 1
+    for entry in held.entries:
+        history.append(entry.name, entry.text, entry.time_ms)
+    return history
 
 
 class BusTests(TestCase):
@@ -185,6 +194,32 @@ class BusTests(TestCase):
         # The 20 from the log, and the one after too if the log was read after it was posted.
         self.assertIn(away.bus.stats.resynced - resynced, (20, 21))
         self.assertEqual((away.bus.stats.disconnects, away.bus.stats.reconnects), (1, 1))
+
+    async def test_a_cache_fed_by_the_bus_holds_what_the_log_holds(self) -> None:
+        """The integration the log's module describes: load, subscribe since, feed; through an outage."""
+        for index in range(30):
+            await bounded(self.a.post(f"early {index}"), "a post")
+        node = await self.node("c", min_delay=0.3, max_delay=0.3)
+        cache = await bounded(ClusterHistory.load(node.log, "lobby", EPOCH, max_messages=100), "the cache")
+        self.assertEqual(cache.latest, 30)
+        # Posted between the load and the subscription: the subscription's catch-up brings them.
+        posting = gatherResults([self.a.post(f"racing {index}") for index in range(20)])
+
+        def feed(envelope: Envelope) -> None:
+            if isinstance(envelope, Posted):
+                cache.receive(envelope)
+
+        await bounded(node.bus.subscribe("lobby", feed, epoch=EPOCH, since=cache.latest), "subscribe since")
+        await bounded(posting, "20 posts")
+        # (Had c not had 31..50 before going away, the 100 posts would push some out of the log: a gap.)
+        await until(lambda: cache.latest == 50, "c's cache at 50")
+        node.bus._protocol.transport.abortConnection()
+        await bounded(gatherResults([self.a.post(f"away {index}") for index in range(100)]), "100 posts")
+        await until(lambda: node.bus.connected and cache.latest == 150, f"the cache at 150: {cache!r}")
+        held = await bounded(self.b.log.range("lobby", EPOCH, 1, 150), "the log")
+        self.assertEqual(cache.range(1, 150), held)
+        self.assertEqual((cache.oldest, cache.gaps), (51, 0))
+        self.assertEqual(serve_repair(cache, 1, 200), serve_repair(RoomHistoryOf(held), 1, 200))
 
     async def test_a_room_closed_while_away_is_handed_over_closed(self) -> None:
         away = await self.node("c", min_delay=0.5, max_delay=0.5)
