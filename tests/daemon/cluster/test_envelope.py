@@ -1,0 +1,163 @@
+"""
+Tests for chatd.daemon.cluster.envelope: every kind of envelope survives a
+round trip (hypothesis), the log's sequence-number splice is the encoding
+with that number, and bytes that are not an envelope of this version give
+one clear EnvelopeError, never another exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from chatd.daemon.cluster.envelope import (
+    SEQ_OFFSET,
+    SEQ_SIZE,
+    VERSION,
+    Envelope,
+    EnvelopeError,
+    Notice,
+    NoticeKind,
+    Posted,
+    RoomClosed,
+    decode,
+    encode,
+    posted_template,
+    room_channel,
+    with_seq,
+)
+from chatd.daemon.history import HistoryEntry
+from chatd.protocol.errors import ChatError
+
+EPOCH = "0123456789abcdef"
+
+epochs = st.text("0123456789abcdef", min_size=16, max_size=16)
+names = st.text(max_size=40)
+u64 = st.integers(0, 2**64 - 1)
+
+posted = st.builds(
+    Posted,
+    room=names,
+    epoch=epochs,
+    seq=u64,
+    time_ms=u64,
+    name=st.binary(max_size=255),
+    text=st.binary(max_size=5000),
+    origin=names,
+    client=names,
+    message_id=u64,
+)
+notices = st.builds(
+    Notice,
+    room=names,
+    epoch=epochs,
+    kind=st.sampled_from(NoticeKind),
+    member=names,
+    origin=names,
+    reason=names,
+    members=st.none() | st.lists(names, max_size=20).map(tuple),
+    host=st.none() | names.filter(bool),
+)
+closes = st.builds(RoomClosed, room=names, epoch=epochs, origin=names, reason=names, member=names)
+envelopes: st.SearchStrategy[Envelope] = posted | notices | closes
+
+
+def a_message(seq: int = 7) -> Posted:
+    return Posted("lobby", EPOCH, seq, 1_700_000_000_000, b"ann", "hé".encode(), "node-a", "c1", 3)
+
+
+class RoundTrips(SynchronousTestCase):
+    @given(envelopes)
+    def test_every_envelope_decodes_to_itself(self, envelope: Envelope) -> None:
+        data = encode(envelope)
+        self.assertEqual(data[0], VERSION)
+        self.assertEqual(decode(data), envelope)
+
+    @given(posted, st.integers(1, 2**64 - 1))
+    def test_the_logs_splice_is_the_encoding_with_that_number(self, message: Posted, seq: int) -> None:
+        template = posted_template(message)
+        self.assertEqual(template[SEQ_OFFSET : SEQ_OFFSET + SEQ_SIZE], bytes(SEQ_SIZE))
+        numbered = with_seq(template, seq)
+        self.assertEqual(decode(numbered), dataclasses.replace(message, seq=seq))
+
+    def test_a_posted_message_is_a_history_entry(self) -> None:
+        self.assertEqual(a_message(9).entry(), HistoryEntry(9, 1_700_000_000_000, b"ann", "hé".encode()))
+
+    def test_channel_names_the_prefix_and_the_room(self) -> None:
+        self.assertEqual(room_channel("chatd", "lobby"), b"chatd:room:lobby")
+        self.assertNotEqual(room_channel("staging", "lobby"), room_channel("chatd", "lobby"))
+
+
+class Refusals(SynchronousTestCase):
+    def refused(self, data: bytes, says: str) -> None:
+        with self.assertRaises(EnvelopeError) as caught:
+            decode(data)
+        self.assertIn(says, str(caught.exception))
+        self.assertIsInstance(caught.exception, ChatError)
+
+    def test_too_short(self) -> None:
+        self.refused(b"", "too short")
+        self.refused(bytes([VERSION]), "too short")
+
+    def test_another_version(self) -> None:
+        data = encode(a_message())
+        self.refused(bytes([VERSION + 1]) + data[1:], f"version {VERSION + 1}")
+
+    def test_unknown_kind(self) -> None:
+        self.refused(bytes([VERSION, 99]), "kind 99")
+
+    def test_truncated(self) -> None:
+        data = encode(a_message())
+        for length in range(2, len(data)):
+            self.refused(data[:length], "truncated")
+
+    def test_trailing_bytes(self) -> None:
+        self.refused(encode(a_message()) + b"x", "1 bytes after its end")
+
+    def test_text_that_is_not_utf8(self) -> None:
+        data = encode(RoomClosed("lobby", EPOCH, "node-a"))
+        # The room is the first str16 after the fixed part (2 + 8 bytes): "lobby" -> "\xffobby".
+        self.refused(data[:12] + b"\xff" + data[13:], "not UTF-8")
+
+    def test_unknown_notice_kind_and_flag(self) -> None:
+        data = bytearray(encode(Notice("lobby", EPOCH, NoticeKind.JOINED, "ann", "node-a")))
+        data[10] = 77
+        self.refused(bytes(data), "notice kind 77")
+        data[10], data[11] = NoticeKind.JOINED.value, 2
+        self.refused(bytes(data), "flag is 2")
+
+    @given(st.binary(max_size=200))
+    def test_any_bytes_decode_or_raise_envelope_error(self, data: bytes) -> None:
+        with contextlib.suppress(EnvelopeError):
+            decode(data)
+
+    @given(envelopes, st.data())
+    def test_any_damage_decodes_or_raises_envelope_error(self, envelope: Envelope, data: st.DataObject) -> None:
+        encoded = bytearray(encode(envelope))
+        at = data.draw(st.integers(0, len(encoded) - 1))
+        encoded[at] = data.draw(st.integers(0, 255))
+        with contextlib.suppress(EnvelopeError):
+            decode(bytes(encoded))
+
+
+class EncodingRefusals(SynchronousTestCase):
+    def test_an_epoch_that_is_not_16_hex_characters(self) -> None:
+        for epoch in ("", "0123456789ABCDEF", "0123456789abcde", "0123456789abcdefa"):
+            with self.assertRaises(ValueError):
+                encode(RoomClosed("lobby", epoch, "node-a"))
+
+    def test_numbers_out_of_range(self) -> None:
+        with self.assertRaises(ValueError):
+            encode(Posted("lobby", EPOCH, 2**64, 0, b"a", b"b", "n"))
+        with self.assertRaises(ValueError):
+            encode(Posted("lobby", EPOCH, 1, -1, b"a", b"b", "n"))
+        with self.assertRaises(ValueError):
+            with_seq(posted_template(a_message()), 0)
+
+    def test_a_name_too_long(self) -> None:
+        with self.assertRaises(ValueError):
+            encode(Posted("lobby", EPOCH, 1, 0, b"a" * 70_000, b"b", "n"))
