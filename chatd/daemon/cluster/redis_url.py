@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import txredisapi
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import HostnameEndpoint
@@ -169,6 +168,10 @@ async def connect(url: str | RedisURL, reactor: IReactorTime, timeout: float) ->
     transport = getattr(probe, "transport", None)
     if transport is not None:
         transport.loseConnection()
+
+    # Imported here, not at the top: importing txredisapi installs the
+    # global reactor, and the settings import this module to check --redis.
+    import txredisapi
 
     factory = txredisapi.RedisFactory(
         f"{where.host}:{where.port}",

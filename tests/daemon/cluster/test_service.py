@@ -8,6 +8,8 @@ reaper removing a dead node's members. Against a real redis-server.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
@@ -60,6 +62,14 @@ class StartTests(SynchronousTestCase):
         self.assertIsNone(probe_redis(parse_redis_url(server.url), 2.0))
         url = parse_redis_url(f"redis://127.0.0.1:{server.port}/99")
         self.assertEqual(probe_redis(url, 2.0), f"cannot use Redis at {url}: ERR DB index is out of range")
+
+    def test_the_plugin_installs_no_reactor_on_import(self) -> None:
+        # txredisapi installs the global reactor when imported: the settings
+        # (which check --redis) and the plugin must not, or twistd's
+        # --reactor could no longer choose one.
+        check = "import sys, chatd.daemon.tap; sys.exit('twisted.internet.reactor' in sys.modules)"
+        done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=30, check=False)
+        self.assertEqual(done.returncode, 0, done.stderr or "importing chatd.daemon.tap installed the reactor")
 
     def test_the_node_name_defaults_to_host_and_pid(self) -> None:
         name = Settings(redis="redis://127.0.0.1").node_name
