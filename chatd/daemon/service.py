@@ -207,6 +207,11 @@ class ChatService(MultiService):
         return service
 
     @property
+    def web_port(self) -> int | None:
+        """The web page's port (--web-port), or None when it is off."""
+        return self._listener("web").port_number if self.server.settings.web_port is not None else None
+
+    @property
     def metrics_port(self) -> int | None:
         """The metrics endpoint's port, or None when it is off."""
         return self._listener("metrics").port_number if self.server.settings.metrics_port is not None else None
@@ -246,6 +251,13 @@ class ChatService(MultiService):
             tcp_port=self.tcp_port,
             udp_port=self.udp_port,
         )
+        web_port = self.web_port
+        if web_port is not None:
+            scheme = "https" if self.tls is not None else "http"
+            host = f"[{settings.interface}]" if ":" in settings.interface else settings.interface
+            self._log.info(
+                "chat in a browser at {url}", event="web", url=f"{scheme}://{host}:{web_port}/", web_port=web_port
+            )
         metrics_port = self.metrics_port
         if metrics_port is not None:
             self._log.info(
@@ -395,6 +407,8 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
             )
 
         children.append(("metrics", ListeningService(listen_metrics)))
+    if settings.web_port is not None:
+        children.append(("web", ListeningService(_web_listener(server, settings, tls, reactor))))
     children += [
         ("sweeper", _every(server.settings.sweep_interval, server.sweep, reactor)),
         ("stats", _every(server.settings.stats_interval, server.log_stats, reactor)),
@@ -404,6 +418,33 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
         child.setName(name)
         child.setServiceParent(top)
     return top
+
+
+def _web_listener(
+    server: ChatServer, settings: Settings, tls: ServerCertificate | None, reactor: Any
+) -> Callable[[], IListeningPort]:
+    """
+    Listening on --web-port: the page and its WebSocket (chatd.daemon.web),
+    over TLS (https and wss) when the daemon has a certificate. Imported
+    only when asked for, as autobahn is not needed otherwise.
+    """
+    from chatd.daemon.web.gateway import WebGateway
+    from chatd.daemon.web.site import web_site
+
+    gateway = WebGateway(
+        server.store, server.relay, server.tcp_factory, reactor, settings, secure=tls is not None, reactor=reactor
+    )
+    port = settings.web_port
+    assert port is not None
+
+    def listen_web() -> IListeningPort:
+        site = web_site(gateway)
+        # Site is a ServerFactory[_GenericHTTPChannelProtocol], as for the metrics: a typing wart.
+        if tls is not None:
+            return IReactorSSL(reactor).listenSSL(port, site, tls.options, 1024, settings.interface)
+        return IReactorTCP(reactor).listenTCP(port, site, 1024, settings.interface)  # type: ignore[arg-type]
+
+    return listen_web
 
 
 def _every(interval: float, work: Callable[[], None], clock: Any) -> TimerService:
