@@ -66,9 +66,15 @@ by autobahn before it is buffered whole (close code 1009).
 WEBSOCKET_PATH = b"ws"
 """The WebSocket's path on the site: C{/ws}."""
 CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_UNSUPPORTED = 1003
-CLOSE_INTERNAL = 1011
+"""The room is over for this page (it left, or the room closed): the page does not reconnect."""
+# What the gateway closes with otherwise: autobahn lets an application send
+# 1000 or 3000 to 4999 only, so these are the standard codes plus 3000.
+CLOSE_UNSUPPORTED = 4003
+"""A binary message: the page speaks text (as 1003)."""
+CLOSE_POLICY = 4008
+"""A message that could not be read, or no room entered in time (as 1008)."""
+CLOSE_INTERNAL = 4011
+"""A bug of ours (as 1011)."""
 _MEMBERSHIP_NOTICES = (NoticeKind.MEMBER_JOINED, NoticeKind.MEMBER_LEFT, NoticeKind.TIMED_OUT)
 """The notices after which the member list is pushed again."""
 
