@@ -22,7 +22,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -50,6 +50,9 @@ from chatd.daemon.rooms import HashRunner
 from chatd.daemon.server_tls import ServerCertificate, load_server_certificate
 from chatd.daemon.settings import Settings
 from chatd.protocol.datagrams import MAX_DATAGRAM
+
+if TYPE_CHECKING:
+    from chatd.daemon.web.gateway import WebGateway
 
 try:
     import resource as _resource
@@ -182,6 +185,8 @@ class ChatService(MultiService):
         super().__init__()
         self.server = server
         self.tls = tls
+        self.web: WebGateway | None = None
+        """The browser gateway of --web-port (its connections and counters), or None when it is off."""
         self._log_observer = log_observer
 
     @property
@@ -408,7 +413,8 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
 
         children.append(("metrics", ListeningService(listen_metrics)))
     if settings.web_port is not None:
-        children.append(("web", ListeningService(_web_listener(server, settings, tls, reactor))))
+        top.web, listen_web = _web_listener(server, settings, tls, reactor)
+        children.append(("web", ListeningService(listen_web)))
     children += [
         ("sweeper", _every(server.settings.sweep_interval, server.sweep, reactor)),
         ("stats", _every(server.settings.stats_interval, server.log_stats, reactor)),
@@ -422,9 +428,9 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
 
 def _web_listener(
     server: ChatServer, settings: Settings, tls: ServerCertificate | None, reactor: Any
-) -> Callable[[], IListeningPort]:
+) -> tuple[WebGateway, Callable[[], IListeningPort]]:
     """
-    Listening on --web-port: the page and its WebSocket (chatd.daemon.web),
+    The gateway, and listening on --web-port: the page and its WebSocket (chatd.daemon.web),
     over TLS (https and wss) when the daemon has a certificate. Imported
     only when asked for, as autobahn is not needed otherwise.
     """
@@ -444,7 +450,7 @@ def _web_listener(
             return IReactorSSL(reactor).listenSSL(port, site, tls.options, 1024, settings.interface)
         return IReactorTCP(reactor).listenTCP(port, site, 1024, settings.interface)  # type: ignore[arg-type]
 
-    return listen_web
+    return gateway, listen_web
 
 
 def _every(interval: float, work: Callable[[], None], clock: Any) -> TimerService:

@@ -183,7 +183,7 @@ class RoomTests(GatewayCase):
         self.assertEqual((was_clean, code), (True, 1000))
 
     async def test_closing_the_page_leaves_the_room(self) -> None:
-        native, heard = await self.native("shut", "nat", create=True)
+        native, _ = await self.native("shut", "nat", create=True)
         page = await self.page()
         await page.enter("shut", "webby")
         await until(lambda: native.members == ("nat", "webby"), "webby in nat's member list")
@@ -230,13 +230,8 @@ class LimitTests(GatewayCase):
         self.assertIsNotNone(await self.page())
 
     def _gateway_connections(self) -> int:
-        from chatd.daemon.web.gateway import WebGateway
-
-        sites = [child for child in self.service if getattr(child, "name", "") == "web"]
-        port = sites[0].port  # type: ignore[attr-defined]
-        gateway = port.factory.resource.children[b"ws"]._factory
-        assert isinstance(gateway, WebGateway)
-        return len(gateway.connections)
+        assert self.service.web is not None
+        return len(self.service.web.connections)
 
     async def test_origin_is_checked(self) -> None:
         for origin in ("http://evil.example", None, f"https://127.0.0.1:{self.web_port}"):
