@@ -28,8 +28,9 @@ STATIC_FILES: dict[bytes, tuple[str, bytes]] = {
     b"": ("index.html", b"text/html; charset=utf-8"),
     b"chat.css": ("chat.css", b"text/css; charset=utf-8"),
     b"chat.js": ("chat.js", b"text/javascript; charset=utf-8"),
+    b"favicon.svg": ("favicon.svg", b"image/svg+xml"),
 }
-"""The page's files by path (C{/}, C{/chat.css}, C{/chat.js}): the file in chatd/daemon/web/static and its type."""
+"""The page's files by path (C{/}, C{/chat.css}, ...): the file in chatd/daemon/web/static and its type."""
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 """A Host header that may be written into the policy: a name or address and a port, nothing else."""
 
