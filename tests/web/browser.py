@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.remote.webdriver import WebDriver
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -57,7 +57,7 @@ def start_chromium(width: int = 1000, height: int = 700) -> tuple[WebDriver, Cal
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     try:
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        driver: WebDriver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     except BaseException:
         shutil.rmtree(profile, ignore_errors=True)
         raise
