@@ -132,13 +132,34 @@ class ChatPage:
         self.type_keys(Keys.TAB, room, Keys.ENTER)
 
     def join(self, room: str, password: str | None = None, invite: str | None = None) -> None:
-        self.driver.find_element(By.CSS_SELECTOR, "input[name=action][value=join]").click()
-        self.driver.find_element(By.ID, "room").send_keys(room)
-        if password:
-            self.driver.find_element(By.ID, "password").send_keys(password)
-        if invite:
-            self.driver.find_element(By.ID, "invite").send_keys(invite)
+        self._room_form("join", room, password, invite)
+
+    def create(self, room: str, password: str | None = None) -> None:
+        self._room_form("create", room, password, None)
+
+    def _room_form(self, action: str, room: str, password: str | None, invite: str | None) -> None:
+        self.driver.find_element(By.CSS_SELECTOR, f"input[name=action][value={action}]").click()
+        fields = (("room", room), ("password", password), ("invite", invite if action == "join" else None))
+        for field, value in fields:
+            element = self.driver.find_element(By.ID, field)
+            if element.is_displayed():
+                element.clear()
+                if value:
+                    element.send_keys(value)
         self.driver.find_element(By.ID, "enter").click()
+
+    def invitation(self) -> str:
+        """The last invitation token the page shows (after /invite), or ""."""
+        token = self.driver.execute_script(
+            'const codes = document.querySelectorAll("code.invite");'
+            ' return codes.length ? codes[codes.length - 1].textContent : "";'
+        )
+        return str(token)
+
+    def error(self) -> str:
+        """The one-sentence error shown above the steps, if any."""
+        element = self.driver.find_element(By.ID, "error")
+        return element.text if element.is_displayed() else ""
 
     def state(self) -> str:
         return str(self.driver.find_element(By.ID, "state").get_attribute("data-state"))

@@ -199,3 +199,60 @@ class BrowserEndToEndTests(SynchronousTestCase):
             self.assertEqual(page.console_errors(), [])
         # Bounded: the whole scene takes seconds.
         self.assertLess(time.monotonic() - started, 30)
+
+    def test_a_refused_join_an_invitation_and_a_server_restart(self) -> None:
+        alice = self.page()
+        alice.enter_name("alice")
+        alice.create("vault", password="sesame")
+        alice.wait_connected()
+
+        # Refused: one sentence, and the page stays on the room step.
+        bob = self.page()
+        bob.enter_name("bob")
+        bob.join("vault")
+        self.assertEqual(wait_for(bob.error, "bob's error"), "Room 'vault' needs a password.")
+        self.assertEqual(bob.state(), "idle")
+
+        # The host's /invite shows a single-use token; bob joins with it.
+        alice.say("/invite")
+        invite = wait_for(
+            lambda: alice.driver.execute_script(
+                'const c = document.querySelector("code.invite"); return c && c.textContent'
+            ),
+            f"the invitation; the page shows {alice.lines()}",
+        )
+        bob.join("vault", invite=str(invite))
+        bob.wait_connected()
+        carol = self.page()
+        carol.enter_name("carol")
+        carol.join("vault", password="sesame")
+        carol.wait_connected()
+        alice.wait_members(["alice", "bob", "carol"])
+
+        # The server restarts: the pages say so and reconnect by themselves;
+        # the host makes the room again (with its password), carol rejoins
+        # with hers, and bob, whose invitation was single-use, is told why he
+        # cannot (as chatd-chat does).
+        self.daemon.process.terminate()
+        self.daemon.process.wait(timeout=WAIT)
+        for page in (alice, bob, carol):
+            wait_for(lambda page=page: page.state() == "reconnecting", f"{page.url} reconnecting")  # type: ignore[misc]
+            wait_for(
+                lambda page=page: "Connection lost; reconnecting…" in " ".join(page.lines()),  # type: ignore[misc]
+                "the lost connection said",
+            )
+        self.assertIn("the server is shutting down; room vault is closed", " ".join(alice.lines()))
+        restarted = Daemon(self, self.tcp_port, self.udp_port, "--web-port", str(self.web_port))
+        restarted.wait_listening()
+        wait_for(lambda: alice.state() == "connected", "alice reconnected", timeout=20)
+        wait_for(lambda: carol.state() == "connected", "carol reconnected", timeout=20)
+        alice.wait_members(["alice", "carol"])
+        alice.say("back again")
+        carol.wait_message("alice", "back again")
+        self.assertIn("Reconnected to vault.", " ".join(carol.lines()))
+        wait_for(
+            lambda: "Could not get back into the room: Room 'vault' needs a password." in bob.lines()[-2],
+            f"bob told why he is out; his page shows {bob.lines()}",
+            timeout=20,
+        )
+        self.assertEqual(bob.state(), "idle")
