@@ -166,6 +166,16 @@ class ChatPage:
 
     def wait_connected(self) -> None:
         wait_for(lambda: self.state() == "connected" and self.focused_id() == "text", f"{self.url} connected")
+        self.assert_only_step("chat")
+
+    def assert_only_step(self, step: str) -> None:
+        """Only C{step} of the page's three (name-step, room-step, chat) is on the screen."""
+        shown = [
+            element_id
+            for element_id in ("name-step", "room-step", "chat")
+            if self.driver.find_element(By.ID, element_id).is_displayed()
+        ]
+        assert shown == [step], f"the page shows {shown}, not only {step}"
 
     def say(self, text: str) -> None:
         self.driver.find_element(By.ID, "text").send_keys(text, Keys.ENTER)
