@@ -194,6 +194,14 @@ class BrowserEndToEndTests(SynchronousTestCase):
         bob.wait_members(["alice", "bob", "dave"])
         dave.wait(b"* carol left lobby")
 
+        # "//exit" sends "/exit", which leaves on every dialect: the page says
+        # so and does not come back by itself (its first retry would be in 1 s).
+        bob.say("//exit")
+        alice.wait_members(["alice", "dave"])
+        wait_for(lambda: "You left lobby." in " ".join(bob.lines()), f"bob told he left; he sees {bob.lines()}")
+        time.sleep(1.5)
+        self.assertEqual((bob.state(), alice.members()), ("idle", ["alice", "dave"]))
+
         # Nothing the page did was refused by its policy or failed in its script.
         for page in (alice, bob):
             self.assertEqual(page.console_errors(), [])

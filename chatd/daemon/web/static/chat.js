@@ -32,6 +32,7 @@
     socket: null,
     entered: false,
     leaving: false, // the page asked to leave: the close that follows is expected
+    stopping: false, // the server said it is stopping: the close that follows is to be reconnected
     reconnecting: false,
     retryDelay: RETRY_FIRST,
     retryTimer: null,
@@ -171,19 +172,28 @@
       }
       receive(message);
     };
-    socket.onclose = () => {
-      if (socket === session.socket) closed();
+    socket.onclose = (event) => {
+      if (socket === session.socket) closed(event.code);
     };
   }
 
-  function closed() {
+  function closed(code) {
     session.socket = null;
     const wasIn = session.entered;
+    const stopping = session.stopping;
     session.entered = false;
+    session.stopping = false;
     failPending();
     if (session.leaving) {
       // Left on purpose, refused, or given up: nothing to come back to.
       session.leaving = false;
+      return;
+    }
+    if (wasIn && code === 1000 && !stopping) {
+      // The gateway closes with 1000 when the room is over for this page
+      // (it said /exit, say): coming back would be a join nobody asked for.
+      systemLine("You left " + session.room + ". Type /leave to pick another room.", "system");
+      setState("idle", "not connected");
       return;
     }
     if (wasIn || session.reconnecting) {
@@ -364,6 +374,7 @@
       systemLine("Type /leave to pick another room.", "system");
     } else if (message.event === "server_stopping") {
       // The room comes back when the server does: its host makes it again.
+      session.stopping = true;
       session.create = session.host;
     } else if (message.event === "timed_out" && message.user === session.name) {
       session.leaving = true;
