@@ -7,12 +7,13 @@ member in the same rooms. Every wait is bounded.
 
 from __future__ import annotations
 
+import http.client
 from typing import Any
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, readBody
 
 from chatd.client.chat_client import ChatClient
 from chatd.client.events import MessageReceived
@@ -277,12 +278,21 @@ class LimitTests(GatewayCase):
 
 class SiteTests(GatewayCase):
     async def get(self, path: str) -> tuple[int, dict[bytes, list[bytes]], bytes]:
-        agent = Agent(_reactor)
-        response = await bounded(
-            agent.request(b"GET", f"http://127.0.0.1:{self.web_port}{path}".encode()), f"GET {path}"
-        )
-        body = await bounded(readBody(response), f"the body of {path}")
-        return response.code, dict(response.headers.getAllRawHeaders()), body
+        """GET C{path} with the standard library's client (in a thread), as any browser would."""
+
+        def fetch() -> tuple[int, dict[bytes, list[bytes]], bytes]:
+            connection = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=5)
+            try:
+                connection.request("GET", path)
+                response = connection.getresponse()
+                headers: dict[bytes, list[bytes]] = {}
+                for name, value in response.getheaders():
+                    headers.setdefault(name.title().encode("latin-1"), []).append(value.encode("latin-1"))
+                return response.status, headers, response.read()
+            finally:
+                connection.close()
+
+        return await bounded(deferToThread(fetch), f"GET {path}")
 
     async def test_the_page_and_its_policy(self) -> None:
         code, headers, body = await self.get("/")
