@@ -20,7 +20,7 @@ from chatd.client.events import MessageReceived
 from chatd.daemon.service import ChatService, make_service
 from chatd.daemon.settings import Settings
 from chatd.daemon.web.gateway import MAX_BROWSER_MESSAGE
-from tests.waiting import Recorder, bounded, until
+from tests.waiting import Recorder, bounded, sleep, until
 from tests.web.ws_client import PageClient, close_page, connect_page, open_page
 
 SETTINGS = Settings(
@@ -274,6 +274,37 @@ class LimitTests(GatewayCase):
         refused = await malformed.next("refused")
         self.assertEqual(refused["error"], "malformed")
         self.assertEqual((await bounded(malformed.closed, "malformed closing"))[1], 4008)
+
+
+class KeepaliveTests(GatewayCase):
+    settings = Settings(
+        tcp_port=0,
+        udp_port=0,
+        web_port=0,
+        password_cost=2,
+        presence_interval=0,
+        # A ping at most every second (autobahn's timers have a one-second
+        # grain), each answered at once on loopback: activity well within
+        # every idle timeout of 1.5 s.
+        keepalive_interval=1.0,
+        idle_timeout=1.5,
+        sweep_interval=0.1,
+        handshake_timeout=0.5,
+        udp_io="twisted",
+    )
+
+    async def test_answered_pings_keep_a_silent_page_in_its_room(self) -> None:
+        page = await self.page()
+        await page.enter("quiet", "mute", create=True)
+        # Over two idle timeouts without a word: the browser's pongs are its activity.
+        await sleep(3.0)
+        self.assertFalse(page.closed.called, page.heard)
+        self.assertEqual([room.name for room in self.service.server.store.rooms()], ["quiet"])
+
+    async def test_a_page_that_enters_no_room_is_closed(self) -> None:
+        page = await self.page()
+        _, code, _ = await bounded(page.closed, "the handshake timeout closing the WebSocket")
+        self.assertEqual(code, 4008)
 
 
 class SiteTests(GatewayCase):

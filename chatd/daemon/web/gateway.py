@@ -63,6 +63,12 @@ of the longest text the relay takes (4 KiB of UTF-8), even with every
 character escaped in JSON (six bytes each), fits; anything larger is refused
 by autobahn before it is buffered whole (close code 1009).
 """
+AUTOBAHN_TIMER_GRAIN = 2.0
+"""
+The shortest timeout given to autobahn: its timers (txaio's batched timer)
+truncate each deadline to the whole second, so a timeout under a second can
+fire at once, and one of 2 s fires after 1 to 2 s.
+"""
 WEBSOCKET_PATH = b"ws"
 """The WebSocket's path on the site: C{/ws}."""
 CLOSE_NORMAL = 1000
@@ -152,8 +158,8 @@ class WebGateway(WebSocketServerFactory):
             # an interval drops the connection: a dead or non-reading page
             # holds its member, and what is queued for it, that long at most.
             autoPingInterval=interval,
-            autoPingTimeout=interval,
-            openHandshakeTimeout=settings.handshake_timeout,
+            autoPingTimeout=max(interval, AUTOBAHN_TIMER_GRAIN),
+            openHandshakeTimeout=max(settings.handshake_timeout, AUTOBAHN_TIMER_GRAIN),
             closeHandshakeTimeout=1,
         )
 
