@@ -8,6 +8,9 @@ member in the same rooms. Every wait is bounded.
 from __future__ import annotations
 
 import http.client
+import ssl
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
@@ -20,6 +23,7 @@ from chatd.client.events import MessageReceived
 from chatd.daemon.service import ChatService, make_service
 from chatd.daemon.settings import Settings
 from chatd.daemon.web.gateway import MAX_BROWSER_MESSAGE
+from chatd.protocol.certificates import make_self_signed
 from tests.waiting import Recorder, bounded, sleep, until
 from tests.web.ws_client import PageClient, close_page, connect_page, open_page
 
@@ -305,6 +309,83 @@ class KeepaliveTests(GatewayCase):
         page = await self.page()
         _, code, _ = await bounded(page.closed, "the handshake timeout closing the WebSocket")
         self.assertEqual(code, 4008)
+
+
+class SendQueueTests(GatewayCase):
+    settings = Settings(
+        tcp_port=0,
+        udp_port=0,
+        web_port=0,
+        password_cost=2,
+        presence_interval=0,
+        send_queue=100_000,
+        messages_per_s=1e9,
+        message_burst=1e9,
+        bytes_per_s=1e12,
+        byte_burst=1e12,
+        udp_io="twisted",
+    )
+
+    async def test_a_page_that_falls_behind_by_the_send_queue_is_reset(self) -> None:
+        listener = await self.page()
+        await listener.enter("flood", "slow", create=True)
+        talker = await self.page()
+        await talker.enter("flood", "loud")
+        assert self.service.web is not None
+        [loud] = [c.member for c in self.service.web.connections if c.member is not None and c.member.name == "loud"]
+        assert loud is not None
+        relay = self.service.server.relay
+        # Numbered and handed over in one go, as a burst from many members
+        # would be: slow's transport fills its 64 KiB, then 100,000 bytes more
+        # may wait for it, and no more.
+        for _ in range(60):
+            relay.relay_message(loud, b"x" * 4000)
+        self.assertEqual(self.service.web.aborted, {"send_queue": 1})
+        was_clean, _, _ = await bounded(listener.closed, "slow's connection reset")
+        self.assertFalse(was_clean)
+        # slow was the host: its room is gone, and loud is told so.
+        closed = await talker.next("notice", lambda m: m["event"] == "room_closed")
+        self.assertEqual(closed["reason"], "the host left")
+
+
+class TlsTests(GatewayCase):
+    def setUp(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        cert_pem, key_pem = make_self_signed()
+        (directory / "cert.pem").write_bytes(cert_pem)
+        (directory / "key.pem").write_bytes(key_pem)
+        key_path = directory / "key.pem"
+        key_path.chmod(0o600)
+        self.settings = replace(SETTINGS, tls_cert=str(directory / "cert.pem"), tls_key=str(key_path), tls_port=0)
+        super().setUp()
+
+    async def test_https_and_wss(self) -> None:
+        def fetch() -> tuple[int, str]:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            connection = http.client.HTTPSConnection("127.0.0.1", self.web_port, timeout=5, context=context)
+            try:
+                connection.request("GET", "/")
+                response = connection.getresponse()
+                response.read()
+                return response.status, response.getheader("Content-Security-Policy") or ""
+            finally:
+                connection.close()
+
+        status, policy = await bounded(deferToThread(fetch), "GET / over https")
+        self.assertEqual(status, 200)
+        self.assertIn(f"connect-src 'self' wss://127.0.0.1:{self.web_port};", policy)
+        page = await open_page(self.web_port, tls=True)
+        self.addCleanup(close_page, page)
+        entered = await page.enter("secret", "tess", create=True)
+        self.assertEqual(entered["type"], "entered")
+        self.assertEqual((await page.say(1, "over wss"))["type"], "sent")
+        # The page's own origin over TLS is https: http is another origin.
+        plain = await connect_page(self.web_port, origin=f"http://127.0.0.1:{self.web_port}", tls=True)
+        self.addCleanup(close_page, plain)
+        self.assertIn("[403]", str((await bounded(plain.closed, "the http origin refused"))[2]))
 
 
 class SiteTests(GatewayCase):

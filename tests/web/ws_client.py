@@ -14,7 +14,9 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from autobahn.websocket.types import ConnectionResponse
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.ssl import CertificateOptions
 from typing_extensions import override
 
 from tests.waiting import bounded, until
@@ -93,24 +95,30 @@ class PageClient(WebSocketClientProtocol):
 
 
 async def open_page(
-    port: int, *, origin: str | None = "same", path: str = "/ws", host: str = "127.0.0.1"
+    port: int, *, origin: str | None = "same", path: str = "/ws", host: str = "127.0.0.1", tls: bool = False
 ) -> PageClient:
     """A WebSocket to the gateway at C{port}, with the page's own Origin (or C{origin}, or none), opened."""
-    client = await connect_page(port, origin=origin, path=path, host=host)
+    client = await connect_page(port, origin=origin, path=path, host=host, tls=tls)
     if not await bounded(client.opened, "the WebSocket opening"):
         raise AssertionError(f"the WebSocket was refused: {client.closed.result}")
     return client
 
 
 async def connect_page(
-    port: int, *, origin: str | None = "same", path: str = "/ws", host: str = "127.0.0.1"
+    port: int, *, origin: str | None = "same", path: str = "/ws", host: str = "127.0.0.1", tls: bool = False
 ) -> PageClient:
-    """A WebSocket to the gateway, connected but maybe not (yet, or ever) opened."""
+    """
+    A WebSocket to the gateway, connected but maybe not (yet, or ever)
+    opened; over TLS with C{tls} (any certificate: the tests' own, self-signed).
+    """
     if origin == "same":
-        origin = f"http://{host}:{port}"
-    factory = WebSocketClientFactory(f"ws://{host}:{port}{path}", origin=origin, reactor=_reactor)
+        origin = f"{'https' if tls else 'http'}://{host}:{port}"
+    scheme = "wss" if tls else "ws"
+    factory = WebSocketClientFactory(f"{scheme}://{host}:{port}{path}", origin=origin, reactor=_reactor)
     factory.protocol = PageClient
-    endpoint = TCP4ClientEndpoint(_reactor, host, port)
+    endpoint: IStreamClientEndpoint = TCP4ClientEndpoint(_reactor, host, port)
+    if tls:
+        endpoint = wrapClientTLS(CertificateOptions(), endpoint)
     client = await bounded(endpoint.connect(factory), "the TCP connection to the web port")
     assert isinstance(client, PageClient)
     return client

@@ -19,20 +19,22 @@ and takes a token of the same per-address bucket of new connections
 same per-address password attempts and counts as one of the address's
 password hashes (the TCP factory's limiters, shared). The Origin header must
 be this site's own, or one of --web-origin. Messages and frames are bounded
-(L{MAX_BROWSER_MESSAGE}); a page that does not answer the server's pings
-(a dead or non-reading browser) is dropped after a keepalive interval.
+(L{MAX_BROWSER_MESSAGE}); what waits for a page that does not read is
+bounded as for a TCP peer (--send-queue, --send-queue-timeout: L{_SendQueue});
+a page that does not answer the server's pings (a dead browser) is dropped
+after a keepalive interval.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -149,13 +151,15 @@ class WebGateway(WebSocketServerFactory):
         self._per_host: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         """WebSockets refused before they opened (origin, limits), and requests refused after, by reason."""
+        self.aborted: Counter[str] = Counter()
+        """Connections reset by the gateway, by reason: "send_queue", "send_queue_timeout"."""
         interval = settings.keepalive_interval
         self.setProtocolOptions(
             maxFramePayloadSize=MAX_BROWSER_MESSAGE,
             maxMessagePayloadSize=MAX_BROWSER_MESSAGE,
             # The server pings; a browser answers by itself, from any tab.
             # An answer is activity (the idle timeout), and no answer within
-            # an interval drops the connection: a dead or non-reading page
+            # an interval drops the connection: a dead page (or network)
             # holds its member, and what is queued for it, that long at most.
             autoPingInterval=interval,
             autoPingTimeout=max(interval, AUTOBAHN_TIMER_GRAIN),
@@ -228,13 +232,21 @@ class BrowserProtocol(WebSocketServerProtocol):
         self._gone = False
         """The connection is closing or lost: nothing more is sent, and a late entry is undone."""
         self._handshake_timer: IDelayedCall | None = None
+        self._send_queue = _SendQueue(self, gateway.clock, gateway.settings)
+        self._aborted = False
 
     # -- connection life ------------------------------------------------------
 
     @override
     def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.peer_host = host_of(self.transport.getPeer())
+        transport = self.transport
+        assert transport is not None
+        self.peer_host = host_of(transport.getPeer())
+        # The transport was twisted.web's, whose HTTP channel is still its
+        # producer: the send queue watches it from now on (see _SendQueue).
+        consumer = cast(IConsumer, transport)
+        consumer.unregisterProducer()
+        consumer.registerProducer(self._send_queue, True)
         super().connectionMade()
 
     @override
@@ -263,6 +275,7 @@ class BrowserProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self._gone = True
+        self._send_queue.stop()
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
@@ -437,15 +450,34 @@ class BrowserProtocol(WebSocketServerProtocol):
         return messages.members_message(room.names(), room.host.name if room.host is not None else None)
 
     def _to_page(self, message: dict[str, Any]) -> None:
-        if self._gone:
+        # Closing (the page's close frame came first) is as good as gone:
+        # autobahn refuses to send then, and a notice or a message must
+        # never raise into the relay or the controller.
+        if self._gone or self.state != WebSocketServerProtocol.STATE_OPEN:
             return
-        self.sendMessage(messages.encode(message), isBinary=False)
+        data = messages.encode(message)
+        if not self._send_queue.admit(len(data)):
+            return
+        self.sendMessage(data, isBinary=False)
+
+    def abort(self, reason: str) -> None:
+        """Reset the connection at once (a page that does not read): its member leaves, as on any disconnect."""
+        if self._aborted:
+            return
+        self._aborted = self._gone = True
+        self._gateway.aborted[reason] += 1
+        self._chat_log.info(
+            "dropping a browser from {peer}: {reason}", event="web_aborted", peer=self.peer_host, reason=reason
+        )
+        self.dropConnection(abort=True)
 
     def _close(self, code: int, reason: str) -> None:
         if self._gone:
             return
         self._gone = True
-        self.sendClose(code, reason or None)
+        if self.state == WebSocketServerProtocol.STATE_OPEN:
+            self.sendClose(code, reason or None)
+        # Otherwise it is closing or closed already: autobahn finishes that.
 
     # -- IMessageStream -------------------------------------------------------
 
@@ -472,6 +504,61 @@ class BrowserProtocol(WebSocketServerProtocol):
             # The store is done with it (it left, or its room closed): no more messages.
             member.stream = None
         self._close(CLOSE_NORMAL, "")
+
+
+@implementer(IPushProducer)
+class _SendQueue:
+    """
+    What waits for a page that does not read, bounded as for a TCP peer
+    (docs/security.md 2.3): registered as its transport's producer, it hears
+    when the transport's buffer is full (Twisted's 64 KiB) and when it has
+    drained. While full, what the page is sent counts against --send-queue
+    bytes and --send-queue-timeout seconds; past either the connection is
+    reset, and its member leaves.
+    """
+
+    def __init__(self, protocol: BrowserProtocol, clock: IReactorTime, settings: Settings) -> None:
+        self._protocol = protocol
+        self._clock = clock
+        self._limit = settings.send_queue
+        self._timeout = settings.send_queue_timeout
+        self.queued = 0
+        """Bytes sent to the page since its transport's buffer filled; 0 while it reads."""
+        self._timer: IDelayedCall | None = None
+
+    @property
+    def full(self) -> bool:
+        return self._timer is not None
+
+    def admit(self, size: int) -> bool:
+        """Whether C{size} more bytes may be sent now; False once the page is reset for not reading."""
+        if self._timer is None:
+            return True
+        self.queued += size
+        if self.queued > self._limit:
+            self._protocol.abort("send_queue")
+            return False
+        return True
+
+    def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._timeout, self._expired)
+
+    def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer
+        self.stop()
+
+    def stopProducing(self) -> None:  # noqa: N802 - IPushProducer
+        self.stop()
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.queued = 0
+
+    def _expired(self) -> None:
+        self._timer = None
+        self._protocol.abort("send_queue_timeout")
 
 
 def _text(data: bytes) -> str:
