@@ -20,7 +20,7 @@ same per-address password attempts and counts as one of the address's
 password hashes (the TCP factory's limiters, shared). The Origin header must
 be this site's own, or one of --web-origin. Messages and frames are bounded
 (L{MAX_BROWSER_MESSAGE}); what waits for a page that does not read is
-bounded as for a TCP peer (--send-queue, --send-queue-timeout: L{_SendQueue});
+bounded as for a TCP peer (--send-queue, --send-queue-timeout: L{SendQueue});
 a page that does not answer the server's pings (a dead browser) is dropped
 after a keepalive interval.
 """
@@ -29,12 +29,10 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IConsumer, IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -48,6 +46,8 @@ from chatd.daemon.rooms import LeaveReason, Member
 from chatd.daemon.settings import Settings
 from chatd.daemon.tcp_factory import RoomFactory
 from chatd.daemon.web import messages
+from chatd.daemon.web.origins import host_of, origin_allowed
+from chatd.daemon.web.send_queue import SendQueue
 from chatd.protocol.errors import (
     HashingBusyError,
     InvalidUTF8Error,
@@ -85,35 +85,6 @@ CLOSE_INTERNAL = 4011
 """A bug of ours (as 1011)."""
 _MEMBERSHIP_NOTICES = (NoticeKind.MEMBER_JOINED, NoticeKind.MEMBER_LEFT, NoticeKind.TIMED_OUT)
 """The notices after which the member list is pushed again."""
-
-
-def host_of(address: IAddress) -> str:
-    """The host of a peer's address: what the per-address limits count by."""
-    if isinstance(address, IPv4Address | IPv6Address):
-        return address.host
-    return str(address)
-
-
-def same_origin(origin: str, host_header: str, secure: bool) -> bool:
-    """
-    Whether C{origin} (the Origin header) is the page's own: the scheme this
-    site is served with, and the very host and port the request was sent to
-    (its Host header), compared without case.
-    """
-    scheme = "https" if secure else "http"
-    parts = urlsplit(origin.strip().lower())
-    return parts.scheme == scheme and bool(host_header) and parts.netloc == host_header.strip().lower()
-
-
-def origin_allowed(origin: str | None, host_header: str, secure: bool, extra: frozenset[str]) -> bool:
-    """
-    Same origin (L{same_origin}), or one of the operator's C{extra} origins
-    (--web-origin, compared without case and without a trailing slash). A
-    request without an Origin header is no browser's: refused.
-    """
-    if not origin:
-        return False
-    return same_origin(origin, host_header, secure) or origin.strip().lower().rstrip("/") in extra
 
 
 class WebGateway(WebSocketServerFactory):
@@ -232,7 +203,7 @@ class BrowserProtocol(WebSocketServerProtocol):
         self._gone = False
         """The connection is closing or lost: nothing more is sent, and a late entry is undone."""
         self._handshake_timer: IDelayedCall | None = None
-        self._send_queue = _SendQueue(self, gateway.clock, gateway.settings)
+        self._send_queue = SendQueue(self, gateway.clock, gateway.settings)
         self._aborted = False
 
     # -- connection life ------------------------------------------------------
@@ -243,7 +214,7 @@ class BrowserProtocol(WebSocketServerProtocol):
         assert transport is not None
         self.peer_host = host_of(transport.getPeer())
         # The transport was twisted.web's, whose HTTP channel is still its
-        # producer: the send queue watches it from now on (see _SendQueue).
+        # producer: the send queue watches it from now on (see SendQueue).
         consumer = cast(IConsumer, transport)
         consumer.unregisterProducer()
         consumer.registerProducer(self._send_queue, True)
@@ -504,61 +475,6 @@ class BrowserProtocol(WebSocketServerProtocol):
             # The store is done with it (it left, or its room closed): no more messages.
             member.stream = None
         self._close(CLOSE_NORMAL, "")
-
-
-@implementer(IPushProducer)
-class _SendQueue:
-    """
-    What waits for a page that does not read, bounded as for a TCP peer
-    (docs/security.md 2.3): registered as its transport's producer, it hears
-    when the transport's buffer is full (Twisted's 64 KiB) and when it has
-    drained. While full, what the page is sent counts against --send-queue
-    bytes and --send-queue-timeout seconds; past either the connection is
-    reset, and its member leaves.
-    """
-
-    def __init__(self, protocol: BrowserProtocol, clock: IReactorTime, settings: Settings) -> None:
-        self._protocol = protocol
-        self._clock = clock
-        self._limit = settings.send_queue
-        self._timeout = settings.send_queue_timeout
-        self.queued = 0
-        """Bytes sent to the page since its transport's buffer filled; 0 while it reads."""
-        self._timer: IDelayedCall | None = None
-
-    @property
-    def full(self) -> bool:
-        return self._timer is not None
-
-    def admit(self, size: int) -> bool:
-        """Whether C{size} more bytes may be sent now; False once the page is reset for not reading."""
-        if self._timer is None:
-            return True
-        self.queued += size
-        if self.queued > self._limit:
-            self._protocol.abort("send_queue")
-            return False
-        return True
-
-    def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer
-        if self._timer is None:
-            self._timer = self._clock.callLater(self._timeout, self._expired)
-
-    def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer
-        self.stop()
-
-    def stopProducing(self) -> None:  # noqa: N802 - IPushProducer
-        self.stop()
-
-    def stop(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self.queued = 0
-
-    def _expired(self) -> None:
-        self._timer = None
-        self._protocol.abort("send_queue_timeout")
 
 
 def _text(data: bytes) -> str:
