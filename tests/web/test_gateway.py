@@ -8,7 +8,9 @@ member in the same rooms. Every wait is bounded.
 from __future__ import annotations
 
 import http.client
+import shutil
 import ssl
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -350,8 +352,9 @@ class SendQueueTests(GatewayCase):
 
 class TlsTests(GatewayCase):
     def setUp(self) -> None:
-        directory = Path(self.mktemp())
-        directory.mkdir()
+        # Not self.mktemp(): under pytest that is a folder in the working tree.
+        directory = Path(tempfile.mkdtemp(prefix="chatd-web-tls-"))
+        self.addCleanup(shutil.rmtree, directory, True)
         cert_pem, key_pem = make_self_signed()
         (directory / "cert.pem").write_bytes(cert_pem)
         (directory / "key.pem").write_bytes(key_pem)
