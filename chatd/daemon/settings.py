@@ -367,10 +367,6 @@ class Settings:
     )
     """This node's name in Redis; None means the host name and the process id (L{Settings.node_name})."""
 
-    @property
-    def node_name(self) -> str:
-        """The node's name in the cluster: --node, or this host's name and the process id."""
-        return self.node if self.node is not None else f"{socket.gethostname()}:{os.getpid()}"
     web_port: int | None = setting(
         None,
         "TCP port for the web page and its WebSocket (https/wss with --tls-cert; 0: any free port); off unless given.",
@@ -384,6 +380,11 @@ class Settings:
         check=web_origins_complaint,
     )
     """Extra allowed Origin values, comma-separated; see L{web_origins}."""
+
+    @property
+    def node_name(self) -> str:
+        """The node's name in the cluster: --node, or this host's name and the process id."""
+        return self.node if self.node is not None else f"{socket.gethostname()}:{os.getpid()}"
 
     def web_origins(self) -> tuple[str, ...]:
         """The origins of --web-origin, one by one (none when it is not given)."""
