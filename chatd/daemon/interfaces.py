@@ -57,6 +57,23 @@ class IMemberConnection(Interface):
         """Close the connection after what was sent is flushed."""
 
 
+class IMessageStream(Interface):
+    """
+    A member reached over its own connection rather than by UDP: a browser's
+    WebSocket (chatd.daemon.web). The relay hands it every message of its
+    room, as numbered in the room's history, in that order; notices reach it
+    as its L{IMemberConnection}.
+    """
+
+    def send_message(sender: Member, seq: int, time_ms: int, message: bytes) -> None:
+        """
+        C{sender} said C{message} (UTF-8, as relayed; C{/me} actions as sent),
+        numbered C{seq} at C{time_ms} (milliseconds since the epoch). Never
+        raises: a stream that cannot send drops the message (its member
+        reconnects and is given the history).
+        """
+
+
 class IDatagramNotices(Interface):
     """Notices sent as datagrams, to members without a TCP connection (the relay)."""
 

@@ -38,7 +38,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from chatd.daemon.history import DuplicateWindow, IHistory, RoomHistory, RoomWindows
-from chatd.daemon.interfaces import IMemberConnection, IRoomObserver, IRoomStore
+from chatd.daemon.interfaces import IMemberConnection, IMessageStream, IRoomObserver, IRoomStore
 from chatd.daemon.passwords import PasswordHash, hash_password, verify_password
 from chatd.daemon.ratelimit import MemberRateLimit, is_loopback
 from chatd.daemon.settings import Settings
@@ -140,6 +140,11 @@ class Member:
     KEEPALIVE came inside an operation 8 frame. Every sealed frame for it
     then goes over its control connection.
     """
+    stream: IMessageStream | None = None
+    """
+    Where a browser member (Dialect.WEB) is sent its room's messages: its
+    WebSocket, set by the gateway once it has entered, None once it is gone.
+    """
     name_bytes: bytes = field(init=False, repr=False)
     """The name as UTF-8, encoded once: every relayed copy and size check needs it."""
     prefix: bytes = field(init=False, repr=False)
@@ -184,6 +189,11 @@ class Room:
     Members with the "delivery" feature, in join order, with or without an
     address: one on the TCP path may never have sent a datagram. Rebuilt
     with L{recipients}.
+    """
+    streamed_members: tuple[Member, ...] = ()
+    """
+    Browser members (Dialect.WEB), in join order: reached over their own
+    connection (L{Member.stream}), never by UDP. Rebuilt with L{recipients}.
     """
     history: IHistory = field(default_factory=RoomHistory)
     """The room's epoch, sequence numbers and recent messages (the store makes it with the settings' bounds)."""
@@ -335,8 +345,8 @@ class RoomRegistry:
             member = self._new_member(room, request, dialect)
             room.members[member.name] = member
             self._register_member(member)
-            if member.delivery:
-                # Without an address, but reachable over TCP all the same.
+            if member.delivery or member.dialect is Dialect.WEB:
+                # Without an address, but reachable over TCP (or its WebSocket) all the same.
                 self._refresh_recipients(room)
             # Otherwise no recipients to refresh: a new member has no address yet.
             if self.observer is not None:
@@ -539,6 +549,7 @@ class RoomRegistry:
             if member.address is not None and not member.delivery
         )
         room.delivery_members = tuple(member for member in room.members.values() if member.delivery)
+        room.streamed_members = tuple(member for member in room.members.values() if member.dialect is Dialect.WEB)
 
     def touch(self, member: Member) -> None:
         member.last_active = self._clock.seconds()
@@ -573,6 +584,7 @@ class RoomRegistry:
         room.members.clear()
         room.recipients = ()
         room.delivery_members = ()
+        room.streamed_members = ()
         room.closed = True
         for invite in room.invitations:
             if self._invitations.get(invite) is room:

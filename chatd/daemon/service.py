@@ -22,7 +22,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -50,6 +50,9 @@ from chatd.daemon.rooms import HashRunner
 from chatd.daemon.server_tls import ServerCertificate, load_server_certificate
 from chatd.daemon.settings import Settings
 from chatd.protocol.datagrams import MAX_DATAGRAM
+
+if TYPE_CHECKING:
+    from chatd.daemon.web.gateway import WebGateway
 
 try:
     import resource as _resource
@@ -182,6 +185,8 @@ class ChatService(MultiService):
         super().__init__()
         self.server = server
         self.tls = tls
+        self.web: WebGateway | None = None
+        """The browser gateway of --web-port (its connections and counters), or None when it is off."""
         self._log_observer = log_observer
 
     @property
@@ -205,6 +210,11 @@ class ChatService(MultiService):
         service = self.getServiceNamed("cluster")
         assert isinstance(service, ClusterService)
         return service
+
+    @property
+    def web_port(self) -> int | None:
+        """The web page's port (--web-port), or None when it is off."""
+        return self._listener("web").port_number if self.server.settings.web_port is not None else None
 
     @property
     def metrics_port(self) -> int | None:
@@ -246,6 +256,13 @@ class ChatService(MultiService):
             tcp_port=self.tcp_port,
             udp_port=self.udp_port,
         )
+        web_port = self.web_port
+        if web_port is not None:
+            scheme = "https" if self.tls is not None else "http"
+            host = f"[{settings.interface}]" if ":" in settings.interface else settings.interface
+            self._log.info(
+                "chat in a browser at {url}", event="web", url=f"{scheme}://{host}:{web_port}/", web_port=web_port
+            )
         metrics_port = self.metrics_port
         if metrics_port is not None:
             self._log.info(
@@ -395,6 +412,9 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
             )
 
         children.append(("metrics", ListeningService(listen_metrics)))
+    if settings.web_port is not None:
+        top.web, listen_web = _web_listener(server, settings, tls, reactor)
+        children.append(("web", ListeningService(listen_web)))
     children += [
         ("sweeper", _every(server.settings.sweep_interval, server.sweep, reactor)),
         ("stats", _every(server.settings.stats_interval, server.log_stats, reactor)),
@@ -404,6 +424,33 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
         child.setName(name)
         child.setServiceParent(top)
     return top
+
+
+def _web_listener(
+    server: ChatServer, settings: Settings, tls: ServerCertificate | None, reactor: Any
+) -> tuple[WebGateway, Callable[[], IListeningPort]]:
+    """
+    The gateway, and listening on --web-port: the page and its WebSocket (chatd.daemon.web),
+    over TLS (https and wss) when the daemon has a certificate. Imported
+    only when asked for, as autobahn is not needed otherwise.
+    """
+    from chatd.daemon.web.gateway import WebGateway
+    from chatd.daemon.web.site import web_site
+
+    gateway = WebGateway(
+        server.store, server.relay, server.tcp_factory, reactor, settings, secure=tls is not None, reactor=reactor
+    )
+    port = settings.web_port
+    assert port is not None
+
+    def listen_web() -> IListeningPort:
+        site = web_site(gateway)
+        # Site is a ServerFactory[_GenericHTTPChannelProtocol], as for the metrics: a typing wart.
+        if tls is not None:
+            return IReactorSSL(reactor).listenSSL(port, site, tls.options, 1024, settings.interface)
+        return IReactorTCP(reactor).listenTCP(port, site, 1024, settings.interface)  # type: ignore[arg-type]
+
+    return gateway, listen_web
 
 
 def _every(interval: float, work: Callable[[], None], clock: Any) -> TimerService:

@@ -112,6 +112,18 @@ def node_name(option: str, value: str | None) -> str | None:
     return None
 
 
+def web_origins_complaint(option: str, value: str | None) -> str | None:
+    """What is wrong with an origin list: each must be http(s)://host[:port], nothing after."""
+    for origin in (value or "").split(","):
+        origin = origin.strip()
+        if not origin:
+            continue
+        scheme, _, rest = origin.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or "/" in rest.rstrip("/") or "@" in rest:
+            return f"{option}: {origin!r} is not an origin such as https://chat.example.org"
+    return None
+
+
 def one_of(*choices: str) -> Check:
     def check(option: str, value: str) -> str | None:
         return None if value in choices else f"{option} must be one of {', '.join(choices)}"
@@ -355,10 +367,28 @@ class Settings:
     )
     """This node's name in Redis; None means the host name and the process id (L{Settings.node_name})."""
 
+    web_port: int | None = setting(
+        None,
+        "TCP port for the web page and its WebSocket (https/wss with --tls-cert; 0: any free port); off unless given.",
+        coerce=port,
+    )
+    """The browser gateway's port (chatd.daemon.web, docs/web.md), on --interface; None turns it off."""
+    web_origin: str | None = setting(
+        None,
+        "Origins besides the page's own whose pages may open a chat WebSocket, comma-separated"
+        " (e.g. https://chat.example.org); the page's own origin is always allowed.",
+        check=web_origins_complaint,
+    )
+    """Extra allowed Origin values, comma-separated; see L{web_origins}."""
+
     @property
     def node_name(self) -> str:
         """The node's name in the cluster: --node, or this host's name and the process id."""
         return self.node if self.node is not None else f"{socket.gethostname()}:{os.getpid()}"
+
+    def web_origins(self) -> tuple[str, ...]:
+        """The origins of --web-origin, one by one (none when it is not given)."""
+        return tuple(origin.strip() for origin in (self.web_origin or "").split(",") if origin.strip())
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> Settings:
@@ -415,6 +445,15 @@ class Settings:
             )
         if self.tls_cert and self.tls_port != 0 and self.tls_port == self.tcp_port:
             return f"--tls-port and --tcp-port are both {self.tcp_port}: they need a port each"
+        if self.web_port:
+            taken = (("--tcp-port", self.tcp_port), ("--tls-port", self.tls_port if self.tls_cert else 0))
+            for name, port in taken:
+                if port == self.web_port:
+                    return f"--web-port and {name} are both {port}: they need a port each"
+            if self.metrics_port == self.web_port and self.metrics_interface == self.interface:
+                return (
+                    f"--web-port and --metrics-port are both {self.web_port} on {self.interface}: they need a port each"
+                )
         if self.metrics_port and self.metrics_interface == self.interface:
             for name, port in (("--tcp-port", self.tcp_port), ("--tls-port", self.tls_port if self.tls_cert else 0)):
                 if port == self.metrics_port:
