@@ -614,11 +614,12 @@ class RelayProtocol(DatagramProtocol):
         seq = room.history.append(sender.name_bytes, message, time_ms)
         if room.delivery_members:
             self.delivery.fan_out(room.delivery_members, sender, seq, time_ms, message)
-        for member in room.streamed_members:
+        if room.streamed_members:
             # Browsers, over their WebSocket (IMessageStream): in room order too.
-            stream = member.stream
-            if member is not sender and stream is not None:
-                stream.send_message(sender, seq, time_ms, message)
+            for member in room.streamed_members:
+                stream = member.stream
+                if member is not sender and stream is not None:
+                    stream.send_message(sender, seq, time_ms, message)
         transport = self._port
         stats = self.stats
         if transport is None:
