@@ -397,8 +397,15 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
             )
 
         children.append(("tls", ListeningService(listen_tls)))
+    if settings.web_port is not None:
+        top.web, listen_web = _web_listener(server, settings, tls, reactor)
+        children.append(("web", ListeningService(listen_web)))
     if settings.metrics_port is not None:
         registry = make_registry(server)
+        if top.web is not None:
+            from chatd.daemon.web.metrics import WebCollector
+
+            registry.register(WebCollector(top.web))
         metrics_port = settings.metrics_port
 
         def listen_metrics() -> IListeningPort:
@@ -412,9 +419,6 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
             )
 
         children.append(("metrics", ListeningService(listen_metrics)))
-    if settings.web_port is not None:
-        top.web, listen_web = _web_listener(server, settings, tls, reactor)
-        children.append(("web", ListeningService(listen_web)))
     children += [
         ("sweeper", _every(server.settings.sweep_interval, server.sweep, reactor)),
         ("stats", _every(server.settings.stats_interval, server.log_stats, reactor)),
