@@ -30,7 +30,8 @@ from chatd.daemon.cluster.bus import ClusterBus
 from chatd.daemon.cluster.directory import RoomDirectory
 from chatd.daemon.cluster.log import RoomLog
 from chatd.daemon.cluster.node import ClusterNode
-from chatd.daemon.cluster.redis_url import RedisConnection, connect
+from chatd.daemon.cluster.redis_url import RedisConnection, connect, parse_redis_url
+from chatd.daemon.cluster.service import ClusterService
 from chatd.daemon.controller import ChatServer
 from chatd.daemon.settings import Settings
 from chatd.protocol.payloads import Dialect
@@ -101,6 +102,28 @@ class ClusterCase(unittest.TestCase):
     def setUp(self) -> None:
         self.redis = RedisServer.start_for(self)
 
+    async def service_node(self, name: str, **overrides: Any) -> TestNode:
+        """
+        A node wired as the daemon wires it: ClusterService (its connection,
+        directory, heartbeat and reaper) started, then the ClusterNode the
+        ChatServer was built with started on its connection (start_with).
+        """
+        settings = replace(SETTINGS, **overrides)
+        url = parse_redis_url(self.redis.url)
+        service = ClusterService(url, name, REACTOR, timeout=2.0)
+        cluster = ClusterNode(name, clock=CLOCK, settings=settings)
+        server = ChatServer(CLOCK, settings, cluster=cluster)
+        udp = REACTOR.listenUDP(0, server.relay, interface=HOST)
+        tcp = REACTOR.listenTCP(0, server.tcp_factory, interface=HOST)
+        service.startService()
+        self.addCleanup(service.stopService)
+        directory = await bounded(service.ready, f"node {name}'s cluster service")
+        assert service.redis is not None
+        node = TestNode(name, server, cluster, service.redis, tcp.getHost().port, udp.getHost().port, [udp, tcp])
+        self.addCleanup(node.stop)
+        await bounded(Deferred.fromCoroutine(cluster.start_with(directory, service.redis, url)), f"node {name} starts")
+        return node
+
     async def node(self, name: str, **overrides: Any) -> TestNode:
         """A started node called C{name}, stopped at cleanup."""
         settings = replace(SETTINGS, **overrides)
@@ -115,7 +138,7 @@ class ClusterCase(unittest.TestCase):
         log = RoomLog(connection, clock=CLOCK, max_messages=settings.history_messages)
         endpoint = TCP4ClientEndpoint(CLOCK, HOST, self.redis.port)
         bus = ClusterBus(endpoint, clock=CLOCK, redis=connection, log=log, node=name, **BUS_OPTIONS)
-        cluster = ClusterNode(directory, log, bus, clock=CLOCK, settings=settings)
+        cluster = ClusterNode(name, clock=CLOCK, settings=settings, directory=directory, log=log, bus=bus)
         server = ChatServer(CLOCK, settings, cluster=cluster)
         udp = REACTOR.listenUDP(0, server.relay, interface=HOST)
         tcp = REACTOR.listenTCP(0, server.tcp_factory, interface=HOST)

@@ -181,18 +181,36 @@ class ChatServer:
         self.relay.forget_room(room)
         self._log.info("room {room} closed: {reason}", event="room_closed", room=room.name, reason=reason.value)
 
-    def presence_elsewhere(self, member: Member, reason: LeaveReason | None) -> None:
+    # -- what other nodes of a cluster say (chatd.daemon.cluster.node) --------------
+
+    def presence_elsewhere(self, member: Member, *, joined: bool, timed_out: bool = False) -> None:
         """
         A member on another node of the cluster (C{member} its stand-in in
-        C{Room.remote_members}) joined (C{reason} None) or left: this node's
-        members are told as of a local change, in the same presence windows.
+        C{Room.remote_members}) joined, left, or was removed for silence:
+        this node's members are told as of a local change, in the same
+        presence windows.
         """
-        if reason is None:
+        if joined:
             self.member_joined(member)
             return
-        kind = NoticeKind.TIMED_OUT if reason is LeaveReason.TIMED_OUT else NoticeKind.MEMBER_LEFT
-        notice = Notice(kind, member.room.name, member.name, idle_timeout=self.settings.idle_timeout, for_silence=False)
+        kind = NoticeKind.TIMED_OUT if timed_out else NoticeKind.MEMBER_LEFT
+        notice = Notice(kind, member.room.name, member.name, idle_timeout=self.settings.idle_timeout)
         self._presence_changed(member, notice)
+
+    def closed_elsewhere(self, room: Room, reason: str) -> None:
+        """
+        The cluster closed C{room} (its host's node said why, in
+        C{CloseReason}'s words): closed here, its members here told so. A
+        server stopping elsewhere is not this one: its members are told
+        the host's server stopped.
+        """
+        try:
+            why = CloseReason(reason)
+        except ValueError:
+            why = CloseReason.HOST_LEFT
+        if why is CloseReason.SERVER_STOPPING:
+            why = CloseReason.HOST_SERVER_STOPPED
+        self.store.close_room(room, why)
 
     # -- presence notices ---------------------------------------------------
 

@@ -28,7 +28,7 @@ cluster must decide once: a room's name, a member's name, an invitation.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from zope.interface import Attribute, Interface
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from chatd.daemon.history import IHistory
+    from chatd.daemon.passwords import PasswordHash
     from chatd.daemon.rooms import CloseReason, LeaveReason, Member, Room
     from chatd.daemon.sockaddr import Address
     from chatd.protocol.payloads import Dialect, Notice, RoomRequest
@@ -60,6 +61,23 @@ class IMemberConnection(Interface):
 
     def close() -> None:
         """Close the connection after what was sent is flushed."""
+
+
+class IMessageStream(Interface):
+    """
+    A member reached over its own connection rather than by UDP: a browser's
+    WebSocket (chatd.daemon.web). The relay hands it every message of its
+    room, as numbered in the room's history, in that order; notices reach it
+    as its L{IMemberConnection}.
+    """
+
+    def send_message(sender: Member, seq: int, time_ms: int, message: bytes) -> None:
+        """
+        C{sender} said C{message} (UTF-8, as relayed; C{/me} actions as sent),
+        numbered C{seq} at C{time_ms} (milliseconds since the epoch). Never
+        raises: a stream that cannot send drops the message (its member
+        reconnects and is given the history).
+        """
 
 
 class IDatagramNotices(Interface):
@@ -145,6 +163,23 @@ class IRoomObserver(Interface):
         """C{room} is gone; C{members} were in it and hold no token any more."""
 
 
+class Replica(NamedTuple):
+    """
+    A room another node holds, as the cluster knows it: what a node's store
+    makes its replica of (L{IRoomClaims.find}).
+    """
+
+    name: str
+    history: IHistory
+    """The room's history on this node: the same epoch (incarnation) as everywhere."""
+    password_hash: PasswordHash | None
+    native_only: bool
+    host: str
+    """The host's name (on another node)."""
+    members: tuple[str, ...]
+    """Everyone in the room now, the host included: all on other nodes."""
+
+
 class IRoomClaims(Interface):
     """
     What the nodes of a cluster must agree on, asked by the room store at
@@ -170,13 +205,13 @@ class IRoomClaims(Interface):
         two claims at the same instant, exactly one succeeds).
         """
 
-    def find(name: str) -> Deferred[Room | None]:
+    def find(name: str) -> Deferred[Replica | None]:
         """
-        A replica of room C{name}, which another node holds: a new Room of
-        the same name and epoch, with the record's password hash and
-        native_only, whose host is remote (C{Room.replica}); None when no
-        node holds the name. Not yet in the store: the store adds it with
-        its first local member.
+        Room C{name} as the cluster knows it, when another node holds it: the
+        store makes a replica of it (C{Room.replica}: the same name and
+        epoch, the record's password hash and native_only, the host remote),
+        which it keeps while it has members of its own in it. None when no
+        node holds the name.
         """
 
     def admit(room: Room, request: RoomRequest, dialect: Dialect) -> Deferred[None]:

@@ -614,6 +614,13 @@ class RelayProtocol(DatagramProtocol):
         seq = room.history.append(sender.name_bytes, message, time_ms)
         if room.delivery_members:
             self.delivery.fan_out(room.delivery_members, sender, seq, time_ms, message)
+        if room.streamed_members and seq:
+            # Browsers, over their WebSocket (IMessageStream): in room order too
+            # (a cluster room's, once its log numbered it: relay_posted).
+            for member in room.streamed_members:
+                stream = member.stream
+                if member is not sender and stream is not None:
+                    stream.send_message(sender, seq, time_ms, message)
         transport = self._port
         stats = self.stats
         if transport is None:
@@ -689,6 +696,16 @@ class RelayProtocol(DatagramProtocol):
         sender = room.members.get(name.decode("utf-8", "replace")) if relayed_here else None
         if room.delivery_members:
             self.delivery.fan_out(room.delivery_members, sender, seq, time_ms, message, name)
+        if room.streamed_members:
+            speaker = (
+                sender
+                or room.remote_members.get(name.decode("utf-8", "replace"))
+                or Member(name.decode("utf-8", "replace"), "", room, _NATIVE, 0.0)
+            )
+            for member in room.streamed_members:
+                stream = member.stream
+                if member is not sender and stream is not None:
+                    stream.send_message(speaker, seq, time_ms, message)
         if relayed_here or not room.recipients:
             return
         transport = self._port

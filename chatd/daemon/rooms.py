@@ -38,7 +38,14 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from chatd.daemon.history import DuplicateWindow, IHistory, RoomHistory, RoomWindows
-from chatd.daemon.interfaces import IMemberConnection, IRoomClaims, IRoomObserver, IRoomStore
+from chatd.daemon.interfaces import (
+    IMemberConnection,
+    IMessageStream,
+    IRoomClaims,
+    IRoomObserver,
+    IRoomStore,
+    Replica,
+)
 from chatd.daemon.passwords import PasswordHash, hash_password, verify_password
 from chatd.daemon.ratelimit import MemberRateLimit, is_loopback
 from chatd.daemon.settings import Settings
@@ -144,6 +151,11 @@ class Member:
     KEEPALIVE came inside an operation 8 frame. Every sealed frame for it
     then goes over its control connection.
     """
+    stream: IMessageStream | None = None
+    """
+    Where a browser member (Dialect.WEB) is sent its room's messages: its
+    WebSocket, set by the gateway once it has entered, None once it is gone.
+    """
     name_bytes: bytes = field(init=False, repr=False)
     """The name as UTF-8, encoded once: every relayed copy and size check needs it."""
     prefix: bytes = field(init=False, repr=False)
@@ -189,6 +201,11 @@ class Room:
     address: one on the TCP path may never have sent a datagram. Rebuilt
     with L{recipients}.
     """
+    streamed_members: tuple[Member, ...] = ()
+    """
+    Browser members (Dialect.WEB), in join order: reached over their own
+    connection (L{Member.stream}), never by UDP. Rebuilt with L{recipients}.
+    """
     history: IHistory = field(default_factory=RoomHistory)
     """The room's epoch, sequence numbers and recent messages (the store makes it with the settings' bounds)."""
     windows: RoomWindows = field(default_factory=RoomWindows, repr=False)
@@ -230,6 +247,20 @@ class Room:
     def host_name(self) -> str | None:
         """The host's name, wherever it is."""
         return self.host.name if self.host is not None else self.remote_host
+
+    def remote_joined(self, name: str) -> Member | None:
+        """
+        C{name} entered the room on another node: its stand-in, now listed
+        (no token, key or address); None when it is known already.
+        """
+        if name in self.members or name in self.remote_members:
+            return None
+        member = self.remote_members[name] = Member(name, "", self, Dialect.NATIVE, 0.0)
+        return member
+
+    def remote_left(self, name: str) -> Member | None:
+        """C{name}, on another node, left: its stand-in, no longer listed; None when it was not listed."""
+        return self.remote_members.pop(name, None)
 
 
 @implementer(IRoomStore)
@@ -359,7 +390,8 @@ class RoomRegistry:
         room = self._rooms.get(name)
         if room is None and claims is not None:
             # Held by another node, perhaps: a replica is made for the members here.
-            room = await claims.find(name)
+            found = await claims.find(name)
+            room = None if found is None else self._replica(found)
         if room is None:
             raise RoomNotFoundError(f"no room {name!r}")
         if room.native_only and dialect is not Dialect.NATIVE:
@@ -393,8 +425,8 @@ class RoomRegistry:
             member = self._new_member(room, request, dialect)
             room.members[member.name] = member
             self._register_member(member)
-            if member.delivery:
-                # Without an address, but reachable over TCP all the same.
+            if member.delivery or member.dialect is Dialect.WEB:
+                # Without an address, but reachable over TCP (or its WebSocket) all the same.
                 self._refresh_recipients(room)
             # Otherwise no recipients to refresh: a new member has no address yet.
             if self.observer is not None:
@@ -440,6 +472,20 @@ class RoomRegistry:
         if room.closed:
             claims.abandoned(room, request.username)
             raise RoomNotFoundError(f"room {room.name!r} was closed")
+        return room
+
+    def _replica(self, found: Replica) -> Room:
+        """A replica of a room another node holds; not in the indexes until a member enters it."""
+        room = Room(
+            found.name,
+            found.password_hash,
+            native_only=found.native_only,
+            history=found.history,
+            replica=True,
+            remote_host=found.host,
+        )
+        for name in found.members:
+            room.remote_joined(name)
         return room
 
     def _forget_invitation(self, room: Room, invite: str) -> None:
@@ -635,6 +681,7 @@ class RoomRegistry:
             if member.address is not None and not member.delivery
         )
         room.delivery_members = tuple(member for member in room.members.values() if member.delivery)
+        room.streamed_members = tuple(member for member in room.members.values() if member.dialect is Dialect.WEB)
 
     def touch(self, member: Member) -> None:
         member.last_active = self._clock.seconds()
@@ -674,6 +721,7 @@ class RoomRegistry:
         room.members.clear()
         room.recipients = ()
         room.delivery_members = ()
+        room.streamed_members = ()
         room.closed = True
         for invite in room.invitations:
             if self._invitations.get(invite) is room:

@@ -1,7 +1,8 @@
 """
 Assembly: the MultiService that twistd runs.
 
-Children, in start order: the UDP relay, the TCP listener (and the TLS one,
+Children, in start order: the node's part in the cluster (with --redis:
+chatd.daemon.cluster.service), the UDP relay, the TCP listener (and the TLS one,
 with a certificate), the metrics endpoint (when asked for), the idle sweep and
 the stats log line (each a TimerService at its own interval), and the shutdown
 hook. MultiService stops them in reverse, so on SIGTERM members are told and
@@ -21,7 +22,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -38,6 +39,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from typing_extensions import override
 
+from chatd.daemon.cluster.redis_url import parse_redis_url
+from chatd.daemon.cluster.service import ClusterService
 from chatd.daemon.controller import ChatServer
 from chatd.daemon.fastudp import BatchedUDPPort
 from chatd.daemon.malloc import return_large_blocks_to_the_system
@@ -47,6 +50,9 @@ from chatd.daemon.rooms import HashRunner
 from chatd.daemon.server_tls import ServerCertificate, load_server_certificate
 from chatd.daemon.settings import Settings
 from chatd.protocol.datagrams import MAX_DATAGRAM
+
+if TYPE_CHECKING:
+    from chatd.daemon.web.gateway import WebGateway
 
 try:
     import resource as _resource
@@ -179,6 +185,8 @@ class ChatService(MultiService):
         super().__init__()
         self.server = server
         self.tls = tls
+        self.web: WebGateway | None = None
+        """The browser gateway of --web-port (its connections and counters), or None when it is off."""
         self._log_observer = log_observer
 
     @property
@@ -193,6 +201,20 @@ class ChatService(MultiService):
     def tls_port(self) -> int | None:
         """The TLS port, or None when the daemon has no certificate."""
         return self._listener("tls").port_number if self.tls is not None else None
+
+    @property
+    def cluster(self) -> ClusterService | None:
+        """The node's part in the cluster (--redis), or None when it runs alone."""
+        if self.server.settings.redis is None:
+            return None
+        service = self.getServiceNamed("cluster")
+        assert isinstance(service, ClusterService)
+        return service
+
+    @property
+    def web_port(self) -> int | None:
+        """The web page's port (--web-port), or None when it is off."""
+        return self._listener("web").port_number if self.server.settings.web_port is not None else None
 
     @property
     def metrics_port(self) -> int | None:
@@ -234,6 +256,13 @@ class ChatService(MultiService):
             tcp_port=self.tcp_port,
             udp_port=self.udp_port,
         )
+        web_port = self.web_port
+        if web_port is not None:
+            scheme = "https" if self.tls is not None else "http"
+            host = f"[{settings.interface}]" if ":" in settings.interface else settings.interface
+            self._log.info(
+                "chat in a browser at {url}", event="web", url=f"{scheme}://{host}:{web_port}/", web_port=web_port
+            )
         metrics_port = self.metrics_port
         if metrics_port is not None:
             self._log.info(
@@ -353,6 +382,11 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
         return IReactorTCP(reactor).listenTCP(settings.tcp_port, server.tcp_factory, 1024, settings.interface)
 
     children: list[tuple[str, Service]] = [("udp", ListeningService(listen_udp)), ("tcp", ListeningService(listen_tcp))]
+    if settings.redis is not None:
+        # First to start and last to stop: the node is in the cluster before
+        # it takes requests, and stays in it while members are told goodbye.
+        cluster = ClusterService(parse_redis_url(settings.redis), settings.node_name, reactor)
+        children.insert(0, ("cluster", cluster))
     if tls is not None:
         options = tls.options
 
@@ -363,8 +397,15 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
             )
 
         children.append(("tls", ListeningService(listen_tls)))
+    if settings.web_port is not None:
+        top.web, listen_web = _web_listener(server, settings, tls, reactor)
+        children.append(("web", ListeningService(listen_web)))
     if settings.metrics_port is not None:
         registry = make_registry(server)
+        if top.web is not None:
+            from chatd.daemon.web.metrics import WebCollector
+
+            registry.register(WebCollector(top.web))
         metrics_port = settings.metrics_port
 
         def listen_metrics() -> IListeningPort:
@@ -387,6 +428,33 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
         child.setName(name)
         child.setServiceParent(top)
     return top
+
+
+def _web_listener(
+    server: ChatServer, settings: Settings, tls: ServerCertificate | None, reactor: Any
+) -> tuple[WebGateway, Callable[[], IListeningPort]]:
+    """
+    The gateway, and listening on --web-port: the page and its WebSocket (chatd.daemon.web),
+    over TLS (https and wss) when the daemon has a certificate. Imported
+    only when asked for, as autobahn is not needed otherwise.
+    """
+    from chatd.daemon.web.gateway import WebGateway
+    from chatd.daemon.web.site import web_site
+
+    gateway = WebGateway(
+        server.store, server.relay, server.tcp_factory, reactor, settings, secure=tls is not None, reactor=reactor
+    )
+    port = settings.web_port
+    assert port is not None
+
+    def listen_web() -> IListeningPort:
+        site = web_site(gateway)
+        # Site is a ServerFactory[_GenericHTTPChannelProtocol], as for the metrics: a typing wart.
+        if tls is not None:
+            return IReactorSSL(reactor).listenSSL(port, site, tls.options, 1024, settings.interface)
+        return IReactorTCP(reactor).listenTCP(port, site, 1024, settings.interface)  # type: ignore[arg-type]
+
+    return gateway, listen_web
 
 
 def _every(interval: float, work: Callable[[], None], clock: Any) -> TimerService:

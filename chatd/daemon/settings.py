@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, TypeVar, get_type_hints
 
 from chatd.daemon import ratelimit
+from chatd.daemon.cluster.redis_url import parse_redis_url
 from chatd.daemon.fastudp import HAVE_MMSG
 from chatd.daemon.history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MESSAGES, DEFAULT_HISTORY_ON_JOIN
 from chatd.daemon.passwords import DEFAULT_COST
@@ -35,6 +38,9 @@ UDP_IO_CHOICES = ("batched", "twisted")
 """How the UDP port does its I/O: chatd's own batching port (chatd.daemon.fastudp), or Twisted's stock one."""
 DEFAULT_UDP_IO = "batched" if HAVE_MMSG else "twisted"
 """Batched where recvmmsg/sendmmsg exist (Linux); elsewhere the stock port, which is as fast as a plain loop."""
+
+MAX_NODE_NAME = 100
+"""The longest node name (--node): it is in Redis keys and in every member's record."""
 
 _T = TypeVar("_T")
 
@@ -86,6 +92,36 @@ def name_length(option: str, value: int) -> str | None:
 
 def power_of_two(option: str, value: int) -> str | None:
     return None if value >= 2 and not value & (value - 1) else f"{option} must be a power of 2"
+
+
+def redis_url(option: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parse_redis_url(value)
+    except ValueError as error:
+        return f"{option}: {error}"
+    return None
+
+
+def node_name(option: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_NODE_NAME or not value.isprintable() or any(c.isspace() for c in value):
+        return f"{option} must be 1 to {MAX_NODE_NAME} printable characters without spaces"
+    return None
+
+
+def web_origins_complaint(option: str, value: str | None) -> str | None:
+    """What is wrong with an origin list: each must be http(s)://host[:port], nothing after."""
+    for origin in (value or "").split(","):
+        origin = origin.strip()
+        if not origin:
+            continue
+        scheme, _, rest = origin.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or "/" in rest.rstrip("/") or "@" in rest:
+            return f"{option}: {origin!r} is not an origin such as https://chat.example.org"
+    return None
 
 
 def one_of(*choices: str) -> Check:
@@ -319,6 +355,40 @@ class Settings:
         DEFAULT_HISTORY_ON_JOIN, "Messages of history offered to a member as it enters (0: none).", check=not_negative
     )
     """How many of the latest messages held a member with the delivery feature is offered as it enters a room."""
+    redis: str | None = setting(
+        None,
+        "Keep rooms in Redis and relay with the other nodes using it: redis://HOST:PORT/DB"
+        " (docs/cluster.md); off unless given.",
+        check=redis_url,
+    )
+    """Where the cluster's Redis is; None runs one node with everything in memory."""
+    node: str | None = setting(
+        None, "This node's name in the cluster (with --redis); HOST:PID unless given.", check=node_name
+    )
+    """This node's name in Redis; None means the host name and the process id (L{Settings.node_name})."""
+
+    web_port: int | None = setting(
+        None,
+        "TCP port for the web page and its WebSocket (https/wss with --tls-cert; 0: any free port); off unless given.",
+        coerce=port,
+    )
+    """The browser gateway's port (chatd.daemon.web, docs/web.md), on --interface; None turns it off."""
+    web_origin: str | None = setting(
+        None,
+        "Origins besides the page's own whose pages may open a chat WebSocket, comma-separated"
+        " (e.g. https://chat.example.org); the page's own origin is always allowed.",
+        check=web_origins_complaint,
+    )
+    """Extra allowed Origin values, comma-separated; see L{web_origins}."""
+
+    @property
+    def node_name(self) -> str:
+        """The node's name in the cluster: --node, or this host's name and the process id."""
+        return self.node if self.node is not None else f"{socket.gethostname()}:{os.getpid()}"
+
+    def web_origins(self) -> tuple[str, ...]:
+        """The origins of --web-origin, one by one (none when it is not given)."""
+        return tuple(origin.strip() for origin in (self.web_origin or "").split(",") if origin.strip())
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any]) -> Settings:
@@ -364,6 +434,8 @@ class Settings:
                 f" silent members would stay up to {self.idle_timeout + self.sweep_interval:g} s;"
                 " lower --sweep-interval"
             )
+        if self.node is not None and self.redis is None:
+            return "--node names this daemon in a cluster: it needs --redis"
         if self.message_burst < 1:
             return f"--message-burst {self.message_burst:g} is less than 1: no member could ever send a message"
         if self.byte_burst < MAX_DATAGRAM:
@@ -373,6 +445,15 @@ class Settings:
             )
         if self.tls_cert and self.tls_port != 0 and self.tls_port == self.tcp_port:
             return f"--tls-port and --tcp-port are both {self.tcp_port}: they need a port each"
+        if self.web_port:
+            taken = (("--tcp-port", self.tcp_port), ("--tls-port", self.tls_port if self.tls_cert else 0))
+            for name, port in taken:
+                if port == self.web_port:
+                    return f"--web-port and {name} are both {port}: they need a port each"
+            if self.metrics_port == self.web_port and self.metrics_interface == self.interface:
+                return (
+                    f"--web-port and --metrics-port are both {self.web_port} on {self.interface}: they need a port each"
+                )
         if self.metrics_port and self.metrics_interface == self.interface:
             for name, port in (("--tcp-port", self.tcp_port), ("--tls-port", self.tls_port if self.tls_cert else 0)):
                 if port == self.metrics_port:

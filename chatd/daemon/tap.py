@@ -11,11 +11,13 @@ that contradict each other (L{Settings.contradiction}).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.python import usage
 from typing_extensions import override
 
+from chatd.daemon.cluster.redis_url import parse_redis_url, probe_redis
 from chatd.daemon.logs import json_observer
 from chatd.daemon.server_tls import load_server_certificate
 from chatd.daemon.service import ChatService, exit_cleanly_on_signals, make_service
@@ -69,10 +71,22 @@ class Options(usage.Options):
         return Settings.from_options(self)
 
 
+REDIS_PROBE_TIMEOUT = 5.0
+"""Seconds the start-up check of --redis may take."""
+
+
 def makeService(options: Options, reactor: Any = None) -> ChatService:
+    settings = options.settings()
+    if settings.redis is not None:
+        # Before anything starts: a Redis that cannot be reached is one line
+        # and a non-zero exit, not a node running degraded from its first second.
+        problem = probe_redis(parse_redis_url(settings.redis), REDIS_PROBE_TIMEOUT)
+        if problem is not None:
+            sys.stderr.write(f"chatd: {problem}\n")
+            raise SystemExit(1)
     if reactor is None:
         from twisted.internet import reactor
     log_observer = json_observer(options["log-json"]) if options["log-json"] else None
-    service = make_service(options.settings(), reactor, log_observer)
+    service = make_service(settings, reactor, log_observer)
     reactor.callWhenRunning(exit_cleanly_on_signals, reactor)
     return service

@@ -399,7 +399,11 @@ def _parse_dialect(rest: str, session: Session) -> Action:
     if not words:
         return Show(f"dialect {session.dialect.value} ({DIALECT_NOTES[session.dialect]})")
     try:
-        return ChangeDialect(Dialect(words[0].lower()))
+        dialect = Dialect(words[0].lower())
+        if dialect is Dialect.WEB:
+            # Browsers speak WebSocket to --web-port, not frames.
+            raise ValueError(dialect)
+        return ChangeDialect(dialect)
     except ValueError:
         raise CommandError("the dialect is one of model, seed, native") from None
 

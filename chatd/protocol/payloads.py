@@ -62,6 +62,12 @@ class Dialect(Enum):
     MODEL = "model"
     SEED = "seed"
     NATIVE = "native"
+    WEB = "web"
+    """
+    A browser, through the daemon's WebSocket gateway (chatd.daemon.web,
+    docs/web.md): never on the TCP or UDP ports, so no frame or datagram is
+    ever encoded for it; the gateway speaks its own JSON messages.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,8 +217,9 @@ class ClusterBus(Service):
         """
         Hand C{room}'s envelopes to C{handler} from now on. Fires once Redis
         confirmed the subscription (on this connection, or on the next one
-        when Redis is away). With C{epoch} and C{since} (the cache's latest,
-        L{ClusterHistory.load}), the messages of that incarnation after C{since}
+        when Redis is away), or once it is unsubscribed, if that comes first.
+        With C{epoch} and C{since} (the cache's latest, L{ClusterHistory.load}),
+        the messages of that incarnation after C{since}
         are read from the log and handed over first, so none falls between
         the node's read of the log and its subscription.
 
@@ -264,9 +265,15 @@ class ClusterBus(Service):
         """Stop handing C{room}'s envelopes over (at once); fires when Redis has confirmed, or at once if it is away."""
         channel = room_channel(self.prefix, room)
         subscription = self._subscriptions.pop(channel, None)
-        if subscription is None or self._protocol is None:
+        if subscription is None:
             return succeed(None)
         subscription.generation += 1
+        waiters, subscription.waiters = subscription.waiters, []
+        for waiting in waiters:
+            # Its subscribe's Deferred: the subscription is over before it was confirmed.
+            waiting.callback(None)
+        if self._protocol is None:
+            return succeed(None)
         reply = timed(self._protocol.unsubscribe([channel]), self._clock, self.stats, self.command_timeout)
         return reply.addCallback(lambda _: None)
 
@@ -311,7 +318,8 @@ class ClusterBus(Service):
 
         def failed(failure: Failure) -> None:
             if protocol is self._protocol:
-                _log.warn("the bus could not subscribe again: {error}", error=failure.value)
+                # Info: the outage was warned of once already, and this repeats at each attempt.
+                _log.info("the bus could not subscribe again: {error}", error=failure.value)
                 protocol.transport.abortConnection()
 
         gatherResults(made, consumeErrors=True).addCallbacks(lambda _: self._now_connected(protocol), failed)
@@ -395,7 +403,8 @@ class ClusterBus(Service):
 
         def unanswered(failure: Failure) -> None:
             if protocol is self._protocol and protocol.transport is not None:
-                _log.warn("Redis did not answer the bus's PING: {error}", error=failure.getErrorMessage())
+                # Info: the loss that follows is the one warning of the outage.
+                _log.info("Redis did not answer the bus's PING: {error}", error=failure.getErrorMessage())
                 protocol.transport.abortConnection()
 
         timed(protocol.execute_command("PING"), self._clock, self.stats, self._ping_interval).addErrback(unanswered)

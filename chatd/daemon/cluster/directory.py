@@ -77,7 +77,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-import txredisapi
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -725,6 +724,9 @@ class RoomDirectory:
 
     async def _command(self, *arguments: str | int) -> Any:
         """One Redis command's reply within C{timeout}, or L{ClusterUnavailableError}."""
+        # Imported here: importing txredisapi installs the global reactor.
+        import txredisapi
+
         try:
             waiting: Deferred[Any] = self.redis.execute_command(*arguments)
             waiting.addTimeout(self.timeout, self.clock)

@@ -31,7 +31,7 @@ the same directory.
 from __future__ import annotations
 
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -46,22 +46,20 @@ from chatd.daemon.cluster.envelope import Notice as NoticeEnvelope
 from chatd.daemon.cluster.envelope import NoticeKind as EnvelopeNoticeKind
 from chatd.daemon.cluster.log import RoomLog
 from chatd.daemon.cluster.records import ReapReport
-from chatd.daemon.cluster.store import ClusterClaims, SharedHistory, stand_in
+from chatd.daemon.cluster.redis_url import RedisConnection, RedisURL
+from chatd.daemon.cluster.store import HOST_SERVER_STOPPED, LEFT, ClusterClaims, SharedHistory
 from chatd.daemon.interfaces import IClusterNode
-from chatd.daemon.rooms import CloseReason, LeaveReason, Room
-from chatd.daemon.settings import Settings
 from chatd.protocol.errors import ClusterUnavailableError
 
 if TYPE_CHECKING:
+    # Types only: the controller, the room store and the settings import
+    # this package's parents at run time (the settings read --redis).
     from chatd.daemon.controller import ChatServer
+    from chatd.daemon.rooms import Room
+    from chatd.daemon.settings import Settings
 
 DEFAULT_START_TIMEOUT = 5.0
 """Seconds L{ClusterNode.start} waits for the bus to reach Redis."""
-
-_LEAVE_REASONS = {
-    EnvelopeNoticeKind.LEFT: LeaveReason.LEFT,
-    EnvelopeNoticeKind.TIMED_OUT: LeaveReason.TIMED_OUT,
-}
 
 
 @implementer(IClusterNode)
@@ -70,49 +68,108 @@ class ClusterNode:
     One node: its room directory, room log and bus (each on Redis; the
     directory and the log may share the command connection, the bus has its
     own), and the claims its server's room store consults.
+
+    It exists before it has Redis, so that the server can be built with it:
+    until L{start} (or L{start_with}) has given it its Redis side and the bus
+    reached Redis, the claims refuse creates and joins as the cluster being
+    unavailable.
     """
 
     _log = Logger()
 
     def __init__(
         self,
-        directory: RoomDirectory,
-        log: RoomLog,
-        bus: ClusterBus,
+        name: str,
         *,
         clock: IReactorTime,
-        settings: Settings | None = None,
+        settings: Settings,
+        directory: RoomDirectory | None = None,
+        log: RoomLog | None = None,
+        bus: ClusterBus | None = None,
     ) -> None:
-        if bus.node and bus.node != directory.node:
-            raise ValueError(f"the bus is node {bus.node!r}'s, the directory node {directory.node!r}'s")
-        self.directory = directory
-        self.log = log
-        self.bus = bus
-        self.name = directory.node
+        """
+        @param name: this node's name in the cluster (--node), the directory's and the bus's.
+        @param settings: the daemon's (history bounds, member and invitation limits).
+        @param directory: the room directory, the room log and the bus, when they exist already (tests);
+            otherwise given to L{start}, or made by L{start_with} from ClusterService's connection.
+        """
+        if not name:
+            raise ValueError("a cluster node needs a name")
+        self.name = name
         self.clock = clock
-        self.claims = ClusterClaims(directory, log, self, clock, settings)
+        self.settings = settings
+        self._directory = directory
+        self._room_log = log
+        self.bus = bus
+        self.claims = ClusterClaims(name, self, clock, settings)
         self._server: ChatServer | None = None
         self._watched: dict[str, Room] = {}
         """The rooms whose channel this node follows, by name: those with members here."""
         self._confirmed: set[Room] = set()
         """The watched rooms whose subscription Redis confirmed."""
 
+    @property
+    def directory(self) -> RoomDirectory:
+        if self._directory is None:
+            raise ClusterUnavailableError(f"node {self.name} has no connection to Redis yet")
+        return self._directory
+
+    @property
+    def log(self) -> RoomLog:
+        if self._room_log is None:
+            raise ClusterUnavailableError(f"node {self.name} has no connection to Redis yet")
+        return self._room_log
+
+    @property
+    def _the_bus(self) -> ClusterBus:
+        if self.bus is None:
+            raise ClusterUnavailableError(f"node {self.name} has no connection to Redis yet")
+        return self.bus
+
     # -- the life of the node ---------------------------------------------------------
 
     def attach(self, server: object) -> None:
-        from chatd.daemon.controller import ChatServer
-
-        if not isinstance(server, ChatServer):
-            raise TypeError("a cluster node serves a chatd.daemon.controller.ChatServer")
         if self._server is not None:
             raise ValueError("this node serves a server already")
-        self._server = server
+        self._server = cast("ChatServer", server)
 
-    async def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+    async def start_with(
+        self, directory: RoomDirectory, redis: RedisConnection, url: RedisURL, timeout: float = DEFAULT_START_TIMEOUT
+    ) -> None:
+        """
+        Start on ClusterService's connection and directory (once its C{ready}
+        fired): the room log on the same command connection, the bus on a
+        subscriber connection of its own to C{url}. ClusterUnavailableError
+        when the bus cannot reach Redis within C{timeout} seconds.
+        """
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        prefix = directory.keys.prefix
+        log = RoomLog(redis, clock=self.clock, prefix=prefix, max_messages=self.settings.history_messages)
+        endpoint = HostnameEndpoint(self.clock, url.host, url.port)
+        bus = ClusterBus(endpoint, clock=self.clock, redis=redis, log=log, prefix=prefix, node=self.name)
+        await self.start(timeout, directory=directory, log=log, bus=bus)
+
+    async def start(
+        self,
+        timeout: float = DEFAULT_START_TIMEOUT,
+        *,
+        directory: RoomDirectory | None = None,
+        log: RoomLog | None = None,
+        bus: ClusterBus | None = None,
+    ) -> None:
         """
         Start the bus (unless it runs already) and wait until it reaches
-        Redis: ClusterUnavailableError after C{timeout} seconds.
+        Redis: ClusterUnavailableError after C{timeout} seconds. The
+        directory, log and bus given here replace those given to the constructor.
         """
+        self._directory = directory or self._directory
+        self._room_log = log or self._room_log
+        self.bus = bus or self.bus
+        if self._directory is None or self._room_log is None or self.bus is None:
+            raise ValueError("a cluster node starts with a directory, a room log and a bus")
+        if self._directory.node != self.name or (self.bus.node and self.bus.node != self.name):
+            raise ValueError(f"node {self.name}'s directory and bus must be node {self.name}'s")
         self.bus.add_listener(self._bus_state)
         if not self.bus.running:
             self.bus.startService()
@@ -130,15 +187,18 @@ class ClusterNode:
         self.claims.stop()
         for room in list(self._watched.values()):
             self.unwatch(room)
-        if self.bus.running:
-            await self.bus.stopService()
+        bus = self.bus
+        if bus is None:
+            return
+        if bus.running:
+            await bus.stopService()
         with suppress(ValueError):
-            self.bus.remove_listener(self._bus_state)
+            bus.remove_listener(self._bus_state)
 
     @property
     def connected(self) -> bool:
-        """Whether Redis is reachable, as the bus last found it."""
-        return bool(self.bus.connected)
+        """Whether Redis is reachable, as the bus last found it (False before the node has a bus)."""
+        return self.bus is not None and bool(self.bus.connected)
 
     def _bus_state(self, connected: bool) -> None:
         if connected:
@@ -171,7 +231,7 @@ class ClusterNode:
         self._watched[room.name] = room
         history = room.history
         assert isinstance(history, SharedHistory)
-        subscribing = self.bus.subscribe(
+        subscribing = self._the_bus.subscribe(
             room.name, lambda envelope: self._received(room, envelope), epoch=history.epoch, since=history.latest
         )
         subscribing.addCallback(lambda _: self._confirmed.add(room) if self._watched.get(room.name) is room else None)
@@ -189,10 +249,10 @@ class ClusterNode:
             return
         del self._watched[room.name]
         self._confirmed.discard(room)
-        self.bus.unsubscribe(room.name).addErrback(lambda _: None)
+        self._the_bus.unsubscribe(room.name).addErrback(lambda _: None)
 
     def publish(self, room: Room, envelope: NoticeEnvelope | RoomClosed) -> Deferred[Any]:
-        return self.bus.publish(room.name, envelope)
+        return self._the_bus.publish(room.name, envelope)
 
     def watched(self) -> list[str]:
         """The rooms this node follows (for tests and operators)."""
@@ -223,11 +283,13 @@ class ClusterNode:
             return
         elsewhere = {record.name for record in records if record.node != self.name}
         for name in [name for name in room.remote_members if name not in elsewhere]:
-            server.presence_elsewhere(room.remote_members.pop(name), LeaveReason.LEFT)
+            gone = room.remote_left(name)
+            if gone is not None:
+                server.presence_elsewhere(gone, joined=False)
         for name in sorted(elsewhere):
-            if name not in room.remote_members and name not in room.members:
-                room.remote_members[name] = member = stand_in(room, name)
-                server.presence_elsewhere(member, None)
+            came = room.remote_joined(name)
+            if came is not None:
+                server.presence_elsewhere(came, joined=True)
 
     async def announce_reaped(self, report: ReapReport) -> None:
         """
@@ -240,14 +302,11 @@ class ClusterNode:
         for member in report.members:
             if member.was_host:
                 continue
-            left = NoticeEnvelope(
-                member.room, member.epoch, EnvelopeNoticeKind.LEFT, member.name, member.node, LeaveReason.LEFT.value
-            )
-            await self.bus.publish(member.room, left)
+            left = NoticeEnvelope(member.room, member.epoch, EnvelopeNoticeKind.LEFT, member.name, member.node, LEFT)
+            await self._the_bus.publish(member.room, left)
         for released in report.rooms:
-            reason = CloseReason.HOST_SERVER_STOPPED.value
-            closed = RoomClosed(released.name, released.epoch, self.name, reason, released.host)
-            await self.bus.publish(released.name, closed)
+            closed = RoomClosed(released.name, released.epoch, self.name, HOST_SERVER_STOPPED, released.host)
+            await self._the_bus.publish(released.name, closed)
             await self.log.delete(released.name, released.epoch)
 
     # -- what the other nodes say ---------------------------------------------------------
@@ -278,27 +337,15 @@ class ClusterNode:
             self._closed(server, room, envelope)
 
     def _presence(self, server: ChatServer, room: Room, notice: NoticeEnvelope) -> None:
-        name = notice.member
         if notice.kind is EnvelopeNoticeKind.JOINED:
-            if name in room.members or name in room.remote_members:
-                return
-            member = room.remote_members[name] = stand_in(room, name)
-            server.presence_elsewhere(member, None)
-            return
-        reason = _LEAVE_REASONS.get(notice.kind)
-        if reason is None:
-            return
-        gone = room.remote_members.pop(name, None)
-        if gone is not None:
-            server.presence_elsewhere(gone, reason)
+            came = room.remote_joined(notice.member)
+            if came is not None:
+                server.presence_elsewhere(came, joined=True)
+        elif notice.kind in (EnvelopeNoticeKind.LEFT, EnvelopeNoticeKind.TIMED_OUT):
+            gone = room.remote_left(notice.member)
+            if gone is not None:
+                server.presence_elsewhere(gone, joined=False, timed_out=notice.kind is EnvelopeNoticeKind.TIMED_OUT)
 
     def _closed(self, server: ChatServer, room: Room, closed: RoomClosed) -> None:
-        try:
-            reason = CloseReason(closed.reason)
-        except ValueError:
-            reason = CloseReason.HOST_LEFT
-        if reason is CloseReason.SERVER_STOPPING:
-            # Not this server: its members are told the room closed, not that their server stops.
-            reason = CloseReason.HOST_SERVER_STOPPED
         self.claims.closed_by_cluster.add(room)
-        server.store.close_room(room, reason)
+        server.closed_elsewhere(room, closed.reason)

@@ -17,11 +17,12 @@ issued while it is reconnecting waits for the connection.
 
 from __future__ import annotations
 
+import errno
+import socket
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-import txredisapi
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.endpoints import HostnameEndpoint
@@ -78,6 +79,42 @@ def parse_redis_url(text: str) -> RedisURL:
     return RedisURL(parts.hostname, DEFAULT_PORT if port is None else port, int(path) if path else 0)
 
 
+def probe_redis(url: RedisURL, timeout: float) -> str | None:
+    """
+    Whether Redis at C{url} answers, asked before the reactor runs (blocking,
+    within C{timeout} seconds in all): None when it selects the database and
+    answers PING, or the one sentence saying why not, as L{connect} says it.
+
+    The daemon asks this as it starts, so that a Redis that cannot be
+    reached is one line and a non-zero exit, not a daemon that runs
+    degraded from its first second.
+    """
+    deadline_error = f"cannot reach Redis at {url}: no answer within {timeout:g} s"
+    try:
+        with socket.create_connection((url.host, url.port), timeout=timeout) as probe:
+            probe.sendall(b"SELECT %d\r\nPING\r\n" % url.db)
+            replies = b""
+            while replies.count(b"\r\n") < 2:
+                received = probe.recv(512)
+                if not received:
+                    return f"cannot use Redis at {url}: it closed the connection"
+                replies += received
+    except TimeoutError:
+        return deadline_error
+    except socket.gaierror:
+        return f"cannot reach Redis at {url}: its host name does not resolve"
+    except OSError as error:
+        # By errno: this module's ConnectionRefusedError is Twisted's, not the built-in one.
+        if error.errno == errno.ECONNREFUSED:
+            return f"cannot reach Redis at {url}: connection refused"
+        return f"cannot reach Redis at {url}: {error.strerror or error}"
+    selected, ponged = replies.split(b"\r\n")[:2]
+    for reply in (selected, ponged):
+        if reply.startswith(b"-"):
+            return f"cannot use Redis at {url}: {reply[1:].decode('utf-8', 'replace')}"
+    return None
+
+
 class RedisConnection(Protocol):
     """
     The part of a txredisapi connection chatd uses: any command by name (its
@@ -120,7 +157,9 @@ async def connect(url: str | RedisURL, reactor: IReactorTime, timeout: float) ->
     where = parse_redis_url(url) if isinstance(url, str) else url
     started = reactor.seconds()
     endpoint = HostnameEndpoint(reactor, where.host, where.port, timeout=max(timeout, 0.001))
-    probing: Deferred[IProtocol] = endpoint.connect(Factory.forProtocol(TwistedProtocol))
+    quiet = Factory.forProtocol(TwistedProtocol)
+    quiet.noisy = False  # a probe, not worth two log lines at every start
+    probing: Deferred[IProtocol] = endpoint.connect(quiet)
     probing.addTimeout(timeout, reactor)
     try:
         probe = await probing
@@ -129,6 +168,10 @@ async def connect(url: str | RedisURL, reactor: IReactorTime, timeout: float) ->
     transport = getattr(probe, "transport", None)
     if transport is not None:
         transport.loseConnection()
+
+    # Imported here, not at the top: importing txredisapi installs the
+    # global reactor, and the settings import this module to check --redis.
+    import txredisapi
 
     factory = txredisapi.RedisFactory(
         f"{where.host}:{where.port}",

@@ -36,7 +36,7 @@ the message is stored, never before.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -51,9 +51,7 @@ from chatd.daemon.cluster.envelope import Posted, RoomClosed
 from chatd.daemon.cluster.log import ClusterHistory, RedisUnavailableError, RoomLog, StaleEpochError
 from chatd.daemon.cluster.records import MemberRecord, RoomRecord, new_epoch
 from chatd.daemon.history import DEFAULT_HISTORY_MESSAGES, UNNUMBERED, Held, IHistory
-from chatd.daemon.interfaces import INumberedLater, IRoomClaims
-from chatd.daemon.rooms import CloseReason, LeaveReason, Member, Room
-from chatd.daemon.settings import Settings
+from chatd.daemon.interfaces import INumberedLater, IRoomClaims, Replica
 from chatd.protocol.errors import (
     ClusterUnavailableError,
     InvalidInvitationError,
@@ -64,8 +62,20 @@ from chatd.protocol.errors import (
 )
 from chatd.protocol.payloads import DELIVERY, Dialect, RoomRequest
 
+if TYPE_CHECKING:
+    # Types only: the room store imports the settings, which import this
+    # package (--redis); at run time the cluster needs neither.
+    from chatd.daemon.rooms import CloseReason, LeaveReason, Member, Room
+    from chatd.daemon.settings import Settings
+
 _log = Logger()
 
+LEFT = "left"
+"""LeaveReason.LEFT's value: a member's connection went away (as the notices say it)."""
+TIMED_OUT = "timed_out"
+"""LeaveReason.TIMED_OUT's value."""
+HOST_SERVER_STOPPED = "the host's server stopped"
+"""CloseReason.HOST_SERVER_STOPPED's value: what a room whose host's node died closes with."""
 WRITE_ATTEMPTS = 5
 """Times a departure's or a close's write to Redis is tried while the bus says Redis is there."""
 UNAVAILABLE = "the cluster's shared state (Redis) cannot be reached: rooms cannot be created or joined now"
@@ -73,7 +83,18 @@ UNAVAILABLE = "the cluster's shared state (Redis) cannot be reached: rooms canno
 
 
 class RoomFeeds(Protocol):
-    """What the claims need of the node: a room's feed from the other nodes, while it has members here."""
+    """
+    What the claims need of the node: its Redis side (once it has one), and
+    a room's feed from the other nodes, while the room has members here.
+    """
+
+    @property
+    def directory(self) -> RoomDirectory:
+        """The room directory; ClusterUnavailableError before the node has Redis."""
+
+    @property
+    def log(self) -> RoomLog:
+        """The room log; ClusterUnavailableError before the node has Redis."""
 
     @property
     def connected(self) -> bool:
@@ -211,11 +232,6 @@ class SharedHistory:
         return None
 
 
-def stand_in(room: Room, name: str) -> Member:
-    """A member on another node, as this node lists and announces it: no token, key or address."""
-    return Member(name, "", room, Dialect.NATIVE, 0.0)
-
-
 @implementer(IRoomClaims)
 class ClusterClaims:
     """
@@ -223,26 +239,25 @@ class ClusterClaims:
     directory and room log. C{feeds} is the node (chatd.daemon.cluster.node).
     """
 
-    def __init__(
-        self,
-        directory: RoomDirectory,
-        log: RoomLog,
-        feeds: RoomFeeds,
-        clock: IReactorTime,
-        settings: Settings | None = None,
-    ) -> None:
-        self.directory = directory
-        self.log = log
-        self.node = directory.node
+    def __init__(self, node: str, feeds: RoomFeeds, clock: IReactorTime, settings: Settings) -> None:
+        self.node = node
         self.feeds = feeds
         self.clock = clock
-        self.settings = settings or Settings()
+        self.settings = settings
         self.closed_by_cluster: set[Room] = set()
         """Rooms being closed here because the cluster said so: nothing more to tell it."""
         self._pending: set[Deferred[Any]] = set()
         self._unwritten: list[tuple[Callable[[], Any], int]] = []
         """Departures and closes that Redis was away for, written again once it is back (L{reconnected})."""
         self._retry: IDelayedCall | None = None
+
+    @property
+    def directory(self) -> RoomDirectory:
+        return self.feeds.directory
+
+    @property
+    def log(self) -> RoomLog:
+        return self.feeds.log
 
     def _connected(self) -> bool:
         return self.feeds.connected
@@ -281,10 +296,10 @@ class ClusterClaims:
             self._background(lambda: self.directory.release_room(room.name, epoch))
             raise
 
-    def find(self, name: str) -> Deferred[Room | None]:
+    def find(self, name: str) -> Deferred[Replica | None]:
         return Deferred.fromCoroutine(self._find(name))
 
-    async def _find(self, name: str) -> Room | None:
+    async def _find(self, name: str) -> Replica | None:
         self.check_available()
         record = await self.directory.room(name)
         if record is None:
@@ -298,17 +313,9 @@ class ClusterClaims:
             # Closed (or made again) since the directory was read: not this room any more.
             return None
         members = await self.directory.members(name)
-        room = Room(
-            name,
-            record.password,
-            native_only=record.native_only,
-            history=SharedHistory(cache, self.log, name, self.node, self._connected, settings.history_messages),
-            replica=True,
-            remote_host=record.host,
-        )
-        for member in members:
-            room.remote_members[member.name] = stand_in(room, member.name)
-        return room
+        history = SharedHistory(cache, self.log, name, self.node, self._connected, settings.history_messages)
+        names = tuple(member.name for member in members)
+        return Replica(name, history, record.password, record.native_only, record.host, names)
 
     def admit(self, room: Room, request: RoomRequest, dialect: Dialect) -> Deferred[None]:
         return Deferred.fromCoroutine(self._admit(room, request, dialect))
@@ -372,8 +379,7 @@ class ClusterClaims:
             self._background(lambda: self.directory.remove_member(room.name, epoch, name, self.node))
 
     def member_left(self, member: Member, reason: LeaveReason) -> None:
-        room = member.room
-        self._leave(room, member.name, reason)
+        self._leave(member.room, member.name, reason.value)
 
     def room_closed(self, room: Room, members: list[Member], reason: CloseReason) -> None:
         history = room.history
@@ -384,7 +390,7 @@ class ClusterClaims:
         elif room.replica:
             # The room goes on elsewhere: only this node's members leave it.
             for member in members:
-                self._leave(room, member.name, LeaveReason.LEFT)
+                self._leave(room, member.name, LEFT)
         else:
             self._release(room)
             host = room.host_name or ""
@@ -405,11 +411,12 @@ class ClusterClaims:
         pending = list(self._pending)
         return DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)
 
-    def _leave(self, room: Room, name: str, reason: LeaveReason) -> None:
+    def _leave(self, room: Room, name: str, reason: str) -> None:
+        """C{name} left C{room} here, for C{reason} (a LeaveReason's value)."""
         epoch = room.history.epoch
         self._background(lambda: self.directory.remove_member(room.name, epoch, name, self.node))
-        kind = EnvelopeNoticeKind.TIMED_OUT if reason is LeaveReason.TIMED_OUT else EnvelopeNoticeKind.LEFT
-        self._publish(room, NoticeEnvelope(room.name, epoch, kind, name, self.node, reason.value))
+        kind = EnvelopeNoticeKind.TIMED_OUT if reason == TIMED_OUT else EnvelopeNoticeKind.LEFT
+        self._publish(room, NoticeEnvelope(room.name, epoch, kind, name, self.node, reason))
 
     def _release(self, room: Room) -> None:
         epoch = room.history.epoch

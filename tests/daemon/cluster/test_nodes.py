@@ -165,6 +165,7 @@ class NodesTests(ClusterCase):
         _, dee_heard = await self.native(a, "dee", "south")
         await until(lambda: a.cluster.following("south"), "a follows south")
         # b dies as far as Redis can tell: it writes nothing more (its bus is gone, so its writes are held).
+        assert b.cluster.bus is not None
         await bounded(b.cluster.bus.stopService(), "b's bus stops")
         report = await a.cluster.directory.evict_node("b")
         self.assertEqual([member.name for member in report.members if not member.was_host], ["bob"])
@@ -175,3 +176,15 @@ class NodesTests(ClusterCase):
         self.assertEqual((closed.room, closed.reason), ("south", "the host's server stopped"))
         self.assertEqual(await ann.refresh_members(), ("ann",))
         await until(lambda: [room.name for room in a.server.store.rooms()] == ["north"], "a holds north alone")
+
+    async def test_nodes_wired_as_the_daemon_wires_them(self) -> None:
+        # ClusterService's connection, directory and heartbeat; the node started on them.
+        a = await self.service_node("a")
+        b = await self.service_node("b")
+        ann, ann_heard = await self.native(a, "ann", create=True, delivery=True)
+        bob, bob_heard = await self.native(b, "bob", delivery=True)
+        ann.send("over the service's connection")
+        await bob_heard.message("ann", "over the service's connection")
+        bob.send("and back")
+        received = await ann_heard.message("bob", "and back")
+        self.assertEqual(received.seq, 2)

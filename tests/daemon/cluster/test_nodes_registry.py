@@ -8,7 +8,6 @@ exactly. The claims on Redis are tested with real nodes (test_nodes*.py).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -18,7 +17,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from chatd.daemon.history import IHistory, RoomHistory
-from chatd.daemon.interfaces import IRoomClaims
+from chatd.daemon.interfaces import IRoomClaims, Replica
 from chatd.daemon.rooms import CloseReason, LeaveReason, Member, Room, RoomRegistry
 from chatd.protocol.errors import (
     ClusterUnavailableError,
@@ -41,7 +40,7 @@ class FakeClaims:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.claim_answer: Deferred[None] = succeed(None)
-        self.replicas: dict[str, Room] = {}
+        self.replicas: dict[str, Replica] = {}
         self.admit_answers: list[Deferred[None]] = []
         self.spend_answer: Deferred[None] = succeed(None)
         self.available = True
@@ -53,13 +52,9 @@ class FakeClaims:
         self.calls.append(("claim", room.name, host.name))
         return self.claim_answer
 
-    def find(self, name: str) -> Deferred[Room | None]:
+    def find(self, name: str) -> Deferred[Replica | None]:
         self.calls.append(("find", name))
-        template = self.replicas.get(name)
-        if template is None:
-            return succeed(None)
-        # A new replica object each time, as the directory's record is read each time.
-        return succeed(replace(template, members={}, remote_members=dict(template.remote_members)))
+        return succeed(self.replicas.get(name))
 
     def admit(self, room: Room, request: RoomRequest, dialect: Dialect) -> Deferred[None]:
         self.calls.append(("admit", room.name, request.username))
@@ -98,12 +93,7 @@ class ClaimsTests(SynchronousTestCase):
         self.clock = Clock()
         self.claims = FakeClaims()
         self.store = RoomRegistry(self.clock, FAST, claims=self.claims)
-        self.claims.replicas["far"] = Room(
-            "far", None, history=RoomHistory(epoch=EPOCH), replica=True, remote_host="zed"
-        )
-        self.claims.replicas["far"].remote_members["zed"] = Member(
-            "zed", "", self.claims.replicas["far"], Dialect.NATIVE, 0
-        )
+        self.claims.replicas["far"] = Replica("far", RoomHistory(epoch=EPOCH), None, False, "zed", ("zed",))
 
     def enter(self, deferred: Deferred[Member]) -> Member:
         return self.successResultOf(deferred)
