@@ -30,9 +30,9 @@ from chatd.daemon.cluster.bus import ClusterBus
 from chatd.daemon.cluster.directory import RoomDirectory
 from chatd.daemon.cluster.log import RoomLog
 from chatd.daemon.cluster.node import ClusterNode
-from chatd.daemon.cluster.redis_url import RedisConnection, connect, parse_redis_url
-from chatd.daemon.cluster.service import ClusterService
+from chatd.daemon.cluster.redis_url import RedisConnection, connect
 from chatd.daemon.controller import ChatServer
+from chatd.daemon.service import ChatService, make_service
 from chatd.daemon.settings import Settings
 from chatd.protocol.payloads import Dialect
 from chatd.protocol.wire import Frame, Operation, State
@@ -55,10 +55,13 @@ class TestNode:
     name: str
     server: ChatServer
     cluster: ClusterNode
-    connection: RedisConnection
+    connection: RedisConnection | None
+    """Its command connection (None for a daemon's node: its ClusterService holds it)."""
     tcp_port: int
     udp_port: int
     ports: list[Any] = field(default_factory=list)
+    daemon: ChatService | None = None
+    """The daemon's service tree, for a node built as the daemon builds it (L{ClusterCase.service_node})."""
     stopped: bool = False
 
     async def stop(self) -> None:
@@ -66,6 +69,9 @@ class TestNode:
         if self.stopped:
             return
         self.stopped = True
+        if self.daemon is not None:
+            await bounded(self.daemon.stopService(), f"node {self.name}'s daemon stops")
+            return
         await bounded(self.server.stop(), f"node {self.name}'s server stops")
         await bounded(Deferred.fromCoroutine(self.cluster.stop()), f"node {self.name}'s cluster side stops")
         for port in self.ports:
@@ -104,24 +110,21 @@ class ClusterCase(unittest.TestCase):
 
     async def service_node(self, name: str, **overrides: Any) -> TestNode:
         """
-        A node wired as the daemon wires it: ClusterService (its connection,
-        directory, heartbeat and reaper) started, then the ClusterNode the
-        ChatServer was built with started on its connection (start_with).
+        A node as the daemon builds it (make_service with --redis and --node):
+        ClusterService (its connection, directory, heartbeat and reaper)
+        starting the ClusterNode the ChatServer was built with, the ports,
+        the shutdown hook. Stopped as twistd stops it.
         """
-        settings = replace(SETTINGS, **overrides)
-        url = parse_redis_url(self.redis.url)
-        service = ClusterService(url, name, REACTOR, timeout=2.0)
-        cluster = ClusterNode(name, clock=CLOCK, settings=settings)
-        server = ChatServer(CLOCK, settings, cluster=cluster)
-        udp = REACTOR.listenUDP(0, server.relay, interface=HOST)
-        tcp = REACTOR.listenTCP(0, server.tcp_factory, interface=HOST)
-        service.startService()
-        self.addCleanup(service.stopService)
-        directory = await bounded(service.ready, f"node {name}'s cluster service")
-        assert service.redis is not None
-        node = TestNode(name, server, cluster, service.redis, tcp.getHost().port, udp.getHost().port, [udp, tcp])
+        settings = replace(SETTINGS, tcp_port=0, udp_port=0, redis=self.redis.url, node=name, **overrides)
+        daemon = make_service(settings, REACTOR)
+        daemon.startService()
+        cluster = daemon.cluster
+        assert cluster is not None and cluster.cluster_node is not None
+        node = TestNode(
+            name, daemon.server, cluster.cluster_node, None, daemon.tcp_port, daemon.udp_port, daemon=daemon
+        )
         self.addCleanup(node.stop)
-        await bounded(Deferred.fromCoroutine(cluster.start_with(directory, service.redis, url)), f"node {name} starts")
+        await bounded(cluster.ready, f"node {name}'s cluster service")
         return node
 
     async def node(self, name: str, **overrides: Any) -> TestNode:

@@ -39,6 +39,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from typing_extensions import override
 
+from chatd.daemon.cluster.node import ClusterNode
 from chatd.daemon.cluster.redis_url import parse_redis_url
 from chatd.daemon.cluster.service import ClusterService
 from chatd.daemon.controller import ChatServer
@@ -359,7 +360,10 @@ def thread_runner(reactor: IReactorThreads) -> HashRunner:
 def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObserver | None = None) -> ChatService:
     if reactor is None:
         from twisted.internet import reactor
-    server = ChatServer(reactor, settings, run_hash=thread_runner(reactor))
+    # With --redis, the node exists before Redis answers: its server is built
+    # with it, and ClusterService starts it once connected.
+    node = ClusterNode(settings.node_name, clock=reactor, settings=settings) if settings.redis is not None else None
+    server = ChatServer(reactor, settings, run_hash=thread_runner(reactor), cluster=node)
     tls = (
         load_server_certificate(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
     )
@@ -385,7 +389,7 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
     if settings.redis is not None:
         # First to start and last to stop: the node is in the cluster before
         # it takes requests, and stays in it while members are told goodbye.
-        cluster = ClusterService(parse_redis_url(settings.redis), settings.node_name, reactor)
+        cluster = ClusterService(parse_redis_url(settings.redis), settings.node_name, reactor, cluster_node=node)
         children.insert(0, ("cluster", cluster))
     if tls is not None:
         options = tls.options

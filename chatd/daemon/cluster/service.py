@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from chatd.daemon.cluster.directory import DEFAULT_NODE_TTL, Liveness, RoomDirectory
+from chatd.daemon.cluster.node import ClusterNode
 from chatd.daemon.cluster.redis_url import RedisConnection, RedisURL, connect
 from chatd.protocol.errors import ClusterUnavailableError
 
@@ -62,8 +63,15 @@ class ClusterStats:
 class ClusterService(Service):
     """
     The node in the cluster while the daemon runs: connects to Redis at
-    C{url}, then beats and reaps until stopped. L{ready} fires once the
-    directory is usable (or with the error that kept it from Redis).
+    C{url}, starts its L{ClusterNode} (the room log, the bus) on that
+    connection, then beats and reaps until stopped. L{ready} fires once the
+    directory and the node are usable (or with the error that kept them
+    from Redis).
+
+    It is the first of the daemon's services to start and the last to
+    stop: by the time it stops, the server has closed its rooms (the
+    shutdown hook), and what that wrote to Redis is waited for
+    (L{ClusterNode.stop}) before the connection goes.
     """
 
     _log = Logger()
@@ -74,6 +82,7 @@ class ClusterService(Service):
         node: str,
         reactor: Any,
         *,
+        cluster_node: ClusterNode | None = None,
         timeout: float = REDIS_TIMEOUT,
         reap_interval: float = REAP_INTERVAL,
         reap_grace: float = REAP_GRACE,
@@ -81,6 +90,8 @@ class ClusterService(Service):
     ) -> None:
         self.url = url
         self.node = node
+        self.cluster_node = cluster_node
+        """The node's rooms in the cluster (its claims, the log, the bus); None: the directory alone (tests)."""
         self._reactor = reactor
         self._timeout = timeout
         self._reap_interval = reap_interval
@@ -108,7 +119,16 @@ class ClusterService(Service):
         directory = self.directory = RoomDirectory(
             self.redis, self.node, self._reactor, node_ttl=self._node_ttl, timeout=self._timeout
         )
+        # Registered before any member is added, so that a node that dies
+        # is found by the others' reapers (the directory's docstring).
         directory.start_heartbeat(self._beaten)
+        if self.cluster_node is not None:
+            try:
+                await self.cluster_node.start_with(directory, self.redis, self.url, self._timeout)
+            except ClusterUnavailableError as error:
+                # The bus keeps trying by itself; until it reaches Redis the
+                # node refuses creates and joins as the cluster being unavailable.
+                self._log.warn("{reason}", reason=str(error), event="cluster_node_waiting")
         reaper = self._reaper = LoopingCall(lambda: ensureDeferred(self._reap()))
         reaper.clock = self._reactor
         reaper.start(self._reap_interval, now=False)
@@ -148,6 +168,9 @@ class ClusterService(Service):
             self._log.failure("reaping dead nodes failed unexpectedly")
             return
         if report.members or report.rooms:
+            if self.cluster_node is not None:
+                # Every node's members are told, as the dead node would have told them.
+                await self.cluster_node.announce_reaped(report)
             self.stats.reaped_members += len(report.members)
             self.stats.reaped_rooms += len(report.rooms)
             self._log.info(
@@ -169,6 +192,8 @@ class ClusterService(Service):
         reaper, self._reaper = self._reaper, None
         if reaper is not None and reaper.running:
             reaper.stop()
+        if self.cluster_node is not None and self.directory is not None:
+            await self.cluster_node.stop()
         directory = self.directory
         if directory is not None:
             await directory.stop_heartbeat()
