@@ -39,6 +39,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from typing_extensions import override
 
+from chatd.daemon.cluster.metrics import ClusterCollector
 from chatd.daemon.cluster.node import ClusterNode
 from chatd.daemon.cluster.redis_url import parse_redis_url
 from chatd.daemon.cluster.service import ClusterService
@@ -386,11 +387,13 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
         return IReactorTCP(reactor).listenTCP(settings.tcp_port, server.tcp_factory, 1024, settings.interface)
 
     children: list[tuple[str, Service]] = [("udp", ListeningService(listen_udp)), ("tcp", ListeningService(listen_tcp))]
+    cluster_service: ClusterService | None = None
     if settings.redis is not None:
         # First to start and last to stop: the node is in the cluster before
         # it takes requests, and stays in it while members are told goodbye.
-        cluster = ClusterService(parse_redis_url(settings.redis), settings.node_name, reactor, cluster_node=node)
-        children.insert(0, ("cluster", cluster))
+        url = parse_redis_url(settings.redis)
+        cluster_service = ClusterService(url, settings.node_name, reactor, cluster_node=node)
+        children.insert(0, ("cluster", cluster_service))
     if tls is not None:
         options = tls.options
 
@@ -410,6 +413,8 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
             from chatd.daemon.web.metrics import WebCollector
 
             registry.register(WebCollector(top.web))
+        if cluster_service is not None:
+            registry.register(ClusterCollector(cluster_service))
         metrics_port = settings.metrics_port
 
         def listen_metrics() -> IListeningPort:
