@@ -2,12 +2,14 @@
 A chatd node of a cluster: what one ChatServer needs to serve rooms
 together with other nodes through Redis (docs/cluster.md).
 
-    node = ClusterNode(directory, log, bus, clock=reactor, settings=settings)
+    node = ClusterNode(name, clock=reactor, settings=settings)      # before Redis answers
     server = ChatServer(reactor, settings, run_hash=..., cluster=node)
-    await node.start()          # the bus connected: creates and joins may go
+    await node.start_with(directory, redis, url)  # the bus connected: creates and joins may go
     ...
     await server.stop()         # every room here closed (cluster-wide for the rooms hosted here)
     await node.stop()           # what that wrote to Redis written, the bus stopped
+
+(chatd.daemon.service and chatd.daemon.cluster.service do exactly this.)
 
 The node gives its server's room store the cluster's claims
 (chatd.daemon.cluster.store.ClusterClaims), and follows, on the bus, the
