@@ -161,6 +161,25 @@ class ChatServer:
         self._hang_up(member)
         self._log.info("{user} {event} {room}", user=member.name, event=reason.value, room=room.name)
 
+    def member_resumed(self, member: Member, previous: Member) -> None:
+        """
+        A member took its place back (a resume): the others hear nothing,
+        as nobody came or went. Its old connection, if still open, is
+        closed without a notice (the client that resumed is the one that
+        would read it). Presence changes still held about the old
+        membership are now about the new one, so that the member is not
+        told of its own join.
+        """
+        window = self._presence.get(member.room)
+        if window is not None:
+            if previous in window.entered:
+                window.entered[member] = window.entered.pop(previous)
+            for change in window.held:
+                if change.member is previous:
+                    change.member = member
+        self._hang_up(previous)
+        self._log.info("{user} resumed in {room}", event="resumed", user=member.name, room=member.room.name)
+
     def room_closed(self, room: Room, members: list[Member], reason: CloseReason) -> None:
         # Held joins and leaves are stale: the close notice says it all.
         self._close_window(room)

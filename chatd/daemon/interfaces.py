@@ -159,6 +159,14 @@ class IRoomObserver(Interface):
     def member_left(member: Member, reason: LeaveReason) -> None:
         """C{member} is no longer in its room; the room goes on."""
 
+    def member_resumed(member: Member, previous: Member) -> None:
+        """
+        C{member} took C{previous}'s place with its resume credential (the
+        same name, and the host role if C{previous} held it): nobody came or
+        went, so nobody is told; C{previous}'s token and key no longer work,
+        and its connection, if still open, is to be closed.
+        """
+
     def room_closed(room: Room, members: list[Member], reason: CloseReason) -> None:
         """C{room} is gone; C{members} were in it and hold no token any more."""
 
@@ -299,7 +307,12 @@ class IRoomStore(Interface):
         """
 
     def join_room(name: str, request: RoomRequest, dialect: Dialect) -> Deferred[Member]:
-        """Join C{name}, by password or invitation when it needs one."""
+        """
+        Join C{name}, by password or invitation when it needs one; or, for
+        a native request with a resume credential, take back the place of
+        the member it names (InvalidPasswordError when the credential is
+        not that live member's).
+        """
 
     def mint_invitation(member: Member) -> str:
         """

@@ -26,6 +26,8 @@ flight; each refusal is counted in C{stats.refused}.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from collections import Counter
 from collections.abc import Callable, Hashable
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -72,6 +74,8 @@ HashRunner = Callable[[Callable[[], Any]], "Deferred[Any]"]
 """Runs a password hash or check somewhere that does not stall the reactor."""
 TOKEN_BYTES = 16
 """128 bits from the OS's CSPRNG: unguessable, and never seen twice in practice."""
+CREDENTIAL_BYTES = 32
+"""A resume credential's entropy, as the cluster directory's (chatd.daemon.cluster.records.CREDENTIAL_BYTES)."""
 
 
 def run_inline(work: Callable[[], Any]) -> Deferred[Any]:
@@ -81,6 +85,22 @@ def run_inline(work: Callable[[], Any]) -> Deferred[Any]:
 
 def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def new_credential() -> str:
+    """A native member's resume credential: 32 random bytes, URL-safe base64 (43 characters)."""
+    return secrets.token_urlsafe(CREDENTIAL_BYTES)
+
+
+def credential_hash(credential: str) -> str:
+    """
+    What the store keeps of a resume credential: the SHA-256 of its UTF-8
+    bytes in hexadecimal, as the cluster directory keeps it in Redis
+    (chatd.daemon.cluster.records.secret_hash), so that a member's record
+    means the same on every node. A plain hash suffices: the credential is
+    256 random bits, nothing a person chose.
+    """
+    return hashlib.sha256(credential.encode("utf-8")).hexdigest()
 
 
 class LeaveReason(Enum):
@@ -156,6 +176,18 @@ class Member:
     Where a browser member (Dialect.WEB) is sent its room's messages: its
     WebSocket, set by the gateway once it has entered, None once it is gone.
     """
+    credential_hash: str | None = None
+    """
+    The hash (L{credential_hash}) of its resume credential: a native
+    member's, which a later join shows to take this membership over
+    (L{RoomRegistry.resume_member}); None for a legacy member.
+    """
+    credential: str | None = None
+    """
+    The resume credential itself, until the create or join answer has
+    carried it (the TCP side takes it with L{take_credential}); the store
+    keeps only its hash after that.
+    """
     name_bytes: bytes = field(init=False, repr=False)
     """The name as UTF-8, encoded once: every relayed copy and size check needs it."""
     prefix: bytes = field(init=False, repr=False)
@@ -171,6 +203,11 @@ class Member:
     @property
     def is_host(self) -> bool:
         return self.room.host is self
+
+    def take_credential(self) -> str | None:
+        """The resume credential to hand out, once: the member no longer holds it in clear after this."""
+        credential, self.credential = self.credential, None
+        return credential
 
 
 @dataclass(eq=False)
@@ -396,6 +433,10 @@ class RoomRegistry:
             raise RoomNotFoundError(f"no room {name!r}")
         if room.native_only and dialect is not Dialect.NATIVE:
             raise NotPermittedError(f"room {name!r} admits native clients only")
+        if request.resume is not None and dialect is Dialect.NATIVE:
+            # The credential stands for the password or the invitation, and
+            # the member takes its own place: neither is checked, nor the size.
+            return await self.resume_member(room, request, dialect)
         self._check_room_takes(room, request.username)
         spent_invitation: tuple[str, float] | None = None
         if request.invite is not None and claims is not None:
@@ -494,6 +535,75 @@ class RoomRegistry:
             del self._invitations[invite]
             room.invitations.pop(invite, None)
 
+    # -- resuming ---------------------------------------------------------------
+
+    def resume_member(self, room: Room, request: RoomRequest, dialect: Dialect) -> Deferred[Member]:
+        """
+        A native join with C{"resume"}: member C{request.username} of
+        C{room} comes back under a new connection, proving itself with the
+        resume credential of its last answer. The one place a resume goes
+        through, for a store to override (the cluster store checks and
+        replaces the credential in Redis, where the member may be on another
+        node). Here: the credential is checked against the live member's,
+        then L{take_over} commits; a wrong or used credential, or a name
+        with no live member (it left, timed out, or never was), is refused
+        with InvalidPasswordError, and nothing changes.
+        """
+        previous = room.members.get(request.username)
+        offered = credential_hash(request.resume or "")
+        if (
+            previous is None
+            or not self._is_live(previous)
+            or previous.credential_hash is None
+            or not hmac.compare_digest(previous.credential_hash, offered)
+        ):
+            return fail(
+                InvalidPasswordError(
+                    f"cannot resume as {request.username!r} in room {room.name!r}: the resume credential is"
+                    " not valid (already used, or that member is gone)"
+                )
+            )
+        return succeed(self.take_over(previous, request, dialect))
+
+    def take_over(self, previous: Member, request: RoomRequest, dialect: Dialect) -> Member:
+        """
+        Put a new member in C{previous}'s place, in one synchronous step: the
+        same name, the same place in the member list, the host role if it
+        held it, its rate limit's state, and (with the same client id) its
+        duplicate window; a new token, UDP key and resume credential. The
+        old token and key stop working at once. The observer is told with
+        L{IRoomObserver.member_resumed}, not as a leave and a join: for the
+        others nobody came or went.
+        """
+        room = previous.room
+        member = self._new_member(room, request, dialect)
+        if previous.rate_limit is not None:
+            # A resume is no way to a fresh allowance.
+            member.rate_limit = previous.rate_limit
+        # Plain dictionary stores, nothing that can fail half-way: the new
+        # member registered first, so a window shared by client id never
+        # counts as departed in between.
+        self._register_member(member)
+        self._unregister_member(previous)
+        room.members[member.name] = member
+        if room.host is previous:
+            room.host = member
+        self._refresh_recipients(room)
+        try:
+            if self.observer is not None:
+                self.observer.member_resumed(member, previous)
+        except BaseException:
+            # As a join undoes itself: the old membership stands, its
+            # credential still good, and the new one never was.
+            self._register_member(previous)
+            self._unregister_member(member)
+            room.members[previous.name] = previous
+            if room.host is member:
+                room.host = previous
+            self._refresh_recipients(room)
+            raise
+        return member
+
     def _check_room_takes(self, room: Room, username: str) -> None:
         if username in room.members:
             raise UsernameTakenError(f"{username!r} is already in room {room.name!r}")
@@ -561,6 +671,8 @@ class RoomRegistry:
         member = Member(request.username, token, room, dialect, self._clock.seconds(), rate_limit=limit)
         if dialect is Dialect.NATIVE:
             member.channel = Channel(new_key(), self._fresh_key_id(), Direction.TO_CLIENT)
+            member.credential = new_credential()
+            member.credential_hash = credential_hash(member.credential)
             # Only a native request has features (a legacy one's are ignored by the parser).
             if DELIVERY in request.features:
                 member.delivery = True

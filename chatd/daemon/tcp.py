@@ -263,13 +263,16 @@ class RoomProtocol(FlowControlledProtocol):
         request = parsed.request()
         if frame.operation is Operation.CREATE and request.native_only and not self.secure:
             raise NotPermittedError("a native-only room can only be created over TLS")
+        # A resume's credential stands for the password (256 random bits,
+        # checked by one hash, nothing to guess): no scrypt run, no attempt.
+        resuming = frame.operation is Operation.JOIN and request.resume is not None
         # A password costs an scrypt run, to set it (create) or to check it
         # (join): from one address, few at once and few a minute.
-        hashing = bool(request.password)
+        hashing = bool(request.password) and not resuming
         if hashing and not self._factory.may_hash(self.peer_host):
             self._stats.rate_limited["hashing_per_host"] += 1
             raise HashingBusyError(f"{self.peer_host} already has a password request in progress; try again")
-        attempt = hashing or (frame.operation is Operation.JOIN and bool(request.invite))
+        attempt = hashing or (frame.operation is Operation.JOIN and bool(request.invite) and not resuming)
         # Charged before the check, so that parallel guesses are counted too.
         if attempt and not self._factory.password_attempts.take(self.peer_host):
             self._stats.rate_limited["password_attempts"] += 1
@@ -286,10 +289,15 @@ class RoomProtocol(FlowControlledProtocol):
             # hash ran until now.
             entered.addBoth(self._factory.hashing_finished, self.peer_host)
         self._busy = True
-        entered.addCallbacks(self._entered, self._not_entered, errbackArgs=(frame.operation, frame.room))
+        entered.addCallbacks(
+            self._entered,
+            self._not_entered,
+            callbackArgs=(frame.operation, resuming),
+            errbackArgs=(frame.operation, frame.room),
+        )
         entered.addErrback(lambda failure: self._log.failure("while answering a create or join", failure))
 
-    def _entered(self, member: Member) -> None:
+    def _entered(self, member: Member, operation: Operation, resumed: bool) -> None:
         self._busy = False
         if self._closing:
             # Closed while the request was in flight (handshake timeout): the
@@ -297,7 +305,7 @@ class RoomProtocol(FlowControlledProtocol):
             self._store.leave(member, LeaveReason.LEFT)
             return
         self.member = member
-        if member.is_host:
+        if operation is Operation.CREATE:
             self._stats.rooms_created += 1
         else:
             self._stats.joins += 1
@@ -306,7 +314,7 @@ class RoomProtocol(FlowControlledProtocol):
         if member.dialect is not Dialect.MODEL:
             self._handshake_done()
         room = member.room
-        operation = Operation.CREATE if member.is_host else Operation.JOIN
+        # The request's own operation: a host that resumed did so by a join.
         self._acknowledge(operation, Status.SUCCESS, room.name)
         self._send(Frame(operation, State.COMPLETE, room.name, self._complete_payload(member), self._encoding))
         if member.dialect is Dialect.MODEL:
@@ -315,7 +323,7 @@ class RoomProtocol(FlowControlledProtocol):
             member.connection = self
         self._log.info(
             "{user} {event} {room} ({dialect} dialect)",
-            event="created" if member.is_host else "joined",
+            event="resumed" if resumed else "created" if operation is Operation.CREATE else "joined",
             user=member.name,
             room=room.name,
             dialect=member.dialect.value,
@@ -338,6 +346,7 @@ class RoomProtocol(FlowControlledProtocol):
             idle_timeout=self._settings.idle_timeout,
             keepalive_interval=self._settings.keepalive_interval,
             delivery=self._delivery_start(member) if member.delivery else None,
+            resume=member.take_credential(),
         )
 
     def _delivery_start(self, member: Member) -> DeliveryStart:

@@ -44,6 +44,12 @@ MAX_FEATURES = 16
 """A request may name this many features at most (unknown ones are ignored, but not without bound)."""
 MAX_CLIENT_ID = 64
 _CLIENT_ID_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+MAX_RESUME_CREDENTIAL = 128
+"""
+The longest C{"resume"} credential a join may carry (the server's are 43
+characters: 32 random bytes in URL-safe base64 without padding); a longer
+one is no credential of ours, refused before any look-up.
+"""
 DEFAULT_MAX_ROOM_NAME = 64
 DEFAULT_MAX_USER_NAME = 32
 NOTICE_MARK = "*"
@@ -88,6 +94,13 @@ class RoomRequest:
     The client's own id for itself (C{"client"}), the same across its
     reconnections, so that a message retransmitted after a rejoin is still
     recognised as a duplicate; None if not given.
+    """
+    resume: str | None = None
+    """
+    On a native join: the resume credential of the member this client was
+    (C{"resume"}, docs/protocol.md section 4.1), which gives it that
+    member's place back instead of a new one; None for a plain join, and
+    always for a create and a legacy request.
     """
 
     @property
@@ -226,6 +239,7 @@ def _request_from(obj: dict[str, Any], max_user_name: int) -> RoomRequest:
     if not isinstance(native_only, bool):
         raise MalformedFrameError("'native_only' must be true or false")
     features, client_id = (_features(obj), _client_id(obj)) if version is not None else (frozenset(), None)
+    resume = _resume_credential(obj) if version is not None else None
     return RoomRequest(
         validate_user_name(username, max_user_name),
         password or None,
@@ -234,6 +248,7 @@ def _request_from(obj: dict[str, Any], max_user_name: int) -> RoomRequest:
         native_only,
         features,
         client_id,
+        resume,
     )
 
 
@@ -257,12 +272,27 @@ def _client_id(obj: dict[str, Any]) -> str | None:
     return value
 
 
+def _resume_credential(obj: dict[str, Any]) -> str | None:
+    """
+    C{"resume"}: 1 to 128 of A-Z, a-z, 0-9, '-' and '_', the alphabet the
+    server's credentials are written in (absent, null or "": none).
+    """
+    value = obj.get("resume")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > MAX_RESUME_CREDENTIAL or not _CLIENT_ID_CHARACTERS.issuperset(value):
+        raise MalformedFrameError(
+            f"'resume' must be a resume credential: 1 to {MAX_RESUME_CREDENTIAL} of A-Z, a-z, 0-9, '-' and '_'"
+        )
+    return value
+
+
 def parse_room_request(payload: bytes, max_user_name: int = DEFAULT_MAX_USER_NAME) -> RoomRequest:
     """L{read_room_request}'s request, or its refusal raised."""
     return read_room_request(payload, max_user_name).request()
 
 
-SECRET_KEYS = frozenset({"password", "invite", "token", "key", "key_id"})
+SECRET_KEYS = frozenset({"password", "invite", "token", "key", "key_id", "resume"})
 """
 Redacted from logged payloads: the secrets, and the UDP key id, which is
 in clear on every sealed datagram, so a log that put it next to a user name
@@ -417,6 +447,7 @@ def entered_payload(
     idle_timeout: float,
     keepalive_interval: float,
     delivery: DeliveryStart | None = None,
+    resume: str | None = None,
 ) -> bytes:
     """
     The native answer to a create or join (operation 1 or 2, complete).
@@ -427,7 +458,10 @@ def entered_payload(
     entered, the member last), C{idle_timeout}, C{keepalive_interval}
     (seconds, as numbers); then, only when the "delivery" feature is
     granted, C{features} (C{["delivery"]}) and C{delivery} (an object:
-    C{epoch}, C{seq}, C{history_from}).
+    C{epoch}, C{seq}, C{history_from}); last, when given, C{resume}: the
+    member's resume credential, which a later join presents to take this
+    membership back (the server gives one to every native member; absent,
+    the object is byte for byte what it was before resuming existed).
     """
     obj: dict[str, Any] = {
         "token": token,
@@ -443,6 +477,8 @@ def entered_payload(
     if delivery is not None:
         obj["features"] = [DELIVERY]
         obj["delivery"] = {"epoch": delivery.epoch, "seq": delivery.seq, "history_from": delivery.history_from}
+    if resume is not None:
+        obj["resume"] = resume
     return encode_json(obj)
 
 
@@ -491,12 +527,14 @@ def room_request_payload(
     version: int = NATIVE_VERSION,
     features: Sequence[str] = (),
     client_id: str | None = None,
+    resume: str | None = None,
 ) -> bytes:
     """
     A native create or join request (docs/protocol.md section 4.1): keys
     C{chatd} (the protocol C{version} the client speaks), C{username}, then
-    C{password}, C{invite}, C{native_only} (a create's alone), C{features}
-    and C{client} when given, as ASCII JSON.
+    C{password}, C{invite}, C{native_only} (a create's alone), C{features},
+    C{client} and C{resume} (a join's resume credential) when given, as
+    ASCII JSON.
     """
     obj: dict[str, Any] = {"chatd": version, "username": user}
     if password:
@@ -509,6 +547,8 @@ def room_request_payload(
         obj["features"] = list(features)
     if client_id is not None:
         obj["client"] = client_id
+    if resume is not None:
+        obj["resume"] = resume
     return json.dumps(obj).encode("utf-8")
 
 
@@ -527,6 +567,8 @@ class EnteredAnswer:
     keepalive_interval: float
     delivery: DeliveryStart | None = None
     """Set when the server granted the "delivery" feature."""
+    resume: str | None = None
+    """The member's resume credential, for its next join to take this place back; None from an older server."""
 
 
 def read_key(obj: dict[str, Any]) -> tuple[bytes, int]:
@@ -553,9 +595,20 @@ def read_entered_payload(payload: bytes) -> EnteredAnswer:
             idle_timeout=float(obj["idle_timeout"]),
             keepalive_interval=float(obj["keepalive_interval"]),
             delivery=_read_delivery(obj),
+            resume=_read_resume(obj),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise MalformedFrameError(f"the room answer is unusable: {error}") from None
+
+
+def _read_resume(obj: dict[str, Any]) -> str | None:
+    """The answer's resume credential; absent or null from a server that does not offer resuming."""
+    value = obj.get("resume")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError("'resume' is not a credential")
+    return value
 
 
 def _read_delivery(obj: dict[str, Any]) -> DeliveryStart | None:

@@ -105,6 +105,8 @@ class EnteringTests(DeliveryTcpCase):
                 "members",
                 "idle_timeout",
                 "keepalive_interval",
+                # Every native answer's, feature or not (docs/protocol.md 4.2).
+                "resume",
             ],
         )
 

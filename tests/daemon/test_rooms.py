@@ -51,6 +51,9 @@ class RecordingObserver:
     def member_left(self, member: Member, reason: LeaveReason) -> None:
         self.events.append(("left", member.room.name, member.name, reason.value))
 
+    def member_resumed(self, member: Member, previous: Member) -> None:
+        self.events.append(("resumed", member.room.name, member.name))
+
     def room_closed(self, room: Room, members: list[Member], reason: CloseReason) -> None:
         self.events.append(("closed", room.name, *sorted(m.name for m in members), reason.name))
 

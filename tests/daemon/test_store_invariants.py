@@ -92,6 +92,9 @@ class FailingObserver:
     def member_left(self, member: Member, reason: LeaveReason) -> None:
         self._other()
 
+    def member_resumed(self, member: Member, previous: Member) -> None:
+        self._other()
+
     def room_closed(self, room: Room, members: list[Member], reason: CloseReason) -> None:
         self._other()
 

@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from chatd.daemon.rooms import Member
+from chatd.daemon.rooms import Member, credential_hash
 from chatd.daemon.tcp import RoomProtocol
 from chatd.protocol.errors import Status
 from chatd.protocol.payloads import Dialect
@@ -84,6 +84,8 @@ class CreateJoinTests(RoomProtocolTestCase):
         member = self.member("hoge", "bob")
         assert member.channel is not None
         self.assertEqual(base64.b64decode(info.pop("key")), member.channel.key)
+        # The resume credential, handed out once: the member keeps its hash.
+        self.assertEqual(member.credential_hash, credential_hash(info.pop("resume")))
         self.assertEqual(
             info,
             {
