@@ -125,6 +125,8 @@ class _Loopback(_MixinBase):
         if client.dialect is Dialect.NATIVE:
             details = json.loads(complete.payload)
             token, key, key_id = details.get("token"), details.get("key"), details.get("key_id")
+            # Every native answer's resume credential (docs/protocol.md 4.2): 32 bytes, URL-safe base64.
+            self.assertRegex(details.pop("resume", None), r"^[A-Za-z0-9_-]{43}$")
             self.assertIsInstance(token, str)
             self.assertIsInstance(key, str)
             self.assertIsInstance(key_id, int)

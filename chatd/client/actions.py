@@ -179,9 +179,10 @@ class Reconnect:
 @dataclass(frozen=True, slots=True)
 class Connect:
     """
-    Open a new control connection (and the UDP port, if it is not open yet),
-    then report it with L{ClientCore.control_opened}, or the failure (a
-    ChatError) with L{ClientCore.rejoin_failed}.
+    Open a new control connection (and the UDP port, if it is not open yet)
+    to the server in use (L{ClientCore.servers}), then report it with
+    L{ClientCore.control_opened}, or the failure (a ChatError) with
+    L{ClientCore.rejoin_failed}.
     """
 
 

@@ -21,7 +21,8 @@ InvalidPasswordError, ...; see chatd.protocol.errors), never a bare number.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -74,6 +75,7 @@ from chatd.client.core import (
 )
 from chatd.client.delivery import DeliveryStats
 from chatd.client.events import ChatEvent
+from chatd.client.servers import DEFAULT_HOST, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT, ServerAddress
 from chatd.client.tls import ChatTLSCreator, TrustPolicy, explain_tls_failure, tls_endpoint
 from chatd.protocol.errors import (
     ChatError,
@@ -99,11 +101,9 @@ __all__ = [
     "ConnectionState",
     "IChatListener",
     "RoomInfo",
+    "ServerAddress",
 ]
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_TCP_PORT = 9001
-DEFAULT_UDP_PORT = 9002
 _LEVELS = {"info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error}
 
 
@@ -194,12 +194,19 @@ class ChatClient:
         udp_probe_interval: float = UDP_PROBE_INTERVAL,
         udp_lost_after: float = UDP_LOST_AFTER,
         delivery: bool = False,
+        servers: Sequence[ServerAddress] = (),
     ) -> None:
+        """
+        C{host}, C{tcp_port} and C{udp_port} name the server; or C{servers}
+        names several (the nodes of a cluster), and then those three are
+        not used. The client enters on the first server that answers, in
+        that order; when its connection is lost it comes back (resuming its
+        membership when the server gave it a credential) to the same server
+        first, then to the next, round-robin. Over TLS (C{tls}), each
+        server's TCP port is its TLS port, trusted by the same policy.
+        """
         self._reactor = reactor
         self._clock: IReactorTime = reactor
-        self.host = host
-        self.tcp_port = tcp_port
-        self.udp_port = udp_port
         self.listener = listener
         self._request_timeout = request_timeout
         self.tls = tls
@@ -220,7 +227,7 @@ class ChatClient:
             udp_confirm_wait=UDP_CONFIRM_WAIT,
             delivery=delivery,
         )
-        self._core = ClientCore(config, jitter_source)
+        self._core = ClientCore(config, jitter_source, servers or (ServerAddress(host, tcp_port, udp_port),))
         self._control: _ControlConnection | None = None
         self._udp: IListeningPort | None = None
         self._datagrams = _Datagrams(self)
@@ -233,6 +240,48 @@ class ChatClient:
         """How many times the sockets were shut: a batch of actions decided before the last one is not carried out."""
 
     # -- what the core knows, read through ----------------------------------------
+
+    @property
+    def server(self) -> ServerAddress:
+        """The server in use (or tried next, while reconnecting)."""
+        return self._core.servers.current
+
+    @property
+    def servers(self) -> tuple[ServerAddress, ...]:
+        """Every server this client may use, in the order given."""
+        return self._core.servers.servers
+
+    @property
+    def host(self) -> str:
+        """The address or name of the server in use (set: that server is to be reached there)."""
+        return self.server.host
+
+    @host.setter
+    def host(self, value: str) -> None:
+        self._core.servers.replace_current(replace(self.server, host=value))
+
+    @property
+    def tcp_port(self) -> int:
+        """The TCP (or TLS) port of the server in use (settable, as L{host})."""
+        return self.server.tcp_port
+
+    @tcp_port.setter
+    def tcp_port(self, value: int) -> None:
+        self._core.servers.replace_current(replace(self.server, tcp_port=value))
+
+    @property
+    def udp_port(self) -> int:
+        """The UDP port of the server in use (settable, as L{host})."""
+        return self.server.udp_port
+
+    @udp_port.setter
+    def udp_port(self, value: int) -> None:
+        self._core.servers.replace_current(replace(self.server, udp_port=value))
+
+    @property
+    def resumed(self) -> bool:
+        """The last entry into the room was a resume: the same place, the host role kept, nobody told."""
+        return self._core.resumed
 
     @property
     def state(self) -> ConnectionState:
@@ -433,7 +482,7 @@ class ChatClient:
             raise
 
     async def _enter(self, wanted: Membership) -> RoomInfo:
-        control = await self._connect()
+        control = await self._connect_to_any()
         self._run(self._opened(control))
         info = await self._ask_room(wanted)
         # Entered means messages can flow both ways, so wait (briefly) for the
@@ -441,10 +490,28 @@ class ChatClient:
         await self._udp_answer(self._core.config.udp_confirm_wait)
         return info
 
+    async def _connect_to_any(self) -> _ControlConnection:
+        """
+        A control connection to the first server that answers, in the order
+        given; the first server's failure when none does.
+        """
+        first: ConnectionFailedError | None = None
+        while True:
+            try:
+                return await self._connect(self.server)
+            except ConnectionFailedError as error:
+                first = first or error
+                if self._core.entry_failed() is None:
+                    raise first from None
+                self._log.info("{error}; trying {server}", error=str(error), server=self.server.label)
+
     async def _reconnect(self) -> None:
-        """The core's L{Connect}: a new control connection for its try to come back, which it carries on."""
+        """
+        The core's L{Connect}: a new control connection, to the server the
+        core has in use, for its try to come back, which it carries on.
+        """
         try:
-            control = await self._connect()
+            control = await self._connect(self.server)
         except ChatError as error:
             self._run(self._core.rejoin_failed(error, self._clock.seconds()))
             return
@@ -459,17 +526,18 @@ class ChatClient:
         if retry is not None and retry.active():
             retry.cancel()
 
-    async def _connect(self) -> _ControlConnection:
+    async def _connect(self, server: ServerAddress) -> _ControlConnection:
         endpoint: IStreamClientEndpoint
         if self.tls is not None:
-            endpoint, self._tls_creator = tls_endpoint(self._reactor, self.host, self.tcp_port, self.tls)
+            endpoint, self._tls_creator = tls_endpoint(self._reactor, server.host, server.tcp_port, self.tls)
         else:
-            endpoint = HostnameEndpoint(self._reactor, self.host, self.tcp_port, timeout=self._request_timeout)
+            endpoint = HostnameEndpoint(self._reactor, server.host, server.tcp_port, timeout=self._request_timeout)
         try:
             control = await connectProtocol(endpoint, _ControlConnection(self))
         except (ConnectError, DNSLookupError, OSError) as error:
             raise ConnectionFailedError(
-                f"cannot reach chatd at {self.host} port {self.tcp_port}: {error.__class__.__name__} ({_reason(error)})"
+                f"cannot reach chatd at {server.host} port {server.tcp_port}:"
+                f" {error.__class__.__name__} ({_reason(error)})"
             ) from None
         assert isinstance(control, _ControlConnection)
         if self._core.leaving:

@@ -51,7 +51,7 @@ reconnect), and the order of things. Nothing here imports Twisted.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from random import random as _uniform
 
 from chatd.client.actions import (
@@ -109,6 +109,7 @@ from chatd.client.reconnect import (
 )
 from chatd.client.reliable import DeliverySession, OverTcp, by_udp
 from chatd.client.requests import CLIENT_MAX_PAYLOAD, Failed, Outcome, Purpose, Requests, room_request
+from chatd.client.servers import DEFAULT_SERVER, ServerAddress, ServerList
 from chatd.client.udp_path import UDP_PROBE_MAX_INTERVAL, UdpPath, channel_from, message_body
 from chatd.protocol.datagrams import FrameType, decode_relay_body
 from chatd.protocol.errors import (
@@ -116,9 +117,11 @@ from chatd.protocol.errors import (
     ChatError,
     ClientError,
     ConnectionClosedError,
+    InvalidPasswordError,
     NotInRoomError,
     NotPermittedError,
     ProtocolError,
+    RoomNotFoundError,
 )
 from chatd.protocol.payloads import DELIVERY as DELIVERY_FEATURE
 from chatd.protocol.payloads import EnteredAnswer, ReceivedNotice, read_notice_payload
@@ -176,8 +179,29 @@ DELIVERY_KEEPALIVE = 10.0
 class ClientCore:
     """One person in one room of one chatd server, without the I/O."""
 
-    def __init__(self, config: CoreConfig | None = None, random: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        config: CoreConfig | None = None,
+        random: Callable[[], float] | None = None,
+        servers: Iterable[ServerAddress] = (DEFAULT_SERVER,),
+    ) -> None:
         self.config = config or CoreConfig()
+        self.servers = ServerList(servers)
+        """
+        The servers this client may use, and the one in use
+        (chatd.client.servers): a session enters on the first that answers;
+        a try to come back goes to the same one first, then round-robin.
+        """
+        self._entry_failures = 0
+        """Servers that could not be reached by the first create or join of this session."""
+        self.resume_credential: str | None = None
+        """
+        The resume credential of the last create or join answer (the
+        server's, single use), which a try to come back shows first to take
+        this membership back (docs/protocol.md 4.1); None without one.
+        """
+        self.resumed = False
+        """The last entry into the room was a resume (the same place, the host role kept)."""
         self.state = ConnectionState.IDLE
         self.info: RoomInfo | None = None
         self.members: tuple[str, ...] = ()
@@ -268,6 +292,10 @@ class ClientCore:
         if self.state in (ConnectionState.CONNECTING, ConnectionState.IN_ROOM, ConnectionState.RECONNECTING):
             raise ClientError("this client is already in a room; leave it first")
         self.wanted = wanted
+        self.servers.restart()
+        self._entry_failures = 0
+        self.resume_credential = None
+        self.resumed = False
         self.room_over = self.leaving = False
         self._path.lost = False
         self.room_host = None
@@ -275,6 +303,17 @@ class ClientCore:
         self.rejoin = None
         self._delivery.reset()
         self.state = ConnectionState.CONNECTING
+
+    def entry_failed(self) -> ServerAddress | None:
+        """
+        The first create or join of the session could not reach the server
+        in use: the next server to try, in the order given, or None when
+        every one has been tried.
+        """
+        self._entry_failures += 1
+        if self._entry_failures >= len(self.servers):
+            return None
+        return self.servers.advance()
 
     def control_opened(self, server_udp: tuple[str, int]) -> list[Action]:
         """
@@ -284,7 +323,11 @@ class ClientCore:
         """
         self._requests.new_stream()
         self._path.server_udp = server_udp
-        if self.state is ConnectionState.CONNECTING and self.rejoin in (RejoinStep.CREATE, RejoinStep.PROBE):
+        if self.state is ConnectionState.CONNECTING and self.rejoin in (
+            RejoinStep.RESUME,
+            RejoinStep.CREATE,
+            RejoinStep.PROBE,
+        ):
             return self._ask_rejoin(self.rejoin)
         return []
 
@@ -301,11 +344,15 @@ class ClientCore:
         """Send the create or join request for C{wanted}."""
         return self.request(self.room_frame(wanted), now)
 
-    def room_frame(self, wanted: Membership) -> Frame:
-        """The create or join request for C{wanted}: asking for the "delivery" feature, unless configured not to."""
+    def room_frame(self, wanted: Membership, resume: str | None = None) -> Frame:
+        """
+        The create or join request for C{wanted}: asking for the "delivery"
+        feature, unless configured not to; with the resume credential
+        C{resume}, if given (a resume).
+        """
         if not self.config.delivery:
-            return room_request(wanted)
-        return room_request(wanted, (DELIVERY_FEATURE,), self.client_id)
+            return room_request(wanted, resume=resume)
+        return room_request(wanted, (DELIVERY_FEATURE,), self.client_id, resume)
 
     def invite_request(self) -> Frame:
         """The invite request; raises NotInRoomError or NotPermittedError."""
@@ -363,8 +410,10 @@ class ClientCore:
                 self._path.rekeyed(answer)
                 return actions
             if isinstance(answer, EnteredAnswer):
+                resumed = pending.purpose is Purpose.REJOIN and self.rejoin is RejoinStep.RESUME
                 info, entered = self._entered(answer, now)
                 if pending.purpose is Purpose.REJOIN:
+                    self.resumed = resumed
                     return [*actions, *entered, *self._rejoin_entered()]
                 return [*actions, *entered, Answer(pending.request, info)]
         except ProtocolError as error:
@@ -401,6 +450,8 @@ class ClientCore:
         )
         self.info = info
         self.members = info.members
+        # Single use: each answer brings the one for the next resume.
+        self.resume_credential = answer.resume
         # The join answer names no host, but lists the members in the order
         # they entered, host first (docs/protocol.md section 4.2), and a room
         # never outlives its host (section 6.4).
@@ -462,12 +513,18 @@ class ClientCore:
         self.state = ConnectionState.RECONNECTING
         self._reconnection.reset()
         assert self.wanted is not None
-        return [*actions, Emit(ConnectionLost(reason, True)), *self._reconnection.next_try(now, *self._where())]
+        # The same server first: it may only have dropped the connection.
+        next_try = self._reconnection.next_try(now, *self._where(), *self._next_target())
+        return [*actions, Emit(ConnectionLost(reason, True)), *next_try]
 
     def _where(self) -> tuple[str, str | None]:
         """The room to come back to, and its host (if known), for the events that tell of a wait."""
         assert self.wanted is not None
         return self.wanted.room, self.room_host
+
+    def _next_target(self) -> tuple[str, bool]:
+        """The server the next try goes to (its label), and whether it resumes first: for the events that say so."""
+        return self.servers.current.label, self.resume_credential is not None
 
     # -- reconnecting ---------------------------------------------------------------------
 
@@ -505,18 +562,32 @@ class ClientCore:
         if not self.reconnecting:
             return []
         self.state = ConnectionState.CONNECTING
-        self.rejoin = RejoinStep.CREATE if self.rejoin_as_host() else RejoinStep.PROBE
+        self.rejoin = RejoinStep.RESUME if self.resume_credential is not None else self._rejoin_anew()
         return [Connect()]
+
+    def _rejoin_anew(self) -> RejoinStep:
+        """The first step of a try that does not resume: the host creates the room again, a member probes."""
+        return RejoinStep.CREATE if self.rejoin_as_host() else RejoinStep.PROBE
 
     def _ask_rejoin(self, step: RejoinStep) -> list[Action]:
         assert self.wanted is not None
         self.rejoin = step
-        _, actions = self._requests.ask(self.room_frame(request_for(step, self.wanted)), Purpose.REJOIN)
+        resume = self.resume_credential if step is RejoinStep.RESUME else None
+        frame = self.room_frame(request_for(step, self.wanted), resume)
+        _, actions = self._requests.ask(frame, Purpose.REJOIN)
         return actions
 
     def _rejoin_refused(self, error: ChatError, now: float) -> list[Action]:
         """The server refused (or did not answer) a rejoin's create or join: the next step, or the next try."""
         assert self.wanted is not None and self.rejoin is not None
+        if self.rejoin is RejoinStep.RESUME and isinstance(error, InvalidPasswordError | RoomNotFoundError):
+            # The credential was refused (used, or our membership is gone),
+            # or the room is: it is worth nothing now. The try goes on as
+            # one without it, on this connection (neither refusal closes it).
+            # Any other refusal (a busy or degraded server) keeps it for the next try.
+            self.resume_credential = None
+            anew = self._rejoin_anew()
+            return [Log("info", f"could not resume: {error}; entering the room anew"), *self._ask_rejoin(anew)]
         step = step_after(self.rejoin, error, self.wanted)
         if step is RejoinStep.PROBE:
             # From the host's create, whose room name is taken: a new connection.
@@ -556,16 +627,19 @@ class ClientCore:
         if not self.reconnecting:
             return []
         assert self.wanted is not None
-        verdict = self._reconnection.failed(error, now, self.wanted, self.room_host)
+        # One server per try: the next try goes to the next in the list.
+        self.servers.advance()
+        verdict = self._reconnection.failed(error, now, self.wanted, self.room_host, *self._next_target())
         if isinstance(verdict, GiveUp):
             self.state = ConnectionState.CLOSED
             return [*verdict.logged, Emit(ConnectionLost(verdict.reason, will_reconnect=False)), Shutdown()]
         return verdict
 
     def rejoined(self) -> list[Action]:
-        """The room was entered again."""
+        """The room was entered again: resumed, or entered anew."""
         assert self.info is not None
-        return [Emit(Reconnected(self.info.room, self.info.members, self.room_host))]
+        server = self.servers.current.label
+        return [Emit(Reconnected(self.info.room, self.info.members, self.room_host, server, self.resumed))]
 
     # -- leaving ------------------------------------------------------------------------------
 

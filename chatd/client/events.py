@@ -9,7 +9,7 @@ them to its listener; user interfaces only ever see these types, never bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chatd.protocol.payloads import NoticeKind, ReceivedNotice
 
@@ -114,6 +114,13 @@ class Reconnecting:
     attempt: int
     delay: float
     """Seconds until this attempt."""
+    server: str = field(default="", compare=False)
+    """
+    The server this attempt goes to (C{host:port}); empty when not said.
+    Where, not what: two events that say the same differ in nothing else.
+    """
+    resuming: bool = False
+    """The attempt resumes the membership (its resume credential) before anything else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,14 @@ class Reconnected:
     members: tuple[str, ...]
     host: str | None = None
     """Who hosts the room now (None if this client cannot tell)."""
+    server: str = field(default="", compare=False)
+    """The server the client is on now (C{host:port}); empty when not said. Not compared, as L{Reconnecting}'s."""
+    resumed: bool = False
+    """
+    The membership was resumed (docs/protocol.md 4.1): the same place in the
+    room, the host role if it was ours, and nobody was told we left; False
+    when the client entered anew (the room was created or joined again).
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,15 @@ def backoff(
 class RejoinStep(Enum):
     """Where a try to come back to the room is (L{chatd.client.core.ClientCore.reconnect_due})."""
 
+    RESUME = "resume"
+    """
+    The client holds a resume credential: it joins with it, taking its own
+    place back (the host role too), before anything else. Refused (the
+    credential was used, the member is gone, the room is gone, or the
+    server does not resume), the try goes on with the step the client would
+    have taken without one, on the same connection.
+    """
+
     CREATE = "create"
     """The host creates its room again."""
     PROBE = "probe"
@@ -95,8 +104,19 @@ def probe(wanted: Membership) -> Membership:
     return Membership(Operation.JOIN, wanted.room, wanted.user, None, None)
 
 
+def resume_as(wanted: Membership) -> Membership:
+    """
+    What a resume asks for: a join of the room under the same name, without
+    password or invitation (the credential, sent with it, stands for them;
+    a password would cost a hash for nothing).
+    """
+    return Membership(Operation.JOIN, wanted.room, wanted.user, None, None)
+
+
 def request_for(step: RejoinStep, wanted: Membership) -> Membership:
-    """The create or join that step C{step} sends."""
+    """The create or join that step C{step} sends (a resume's credential aside)."""
+    if step is RejoinStep.RESUME:
+        return resume_as(wanted)
     if step is RejoinStep.CREATE:
         return create_again(wanted)
     if step is RejoinStep.PROBE:
@@ -148,8 +168,10 @@ class Reconnection:
         self._waiting_since = None
         self._tries_waiting = 0
 
-    def next_try(self, now: float, room: str, host: str | None) -> list[Action]:
-        """The wait before the next try, and the event that says so."""
+    def next_try(
+        self, now: float, room: str, host: str | None, server: str = "", resuming: bool = False
+    ) -> list[Action]:
+        """The wait before the next try (to C{server}; a resume first when C{resuming}), and the event that says so."""
         self.attempt += 1
         config = self._config
         if self._waiting_since is None:
@@ -158,7 +180,7 @@ class Reconnection:
             delay = backoff(
                 self.attempt, config.first_retry_delay, config.max_retry_delay, config.retry_jitter, self._random
             )
-            return [Emit(Reconnecting(self.attempt, delay)), Reconnect(delay)]
+            return [Emit(Reconnecting(self.attempt, delay, server, resuming)), Reconnect(delay)]
         # The server is back: the backoff that grew while it was down starts
         # again, so that a host's return is noticed soon.
         self._tries_waiting += 1
@@ -169,10 +191,19 @@ class Reconnection:
         delay = min(jittered, gives_up_in)
         return [Emit(WaitingForHost(room, host, self.attempt, delay, gives_up_in)), Reconnect(delay)]
 
-    def failed(self, error: ChatError, now: float, wanted: Membership, host: str | None) -> list[Action] | GiveUp:
+    def failed(
+        self,
+        error: ChatError,
+        now: float,
+        wanted: Membership,
+        host: str | None,
+        server: str = "",
+        resuming: bool = False,
+    ) -> list[Action] | GiveUp:
         """
         A try failed with C{error}: close the control connection and try
-        again (the actions end with L{Reconnect}), or give up.
+        again (the actions end with L{Reconnect}; the next try goes to
+        C{server}, resuming first when C{resuming}), or give up.
         """
         attempt = self.attempt
         if isinstance(error, CertificateError):
@@ -188,7 +219,7 @@ class Reconnection:
                     f"room {wanted.room} is gone since the server restarted, and {who}"
                     f" did not reopen it within {self._config.host_wait:g} s"
                 )
-            return [CloseControl(), *self.next_try(now, wanted.room, host)]
+            return [CloseControl(), *self.next_try(now, wanted.room, host, server, resuming)]
         if isinstance(error, InvalidPasswordError) and wanted.invite is not None:
             # The invitation was spent on the first join and the room has a
             # password: no number of tries can get back in.
@@ -202,5 +233,5 @@ class Reconnection:
         return [
             Log("info", f"reconnect attempt {attempt} failed: {error}"),
             CloseControl(),
-            *self.next_try(now, wanted.room, host),
+            *self.next_try(now, wanted.room, host, server, resuming),
         ]

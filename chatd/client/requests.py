@@ -36,10 +36,13 @@ _ANSWERED_WITH_COMPLETE = frozenset(
 """Requests whose success acknowledge is followed by a complete frame."""
 
 
-def room_request(wanted: Membership, features: Sequence[str] = (), client_id: str | None = None) -> Frame:
+def room_request(
+    wanted: Membership, features: Sequence[str] = (), client_id: str | None = None, resume: str | None = None
+) -> Frame:
     """
     The create or join request (docs/protocol.md section 4.1) for C{wanted},
-    asking for C{features} under the client's own id C{client_id} (if any).
+    asking for C{features} under the client's own id C{client_id} (if any),
+    with the resume credential C{resume} (a join's, if any).
     """
     native_only = wanted.native_only and wanted.operation is Operation.CREATE
     payload = room_request_payload(
@@ -50,6 +53,7 @@ def room_request(wanted: Membership, features: Sequence[str] = (), client_id: st
         NATIVE_VERSION,
         features=features,
         client_id=client_id,
+        resume=resume if wanted.operation is Operation.JOIN else None,
     )
     return Frame(wanted.operation, State.REQUEST, wanted.room, payload)
 

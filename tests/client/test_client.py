@@ -277,7 +277,8 @@ class ClientTests(ClientCase):
             self.assertEqual(back.room, "lobby")
             await self.keepalive_answered(person)
             self.assertEqual(person.client.state, ConnectionState.IN_ROOM)
-        self.assertEqual(sorted(alice.client.members), ["alice", "bob"])
+        # bob's join notice to alice may still be on its way when bob says he is back.
+        await until(lambda: sorted(alice.client.members) == ["alice", "bob"], "alice hears that bob is back")
         self.assertEqual(sorted(bob.client.members), ["alice", "bob"])
         # The host made the room again, and kept its password.
         self.assertEqual((alice.info.host, bob.info.host), (True, False))
