@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 from chatd.client.chat_client import ConnectionState, IChatListener, RoomInfo
 from chatd.client.delivery import DeliveryStats
 from chatd.client.events import ChatEvent, MessageStateChanged, Reconnected
+from chatd.client.servers import ServerAddress
 from chatd.protocol.errors import MessageTooLongError, NotInRoomError
 
 REACTOR: Any = _reactor
@@ -89,6 +90,7 @@ class FakeClient:
         self.members: tuple[str, ...] = ()
         self.room_host: str | None = None
         self.newly_pinned: str | None = None
+        self.server = ServerAddress(host, tcp_port, udp_port)
         self.requests: list[tuple[str, ...]] = []
         self.sent: list[str] = []
         self.invitations: list[Deferred[str]] = []

@@ -23,6 +23,7 @@ from chatd.client.chat_client import (
     ChatClient,
     IChatListener,
 )
+from chatd.client.servers import ServerAddress, ServerSpecError, parse_server
 from chatd.client.tls import TrustPolicy
 from chatd.client.tls_arguments import DEFAULT_TLS_PORT, add_tls_arguments, trust_policy
 
@@ -43,6 +44,11 @@ class ChatArguments:
     json: bool = False
     tls: TrustPolicy | None = None
     """How to trust the server over TLS (tcp_port is then its TLS port); None: plain TCP."""
+    servers: tuple[ServerAddress, ...] = ()
+    """
+    Every C{--server}, in order (the first is also C{host} and the ports);
+    empty when the server was named by C{--host} and the port options.
+    """
 
 
 def client_for(
@@ -50,11 +56,12 @@ def client_for(
 ) -> ChatClient:
     """
     A client of the server at C{host} and its ports (the terminal app's room
-    screen may have changed them), with the arguments' TLS and native-only
-    choices, asking for the "delivery" feature.
+    screen may have changed them), then the other C{--server}s in order, with
+    the arguments' TLS and native-only choices, asking for the "delivery" feature.
     """
+    servers = (ServerAddress(host, tcp_port, udp_port), *arguments.servers[1:])
     # Both faces ask for reliable delivery; a server without it answers as before.
-    return ChatClient(reactor, host, tcp_port, udp_port, listener, tls=arguments.tls, delivery=True)
+    return ChatClient(reactor, listener=listener, tls=arguments.tls, delivery=True, servers=servers)
 
 
 def make_client(reactor: Any, arguments: ChatArguments, listener: IChatListener) -> ChatClient:
@@ -120,9 +127,18 @@ def parse_arguments(argv: Sequence[str] | None = None) -> ChatArguments:
         prog=PROGRAM,
         description="Chat in a chatd room: a terminal app, or with --line a line mode for scripts and bots.",
     )
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"the server's address or name (default {DEFAULT_HOST})")
+    parser.add_argument("--host", help=f"the server's address or name (default {DEFAULT_HOST})")
     parser.add_argument("--tcp-port", type=_port, default=DEFAULT_TCP_PORT, help="the server's TCP port (9001)")
     parser.add_argument("--udp-port", type=_port, default=DEFAULT_UDP_PORT, help="the server's UDP port (9002)")
+    parser.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="HOST[:TCP[:UDP]]",
+        help="a server to use, instead of --host; repeat it for the nodes of a cluster: the client enters on the"
+        " first that answers and, when its connection is lost, resumes on the same one or the next"
+        " (ports left out: --tcp-port, or the TLS port, and --udp-port; an IPv6 address with ports in [ ])",
+    )
     parser.add_argument("--room", help="the room to create or join")
     parser.add_argument("--name", help="your user name in the room")
     secret = parser.add_mutually_exclusive_group()
@@ -162,10 +178,14 @@ def parse_arguments(argv: Sequence[str] | None = None) -> ChatArguments:
     tcp_port = args.tcp_port
     if policy is not None:
         tcp_port = args.tls_port or DEFAULT_TLS_PORT
+    servers = _servers(args.server, tcp_port, args.udp_port, parser.error)
+    if servers and args.host is not None:
+        parser.error("--server and --host name the server twice: give every server with --server")
+    first = servers[0] if servers else ServerAddress(args.host or DEFAULT_HOST, tcp_port, args.udp_port)
     return ChatArguments(
-        host=args.host,
-        tcp_port=tcp_port,
-        udp_port=args.udp_port,
+        host=first.host,
+        tcp_port=first.tcp_port,
+        udp_port=first.udp_port,
         room=args.room,
         name=args.name,
         password=args.password,
@@ -175,4 +195,16 @@ def parse_arguments(argv: Sequence[str] | None = None) -> ChatArguments:
         line=args.line,
         json=args.json,
         tls=policy,
+        servers=servers,
     )
+
+
+def _servers(specs: list[str], tcp_port: int, udp_port: int, error: Any) -> tuple[ServerAddress, ...]:
+    """Each C{--server}, its left-out ports filled in; a usage error for one that cannot be read."""
+    servers = []
+    for spec in specs:
+        try:
+            servers.append(parse_server(spec, tcp_port, udp_port))
+        except ServerSpecError as refusal:
+            error(f"--server {refusal}")
+    return tuple(servers)

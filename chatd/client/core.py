@@ -638,8 +638,8 @@ class ClientCore:
     def rejoined(self) -> list[Action]:
         """The room was entered again: resumed, or entered anew."""
         assert self.info is not None
-        server = self.servers.current.label
-        return [Emit(Reconnected(self.info.room, self.info.members, self.room_host, server, self.resumed))]
+        server, as_host = self.servers.current.label, self.room_host == self.info.user
+        return [Emit(Reconnected(self.info.room, self.info.members, self.room_host, server, self.resumed, as_host))]
 
     # -- leaving ------------------------------------------------------------------------------
 

@@ -137,6 +137,8 @@ class Reconnected:
     room, the host role if it was ours, and nobody was told we left; False
     when the client entered anew (the room was created or joined again).
     """
+    as_host: bool = field(default=False, compare=False)
+    """This client is the room's host (C{host} is its own name): said, not compared, as it follows from C{host}."""
 
 
 @dataclass(frozen=True, slots=True)

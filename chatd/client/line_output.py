@@ -229,10 +229,9 @@ def format_text(event: LineEvent) -> str | None:
             why = f": {event.explanation}" if event.explanation is not None else ""
             line = f"! lost the connection to the server{why}" + ("; reconnecting" if event.will_reconnect else "")
         case Reconnecting():
-            line = f"! reconnecting in {event.delay:g} s (attempt {event.attempt})"
+            line = _reconnecting_line(event)
         case Reconnected():
-            host = f"; host: {event.host}" if event.host is not None else ""
-            line = f"! reconnected to {event.room}; members: {', '.join(event.members)}{host}"
+            line = _reconnected_line(event)
         case WaitingForHost():
             host = event.host if event.host is not None else "the host"
             line = (
@@ -323,9 +322,23 @@ def event_object(event: LineEvent) -> dict[str, Any]:
         case ConnectionLost():
             return {"event": "connection_lost", "reason": event.reason, "will_reconnect": event.will_reconnect}
         case Reconnecting():
-            return {"event": "reconnecting", "attempt": event.attempt, "delay": event.delay}
+            return {
+                "event": "reconnecting",
+                "attempt": event.attempt,
+                "delay": event.delay,
+                "server": event.server or None,
+                "resuming": event.resuming,
+            }
         case Reconnected():
-            return {"event": "reconnected", "room": event.room, "members": list(event.members), "host": event.host}
+            return {
+                "event": "reconnected",
+                "room": event.room,
+                "members": list(event.members),
+                "host": event.host,
+                "server": event.server or None,
+                "resumed": event.resumed,
+                "as_host": event.as_host,
+            }
         case WaitingForHost():
             return {
                 "event": "waiting_for_host",
@@ -398,3 +411,28 @@ def _escape(char: str) -> str:
         return "\\r"
     code = ord(char)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _reconnecting_line(event: Reconnecting) -> str:
+    """
+    C{! reconnecting in 0.5 s (attempt 1)}, then where and how when the
+    event says: C{: resuming on SERVER} (a resume first) or C{: to SERVER}.
+    The words before stay as they were, for the scripts that look for them.
+    """
+    line = f"! reconnecting in {event.delay:g} s (attempt {event.attempt})"
+    if event.server:
+        line += f": resuming on {event.server}" if event.resuming else f": to {event.server}"
+    return line
+
+
+def _reconnected_line(event: Reconnected) -> str:
+    """
+    C{! reconnected to ROOM}, then how and where when the event says
+    (C{: resumed as host on SERVER}, C{: resumed on SERVER}, C{ on SERVER}),
+    then the members and the host (not named when it is us).
+    """
+    where = f" on {event.server}" if event.server else ""
+    if event.resumed:
+        where = f": resumed as host{where}" if event.as_host else f": resumed{where}"
+    host = f"; host: {event.host}" if event.host is not None and not (event.resumed and event.as_host) else ""
+    return f"! reconnected to {event.room}{where}; members: {', '.join(event.members)}{host}"

@@ -54,6 +54,7 @@ from chatd.client.events import (
     UdpPathRestored,
     WaitingForHost,
 )
+from chatd.client.servers import ServerAddress
 from chatd.protocol.errors import MessageTooLongError, NotInRoomError
 from chatd.tui.chat_screen import ChatScreen, LineKind, StatusInfo, Tone
 from chatd.tui.delivery_view import DeliveryClient, DeliveryView
@@ -79,6 +80,11 @@ class ChatClientLike(DeliveryClient, Protocol):
 
     @property
     def newly_pinned(self) -> str | None: ...
+
+    @property
+    def server(self) -> ServerAddress:
+        """The server in use (or tried next, while reconnecting)."""
+        ...
 
     def create(
         self, room: str, user: str, password: str | None = None, *, native_only: bool = False
@@ -138,6 +144,8 @@ class ChatSession:
         self._told_waiting = False
         """The scrollback already says we wait for the host to reopen the room."""
         self._retry_at = 0.0
+        self._told_server = ""
+        """The server the scrollback last said the client is on, or tries next."""
         self._ticker: IDelayedCall | None = None
         self._mention = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
         self.screen = ChatScreen(choice.room, self._typed, history)
@@ -251,12 +259,14 @@ class ChatSession:
         elif isinstance(event, Reconnecting):
             self._retry = event
             self._retry_at = now + event.delay
+            self._tell_server(now, event)
             self._tick()
         elif isinstance(event, Reconnected):
             self._retry = None
             self._told_waiting = False
             self._stop_ticker()
-            screen.add_line(now, LineKind.NOTICE, f"Reconnected to room {event.room}.")
+            screen.add_line(now, LineKind.NOTICE, f"Reconnected to room {event.room}.{_resumed_words(event)}")
+            self._told_server = event.server
             if event.host is not None:
                 self._host_after_reconnect(now, event.host == self.name, event.host)
             self._set_members(event.members)
@@ -274,6 +284,14 @@ class ChatSession:
         elif isinstance(event, UdpPathRestored):
             self._udp_lost = False
             screen.add_line(now, LineKind.NOTICE, "UDP from the server again: messages are delivered.")
+
+    def _tell_server(self, now: float, event: Reconnecting) -> None:
+        """Say where the next try goes, once per server: the first try, and each move to another."""
+        if not event.server or event.server == self._told_server:
+            return
+        self._told_server = event.server
+        verb = "Resuming" if event.resuming else "Reconnecting"
+        self.screen.add_line(now, LineKind.NOTICE, f"{verb} on {event.server}\u2026")
 
     def _host_after_reconnect(self, now: float, hosting: bool, host: str) -> None:
         """Say so if the restart changed who hosts the room (someone else made it again first)."""
@@ -339,7 +357,7 @@ class ChatSession:
                 tone=tone,
                 members=len(self.client.members) if self._over is None else 0,
                 host=self._host and self._over is None,
-                server=f"{choice.host}:{choice.tcp_port}",
+                server=self.client.server.label,
                 udp_lost=self._udp_lost and self._over is None and self.client.state is ConnectionState.IN_ROOM,
                 path=self._delivery.path if self._over is None else None,
                 not_delivered=len(self._delivery.failed) if self._over is None else 0,
@@ -529,3 +547,11 @@ class ChatSession:
 def _who_entry(name: str, *, you: bool, host: bool) -> str:
     marks = [mark for mark, applies in (("you", you), ("host", host)) if applies]
     return f"{name} ({', '.join(marks)})" if marks else name
+
+
+def _resumed_words(event: Reconnected) -> str:
+    """After "Reconnected to room R.": how (resumed, as host) and where, when the event says."""
+    where = f" on {event.server}" if event.server else ""
+    if event.resumed:
+        return f" Resumed as host{where}." if event.as_host else f" Resumed{where}: the same place in the room."
+    return f" Entered anew{where}." if event.server else ""

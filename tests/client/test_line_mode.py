@@ -463,7 +463,8 @@ class InRoomTests(_ServiceTestCase):
             r"\* you created hoge as alice; members: alice\n"
             r"\* the server is shutting down; room hoge is closed\n"
             r"! lost the connection to the server; reconnecting\n"
-            r"! reconnecting in (0\.\d{1,2}) s \(attempt 1\)\n",
+            # It holds a resume credential: it tries that first, on the same server.
+            r"! reconnecting in (0\.\d{1,2}) s \(attempt 1\): resuming on 127\.0\.0\.1:\d+\n",
             session.output(),
         )
         assert retry is not None, session.output()
