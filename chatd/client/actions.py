@@ -107,6 +107,15 @@ class CoreConfig:
     udp_probe_interval: float = UDP_PROBE_INTERVAL
     udp_lost_after: float = UDP_LOST_AFTER
     udp_confirm_wait: float = UDP_CONFIRM_WAIT
+    server_silent_after: float = 30.0
+    """
+    With reliable delivery, seconds without anything from the server (no
+    frame on the control connection, no datagram that authenticates) after
+    which the node is taken for dead and the control connection dropped, so
+    that the client resumes, there or on the next server. Every keepalive is
+    answered on one path or the other and goes at least every 10 s, so three
+    go unanswered first. 0 never drops it.
+    """
     delivery: bool = False
     """
     Ask for the "delivery" feature on every create and join (docs/reliability.md).

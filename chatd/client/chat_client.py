@@ -195,6 +195,7 @@ class ChatClient:
         udp_lost_after: float = UDP_LOST_AFTER,
         delivery: bool = False,
         servers: Sequence[ServerAddress] = (),
+        server_silent_after: float = 30.0,
     ) -> None:
         """
         C{host}, C{tcp_port} and C{udp_port} name the server; or C{servers}
@@ -203,7 +204,9 @@ class ChatClient:
         that order; when its connection is lost it comes back (resuming its
         membership when the server gave it a credential) to the same server
         first, then to the next, round-robin. Over TLS (C{tls}), each
-        server's TCP port is its TLS port, trusted by the same policy.
+        server's TCP port is its TLS port, trusted by the same policy. With
+        reliable delivery, a server that answers nothing for
+        C{server_silent_after} seconds is taken for dead (0: never).
         """
         self._reactor = reactor
         self._clock: IReactorTime = reactor
@@ -223,6 +226,7 @@ class ChatClient:
             retry_jitter=retry_jitter,
             udp_probe_interval=udp_probe_interval,
             udp_lost_after=udp_lost_after,
+            server_silent_after=server_silent_after,
             # Read here, not in the core: a test may change this module's value.
             udp_confirm_wait=UDP_CONFIRM_WAIT,
             delivery=delivery,

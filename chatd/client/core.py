@@ -202,6 +202,8 @@ class ClientCore:
         """
         self.resumed = False
         """The last entry into the room was a resume (the same place, the host role kept)."""
+        self._last_heard = 0.0
+        """When the server was last heard from: a frame on the control connection, or an authentic datagram."""
         self.state = ConnectionState.IDLE
         self.info: RoomInfo | None = None
         self.members: tuple[str, ...] = ()
@@ -274,7 +276,7 @@ class ClientCore:
         if not self._timers.fired(name):
             return []
         if name == KEEPALIVE:
-            return self._path.keepalive_due(now)
+            return [*self._server_silent(now), *self._path.keepalive_due(now)]
         if name == PROBE:
             return self._path.probe_due(now)
         if name == REQUEST:
@@ -374,8 +376,26 @@ class ClientCore:
 
     # -- the control connection -------------------------------------------------------
 
+    def _server_silent(self, now: float) -> list[Action]:
+        """
+        The node stopped answering (with the feature, keepalives are answered
+        on one path or the other): drop the control connection, so that the
+        client comes back, resuming, there or on the next server, rather
+        than wait for TCP to notice, which can take many minutes.
+        """
+        silent_after = self.config.server_silent_after
+        if not (self._delivery.granted and self._in_room() and silent_after > 0):
+            return []
+        if now - self._last_heard < silent_after:
+            return []
+        return [
+            Log("warn", f"nothing from the server for {now - self._last_heard:.0f} s: reconnecting"),
+            AbortControl(),
+        ]
+
     def control_received(self, data: bytes, now: float) -> list[Action]:
         """Bytes from the control connection."""
+        self._last_heard = now
         actions: list[Action] = []
         try:
             for frame in self._requests.frames(data):
@@ -750,6 +770,7 @@ class ClientCore:
 
     def _sealed(self, frame_type: int, body: bytes, now: float, *, udp: bool) -> list[Action]:
         """An authenticated frame from the server, by UDP or (C{udp} False) inside operation 8."""
+        self._last_heard = now
         actions: list[Action] = []
         try:
             if self._delivery.granted:

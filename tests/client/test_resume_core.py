@@ -14,6 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from chatd.client.core import (
     CONFIRM,
+    KEEPALIVE,
+    AbortControl,
+    Action,
     ClientCore,
     CloseControl,
     Connect,
@@ -28,7 +31,7 @@ from chatd.client.events import Reconnected, Reconnecting
 from chatd.client.servers import ServerAddress, ServerList, ServerSpecError, parse_server
 from chatd.protocol.errors import ConnectionFailedError, Status
 from chatd.protocol.wire import Operation
-from tests.client.test_core import SERVER_UDP, ack, complete, events, fixed, room_answer
+from tests.client.test_core import SERVER_UDP, ack, complete, events, fixed, notice, room_answer
 from tests.client.test_core_rejoin import sent_request
 
 A = ServerAddress("127.0.0.1", 7001, 7002)
@@ -190,3 +193,51 @@ class ResumeCoreTests(SynchronousTestCase):
         self.assertEqual(events(lost)[1], Reconnecting(1, 0.5, resuming=False))
         core.reconnect_due(1.5)
         self.assertEqual(core.rejoin, RejoinStep.CREATE)
+
+
+class SilentServerTests(SynchronousTestCase):
+    """With reliable delivery, a node that answers nothing is taken for dead: the connection is dropped."""
+
+    def in_room(self, **options: Any) -> ClientCore:
+        core = ClientCore(CoreConfig(delivery=True, **options), fixed(0.0), (A, B))
+        wanted = Membership(Operation.JOIN, "hoge", "bob", None, None)
+        core.start(wanted)
+        core.control_opened(SERVER_UDP)
+        core.ask_room(wanted, 0.0)
+        start = {"epoch": "0123456789abcdef", "seq": 0, "history_from": 1}
+        answer = room_answer(user="bob", host=False, members=("alice", "bob"), features=["delivery"], delivery=start)
+        core.control_received(ack(Operation.JOIN) + complete(Operation.JOIN, answer), 0.0)
+        self.assertTrue(core.delivery)
+        return core
+
+    def fire_keepalive(self, core: ClientCore, now: float) -> list[Action]:
+        core._timers.start(KEEPALIVE, 1.0)
+        return core.timer_fired(KEEPALIVE, now)
+
+    def test_silence_drops_the_connection(self) -> None:
+        core = self.in_room()
+        self.assertNotIn(AbortControl(), self.fire_keepalive(core, 29.0))
+        self.assertIn(AbortControl(), self.fire_keepalive(core, 30.5))
+        lost = core.control_lost("aborted", 30.5)
+        self.assertEqual(core.state, ConnectionState.RECONNECTING)
+        self.assertIsInstance(lost[-1], Reconnect)
+
+    def test_anything_heard_keeps_it(self) -> None:
+        core = self.in_room()
+        core.control_received(notice(event="joined", room="hoge", user="carol", text="* carol joined hoge"), 25.0)
+        self.assertNotIn(AbortControl(), self.fire_keepalive(core, 40.0))
+        self.assertIn(AbortControl(), self.fire_keepalive(core, 55.0))
+
+    def test_zero_never_drops_it(self) -> None:
+        core = self.in_room(server_silent_after=0.0)
+        self.assertNotIn(AbortControl(), self.fire_keepalive(core, 1000.0))
+
+    def test_not_without_the_feature(self) -> None:
+        """Without it a quiet room on a blocked UDP path hears nothing for long, and is not dead for that."""
+        core = ClientCore(CoreConfig(), fixed(0.0), (A,))
+        wanted = Membership(Operation.JOIN, "hoge", "bob", None, None)
+        core.start(wanted)
+        core.control_opened(SERVER_UDP)
+        core.ask_room(wanted, 0.0)
+        core.control_received(ack(Operation.JOIN) + complete(Operation.JOIN, room_answer(user="bob", host=False)), 0.0)
+        self.assertNotIn(AbortControl(), self.fire_keepalive(core, 1000.0))
