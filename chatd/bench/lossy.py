@@ -165,27 +165,33 @@ def percentile(values: Sequence[float], share: float) -> float | None:
 
 async def run_one(reactor: Any, arguments: argparse.Namespace, loss: float, number: int) -> Figures:
     impairment = Impairment(loss=loss, duplicate=arguments.duplicate, reorder_ms=arguments.reorder_ms)
-    proxy = ImpairmentProxy(
-        reactor,
-        (arguments.host, arguments.udp_port),
-        seed=arguments.seed + number,
-        to_server=impairment,
-        to_client=impairment,
-    )
-    proxy_port = proxy.listen(0, arguments.host)
+    # One daemon, or the nodes of a cluster (--also-node): member i talks to
+    # node i modulo their number, each node's UDP through a proxy of its own.
+    nodes = [(arguments.tcp_port, arguments.udp_port), *arguments.also_node]
+    proxies = [
+        ImpairmentProxy(
+            reactor,
+            (arguments.host, udp_port),
+            seed=arguments.seed + number + 1000 * index,
+            to_server=impairment,
+            to_client=impairment,
+        )
+        for index, (_, udp_port) in enumerate(nodes)
+    ]
+    proxy_ports = [proxy.listen(0, arguments.host) for proxy in proxies]
     names = [f"m{index}" for index in range(arguments.members)]
     shown = {name: Shown() for name in names}
     clients = {
         name: ChatClient(
             reactor,
             arguments.host,
-            arguments.tcp_port,
-            proxy_port,
+            nodes[index % len(nodes)][0],
+            proxy_ports[index % len(nodes)],
             Recorder(shown[name]),
             reconnect=False,
             delivery=True,
         )
-        for name in names
+        for index, name in enumerate(names)
     }
     room = f"lossy-{int(time.time())}-{number}"
     started = time.monotonic()
@@ -211,7 +217,7 @@ async def run_one(reactor: Any, arguments: argparse.Namespace, loss: float, numb
         seconds = time.monotonic() - started
         delivered, duplicates, violations, latencies = count_figures(names, arguments.messages, sent_at, shown)
         stats = [client.delivery_stats for client in clients.values()]
-        dropped = sum(proxy.counters(direction).dropped for direction in Direction)
+        dropped = sum(proxy.counters(direction).dropped for proxy in proxies for direction in Direction)
         return Figures(
             loss=loss,
             members=len(names),
@@ -232,11 +238,20 @@ async def run_one(reactor: Any, arguments: argparse.Namespace, loss: float, numb
             # A member that cannot leave cleanly changes no figure.
             with contextlib.suppress(Exception):
                 await client.leave()
-        await proxy.stop()
+        for proxy in proxies:
+            await proxy.stop()
 
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
+
+
+def node_ports(text: str) -> tuple[int, int]:
+    """C{TCP:UDP}: another node's two ports."""
+    tcp, separator, udp = text.partition(":")
+    if not separator:
+        raise argparse.ArgumentTypeError(f"{text!r} is not TCP:UDP")
+    return port_number(tcp), port_number(udp)
 
 
 def loss_rates(text: str) -> list[float]:
@@ -251,6 +266,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="the daemon's address, an IP (default 127.0.0.1)")
     parser.add_argument("--tcp-port", type=port_number, default=9001, help="the daemon's TCP port (9001)")
     parser.add_argument("--udp-port", type=port_number, default=9002, help="the daemon's UDP port (9002)")
+    parser.add_argument(
+        "--also-node",
+        type=node_ports,
+        action="append",
+        default=[],
+        metavar="TCP:UDP",
+        help="another node of the same cluster (chatd --redis), on --host: members are spread over the nodes in turn",
+    )
     parser.add_argument("--loss", type=loss_rates, default=[0.0, 0.05, 0.2], help="loss rates, each way (0,0.05,0.2)")
     parser.add_argument("--duplicate", type=non_negative, default=0.01, help="share duplicated, each way (0.01)")
     parser.add_argument("--reorder-ms", type=non_negative, default=20.0, help="extra random delay, ms (20)")

@@ -51,3 +51,10 @@ class OptionTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         arguments = lossy.make_parser().parse_args([])
         self.assertEqual((arguments.members, arguments.messages, arguments.loss), (3, 200, [0.0, 0.05, 0.2]))
+
+    def test_other_nodes_of_a_cluster(self) -> None:
+        arguments = lossy.make_parser().parse_args(["--also-node", "9011:9012", "--also-node", "9021:9022"])
+        self.assertEqual(arguments.also_node, [(9011, 9012), (9021, 9022)])
+        self.assertEqual(lossy.make_parser().parse_args([]).also_node, [])
+        for bad in ("9011", "9011:x", "0:9012"):
+            self.assertRaises((argparse.ArgumentTypeError, ValueError), lossy.node_ports, bad)
