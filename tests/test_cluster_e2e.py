@@ -2,7 +2,8 @@
 A cluster of real C{twistd -n chatd --redis ... --node ...} processes
 against a real redis-server, with chatd's own client given the list of
 servers: a node SIGKILLed during a conversation, its host resuming on
-another node with its name, its role and every message, each once.
+another node with its name, its role and every message, each once; the
+whole cluster stopped (SIGTERM) and started again, its rooms back.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ import time
 from twisted.internet.defer import Deferred
 
 from chatd.client.chat_client import ChatClient
-from chatd.client.events import MemberJoined, MemberLeft, MessageReceived, Reconnected, RoomClosed
+from chatd.client.events import (
+    MemberJoined,
+    MemberLeft,
+    MessageReceived,
+    Reconnected,
+    RoomClosed,
+    RoomRecreated,
+    ServerStopping,
+)
 from chatd.client.servers import ServerAddress
 from chatd.daemon.cluster.directory import RoomDirectory
 from chatd.daemon.cluster.redis_url import connect, parse_redis_url
@@ -27,9 +36,9 @@ HOST = "127.0.0.1"
 class Node:
     """One node: a twistd process, its ports and its name."""
 
-    def __init__(self, case: ClusterCase, name: str, *options: str) -> None:
+    def __init__(self, case: ClusterCase, name: str, *options: str, ports: tuple[int, int] | None = None) -> None:
         self.name = name
-        self.tcp_port, self.udp_port = free_ports()
+        self.tcp_port, self.udp_port = ports if ports is not None else free_ports()
         self.daemon = Daemon(case, self.tcp_port, self.udp_port, "--redis", case.redis.url, "--node", name, *options)
 
     @property
@@ -59,7 +68,9 @@ class ClusterProcessTests(ClusterCase):
             node.wait_ready()
         return nodes
 
-    def client_of(self, servers: list[ServerAddress], name: str, *, delivery: bool = True) -> tuple[ChatClient, Recorder]:
+    def client_of(
+        self, servers: list[ServerAddress], name: str, *, delivery: bool = True
+    ) -> tuple[ChatClient, Recorder]:
         heard = Recorder(name)
         client = ChatClient(
             REACTOR,
@@ -141,3 +152,49 @@ class ClusterProcessTests(ClusterCase):
         self.assertEqual((after.epoch, after.host), (before.epoch, "ann"))
         self.assertIn(after.host_node, ("b", "c"))
         self.assertTrue(ann.info is not None and ann.info.host)
+
+    async def test_a_whole_cluster_stopped_and_started_brings_its_rooms_back(self) -> None:
+        a, b = self.start_nodes("a", "b")
+        ann, ann_heard = self.client_of([a.address, b.address], "ann")
+        await bounded(ann.create("lobby", "ann"), "ann creates lobby on node a")
+        bob, bob_heard = self.client_of([b.address, a.address], "bob")
+        await bounded(bob.join("lobby", "bob"), "bob joins on node b")
+        await until(lambda: ann.members == ("ann", "bob"), "ann hears of bob")
+        ann.send("before")
+        bob.send("before too")
+        await bob_heard.message("ann", "before")
+        await ann_heard.message("bob", "before too")
+        directory = await self.directory()
+        before = await bounded(Deferred.fromCoroutine(directory.room("lobby")), "the room's record")
+        assert before is not None
+
+        stopping = [(node, node.daemon.terminate()) for node in (a, b)]
+        await ann_heard.next(ServerStopping)
+        await bob_heard.next(ServerStopping)
+        for node, since in stopping:
+            node.daemon.assert_clean_exit(since)
+        # Nothing of the room is lost in Redis while no node runs.
+        self.assertEqual(await bounded(Deferred.fromCoroutine(directory.room("lobby")), "the record"), before)
+        members = await bounded(Deferred.fromCoroutine(directory.members("lobby")), "the members")
+        self.assertEqual([member.name for member in members], ["ann", "bob"])
+
+        again = [Node(self, node.name, ports=(node.tcp_port, node.udp_port)) for node in (a, b)]
+        for node in again:
+            node.wait_ready()
+        back = await ann_heard.next(Reconnected, timeout=15)
+        self.assertTrue(back.resumed and back.as_host, back)
+        back_bob = await bob_heard.next(Reconnected, timeout=15)
+        self.assertTrue(back_bob.resumed, back_bob)
+        ann.send("after")
+        bob.send("after too")
+        await bob_heard.message("ann", "after", timeout=10)
+        await ann_heard.message("bob", "after too", timeout=10)
+        self.assertEqual(bob_heard.messages_from("ann"), ["before", "after"])
+        self.assertEqual(ann_heard.messages_from("bob"), ["before too", "after too"])
+        for heard in (ann_heard, bob_heard):
+            self.assertEqual(heard.of(RoomRecreated), [], heard.name)
+            self.assertEqual(heard.of(RoomClosed), [], heard.name)
+            self.assertEqual(seqs(heard), sorted(set(seqs(heard))), heard.name)
+        after = await bounded(Deferred.fromCoroutine(directory.room("lobby")), "the room's record")
+        assert after is not None
+        self.assertEqual((after.epoch, after.host), (before.epoch, "ann"))

@@ -186,7 +186,7 @@ class ResumeAcrossNodesTests(ClusterCase):
         ann, ann_heard = self.client_of([ServerAddress(HOST, proxy.port, a.udp_port), on_b], "ann")
         await bounded(ann.create("lobby", "ann"), "ann creates lobby on node a")
         await until(lambda: ann.udp_confirmed, "node a answers ann's keepalive")
-        bob, bob_heard = await self.native(b, "bob", delivery=True)
+        _bob, bob_heard = await self.native(b, "bob", delivery=True)
         await until(lambda: ann.members == ("ann", "bob"), "ann hears of bob")
         delivery = a.server.relay.delivery
         send = delivery.send
