@@ -108,18 +108,24 @@ class ClusterCase(unittest.TestCase):
     def setUp(self) -> None:
         self.redis = RedisServer.start_for(self)
 
-    async def service_node(self, name: str, **overrides: Any) -> TestNode:
+    async def service_node(self, name: str, *, reap_grace: float | None = None, **overrides: Any) -> TestNode:
         """
         A node as the daemon builds it (make_service with --redis and --node):
         ClusterService (its connection, directory, heartbeat and reaper)
-        starting the ClusterNode the ChatServer was built with, the ports,
-        the shutdown hook. Stopped as twistd stops it.
+        starting the ClusterNode the ChatServer was built with, the ports
+        (free ones unless C{tcp_port} and C{udp_port} say), the shutdown
+        hook. Stopped as twistd stops it. C{reap_grace}: the grace period
+        of the reaper and of the node's previous life, shortened.
         """
-        settings = replace(SETTINGS, tcp_port=0, udp_port=0, redis=self.redis.url, node=name, **overrides)
+        settings = replace(
+            SETTINGS, **{"tcp_port": 0, "udp_port": 0, "redis": self.redis.url, "node": name, **overrides}
+        )
         daemon = make_service(settings, REACTOR)
-        daemon.startService()
         cluster = daemon.cluster
         assert cluster is not None and cluster.cluster_node is not None
+        if reap_grace is not None:
+            cluster.reap_grace = reap_grace
+        daemon.startService()
         node = TestNode(
             name, daemon.server, cluster.cluster_node, None, daemon.tcp_port, daemon.udp_port, daemon=daemon
         )

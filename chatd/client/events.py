@@ -80,6 +80,26 @@ class ServerStopping:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerDegraded:
+    """
+    The server (a node of a cluster) lost the cluster's shared state: what
+    is said in the room reaches only the members on this server, and the
+    client's own messages wait to be acknowledged, until L{ServerRecovered}.
+    """
+
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRecovered:
+    """The server has the cluster's shared state again: the room reaches every member."""
+
+    room: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Throttled:
     """This client sent too fast: some of its messages were dropped."""
 
@@ -231,6 +251,8 @@ ChatEvent = (
     | RoomClosed
     | RemovedForInactivity
     | ServerStopping
+    | ServerDegraded
+    | ServerRecovered
     | Throttled
     | ConnectionLost
     | Reconnecting
@@ -273,6 +295,10 @@ def event_from_notice(notice: ReceivedNotice, me: str, members: tuple[str, ...] 
         return ServerStopping(notice.room, notice.text)
     if kind is NoticeKind.THROTTLED:
         return Throttled(notice.room, notice.text)
+    if kind is NoticeKind.SERVER_DEGRADED:
+        return ServerDegraded(notice.room, notice.text)
+    if kind is NoticeKind.SERVER_RECOVERED:
+        return ServerRecovered(notice.room, notice.text)
     return None
 
 

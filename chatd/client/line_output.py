@@ -126,6 +126,8 @@ from chatd.client.events import (
     RemovedForInactivity,
     RoomClosed,
     RoomRecreated,
+    ServerDegraded,
+    ServerRecovered,
     ServerStopping,
     Throttled,
     UdpPathLost,
@@ -225,6 +227,8 @@ def format_text(event: LineEvent) -> str | None:
             line = f"! {event.text}"
         case MemberJoined() | MemberLeft() | RoomClosed() | RemovedForInactivity() | ServerStopping() | Throttled():
             line = event.text
+        case ServerDegraded() | ServerRecovered():
+            line = event.text
         case ConnectionLost():
             why = f": {event.explanation}" if event.explanation is not None else ""
             line = f"! lost the connection to the server{why}" + ("; reconnecting" if event.will_reconnect else "")
@@ -319,6 +323,10 @@ def event_object(event: LineEvent) -> dict[str, Any]:
             return {"event": "server_stopping", "room": event.room, "text": event.text}
         case Throttled():
             return {"event": "throttled", "room": event.room, "text": event.text}
+        case ServerDegraded():
+            return {"event": "server_degraded", "room": event.room, "text": event.text}
+        case ServerRecovered():
+            return {"event": "server_recovered", "room": event.room, "text": event.text}
         case ConnectionLost():
             return {"event": "connection_lost", "reason": event.reason, "will_reconnect": event.will_reconnect}
         case Reconnecting():

@@ -32,7 +32,7 @@ from chatd.daemon.settings import Settings
 from chatd.daemon.stats import StoreStats
 from chatd.daemon.tcp_factory import RoomFactory
 from chatd.protocol.errors import RateLimitedError
-from chatd.protocol.payloads import Notice, NoticeKind
+from chatd.protocol.payloads import Dialect, Notice, NoticeKind
 
 _BEFORE_THE_WINDOW = -1
 """The sequence a member who was in the room before its presence window opened counts as entering at."""
@@ -215,6 +215,34 @@ class ChatServer:
         kind = NoticeKind.TIMED_OUT if timed_out else NoticeKind.MEMBER_LEFT
         notice = Notice(kind, member.room.name, member.name, idle_timeout=self.settings.idle_timeout)
         self._presence_changed(member, notice)
+
+    def cluster_degraded(self, degraded: bool) -> None:
+        """
+        This node lost the cluster's shared state (Redis), or has it back:
+        every native member here is told, in each of its rooms
+        (SERVER_DEGRADED, then SERVER_RECOVERED). Legacy members are told
+        nothing: their wire has no such notice, and a sentence they do not
+        expect could end a model client's program.
+        """
+        kind = NoticeKind.SERVER_DEGRADED if degraded else NoticeKind.SERVER_RECOVERED
+        for room in self.store.rooms():
+            notice = Notice(kind, room.name)
+            for member in list(room.members.values()):
+                if member.dialect is Dialect.NATIVE:
+                    self._tell(member, notice)
+        self._log.info(
+            "members told the server is {state}",
+            state="degraded" if degraded else "recovered",
+            event="server_degraded" if degraded else "server_recovered",
+        )
+
+    def moved_elsewhere(self, room: Room, name: str) -> None:
+        """
+        Member C{name}, here, resumed on another node of the cluster: its
+        copy here is dropped quietly (its old connection closed without a
+        notice), and nobody is told anything: it is still in the room.
+        """
+        self.store.moved_away(room, name)
 
     def closed_elsewhere(self, room: Room, reason: str) -> None:
         """

@@ -160,7 +160,20 @@ class DeliveryRelay:
             # So late it cannot be told from a forgery: nothing to answer.
             self.stats.duplicates += 1
         else:
-            numbered = self._host.relay_message(member, send_text(body))
+            history = member.room.history
+            shared = INumberedLater.providedBy(history)
+            key = member.window_key
+            if shared and isinstance(key, tuple):
+                # A cluster room: the log carries the ids, so that a node this
+                # member resumes on knows this message when it is sent again.
+                INumberedLater(history).tag_next(key[1], send.message_id)
+            try:
+                numbered = self._host.relay_message(member, send_text(body))
+            finally:
+                if shared:
+                    # Refused before it was appended (too fast, too long): the
+                    # ids must not go with the next message of the room.
+                    INumberedLater(history).tag_next("", 0)
             if numbered is None:
                 # /exit: the member has left; there is nobody to acknowledge.
                 return

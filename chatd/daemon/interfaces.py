@@ -188,6 +188,23 @@ class Replica(NamedTuple):
     """Everyone in the room now, the host included: all on other nodes."""
 
 
+class Resumption(NamedTuple):
+    """
+    A member's membership taken over by this node (L{IRoomClaims.take_over}):
+    where it was, and what its client said there that the room's log holds.
+    """
+
+    previous_node: str
+    """The node it was on: this one for a resume on the same node."""
+    acknowledged: tuple[tuple[int, int, int], ...] = ()
+    """
+    (message id, sequence number, time in ms) of every message its client
+    (by client id) posted in the room that the log still holds: what the
+    new member's duplicate window learns, so that a copy sent again is
+    answered SENT with its number instead of being relayed twice.
+    """
+
+
 class IRoomClaims(Interface):
     """
     What the nodes of a cluster must agree on, asked by the room store at
@@ -222,11 +239,33 @@ class IRoomClaims(Interface):
         node holds the name.
         """
 
-    def admit(room: Room, request: RoomRequest, dialect: Dialect) -> Deferred[None]:
+    def admit(room: Room, request: RoomRequest, dialect: Dialect, credential_hash: str | None = None) -> Deferred[None]:
         """
         Add the requester's name to C{room} cluster-wide before the store
-        commits the join: UsernameTakenError, RoomFullError, or
-        RoomNotFoundError when the room's incarnation ended meanwhile.
+        commits the join, with the hash of the resume credential its member
+        will hold (None for a member that cannot resume: legacy):
+        UsernameTakenError, RoomFullError, or RoomNotFoundError when the
+        room's incarnation ended meanwhile.
+        """
+
+    def take_over(
+        room: Room, name: str, credential: str, new_credential: str, client: str | None
+    ) -> Deferred[Resumption]:
+        """
+        Move member C{name} of C{room} to this node, wherever it is, proving
+        it with its resume C{credential}, which C{new_credential} replaces
+        cluster-wide in the same step (a credential serves once): the node
+        it was on, and what its client C{client} posted that the log holds.
+        InvalidPasswordError when the credential is not the member's (used,
+        wrong, or the member is gone); RoomNotFoundError when the room's
+        incarnation ended.
+        """
+
+    def resumed(member: Member, previous_node: str) -> None:
+        """
+        C{member} took its membership back on this node (after L{take_over}):
+        the room is followed here, and the node it was on, when another, is
+        told to drop its copy quietly.
         """
 
     def spend_invitation(room: Room, invite: str) -> Deferred[None]:
@@ -273,6 +312,14 @@ class INumberedLater(Interface):
         The number the message appended last gets, once the shared log stored
         it; None when it could not be stored (nothing may acknowledge it).
         Called right after that C{append}, before any other.
+        """
+
+    def tag_next(client: str, message_id: int) -> None:
+        """
+        The next C{append} is a delivery member's SEND: its client id and
+        message id go into the shared log with it, so that the duplicate
+        window of a node the member resumes on learns the number it got.
+        Called right before that C{append}; forgotten by it.
         """
 
 
@@ -353,6 +400,13 @@ class IRoomStore(Interface):
 
     def close_room(room: Room, reason: CloseReason) -> None:
         """Close C{room}; every token of it stops working."""
+
+    def moved_away(room: Room, name: str) -> None:
+        """
+        Member C{name} of C{room} resumed on another node of the cluster:
+        its copy here is dropped without a leave (the observer is told it as
+        a resume by its stand-in), its host role, if any, goes with it.
+        """
 
     def expire() -> None:
         """

@@ -39,7 +39,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from chatd.daemon.history import DuplicateWindow, IHistory, RoomHistory, RoomWindows
+from chatd.daemon.history import DuplicateWindow, IHistory, RoomHistory, RoomWindows, Verdict
 from chatd.daemon.interfaces import (
     IMemberConnection,
     IMessageStream,
@@ -459,11 +459,15 @@ class RoomRegistry:
             if room.closed:
                 raise RoomNotFoundError(f"room {name!r} was closed")
             self._check_room_takes(room, request.username)
+        # A native member's resume credential exists before the cluster
+        # hears of the member: its hash goes into the member's record, so
+        # that it can resume on any node.
+        credential = new_credential() if dialect is Dialect.NATIVE else None
         if claims is not None:
-            room = await self._admit(claims, room, request, dialect)
+            room = await self._admit(claims, room, request, dialect, credential)
         member: Member | None = None
         try:
-            member = self._new_member(room, request, dialect)
+            member = self._new_member(room, request, dialect, credential)
             room.members[member.name] = member
             self._register_member(member)
             if member.delivery or member.dialect is Dialect.WEB:
@@ -493,13 +497,24 @@ class RoomRegistry:
             raise
         return member
 
-    async def _admit(self, claims: IRoomClaims, room: Room, request: RoomRequest, dialect: Dialect) -> Room:
+    async def _admit(
+        self, claims: IRoomClaims, room: Room, request: RoomRequest, dialect: Dialect, credential: str | None
+    ) -> Room:
         """
         Add the member's name to the room cluster-wide, then the room this
         node serves it in: the room as it is here, a replica made by a join
         in parallel (same incarnation), or C{room}, a new replica, now added.
         """
-        await claims.admit(room, request, dialect)
+        await claims.admit(room, request, dialect, None if credential is None else credential_hash(credential))
+        return self._serve(claims, room, request.username)
+
+    def _serve(self, claims: IRoomClaims, room: Room, name: str) -> Room:
+        """
+        The room this node serves member C{name} in, once the cluster took
+        the member: the room as it is here, a replica made by a join in
+        parallel (same incarnation), or C{room}, a new replica, now added.
+        RoomNotFoundError (the member undone cluster-wide) when it closed.
+        """
         current = self._rooms.get(room.name)
         if room.replica and current is not room:
             if current is not None and current.history.epoch == room.history.epoch and not current.closed:
@@ -508,10 +523,10 @@ class RoomRegistry:
                 self._rooms[room.name] = room
                 self._rooms_by_origin[room.origin] += 1
             else:
-                claims.abandoned(room, request.username)
+                claims.abandoned(room, name)
                 raise RoomNotFoundError(f"room {room.name!r} was closed")
         if room.closed:
-            claims.abandoned(room, request.username)
+            claims.abandoned(room, name)
             raise RoomNotFoundError(f"room {room.name!r} was closed")
         return room
 
@@ -548,7 +563,13 @@ class RoomRegistry:
         then L{take_over} commits; a wrong or used credential, or a name
         with no live member (it left, timed out, or never was), is refused
         with InvalidPasswordError, and nothing changes.
+
+        With the cluster's claims, the cluster decides
+        (L{IRoomClaims.take_over}, L{_resume_in_cluster}): the member may be
+        on this node or on any other, alive or dead.
         """
+        if self.claims is not None:
+            return Deferred.fromCoroutine(self._resume_in_cluster(self.claims, room, request, dialect))
         previous = room.members.get(request.username)
         offered = credential_hash(request.resume or "")
         if (
@@ -565,7 +586,103 @@ class RoomRegistry:
             )
         return succeed(self.take_over(previous, request, dialect))
 
-    def take_over(self, previous: Member, request: RoomRequest, dialect: Dialect) -> Member:
+    async def _resume_in_cluster(
+        self, claims: IRoomClaims, room: Room, request: RoomRequest, dialect: Dialect
+    ) -> Member:
+        """
+        A resume in a cluster: the credential is checked and replaced in the
+        cluster (a credential serves once, wherever it is shown), then the
+        membership is this node's. A member live here is taken over as on
+        one node; one that was on another node (or on this node's previous
+        life, before a restart) arrives: it replaces its stand-in, in a
+        replica of the room made here if need be, with its host role. Its
+        duplicate window learns what its client posted that the log holds.
+        """
+        name = request.username
+        credential = new_credential()
+        client = request.client_id if DELIVERY in request.features else None
+        resumption = await claims.take_over(room, name, request.resume or "", credential, client)
+        room = self._serve(claims, room, name)
+        previous = room.members.get(name)
+        if previous is not None and self._is_live(previous):
+            member = self.take_over(previous, request, dialect, credential)
+        else:
+            try:
+                member = self._arrive(room, request, dialect, credential)
+            except BaseException:
+                claims.abandoned(room, name)
+                if room.replica and not room.members and not room.closed:
+                    self._close(room, CloseReason.NO_LOCAL_MEMBERS)
+                raise
+        window = member.window
+        if window is not None:
+            for message_id, seq, time_ms in resumption.acknowledged:
+                if window.check(message_id) is Verdict.NEW:
+                    window.record(message_id, seq, time_ms)
+        claims.resumed(member, resumption.previous_node)
+        return member
+
+    def _arrive(self, room: Room, request: RoomRequest, dialect: Dialect, credential: str) -> Member:
+        """
+        A member that the cluster moved to this node from another: in its
+        stand-in's place (the same name, the host role if it held it), told
+        to the observer as a resume (nobody came or went).
+        """
+        name = request.username
+        stand_in = room.remote_members.pop(name, None) or Member(name, "", room, Dialect.NATIVE, 0.0)
+        member = self._new_member(room, request, dialect, credential)
+        room.members[name] = member
+        was_host = room.remote_host == name
+        if was_host:
+            # The room is this node's now: its host's departure will close it cluster-wide.
+            room.host = member
+            room.remote_host = None
+            room.replica = False
+        self._register_member(member)
+        self._refresh_recipients(room)
+        try:
+            if self.observer is not None:
+                self.observer.member_resumed(member, stand_in)
+        except BaseException:
+            self._unregister_member(member)
+            del room.members[name]
+            if was_host:
+                room.host = None
+                room.remote_host = name
+                room.replica = True
+            room.remote_members[name] = stand_in
+            self._refresh_recipients(room)
+            raise
+        return member
+
+    def moved_away(self, room: Room, name: str) -> None:
+        """
+        Member C{name} resumed on another node of the cluster: its copy here
+        is dropped quietly (its old connection closed without a notice, no
+        leave told to anyone: it is still in the room, elsewhere), a stand-in
+        takes its place in the list, and a host takes its role along, so
+        this node's copy of the room becomes a replica. A replica with no
+        member left here is dropped here.
+        """
+        member = room.members.get(name)
+        if member is None or not self._is_live(member) or room.closed:
+            return
+        self._unregister_member(member)
+        del room.members[name]
+        stand_in = room.remote_joined(name)
+        if room.host is member:
+            room.host = None
+            room.remote_host = name
+            room.replica = True
+        self._refresh_recipients(room)
+        if self.observer is not None and stand_in is not None:
+            self.observer.member_resumed(stand_in, member)
+        if room.replica and not room.members:
+            self._close(room, CloseReason.NO_LOCAL_MEMBERS)
+
+    def take_over(
+        self, previous: Member, request: RoomRequest, dialect: Dialect, credential: str | None = None
+    ) -> Member:
         """
         Put a new member in C{previous}'s place, in one synchronous step: the
         same name, the same place in the member list, the host role if it
@@ -576,7 +693,7 @@ class RoomRegistry:
         others nobody came or went.
         """
         room = previous.room
-        member = self._new_member(room, request, dialect)
+        member = self._new_member(room, request, dialect, credential)
         if previous.rate_limit is not None:
             # A resume is no way to a fresh allowance.
             member.rate_limit = previous.rate_limit
@@ -661,8 +778,11 @@ class RoomRegistry:
         """A new room's history: in memory, within the settings' bounds, under a new epoch."""
         return RoomHistory(self._settings.history_messages, self._settings.history_bytes)
 
-    def _new_member(self, room: Room, request: RoomRequest, dialect: Dialect) -> Member:
-        """A member with its token (and key, if native), not yet in any index or room."""
+    def _new_member(self, room: Room, request: RoomRequest, dialect: Dialect, credential: str | None = None) -> Member:
+        """
+        A member with its token (and key and resume C{credential}, made here
+        unless given, if native), not yet in any index or room.
+        """
         token = self._fresh_token()
         settings = self._settings
         limit = MemberRateLimit(
@@ -671,7 +791,7 @@ class RoomRegistry:
         member = Member(request.username, token, room, dialect, self._clock.seconds(), rate_limit=limit)
         if dialect is Dialect.NATIVE:
             member.channel = Channel(new_key(), self._fresh_key_id(), Direction.TO_CLIENT)
-            member.credential = new_credential()
+            member.credential = credential if credential is not None else new_credential()
             member.credential_hash = credential_hash(member.credential)
             # Only a native request has features (a legacy one's are ignored by the parser).
             if DELIVERY in request.features:

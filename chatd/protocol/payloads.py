@@ -652,6 +652,14 @@ class NoticeKind(Enum):
     ROOM_CLOSED = "room_closed"
     SERVER_STOPPING = "server_stopping"
     THROTTLED = "throttled"
+    SERVER_DEGRADED = "server_degraded"
+    """
+    The server (a node of a cluster) lost the cluster's shared state (Redis):
+    its room reaches only the members on this server until it recovers.
+    Native members only: the legacy dialects' wire does not change.
+    """
+    SERVER_RECOVERED = "server_recovered"
+    """The server has the cluster's shared state again (after SERVER_DEGRADED). Native members only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,6 +711,10 @@ class Notice:
             return f"* room {self.room} was closed: {self.reason}"
         if self.kind is NoticeKind.THROTTLED:
             return "* you are sending too fast: messages are being dropped; slow down"
+        if self.kind is NoticeKind.SERVER_DEGRADED:
+            return f"* the server is degraded: room {self.room} reaches only this server's members until it recovers"
+        if self.kind is NoticeKind.SERVER_RECOVERED:
+            return f"* the server has recovered: room {self.room} reaches every member again"
         return f"* the server is shutting down; room {self.room} is closed"
 
     def model_text_for(self, recipient: str) -> str:

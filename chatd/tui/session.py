@@ -48,6 +48,8 @@ from chatd.client.events import (
     RemovedForInactivity,
     RoomClosed,
     RoomRecreated,
+    ServerDegraded,
+    ServerRecovered,
     ServerStopping,
     Throttled,
     UdpPathLost,
@@ -249,6 +251,10 @@ class ChatSession:
         elif isinstance(event, Throttled):
             # Said by the server, since our own messages were shown as sent.
             screen.add_line(now, LineKind.ERROR, sentence(event.text))
+        elif isinstance(event, ServerDegraded):
+            screen.add_line(now, LineKind.ERROR, "The server is degraded: only members on it hear you for now.")
+        elif isinstance(event, ServerRecovered):
+            screen.add_line(now, LineKind.NOTICE, "The server has recovered: every member hears you again.")
         elif isinstance(event, ServerStopping):
             screen.add_line(now, LineKind.NOTICE, "The server is shutting down; reconnecting when it is back.")
         elif isinstance(event, ConnectionLost):

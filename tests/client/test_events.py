@@ -21,6 +21,8 @@ from chatd.client.events import (
     MessageReceived,
     RemovedForInactivity,
     RoomClosed,
+    ServerDegraded,
+    ServerRecovered,
     ServerStopping,
     Throttled,
     apply_presence,
@@ -141,6 +143,8 @@ class EventFromNoticeTests(SynchronousTestCase):
             NoticeKind.ROOM_CLOSED: (RoomClosed, RoomClosed),
             NoticeKind.SERVER_STOPPING: (ServerStopping, ServerStopping),
             NoticeKind.THROTTLED: (Throttled, Throttled),
+            NoticeKind.SERVER_DEGRADED: (ServerDegraded, ServerDegraded),
+            NoticeKind.SERVER_RECOVERED: (ServerRecovered, ServerRecovered),
         }
         self.assertEqual(set(expected), set(NoticeKind))
         for kind, (for_subject, for_other) in expected.items():

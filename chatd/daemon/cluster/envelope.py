@@ -11,7 +11,8 @@ Three kinds of envelope travel on a room's channel (L{room_channel}):
   copy and the published copy are one atomic step. The same bytes are what
   the log keeps, so a node that reads the log back (a repair, a resync
   after Redis was away) gets exactly what the bus carried.
-- L{Notice}: a member joined, left or timed out, or the host changed; with
+- L{Notice}: a member joined, left or timed out, moved to another node
+  (resumed there), or the host changed; with
   the member list when it changed, so that every node can show it without
   asking the directory.
 - L{RoomClosed}: the room's incarnation (epoch) ended: each node tells its
@@ -85,6 +86,14 @@ class NoticeKind(Enum):
     LEFT = 2
     TIMED_OUT = 3
     HOST_CHANGED = 4
+    MOVED = 5
+    """
+    The member resumed on the notice's origin node (its membership moved
+    there): the node it was on drops its copy quietly, without a leave
+    notice; for every other node it is still in the room, elsewhere. A node
+    of an earlier version refuses this kind (an EnvelopeError, counted and
+    dropped): its members keep showing the member, which is still there.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,18 +36,18 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatd.daemon.cluster.bus import ClusterBus
-from chatd.daemon.cluster.directory import RoomDirectory
+from chatd.daemon.cluster.directory import Removal, RoomDirectory
 from chatd.daemon.cluster.envelope import Envelope, Posted, RoomClosed
 from chatd.daemon.cluster.envelope import Notice as NoticeEnvelope
 from chatd.daemon.cluster.envelope import NoticeKind as EnvelopeNoticeKind
 from chatd.daemon.cluster.log import RoomLog
-from chatd.daemon.cluster.records import ReapReport
+from chatd.daemon.cluster.records import ReapedMember, ReapReport
 from chatd.daemon.cluster.redis_url import RedisConnection, RedisURL
 from chatd.daemon.cluster.store import HOST_SERVER_STOPPED, LEFT, ClusterClaims, SharedHistory
 from chatd.daemon.interfaces import IClusterNode
@@ -109,6 +109,10 @@ class ClusterNode:
         """The rooms whose channel this node follows, by name: those with members here."""
         self._confirmed: set[Room] = set()
         """The watched rooms whose subscription Redis confirmed."""
+        self._degraded = False
+        """Whether this node's members were told the server is degraded (Redis lost), and not yet that it recovered."""
+        self._forgetting: IDelayedCall | None = None
+        """When the members of this node's previous life that did not come back are removed."""
 
     @property
     def directory(self) -> RoomDirectory:
@@ -185,6 +189,9 @@ class ClusterNode:
         Once the server has stopped (its rooms closed): wait for what the
         closes wrote to Redis, then stop following rooms and stop the bus.
         """
+        if self._forgetting is not None and self._forgetting.active():
+            self._forgetting.cancel()
+        self._forgetting = None
         await self.claims.settle()
         self.claims.stop()
         for room in list(self._watched.values()):
@@ -203,6 +210,15 @@ class ClusterNode:
         return self.bus is not None and bool(self.bus.connected)
 
     def _bus_state(self, connected: bool) -> None:
+        server = self._server
+        if not connected and not self._degraded:
+            self._degraded = True
+            if server is not None:
+                server.cluster_degraded(True)
+        elif connected and self._degraded:
+            self._degraded = False
+            if server is not None:
+                server.cluster_degraded(False)
         if connected:
             self._log.info("node {node}: Redis is back; rooms are followed again", node=self.name, event="redis_back")
             self.claims.reconnected()
@@ -311,6 +327,76 @@ class ClusterNode:
             await self._the_bus.publish(released.name, closed)
             await self.log.delete(released.name, released.epoch)
 
+    # -- a restart ----------------------------------------------------------------------------
+
+    async def recall_previous_life(self, grace: float) -> int:
+        """
+        At start: the members this node's index holds from its previous
+        life (it stopped, or died, and came back under the same name before
+        the reaper's grace period ran out, so nobody reaped them). Their
+        clients resume here or elsewhere; L{grace} seconds from now, those
+        that did not are removed (L{forget_previous_life}). How many entries
+        there were.
+        """
+        entries = await self.directory.node_members(self.name)
+        if entries and self._forgetting is None:
+
+            def forget() -> None:
+                self._forgetting = None
+                Deferred.fromCoroutine(self.forget_previous_life(entries)).addErrback(
+                    lambda failure: self._log.warn(
+                        "node {node}: could not remove the members of its previous life: {error}",
+                        node=self.name,
+                        error=failure.getErrorMessage(),
+                    )
+                )
+
+            self._forgetting = self.clock.callLater(grace, forget)
+        return len(entries)
+
+    async def forget_previous_life(self, entries: list[tuple[str, str]]) -> ReapReport:
+        """
+        Remove the (room, member) C{entries} of this node's previous life
+        that are still this node's in the directory and have no member here
+        now (they did not resume within the grace period), as the reaper
+        removes a dead node's: a member's leaving told everywhere, a host's
+        room closed everywhere ("the host's server stopped").
+        """
+        report = ReapReport()
+        for room_name, name in entries:
+            record = await self.directory.room(room_name)
+            if record is None:
+                continue
+            local = self._watched.get(room_name)
+            if local is not None and local.history.epoch == record.epoch and name in local.members:
+                continue
+            if record.host == name:
+                member = await self.directory.member(room_name, name)
+                if member is None or member.node != self.name:
+                    continue
+                released = await self.directory.release_room(room_name, record.epoch)
+                if released is not None:
+                    report += ReapReport(rooms=(released,))
+                continue
+            removal = await self.directory.remove_member(room_name, record.epoch, name, self.name)
+            if removal is Removal.REMOVED:
+                report += ReapReport(members=(ReapedMember(room_name, record.epoch, name, self.name, False),))
+                if local is not None and local.history.epoch == record.epoch and self._server is not None:
+                    # This node's own notice does not come back to it: its members are told here.
+                    gone = local.remote_left(name)
+                    if gone is not None:
+                        self._server.presence_elsewhere(gone, joined=False)
+        if report.members or report.rooms:
+            self._log.info(
+                "node {node}: removed {members} members and {rooms} rooms of its previous life that did not come back",
+                node=self.name,
+                members=len(report.members),
+                rooms=len(report.rooms),
+                event="previous_life_forgotten",
+            )
+            await self.announce_reaped(report)
+        return report
+
     # -- what the other nodes say ---------------------------------------------------------
 
     def _received(self, room: Room, envelope: Envelope) -> None:
@@ -343,6 +429,9 @@ class ClusterNode:
             came = room.remote_joined(notice.member)
             if came is not None:
                 server.presence_elsewhere(came, joined=True)
+        elif notice.kind is EnvelopeNoticeKind.MOVED:
+            # Resumed on the notice's origin: dropped here if it was here, still listed everywhere.
+            server.moved_elsewhere(room, notice.member)
         elif notice.kind in (EnvelopeNoticeKind.LEFT, EnvelopeNoticeKind.TIMED_OUT):
             gone = room.remote_left(notice.member)
             if gone is not None:

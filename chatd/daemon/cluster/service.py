@@ -94,8 +94,14 @@ class ClusterService(Service):
         """The node's rooms in the cluster (its claims, the log, the bus); None: the directory alone (tests)."""
         self._reactor = reactor
         self._timeout = timeout
-        self._reap_interval = reap_interval
-        self._reap_grace = reap_grace
+        self.reap_interval = reap_interval
+        """Seconds between two looks for dead nodes (read when the service starts)."""
+        self.reap_grace = reap_grace
+        """
+        Seconds a node may be silent before it is reaped, and that this node's
+        previous life's members have to resume after it starts (read when the
+        service starts).
+        """
         self._node_ttl = node_ttl
         self.stats = ClusterStats()
         self.redis: RedisConnection | None = None
@@ -129,9 +135,26 @@ class ClusterService(Service):
                 # The bus keeps trying by itself; until it reaches Redis the
                 # node refuses creates and joins as the cluster being unavailable.
                 self._log.warn("{reason}", reason=str(error), event="cluster_node_waiting")
+            try:
+                # A node back under its name before the grace period ran out:
+                # its members resume, and those that do not are removed after it.
+                previous = await self.cluster_node.recall_previous_life(self.reap_grace)
+            except ClusterUnavailableError as error:
+                self._log.warn(
+                    "could not read this node's previous members: {reason}", reason=str(error), event="recall_failed"
+                )
+            else:
+                if previous:
+                    self._log.info(
+                        "node {node} is back: {count} members of its previous life have {grace:g} s to resume",
+                        node=self.node,
+                        count=previous,
+                        grace=self.reap_grace,
+                        event="node_back",
+                    )
         reaper = self._reaper = LoopingCall(lambda: ensureDeferred(self._reap()))
         reaper.clock = self._reactor
-        reaper.start(self._reap_interval, now=False)
+        reaper.start(self.reap_interval, now=False)
         self._log.info("node {node} in the cluster at {url}", node=self.node, url=str(self.url), event="cluster_joined")
         self.ready.callback(directory)
 
@@ -159,7 +182,7 @@ class ClusterService(Service):
         if directory is None or not self.stats.redis_up:
             return
         try:
-            report = await directory.reap(self._reap_grace)
+            report = await directory.reap(self.reap_grace)
         except ClusterUnavailableError as error:
             self._log.warn("reaping dead nodes failed: {reason}", reason=str(error), event="reap_failed")
             return

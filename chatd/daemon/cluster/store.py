@@ -17,9 +17,13 @@ made once for the whole cluster go through Redis first:
 - an invitation is recorded when minted and spent in the directory, once
   cluster-wide, wherever it is presented;
 - a departure removes the member cluster-wide and tells the other nodes; a
-  close that is this node's doing (its host left here, the server stops)
-  releases the room and tells every node; a replica whose last member here
-  left is only dropped here.
+  close that is this node's doing (its host left here) releases the room
+  and tells every node; a replica whose last member here left is only
+  dropped here; a node that stops (SIGTERM) leaves its rooms and members in
+  the cluster, for its members to resume elsewhere or on its next life;
+- a resume (L{ClusterClaims.take_over}) moves the member to this node in
+  the directory, checking and replacing its credential there, and tells the
+  node it was on to drop its copy (a MOVED notice).
 
 Requests wait for Redis and fail with ClusterUnavailableError when it
 cannot be reached (refused at once while the bus says Redis is away).
@@ -44,17 +48,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatd.daemon.cluster.directory import InvitationOutcome, MemberOutcome, RoomDirectory, Spending
+from chatd.daemon.cluster.directory import (
+    InvitationOutcome,
+    MemberOutcome,
+    RoomDirectory,
+    Spending,
+    TakeOverOutcome,
+)
 from chatd.daemon.cluster.envelope import Notice as NoticeEnvelope
 from chatd.daemon.cluster.envelope import NoticeKind as EnvelopeNoticeKind
 from chatd.daemon.cluster.envelope import Posted, RoomClosed
 from chatd.daemon.cluster.log import ClusterHistory, RedisUnavailableError, RoomLog, StaleEpochError
 from chatd.daemon.cluster.records import MemberRecord, RoomRecord, new_epoch
 from chatd.daemon.history import DEFAULT_HISTORY_MESSAGES, UNNUMBERED, Held, IHistory
-from chatd.daemon.interfaces import INumberedLater, IRoomClaims, Replica
+from chatd.daemon.interfaces import INumberedLater, IRoomClaims, Replica, Resumption
 from chatd.protocol.errors import (
     ClusterUnavailableError,
     InvalidInvitationError,
+    InvalidPasswordError,
     RoomExistsError,
     RoomFullError,
     RoomNotFoundError,
@@ -74,10 +85,14 @@ LEFT = "left"
 """LeaveReason.LEFT's value: a member's connection went away (as the notices say it)."""
 TIMED_OUT = "timed_out"
 """LeaveReason.TIMED_OUT's value."""
+SERVER_STOPPING = "the server is shutting down"
+"""CloseReason.SERVER_STOPPING's value: this node stops; its rooms stay in the cluster."""
 HOST_SERVER_STOPPED = "the host's server stopped"
 """CloseReason.HOST_SERVER_STOPPED's value: what a room whose host's node died closes with."""
 WRITE_ATTEMPTS = 5
 """Times a departure's or a close's write to Redis is tried while the bus says Redis is there."""
+_UNTAGGED = ("", 0)
+"""No client id or message id: a message that is not a delivery member's SEND."""
 UNAVAILABLE = "the cluster's shared state (Redis) cannot be reached: rooms cannot be created or joined now"
 """The one sentence a create, join or invitation is refused with while Redis is away."""
 
@@ -120,7 +135,18 @@ class SharedHistory:
     could not be.
     """
 
-    __slots__ = ("_failed", "_held", "_last_post", "cache", "connected", "log", "max_held", "node", "room")
+    __slots__ = (
+        "_failed",
+        "_held",
+        "_last_post",
+        "_tag",
+        "cache",
+        "connected",
+        "log",
+        "max_held",
+        "node",
+        "room",
+    )
 
     def __init__(
         self,
@@ -141,8 +167,10 @@ class SharedHistory:
         self.room = room
         self.node = node
         self.connected = connected
-        self._held: list[tuple[bytes, bytes, int, Deferred[int]]] = []
-        """Messages appended while Redis was away, posted in order once it is back (L{post_held})."""
+        self._held: list[tuple[bytes, bytes, int, tuple[str, int], Deferred[int]]] = []
+        """Messages appended while Redis was away (with their client's ids), posted in order once it is back."""
+        self._tag: tuple[str, int] = _UNTAGGED
+        """The client id and message id the next append carries (L{tag_next})."""
         self._last_post: Deferred[int | None] = succeed(None)
         self._failed = False
 
@@ -166,16 +194,20 @@ class SharedHistory:
     def byte_count(self) -> int:
         return self.cache.byte_count
 
+    def tag_next(self, client: str, message_id: int) -> None:
+        self._tag = (client, message_id) if client else _UNTAGGED
+
     def append(self, name: bytes, text: bytes, time_ms: int) -> int:
         posting: Deferred[Any]
+        tag, self._tag = self._tag, _UNTAGGED
         if self.connected():
-            posting = self.log.post(self.room, self.cache.epoch, name, text, time_ms, self.node)
+            posting = self._post(name, text, time_ms, tag)
         elif len(self._held) < self.max_held:
             # Held here, not queued on the connection: posted once Redis is
             # back, and only then acknowledged (a delivery member's copies
             # sent again meanwhile are duplicates of it, not new messages).
             posting = Deferred()
-            self._held.append((name, text, time_ms, posting))
+            self._held.append((name, text, time_ms, tag, posting))
         else:
             posting = fail(ClusterUnavailableError(UNAVAILABLE))
         self._last_post = posting.addCallbacks(self._stored, self._not_stored)
@@ -184,13 +216,19 @@ class SharedHistory:
     def post_held(self) -> None:
         """Redis is back: post what was appended while it was away, in order."""
         held, self._held = self._held, []
-        for name, text, time_ms, waiting in held:
-            self.log.post(self.room, self.cache.epoch, name, text, time_ms, self.node).chainDeferred(waiting)
+        for name, text, time_ms, tag, waiting in held:
+            self._post(name, text, time_ms, tag).chainDeferred(waiting)
+
+    def _post(self, name: bytes, text: bytes, time_ms: int, tag: tuple[str, int]) -> Deferred[int]:
+        client, message_id = tag
+        return self.log.post(
+            self.room, self.cache.epoch, name, text, time_ms, self.node, client=client, message_id=message_id
+        )
 
     def drop_held(self) -> None:
         """The room is closed here: what was held is never stored."""
         held, self._held = self._held, []
-        for _, _, _, waiting in held:
+        for *_, waiting in held:
             waiting.errback(ClusterUnavailableError(UNAVAILABLE))
 
     def when_numbered(self) -> Deferred[int | None]:
@@ -288,7 +326,9 @@ class ClusterClaims:
             native_only=room.native_only,
             created_ms=max(0, int(self.clock.seconds() * 1000)),
         )
-        if not await self.directory.claim_room(record, self._record_of(host.name, host.dialect, host.delivery)):
+        if not await self.directory.claim_room(
+            record, self._record_of(host.name, host.dialect, host.delivery, host.credential_hash)
+        ):
             raise RoomExistsError(f"room {room.name!r} exists")
         try:
             await _unavailable_as_cluster(self.log.begin(room.name, epoch))
@@ -317,13 +357,15 @@ class ClusterClaims:
         names = tuple(member.name for member in members)
         return Replica(name, history, record.password, record.native_only, record.host, names)
 
-    def admit(self, room: Room, request: RoomRequest, dialect: Dialect) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._admit(room, request, dialect))
+    def admit(
+        self, room: Room, request: RoomRequest, dialect: Dialect, credential_hash: str | None = None
+    ) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._admit(room, request, dialect, credential_hash))
 
-    async def _admit(self, room: Room, request: RoomRequest, dialect: Dialect) -> None:
+    async def _admit(self, room: Room, request: RoomRequest, dialect: Dialect, credential_hash: str | None) -> None:
         self.check_available()
         delivery = dialect is Dialect.NATIVE and DELIVERY in request.features
-        record = self._record_of(request.username, dialect, delivery)
+        record = self._record_of(request.username, dialect, delivery, credential_hash)
         outcome = await self.directory.add_member(room.name, room.history.epoch, record, self.settings.max_members)
         if outcome is MemberOutcome.NAME_TAKEN:
             raise UsernameTakenError(f"{request.username!r} is already in room {room.name!r}")
@@ -331,6 +373,55 @@ class ClusterClaims:
             raise RoomFullError(f"room {room.name!r} holds its limit of {self.settings.max_members} members")
         if outcome is MemberOutcome.NO_ROOM:
             raise RoomNotFoundError(f"room {room.name!r} was closed")
+
+    def take_over(
+        self, room: Room, name: str, credential: str, new_credential: str, client: str | None
+    ) -> Deferred[Resumption]:
+        return Deferred.fromCoroutine(self._take_over(room, name, credential, new_credential, client))
+
+    async def _take_over(
+        self, room: Room, name: str, credential: str, new_credential: str, client: str | None
+    ) -> Resumption:
+        self.check_available()
+        epoch = room.history.epoch
+        taken = await self.directory.take_over_member(room.name, epoch, name, credential, self.node, new_credential)
+        if taken.outcome is TakeOverOutcome.NO_ROOM:
+            raise RoomNotFoundError(f"room {room.name!r} was closed")
+        if taken.outcome is not TakeOverOutcome.MOVED or taken.previous_node is None:
+            raise InvalidPasswordError(
+                f"cannot resume as {name!r} in room {room.name!r}: the resume credential is"
+                " not valid (already used, or that member is gone)"
+            )
+        acknowledged: tuple[tuple[int, int, int], ...] = ()
+        if client:
+            acknowledged = await self._posted_by(room, name, client)
+        return Resumption(taken.previous_node, acknowledged)
+
+    async def _posted_by(self, room: Room, name: str, client: str) -> tuple[tuple[int, int, int], ...]:
+        """
+        What member C{name}'s client C{client} posted in C{room} that the log
+        holds: (message id, seq, time). The membership is this node's already,
+        so a failure here costs only the duplicate window's memory (a copy
+        sent again would be relayed twice), not the resume.
+        """
+        try:
+            catchup = await self.log.posted_after(room.name, room.history.epoch, 0)
+        except Exception as error:
+            _log.warn(
+                "room {room}: could not read what {name} posted before resuming: {error}",
+                room=room.name,
+                name=name,
+                error=str(error),
+            )
+            return ()
+        if catchup is None or catchup.state.epoch != room.history.epoch:
+            return ()
+        sender = name.encode("utf-8")
+        return tuple(
+            (posted.message_id, posted.seq, posted.time_ms)
+            for posted in catchup.posted
+            if posted.client == client and posted.name == sender and posted.message_id
+        )
 
     def spend_invitation(self, room: Room, invite: str) -> Deferred[None]:
         return Deferred.fromCoroutine(self._spend_invitation(room, invite))
@@ -371,6 +462,15 @@ class ClusterClaims:
                 room, NoticeEnvelope(room.name, room.history.epoch, EnvelopeNoticeKind.JOINED, member.name, self.node)
             )
 
+    def resumed(self, member: Member, previous_node: str) -> None:
+        room = member.room
+        room.remote_members.pop(member.name, None)
+        self.feeds.watch(room)
+        if previous_node != self.node:
+            # The node it was on (if alive) drops its copy quietly; the others keep listing it.
+            moved = NoticeEnvelope(room.name, room.history.epoch, EnvelopeNoticeKind.MOVED, member.name, self.node)
+            self._publish(room, moved)
+
     def abandoned(self, room: Room, name: str) -> None:
         epoch = room.history.epoch
         if not room.replica and room.host is not None and room.host.name == name:
@@ -387,6 +487,13 @@ class ClusterClaims:
             history.drop_held()
         if room in self.closed_by_cluster:
             self.closed_by_cluster.discard(room)
+        elif reason.value == SERVER_STOPPING:
+            # The node stops (SIGTERM): the room and its members stay in the
+            # cluster, for them to resume on another node, or on this one
+            # once it is back, within the grace period; after it, the reaper
+            # (or this node's next life, L{ClusterNode.forget_previous_life})
+            # removes whoever did not come back.
+            pass
         elif room.replica:
             # The room goes on elsewhere: only this node's members leave it.
             for member in members:
@@ -470,9 +577,8 @@ class ClusterClaims:
 
         running.addBoth(done)
 
-    def _record_of(self, name: str, dialect: Dialect, delivery: bool) -> MemberRecord:
-        # No resume credential yet: a member resumes on another node only once the nodes hand them out.
-        return MemberRecord(name, self.node, dialect.value, delivery, None)
+    def _record_of(self, name: str, dialect: Dialect, delivery: bool, credential_hash: str | None) -> MemberRecord:
+        return MemberRecord(name, self.node, dialect.value, delivery, credential_hash)
 
 
 async def _unavailable_as_cluster(waiting: Deferred[Any]) -> Any:

@@ -6,12 +6,14 @@ acknowledged to a delivery member that was not stored; and once Redis is
 back (same port, same data), the nodes carry on by themselves: cross-node
 relaying resumes, what was said meanwhile is stored (then acknowledged) and
 relayed to the other nodes in order, and the departures of the outage reach
-the directory and the other nodes.
+the directory and the other nodes. Native members are told the server is
+degraded while Redis is away, and that it recovered; legacy members are
+told nothing (their wire does not change).
 """
 
 from __future__ import annotations
 
-from chatd.client.events import MemberLeft, MessageStateChanged
+from chatd.client.events import MemberLeft, MessageStateChanged, ServerDegraded, ServerRecovered
 from chatd.protocol.errors import Status
 from chatd.protocol.payloads import Dialect
 from tests.cluster_nodes import ClusterCase, refusal
@@ -83,3 +85,30 @@ class RedisOutageTests(ClusterCase):
         self.assertEqual(bob_heard.messages_from("ann"), ["before", "during", "after"])
         # Creates and joins work again.
         await self.native(b, "dan", "another", create=True)
+
+    async def test_native_members_are_told_the_server_is_degraded_and_recovered(self) -> None:
+        a, b = await self.nodes("a", "b")
+        ann, ann_heard = await self.native(a, "ann", create=True)
+        _, dee_heard = await self.native(a, "dee", delivery=True)
+        mo = await self.legacy(a, Dialect.MODEL, "mo")
+        _, bob_heard = await self.native(b, "bob")
+        await mo.collect(1, "mo hears of bob's join")
+        mo.texts.clear()
+
+        self.redis.stop()
+        for heard in (ann_heard, dee_heard, bob_heard):
+            degraded = await heard.next(ServerDegraded, timeout=10)
+            self.assertEqual(degraded.room, "lobby")
+            degraded_text = "* the server is degraded: room lobby reaches only this server's members until it recovers"
+            self.assertEqual(degraded.text, degraded_text)
+        self.redis.restart()
+        for heard in (ann_heard, dee_heard, bob_heard):
+            recovered = await heard.next(ServerRecovered, timeout=15)
+            self.assertEqual(recovered.text, "* the server has recovered: room lobby reaches every member again")
+        # Told once each way.
+        self.assertEqual(len(ann_heard.of(ServerDegraded)), 1)
+        self.assertEqual(len(ann_heard.of(ServerRecovered)), 1)
+        # The legacy wire does not change: mo is told nothing of it.
+        ann.send("after")
+        await mo.collect(1, "mo hears ann after the outage")
+        self.assertEqual(mo.texts, ["ann: after"])

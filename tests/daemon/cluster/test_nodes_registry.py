@@ -17,7 +17,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from chatd.daemon.history import IHistory, RoomHistory
-from chatd.daemon.interfaces import IRoomClaims, Replica
+from chatd.daemon.interfaces import IRoomClaims, Replica, Resumption
 from chatd.daemon.rooms import CloseReason, LeaveReason, Member, Room, RoomRegistry
 from chatd.protocol.errors import (
     ClusterUnavailableError,
@@ -44,6 +44,10 @@ class FakeClaims:
         self.admit_answers: list[Deferred[None]] = []
         self.spend_answer: Deferred[None] = succeed(None)
         self.available = True
+        self.credentials: dict[str, str | None] = {}
+        """The credential hash each admitted member was recorded with."""
+        self.take_over_answer: Deferred[Resumption] = succeed(Resumption("elsewhere"))
+        self.new_credentials: list[str] = []
 
     def new_history(self, name: str) -> IHistory:
         return RoomHistory(epoch=EPOCH)
@@ -56,9 +60,22 @@ class FakeClaims:
         self.calls.append(("find", name))
         return succeed(self.replicas.get(name))
 
-    def admit(self, room: Room, request: RoomRequest, dialect: Dialect) -> Deferred[None]:
+    def admit(
+        self, room: Room, request: RoomRequest, dialect: Dialect, credential_hash: str | None = None
+    ) -> Deferred[None]:
         self.calls.append(("admit", room.name, request.username))
+        self.credentials[request.username] = credential_hash
         return self.admit_answers.pop(0) if self.admit_answers else succeed(None)
+
+    def take_over(
+        self, room: Room, name: str, credential: str, new_credential: str, client: str | None
+    ) -> Deferred[Resumption]:
+        self.calls.append(("take_over", room.name, name, client))
+        self.new_credentials.append(new_credential)
+        return self.take_over_answer
+
+    def resumed(self, member: Member, previous_node: str) -> None:
+        self.calls.append(("resumed", member.room.name, member.name, previous_node))
 
     def spend_invitation(self, room: Room, invite: str) -> Deferred[None]:
         self.calls.append(("spend", room.name, invite))
