@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
@@ -51,6 +51,9 @@ BUS_OPTIONS: dict[str, Any] = {"min_delay": 0.05, "max_delay": 0.3, "ping_interv
 @dataclass
 class TestNode:
     """One node: its ChatServer, its cluster node, its ports and its command connection."""
+
+    __test__: ClassVar[bool] = False
+    """Not a test class (pytest would try to collect it by its name)."""
 
     name: str
     server: ChatServer
