@@ -6,8 +6,9 @@ has local members in the room, and hands what arrives to the room's
 handler: decoded envelopes, one at a time, in the order Redis delivered
 them (for POSTED, the order of their sequence numbers: the room log's
 script publishes them in that order). Messages are published by the log's
-post (one script: numbered, kept, published); the bus publishes the rest
-(L{ClusterBus.publish}: notices, a room's closing).
+post (one script: numbered, kept, published; several of a room in one
+POSTED_BATCH, which the bus splits into its POSTED); the bus publishes the
+rest (L{ClusterBus.publish}: notices, a room's closing).
 
 The subscriber connection is its own: a subscribed Redis connection runs no
 other command, so publishing (and the log) use the node's command
@@ -52,7 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd.daemon.cluster.bus_stats import BusStats
-from chatd.daemon.cluster.envelope import Envelope, EnvelopeError, Posted, RoomClosed, decode, encode, room_channel
+from chatd.daemon.cluster.envelope import Envelope, EnvelopeError, Posted, RoomClosed, decode_all, encode, room_channel
 from chatd.daemon.cluster.log import Catchup, LogState, RedisConnection, RedisUnavailableError, RoomLog, timed
 
 Handler = Callable[[Envelope], None]
@@ -412,9 +413,13 @@ class ClusterBus(Service):
     # -- what arrives -------------------------------------------------------------------------
 
     def _received(self, channel: bytes, data: bytes) -> None:
-        """A message on a channel: decoded, and handed over (or held back while its room catches up)."""
+        """
+        A message on a channel: decoded (a POSTED_BATCH into its POSTED, in
+        order), and each envelope handed over (or held back while its room
+        catches up), as if each had come on its own.
+        """
         try:
-            envelope = decode(data)
+            envelopes = decode_all(data)
         except EnvelopeError as error:
             self.stats.decode_errors += 1
             if self.stats.decode_errors == 1 or self.stats.decode_errors % 1000 == 0:
@@ -425,17 +430,21 @@ class ClusterBus(Service):
                     error=error,
                 )
             return
-        self.stats.received += 1
-        if isinstance(envelope, Posted) and envelope.origin != self.node:
-            latency = self._clock.seconds() - envelope.time_ms / 1000
+        self.stats.received += len(envelopes)
+        first = envelopes[0]
+        if isinstance(first, Posted) and first.origin != self.node:
+            latency = self._clock.seconds() - first.time_ms / 1000
             self.stats.relay_latency.observe(max(latency, 0.0))
         subscription = self._subscriptions.get(channel)
         if subscription is None:
             return
-        if subscription.catching_up:
-            subscription.held_back.append(envelope)
-            return
-        self._accept(subscription, envelope, may_catch_up=True)
+        for envelope in envelopes:
+            if self._subscriptions.get(channel) is not subscription:
+                return
+            if subscription.catching_up:
+                subscription.held_back.append(envelope)
+            else:
+                self._accept(subscription, envelope, may_catch_up=True)
 
     def _accept(self, subscription: _Subscription, envelope: Envelope, *, may_catch_up: bool) -> None:
         """Hand C{envelope} over unless it is a POSTED handed over already; a gap in the POSTED starts a catch-up."""
