@@ -581,6 +581,10 @@ class _BusFactory(Factory):
         _log.error("the bus's connection to Redis failed: {why}", why=why)
 
 
+_MESSAGE_HEAD = b"*3\r\n$7\r\nmessage\r\n$"
+"""How a pub/sub message starts on the wire (RESP2): an array of three, the first the bulk string "message"."""
+
+
 @cache
 def _protocol_class() -> Any:
     """
@@ -592,6 +596,68 @@ def _protocol_class() -> Any:
 
     class BusProtocol(txredisapi.SubscriberProtocol):
         bus: ClusterBus
+        _rest: bytes | None = None
+
+        def dataReceived(self, data: bytes, unpause: bool = False) -> None:  # noqa: N802
+            # txredisapi hands the bytes after each bulk string back to itself
+            # through callLater(0) (setLineMode): a reactor turn per string,
+            # three per pub/sub message, most of what a message cost the node.
+            # Here they are read on at once, in a loop (no recursion, however
+            # many messages one read brings); and the pub/sub messages that
+            # start where txredisapi's parser is between replies are read by
+            # L{_messages}, without its line-by-line state machine.
+            if self._between_replies():
+                data = self._messages(data)
+                if not data:
+                    return
+            super().dataReceived(data, unpause)
+            while self._rest is not None:
+                rest, self._rest = self._rest, None
+                if self._between_replies():
+                    rest = self._messages(rest)
+                    if not rest:
+                        continue
+                super().dataReceived(rest)
+
+        def _between_replies(self) -> bool:
+            """Whether txredisapi's parser holds nothing of a reply (so the next bytes start one)."""
+            multi_bulk = self.multi_bulk
+            return (
+                self.line_mode == 1
+                and not self.bulk_length
+                and multi_bulk.pending is None
+                and multi_bulk.parent is None
+                and not getattr(self, "_LineReceiver__buffer", b"")
+            )
+
+        def _messages(self, data: bytes) -> bytes:
+            """
+            Hand over the whole pub/sub messages (C{*3 $7 message $n channel
+            $m data}) that C{data} starts with; the bytes from the first
+            that is anything else, or incomplete, are returned for txredisapi.
+            """
+            at, size, head = 0, len(data), _MESSAGE_HEAD
+            while data.startswith(head, at):
+                channel_start = data.find(b"\r\n", at + len(head)) + 2
+                if channel_start < 2:
+                    break
+                channel_end = channel_start + int(data[at + len(head) : channel_start - 2])
+                if data[channel_end : channel_end + 3] != b"\r\n$":
+                    break
+                message_start = data.find(b"\r\n", channel_end + 3) + 2
+                if message_start < 2:
+                    break
+                message_end = message_start + int(data[channel_end + 3 : message_start - 2])
+                if message_end + 2 > size:
+                    break
+                at = message_end + 2
+                self.messageReceived(None, data[channel_start:channel_end], data[message_start:message_end])
+            return data[at:] if at else data
+
+        def setLineMode(self, extra: bytes = b"") -> None:  # noqa: N802
+            self.line_mode = 1
+            if extra:
+                self._rest = extra
 
         def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:  # noqa: N802
             self.bus._received(channel, message)
