@@ -6,13 +6,16 @@ on its own; against a real redis-server, the call numbers, stores and
 publishes several rooms' messages at once (a POSTED_BATCH for several of a
 room), what was held while Redis was away is posted in order in one call,
 and members on two nodes saying many messages at once see one order, each
-SENT with its own number.
+SENT with its own number; and the bus's reader of pub/sub messages hands
+every message over once, in order, however the bytes are cut.
 """
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -297,3 +300,44 @@ class NodesBatchTests(ClusterCase):
         batchers = [node.cluster.claims.batcher for node in (a, b)]
         self.assertLess(sum(each.calls for each in batchers), 2 * count)
         self.assertGreater(max(each.largest for each in batchers), 1)
+
+
+class _RecordingBus:
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, bytes]] = []
+
+    def _received(self, channel: bytes, data: bytes) -> None:
+        self.got.append((channel, data))
+
+
+def _message(channel: bytes, data: bytes) -> bytes:
+    return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(channel), channel, len(data), data)
+
+
+class BusReaderTests(SynchronousTestCase):
+    """The bus's own reading of pub/sub messages, however the bytes are cut, and around other replies."""
+
+    @given(st.lists(st.binary(max_size=300), min_size=1, max_size=12), st.lists(st.integers(1, 4000), max_size=30))
+    def test_every_message_once_in_order_however_cut(self, payloads: list[bytes], cuts: list[int]) -> None:
+        from chatd.daemon.cluster.bus import _protocol_class
+
+        protocol = _protocol_class()(charset=None, convertNumbers=False)
+        bus = _RecordingBus()
+        protocol.bus = bus
+        stream = b"".join(
+            (_message(b"chatd:room:lobby", payload) if index % 3 else b"*3\r\n$9\r\nsubscribe\r\n$3\r\nden\r\n:2\r\n")
+            + _message(b"chatd:room:den", payload)
+            for index, payload in enumerate(payloads)
+        )
+        at = 0
+        for cut in sorted(set(cuts)):
+            if at < cut < len(stream):
+                protocol.dataReceived(stream[at:cut])
+                at = cut
+        protocol.dataReceived(stream[at:])
+        expected = []
+        for index, payload in enumerate(payloads):
+            if index % 3:
+                expected.append((b"chatd:room:lobby", payload))
+            expected.append((b"chatd:room:den", payload))
+        self.assertEqual(bus.got, expected)
