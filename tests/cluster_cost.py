@@ -2,7 +2,7 @@
 What a cluster's Redis costs per relayed message: the numbers the scaling
 model of docs/cluster.md rests on.
 
-    python -m tests.cluster_cost [--posts 20000] [--window 64] [--rooms 10]
+    python -m tests.cluster_cost [--posts 20000] [--window 64] [--rooms 10] [--batch 1]
 
 It starts its own redis-server (loopback, a free port, no persistence, in a
 temporary directory), then, on one txredisapi connection standing for a
@@ -21,7 +21,9 @@ prints:
   that cost: where Redis becomes the limit.
 
 Then the same with C{--window 1} (one post at a time: the latency without
-queueing). Not a test: a benchmark (docs/performance.md, docs/cluster.md).
+queueing). With C{--batch N}, each call is a C{RoomLog.post_batch} of N
+messages of a room (what a node's batcher sends, chatd.daemon.cluster.batch),
+and the figures are per message. Not a test: a benchmark (docs/performance.md, docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint
 
 from chatd.daemon.cluster.bus import ClusterBus
-from chatd.daemon.cluster.envelope import Envelope, Posted
-from chatd.daemon.cluster.log import RoomLog
+from chatd.daemon.cluster.envelope import Envelope, Posted, TemplateFramer
+from chatd.daemon.cluster.log import RoomBatch, RoomLog
 from chatd.daemon.cluster.records import new_epoch
 from chatd.daemon.cluster.redis_url import connect
 from tests.redis_server import RedisServer
@@ -59,7 +61,8 @@ async def _cpu_seconds(redis: Any) -> float:
     return float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
 
 
-async def _run(reactor: Any, server: RedisServer, posts: int, window: int, rooms: int) -> None:
+async def _run(reactor: Any, server: RedisServer, posts: int, window: int, rooms: int, batch: int = 1) -> None:
+    posts = posts // batch * batch
     sender = await connect(server.url, reactor, 5.0)
     receiver = await connect(server.url, reactor, 5.0)
     log = RoomLog(sender, clock=reactor, max_messages=512)
@@ -88,21 +91,32 @@ async def _run(reactor: Any, server: RedisServer, posts: int, window: int, rooms
     started = time.perf_counter()
     semaphore = defer.DeferredSemaphore(window)
 
+    framers = {name: TemplateFramer(name, epochs[name], "sender") for name in names}
+
     async def one(index: int) -> None:
         room = names[index % rooms]
         began = time.perf_counter()
-        seq = await log.post(room, epochs[room], b"ann", TEXT, int(time.time() * 1000), "sender")
+        if batch == 1:
+            seq = await log.post(room, epochs[room], b"ann", TEXT, int(time.time() * 1000), "sender")
+            numbers = [seq]
+        else:
+            now = int(time.time() * 1000)
+            framed = b"".join(framers[room].frame(now, b"ann", TEXT, "", 0) for _ in range(batch))
+            (first,) = await log.post_batch([RoomBatch(room, epochs[room], framed, batch)])
+            assert isinstance(first, int)
+            numbers = list(range(first, first + batch))
         round_trips.append(time.perf_counter() - began)
-        sent[(room, seq)] = began
+        for seq in numbers:
+            sent[(room, seq)] = began
 
-    await defer.gatherResults([semaphore.run(one, index) for index in range(posts)])
+    await defer.gatherResults([semaphore.run(one, index) for index in range(posts // batch)])
     elapsed = time.perf_counter() - started
     done.addTimeout(30, reactor)
     await done
     cpu = await _cpu_seconds(sender) - cpu_before
     delivery = [arrived[key] - began for key, began in sent.items() if key in arrived]
     print(
-        f"window {window:3}: {posts / elapsed:9,.0f} posts/s through one connection;"
+        f"window {window:3}, batch {batch:3}: {posts / elapsed:9,.0f} messages/s through one connection;"
         f" round trip p50 {_quantile(round_trips, 0.5) * 1e3:.2f} ms, p99 {_quantile(round_trips, 0.99) * 1e3:.2f} ms;"
         f" post to the other node's bus p50 {_quantile(delivery, 0.5) * 1e3:.2f} ms,"
         f" p99 {_quantile(delivery, 0.99) * 1e3:.2f} ms;"
@@ -118,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--posts", type=int, default=20_000)
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--rooms", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=1, help="messages per script call (RoomLog.post_batch)")
     arguments = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="chatd-cluster-cost-"))
     server = RedisServer(directory, persistent=False)
@@ -125,8 +140,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
 
         async def both(reactor: Any) -> None:
-            await _run(reactor, server, arguments.posts, arguments.window, arguments.rooms)
-            await _run(reactor, server, min(arguments.posts, 2_000), 1, arguments.rooms)
+            await _run(reactor, server, arguments.posts, arguments.window, arguments.rooms, arguments.batch)
+            await _run(reactor, server, min(arguments.posts, 2_000), 1, arguments.rooms, arguments.batch)
 
         task.react(lambda reactor: defer.ensureDeferred(both(reactor)))
     finally:

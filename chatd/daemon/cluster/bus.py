@@ -6,8 +6,9 @@ has local members in the room, and hands what arrives to the room's
 handler: decoded envelopes, one at a time, in the order Redis delivered
 them (for POSTED, the order of their sequence numbers: the room log's
 script publishes them in that order). Messages are published by the log's
-post (one script: numbered, kept, published); the bus publishes the rest
-(L{ClusterBus.publish}: notices, a room's closing).
+post (one script: numbered, kept, published; several of a room in one
+POSTED_BATCH, which the bus splits into its POSTED); the bus publishes the
+rest (L{ClusterBus.publish}: notices, a room's closing).
 
 The subscriber connection is its own: a subscribed Redis connection runs no
 other command, so publishing (and the log) use the node's command
@@ -52,7 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd.daemon.cluster.bus_stats import BusStats
-from chatd.daemon.cluster.envelope import Envelope, EnvelopeError, Posted, RoomClosed, decode, encode, room_channel
+from chatd.daemon.cluster.envelope import Envelope, EnvelopeError, Posted, RoomClosed, decode_all, encode, room_channel
 from chatd.daemon.cluster.log import Catchup, LogState, RedisConnection, RedisUnavailableError, RoomLog, timed
 
 Handler = Callable[[Envelope], None]
@@ -412,9 +413,13 @@ class ClusterBus(Service):
     # -- what arrives -------------------------------------------------------------------------
 
     def _received(self, channel: bytes, data: bytes) -> None:
-        """A message on a channel: decoded, and handed over (or held back while its room catches up)."""
+        """
+        A message on a channel: decoded (a POSTED_BATCH into its POSTED, in
+        order), and each envelope handed over (or held back while its room
+        catches up), as if each had come on its own.
+        """
         try:
-            envelope = decode(data)
+            envelopes = decode_all(data)
         except EnvelopeError as error:
             self.stats.decode_errors += 1
             if self.stats.decode_errors == 1 or self.stats.decode_errors % 1000 == 0:
@@ -425,17 +430,21 @@ class ClusterBus(Service):
                     error=error,
                 )
             return
-        self.stats.received += 1
-        if isinstance(envelope, Posted) and envelope.origin != self.node:
-            latency = self._clock.seconds() - envelope.time_ms / 1000
+        self.stats.received += len(envelopes)
+        first = envelopes[0]
+        if isinstance(first, Posted) and first.origin != self.node:
+            latency = self._clock.seconds() - first.time_ms / 1000
             self.stats.relay_latency.observe(max(latency, 0.0))
         subscription = self._subscriptions.get(channel)
         if subscription is None:
             return
-        if subscription.catching_up:
-            subscription.held_back.append(envelope)
-            return
-        self._accept(subscription, envelope, may_catch_up=True)
+        for envelope in envelopes:
+            if self._subscriptions.get(channel) is not subscription:
+                return
+            if subscription.catching_up:
+                subscription.held_back.append(envelope)
+            else:
+                self._accept(subscription, envelope, may_catch_up=True)
 
     def _accept(self, subscription: _Subscription, envelope: Envelope, *, may_catch_up: bool) -> None:
         """Hand C{envelope} over unless it is a POSTED handed over already; a gap in the POSTED starts a catch-up."""
@@ -572,6 +581,10 @@ class _BusFactory(Factory):
         _log.error("the bus's connection to Redis failed: {why}", why=why)
 
 
+_MESSAGE_HEAD = b"*3\r\n$7\r\nmessage\r\n$"
+"""How a pub/sub message starts on the wire (RESP2): an array of three, the first the bulk string "message"."""
+
+
 @cache
 def _protocol_class() -> Any:
     """
@@ -583,6 +596,68 @@ def _protocol_class() -> Any:
 
     class BusProtocol(txredisapi.SubscriberProtocol):
         bus: ClusterBus
+        _rest: bytes | None = None
+
+        def dataReceived(self, data: bytes, unpause: bool = False) -> None:  # noqa: N802
+            # txredisapi hands the bytes after each bulk string back to itself
+            # through callLater(0) (setLineMode): a reactor turn per string,
+            # three per pub/sub message, most of what a message cost the node.
+            # Here they are read on at once, in a loop (no recursion, however
+            # many messages one read brings); and the pub/sub messages that
+            # start where txredisapi's parser is between replies are read by
+            # L{_messages}, without its line-by-line state machine.
+            if self._between_replies():
+                data = self._messages(data)
+                if not data:
+                    return
+            super().dataReceived(data, unpause)
+            while self._rest is not None:
+                rest, self._rest = self._rest, None
+                if self._between_replies():
+                    rest = self._messages(rest)
+                    if not rest:
+                        continue
+                super().dataReceived(rest)
+
+        def _between_replies(self) -> bool:
+            """Whether txredisapi's parser holds nothing of a reply (so the next bytes start one)."""
+            multi_bulk = self.multi_bulk
+            return (
+                self.line_mode == 1
+                and not self.bulk_length
+                and multi_bulk.pending is None
+                and multi_bulk.parent is None
+                and not getattr(self, "_LineReceiver__buffer", b"")
+            )
+
+        def _messages(self, data: bytes) -> bytes:
+            """
+            Hand over the whole pub/sub messages (C{*3 $7 message $n channel
+            $m data}) that C{data} starts with; the bytes from the first
+            that is anything else, or incomplete, are returned for txredisapi.
+            """
+            at, size, head = 0, len(data), _MESSAGE_HEAD
+            while data.startswith(head, at):
+                channel_start = data.find(b"\r\n", at + len(head)) + 2
+                if channel_start < 2:
+                    break
+                channel_end = channel_start + int(data[at + len(head) : channel_start - 2])
+                if data[channel_end : channel_end + 3] != b"\r\n$":
+                    break
+                message_start = data.find(b"\r\n", channel_end + 3) + 2
+                if message_start < 2:
+                    break
+                message_end = message_start + int(data[channel_end + 3 : message_start - 2])
+                if message_end + 2 > size:
+                    break
+                at = message_end + 2
+                self.messageReceived(None, data[channel_start:channel_end], data[message_start:message_end])
+            return data[at:] if at else data
+
+        def setLineMode(self, extra: bytes = b"") -> None:  # noqa: N802
+            self.line_mode = 1
+            if extra:
+                self._rest = extra
 
         def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:  # noqa: N802
             self.bus._received(channel, message)

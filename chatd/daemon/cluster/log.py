@@ -3,14 +3,22 @@ A room's message log in Redis: the sequence numbers and the bounded history
 every node of a cluster shares (docs/reliability.md, section 3, made
 cluster-wide), and the local cache a node answers repairs from.
 
-L{RoomLog.post} is one Lua script, so one round trip and one atomic step:
-it checks the room's incarnation (epoch), takes the next sequence number
-(HINCRBY), writes it into the message's envelope (the 8 bytes at
-C{envelope.SEQ_OFFSET}), appends the envelope to the room's stream trimmed
-to the history size (XADD MAXLEN), and PUBLISHes the same bytes on the
-room's channel. Redis runs one script at a time, so the publishes of a room
-leave in the order of their numbers, whichever nodes posted them, and a
-number is never given twice or skipped.
+L{RoomLog.post_batch} is one Lua script, so one round trip and one atomic
+step for any number of messages of any number of rooms (a node's messages
+of one reactor turn, chatd.daemon.cluster.batch; L{RoomLog.post} is a batch
+of one): for each room it checks the incarnation (epoch), takes the next
+C{n} sequence numbers (HINCRBY by n), writes each into its message's
+envelope (the 8 bytes at C{envelope.SEQ_OFFSET}), appends each envelope to
+the room's stream trimmed to the history size (XADD MAXLEN), and PUBLISHes
+them on the room's channel: the envelope itself for one message, one
+POSTED_BATCH envelope holding them all for several, so that every node
+following the room reads one pub/sub message per room and batch. Redis runs
+one script at a time, so the publishes of a room leave in the order of
+their numbers, whichever nodes posted them, and a number is never given
+twice or skipped.
+
+A script touching several rooms' keys is fine on one Redis; under Redis
+Cluster (docs/cluster.md 10) a batch would have to be split by hash slot.
 
 Keys, for a room C{R} under the prefix C{P} (the braces are a Redis Cluster
 hash tag: a room's two keys share a slot, as a script's keys must)::
@@ -56,7 +64,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatd.daemon.cluster.bus_stats import BusStats
-from chatd.daemon.cluster.envelope import SEQ_OFFSET, SEQ_SIZE, Posted, decode, posted_template, room_channel
+from chatd.daemon.cluster.envelope import (
+    SEQ_OFFSET,
+    SEQ_SIZE,
+    VERSION,
+    Kind,
+    Posted,
+    TemplateFramer,
+    decode,
+    room_channel,
+)
 from chatd.daemon.history import (
     DEFAULT_HISTORY_BYTES,
     DEFAULT_HISTORY_MESSAGES,
@@ -91,24 +108,62 @@ _STATE_MARK = "epoch="
 # The log's scripts return the epoch behind this mark: a bare epoch of 16
 # digits would be turned into a number by txredisapi's convertNumbers.
 
-_POST = f"""
-local current = redis.call('HGET', KEYS[1], 'epoch')
-if current ~= ARGV[1] then
-  return {{0, '{_STATE_MARK}' .. (current or '')}}
+_POST_BATCH = f"""
+local size, expiry = ARGV[1], tonumber(ARGV[2])
+local result = {{}}
+local at = 3
+for room = 1, #KEYS / 2 do
+  local meta, entries = KEYS[2 * room - 1], KEYS[2 * room]
+  local epoch, channel, count, blob = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]), ARGV[at + 3]
+  at = at + 4
+  local current = redis.call('HGET', meta, 'epoch')
+  if current ~= epoch then
+    table.insert(result, 0)
+    table.insert(result, '{_STATE_MARK}' .. (current or ''))
+  else
+    local first = redis.call('HINCRBY', meta, 'seq', count) - count + 1
+    local numbered = {{}}
+    local position = 1
+    for index = 1, count do
+      local length = struct.unpack('>I4', blob, position)
+      local start = position + 4
+      local seq = first + index - 1
+      local envelope = string.sub(blob, start, start + {SEQ_OFFSET - 1}) .. struct.pack('>I{SEQ_SIZE}', seq)
+        .. string.sub(blob, start + {SEQ_OFFSET + SEQ_SIZE}, start + length - 1)
+      redis.call('XADD', entries, 'MAXLEN', size, string.format('%d-0', seq), 'e', envelope)
+      numbered[index] = envelope
+      position = start + length
+    end
+    if position ~= #blob + 1 then
+      return redis.error_reply('chatd: a batch of ' .. count .. ' messages does not fill its ' .. #blob .. ' bytes')
+    end
+    if count == 1 then
+      redis.call('PUBLISH', channel, numbered[1])
+    else
+      for index = 1, count do
+        numbered[index] = struct.pack('>I4', #numbered[index]) .. numbered[index]
+      end
+      redis.call('PUBLISH', channel, struct.pack('>BBI2', {VERSION}, {Kind.POSTED_BATCH.value}, count)
+        .. table.concat(numbered))
+    end
+    if expiry > 0 then
+      redis.call('PEXPIRE', meta, expiry)
+      redis.call('PEXPIRE', entries, expiry)
+    end
+    table.insert(result, 1)
+    table.insert(result, first)
+  end
 end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local envelope = string.sub(ARGV[2], 1, {SEQ_OFFSET}) .. struct.pack('>I{SEQ_SIZE}', seq)
-  .. string.sub(ARGV[2], {SEQ_OFFSET + SEQ_SIZE + 1})
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], string.format('%d-0', seq), 'e', envelope)
-redis.call('PUBLISH', ARGV[4], envelope)
-local expiry = tonumber(ARGV[5])
-if expiry > 0 then
-  redis.call('PEXPIRE', KEYS[1], expiry)
-  redis.call('PEXPIRE', KEYS[2], expiry)
-end
-return {{1, seq}}
+return result
 """
-"""KEYS: meta, entries. ARGV: epoch, envelope numbered 0, history size, channel, expiry in ms (0: none)."""
+"""
+KEYS: each room's meta and entries. ARGV: history size, expiry in ms (0: none),
+then for each room its epoch, channel, message count and framed templates
+(envelope.framed: each POSTED numbered 0 behind its u32 length). Returns,
+per room, 1 and its first number, or 0 and the current epoch when the log is
+not the epoch's (nothing done for that room). A batch of an earlier room is
+kept when a later one is malformed: Redis does not roll a script back.
+"""
 
 _READ = f"""
 local current = redis.call('HGET', KEYS[1], 'epoch')
@@ -214,6 +269,17 @@ class Catchup(NamedTuple):
     posted: Sequence[Posted]
 
 
+class RoomBatch(NamedTuple):
+    """One room's messages in a L{RoomLog.post_batch}: their templates, framed (envelope.framed)."""
+
+    room: str
+    epoch: str
+    framed: bytes
+    """The POSTED templates (numbered 0), each behind its u32 length: envelope.TemplateFramer.frame's, joined."""
+    messages: int
+    """How many templates C{framed} holds."""
+
+
 class RoomLog:
     """
     The rooms' logs in one Redis, through one command connection (not the
@@ -290,14 +356,45 @@ class RoomLog:
         sender's (reliable delivery's SEND), carried so that any node's
         duplicate window learns the number the message got.
         """
-        template = posted_template(Posted(room, epoch, 0, time_ms, name, text, origin_node, client, message_id))
-        channel = room_channel(self.prefix, room)
-        reply = self._eval(_POST, room, [epoch, template, self.max_messages, channel, self._expiry_ms])
+        framed = TemplateFramer(room, epoch, origin_node).frame(time_ms, name, text, client, message_id)
+        reply = self.post_batch([RoomBatch(room, epoch, framed, 1)])
 
-        def numbered(answer: list[Any]) -> int:
-            self._check(answer, room, epoch)
-            self.stats.publishes += 1
-            return int(answer[1])
+        def numbered(answers: list[int | StaleEpochError]) -> int:
+            (answer,) = answers
+            if isinstance(answer, StaleEpochError):
+                raise answer
+            return answer
+
+        return reply.addCallback(numbered)
+
+    def post_batch(self, batches: Sequence[RoomBatch]) -> Deferred[list[int | StaleEpochError]]:
+        """
+        Number, keep and publish the messages of several rooms in one script
+        call (one round trip, one atomic step): for each room, in the order
+        given, its messages take the next C{messages} numbers in the order of its
+        C{framed} templates, each is appended to the room's stream, and they
+        are published on its channel as one POSTED (one message) or one
+        POSTED_BATCH (several). The result has, per batch, the number its first
+        message got, or the L{StaleEpochError} of a room whose log is not the
+        batch's epoch (its messages were not stored; the other rooms' were).
+        """
+        keys: list[str] = []
+        args: list[Any] = [self.max_messages, self._expiry_ms]
+        for batch in batches:
+            keys += self.keys(batch.room)
+            args += [batch.epoch, room_channel(self.prefix, batch.room), batch.messages, batch.framed]
+        reply = timed(self._redis.eval(_POST_BATCH, keys, args), self._clock, self.stats, self.command_timeout)
+
+        def numbered(answer: list[Any]) -> list[int | StaleEpochError]:
+            results: list[int | StaleEpochError] = []
+            for index, batch in enumerate(batches):
+                if answer[2 * index] == 0:
+                    self.stats.stale_epochs += 1
+                    results.append(StaleEpochError(batch.room, batch.epoch, _epoch_of(answer[2 * index + 1])))
+                else:
+                    self.stats.publishes += 1
+                    results.append(int(answer[2 * index + 1]))
+            return results
 
         return reply.addCallback(numbered)
 
@@ -389,11 +486,6 @@ class RoomLog:
             self.stats.stale_epochs += 1
             raise StaleEpochError(room, epoch, None)
         return read
-
-    def _check(self, answer: list[Any], room: str, epoch: str) -> None:
-        if answer[0] == 0:
-            self.stats.stale_epochs += 1
-            raise StaleEpochError(room, epoch, _epoch_of(answer[1]))
 
     def _eval(self, script: str, room: str, args: list[Any]) -> Deferred[Any]:
         return timed(self._redis.eval(script, self.keys(room), args), self._clock, self.stats, self.command_timeout)

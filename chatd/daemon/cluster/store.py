@@ -32,9 +32,10 @@ a stopping node waits for it (L{ClusterClaims.settle}).
 
 L{SharedHistory} is a cluster room's L{IHistory}: reads from the node's
 cache of the log (chatd.daemon.cluster.log.ClusterHistory, fed in order by
-the bus), numbering by the log (L{RoomLog.post}): C{append} answers
-UNNUMBERED, and the number comes with L{SharedHistory.when_numbered} once
-the message is stored, never before.
+the bus), numbering by the log: C{append} answers UNNUMBERED, and the
+number comes with L{SharedHistory.when_numbered} once the message is
+stored, never before. The node's messages go to the log in batches, one
+script call per reactor turn for all its rooms (chatd.daemon.cluster.batch).
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from chatd.daemon.cluster.batch import DEFAULT_MAX_BATCH, Outgoing, PostBatcher, RoomQueue
 from chatd.daemon.cluster.directory import (
     InvitationOutcome,
     MemberOutcome,
@@ -129,16 +131,18 @@ class RoomFeeds(Protocol):
 class SharedHistory:
     """
     A cluster room's history: read from the node's cache of the room log,
-    numbered by the log. C{append} posts the message (one round trip: it
-    is numbered, stored and published at once) and answers UNNUMBERED;
-    L{when_numbered} fires with the number once it is stored, None when it
-    could not be.
+    numbered by the log. C{append} hands the message to the node's
+    L{PostBatcher} (numbered, stored and published with the reactor turn's
+    other messages, in one call) and answers UNNUMBERED; L{when_numbered}
+    fires with the number once it is stored, None when it could not be.
     """
 
     __slots__ = (
+        "_batcher",
         "_failed",
         "_held",
-        "_last_post",
+        "_last",
+        "_queue",
         "_tag",
         "cache",
         "connected",
@@ -156,10 +160,13 @@ class SharedHistory:
         node: str,
         connected: Callable[[], bool],
         max_held: int = DEFAULT_HISTORY_MESSAGES,
+        *,
+        batcher: PostBatcher,
     ) -> None:
         """
         @param connected: whether Redis is reachable now: while it is not, nothing is posted.
         @param max_held: the most messages held while Redis is away; past it, they are not stored.
+        @param batcher: the node's poster to the log (on C{log}), shared by its rooms.
         """
         self.max_held = max_held
         self.cache = cache
@@ -167,11 +174,13 @@ class SharedHistory:
         self.room = room
         self.node = node
         self.connected = connected
-        self._held: list[tuple[bytes, bytes, int, tuple[str, int], Deferred[int]]] = []
+        self._batcher = batcher
+        self._queue = RoomQueue(room, cache.epoch, node, self._report)
+        self._held: list[Outgoing] = []
         """Messages appended while Redis was away (with their client's ids), posted in order once it is back."""
         self._tag: tuple[str, int] = _UNTAGGED
         """The client id and message id the next append carries (L{tag_next})."""
-        self._last_post: Deferred[int | None] = succeed(None)
+        self._last: Outgoing | None = None
         self._failed = False
 
     @property
@@ -198,48 +207,37 @@ class SharedHistory:
         self._tag = (client, message_id) if client else _UNTAGGED
 
     def append(self, name: bytes, text: bytes, time_ms: int) -> int:
-        posting: Deferred[Any]
-        tag, self._tag = self._tag, _UNTAGGED
+        client, message_id = self._tag
+        if client:
+            self._tag = _UNTAGGED
+        message = self._last = Outgoing(name, text, time_ms, client, message_id)
         if self.connected():
-            posting = self._post(name, text, time_ms, tag)
+            self._batcher.add(self._queue, message)
         elif len(self._held) < self.max_held:
             # Held here, not queued on the connection: posted once Redis is
             # back, and only then acknowledged (a delivery member's copies
             # sent again meanwhile are duplicates of it, not new messages).
-            posting = Deferred()
-            self._held.append((name, text, time_ms, tag, posting))
+            self._held.append(message)
         else:
-            posting = fail(ClusterUnavailableError(UNAVAILABLE))
-        self._last_post = posting.addCallbacks(self._stored, self._not_stored)
+            message.settle(None)
+            self._report(Failure(ClusterUnavailableError(UNAVAILABLE)))
         return UNNUMBERED
 
     def post_held(self) -> None:
-        """Redis is back: post what was appended while it was away, in order."""
+        """Redis is back: post what was appended while it was away, in order (in the next call)."""
         held, self._held = self._held, []
-        for name, text, time_ms, tag, waiting in held:
-            self._post(name, text, time_ms, tag).chainDeferred(waiting)
-
-    def _post(self, name: bytes, text: bytes, time_ms: int, tag: tuple[str, int]) -> Deferred[int]:
-        client, message_id = tag
-        return self.log.post(
-            self.room, self.cache.epoch, name, text, time_ms, self.node, client=client, message_id=message_id
-        )
+        for message in held:
+            self._batcher.add(self._queue, message)
 
     def drop_held(self) -> None:
         """The room is closed here: what was held is never stored."""
         held, self._held = self._held, []
-        for *_, waiting in held:
-            waiting.errback(ClusterUnavailableError(UNAVAILABLE))
+        for message in held:
+            message.settle(None)
 
     def when_numbered(self) -> Deferred[int | None]:
-        outcome: Deferred[int | None] = Deferred()
-
-        def forward(seq: int | None) -> int | None:
-            outcome.callback(seq)
-            return seq
-
-        self._last_post.addCallback(forward)
-        return outcome
+        last = self._last
+        return succeed(None) if last is None else last.when_numbered()
 
     def range(self, first: int, last: int) -> Held:
         return self.cache.range(first, last)
@@ -248,13 +246,13 @@ class SharedHistory:
         """A message from the bus (this node's own included): held in order; False for one held already."""
         return self.cache.receive(posted)
 
-    def _stored(self, seq: int) -> int:
-        if self._failed:
-            self._failed = False
-            _log.info("room {room}: messages are stored in the room log again", room=self.room)
-        return seq
-
-    def _not_stored(self, failure: Failure) -> None:
+    def _report(self, failure: Failure | None) -> None:
+        """How a call with this room's messages went: None, stored; else why they were not."""
+        if failure is None:
+            if self._failed:
+                self._failed = False
+                _log.info("room {room}: messages are stored in the room log again", room=self.room)
+            return
         # Relayed to the members here already; never acknowledged, never
         # numbered: a delivery client sends it again under its id.
         if not self._failed:
@@ -267,7 +265,6 @@ class SharedHistory:
             )
         if not failure.check(RedisUnavailableError, StaleEpochError, ClusterUnavailableError):
             _log.failure("room {room}: posting to the room log failed unexpectedly", failure, room=self.room)
-        return None
 
 
 @implementer(IRoomClaims)
@@ -288,6 +285,7 @@ class ClusterClaims:
         self._unwritten: list[tuple[Callable[[], Any], int]] = []
         """Departures and closes that Redis was away for, written again once it is back (L{reconnected})."""
         self._retry: IDelayedCall | None = None
+        self._batcher: PostBatcher | None = None
 
     @property
     def directory(self) -> RoomDirectory:
@@ -306,10 +304,20 @@ class ClusterClaims:
         if not self.feeds.connected:
             raise ClusterUnavailableError(UNAVAILABLE)
 
+    @property
+    def batcher(self) -> PostBatcher:
+        """The node's poster to the room log (made for the log the node has now)."""
+        log = self.log
+        if self._batcher is None or self._batcher.log is not log:
+            self._batcher = PostBatcher(log, self.clock, max_batch=min(DEFAULT_MAX_BATCH, log.max_messages))
+        return self._batcher
+
     def new_history(self, name: str) -> IHistory:
         settings = self.settings
         cache = ClusterHistory(new_epoch(), settings.history_messages, settings.history_bytes)
-        return SharedHistory(cache, self.log, name, self.node, self._connected, settings.history_messages)
+        return SharedHistory(
+            cache, self.log, name, self.node, self._connected, settings.history_messages, batcher=self.batcher
+        )
 
     def claim(self, room: Room, host: Member) -> Deferred[None]:
         return Deferred.fromCoroutine(self._claim(room, host))
@@ -353,7 +361,9 @@ class ClusterClaims:
             # Closed (or made again) since the directory was read: not this room any more.
             return None
         members = await self.directory.members(name)
-        history = SharedHistory(cache, self.log, name, self.node, self._connected, settings.history_messages)
+        history = SharedHistory(
+            cache, self.log, name, self.node, self._connected, settings.history_messages, batcher=self.batcher
+        )
         names = tuple(member.name for member in members)
         return Replica(name, history, record.password, record.native_only, record.host, names)
 

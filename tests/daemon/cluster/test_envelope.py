@@ -2,7 +2,9 @@
 Tests for chatd.daemon.cluster.envelope: every kind of envelope survives a
 round trip (hypothesis), the log's sequence-number splice is the encoding
 with that number, and bytes that are not an envelope of this version give
-one clear EnvelopeError, never another exception.
+one clear EnvelopeError, never another exception; a POSTED_BATCH (what
+the log's script publishes for several messages of a room) splits into its
+POSTED in order, and the batcher's templates are the codec's.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from chatd.daemon.cluster.envelope import (
     VERSION,
     Envelope,
     EnvelopeError,
+    Kind,
     Notice,
     NoticeKind,
     Posted,
     RoomClosed,
+    TemplateFramer,
     decode,
+    decode_all,
     encode,
+    encode_batch,
+    framed,
     posted_template,
     room_channel,
     with_seq,
@@ -161,3 +168,56 @@ class EncodingRefusals(SynchronousTestCase):
     def test_a_name_too_long(self) -> None:
         with self.assertRaises(ValueError):
             encode(Posted("lobby", EPOCH, 1, 0, b"a" * 70_000, b"b", "n"))
+
+
+def one_room(messages: list[Posted]) -> list[Posted]:
+    """The messages made one room's and one incarnation's, numbered 1, 2, ... in order."""
+    return [dataclasses.replace(message, room="lobby", epoch=EPOCH, seq=seq) for seq, message in enumerate(messages, 1)]
+
+
+class Batches(SynchronousTestCase):
+    @given(st.lists(posted, min_size=1, max_size=8))
+    def test_a_batch_decodes_to_its_posted_in_order(self, messages: list[Posted]) -> None:
+        batch = one_room(messages)
+        data = encode_batch([encode(message) for message in batch])
+        self.assertEqual(data[:2], bytes([VERSION, Kind.POSTED_BATCH.value]))
+        self.assertEqual(decode_all(data), batch)
+
+    @given(envelopes)
+    def test_a_single_envelope_decodes_all_to_itself(self, envelope: Envelope) -> None:
+        self.assertEqual(decode_all(encode(envelope)), [envelope])
+
+    def test_decode_refuses_a_batch_decode_all_reads_it(self) -> None:
+        data = encode_batch([encode(a_message(1)), encode(a_message(2))])
+        with self.assertRaises(EnvelopeError) as caught:
+            decode(data)
+        self.assertIn("decode_all", str(caught.exception))
+
+    def test_a_damaged_batch_is_refused_whole(self) -> None:
+        data = encode_batch([encode(a_message(1)), encode(a_message(2))])
+        for length in range(2, len(data)):
+            with self.assertRaises(EnvelopeError):
+                decode_all(data[:length])
+        with self.assertRaises(EnvelopeError):
+            decode_all(data + b"x")
+        with self.assertRaises(EnvelopeError):
+            decode_all(bytes([VERSION, Kind.POSTED_BATCH.value, 0, 0]))
+
+    def test_a_batch_of_another_room_or_kind_is_refused(self) -> None:
+        other = dataclasses.replace(a_message(2), room="elsewhere")
+        with self.assertRaises(EnvelopeError):
+            decode_all(encode_batch([encode(a_message(1)), encode(other)]))
+        closed = RoomClosed("lobby", EPOCH, "node-a")
+        with self.assertRaises(EnvelopeError):
+            decode_all(encode_batch([encode(a_message(1)), encode(closed)]))
+
+    @given(st.binary(max_size=200))
+    def test_any_bytes_decode_all_or_raise_envelope_error(self, data: bytes) -> None:
+        with contextlib.suppress(EnvelopeError):
+            decode_all(bytes([VERSION, Kind.POSTED_BATCH.value]) + data)
+
+    @given(posted)
+    def test_the_framers_template_is_the_codecs(self, message: Posted) -> None:
+        framer = TemplateFramer(message.room, message.epoch, message.origin)
+        made = framer.frame(message.time_ms, message.name, message.text, message.client, message.message_id)
+        self.assertEqual(made, framed([posted_template(message)]))
