@@ -28,7 +28,7 @@ from chatd.daemon.cluster.redis_url import connect, parse_redis_url
 from tests.cluster_nodes import REACTOR, ClusterCase
 from tests.daemon.test_twistd import START_TIMEOUT, Daemon
 from tests.loopback_clients import free_ports
-from tests.waiting import WAIT, Recorder, bounded, sleep, until
+from tests.waiting import Recorder, bounded, client_with_servers, sleep, until
 
 HOST = "127.0.0.1"
 
@@ -71,19 +71,7 @@ class ClusterProcessTests(ClusterCase):
     def client_of(
         self, servers: list[ServerAddress], name: str, *, delivery: bool = True
     ) -> tuple[ChatClient, Recorder]:
-        heard = Recorder(name)
-        client = ChatClient(
-            REACTOR,
-            listener=heard,
-            servers=servers,
-            delivery=delivery,
-            request_timeout=WAIT,
-            first_retry_delay=0.1,
-            max_retry_delay=0.3,
-            reconnect=True,
-        )
-        self.addCleanup(client.leave)
-        return client, heard
+        return client_with_servers(self, servers, name, delivery=delivery, reconnect=True)
 
     async def directory(self) -> RoomDirectory:
         connection = await bounded(

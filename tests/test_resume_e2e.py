@@ -22,7 +22,6 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from typing_extensions import override
 
-from chatd.client.chat_client import ChatClient
 from chatd.client.events import (
     ConnectionLost,
     MemberJoined,
@@ -36,7 +35,7 @@ from chatd.client.servers import ServerAddress
 from chatd.daemon.service import ChatService
 from chatd.protocol.errors import ConnectionFailedError
 from tests.client_cases import HOST, REACTOR, ClientCase, Person
-from tests.waiting import WAIT, Recorder, bounded, until
+from tests.waiting import bounded, client_with_servers, until
 
 
 class _ServerLeg(Protocol):
@@ -150,11 +149,8 @@ class ResumeOnOneDaemonTests(ClientCase):
     timeout = 30
 
     def client_of(self, servers: list[ServerAddress], name: str, **options: Any) -> Person:
-        heard = Recorder(name)
-        options = {"request_timeout": WAIT, "first_retry_delay": 0.1, "max_retry_delay": 0.5, **options}
-        client = ChatClient(REACTOR, listener=heard, servers=servers, delivery=True, **options)
-        self.addCleanup(client.leave)
-        return Person(client, heard)
+        options = {"max_retry_delay": 0.5, **options}
+        return Person(*client_with_servers(self, servers, name, **options))
 
     async def test_host_resumes_after_its_connection_is_cut(self) -> None:
         service = self.serve()
@@ -236,18 +232,7 @@ class ServerListTests(ClientCase):
     timeout = 30
 
     def client_of(self, servers: list[ServerAddress], name: str) -> Person:
-        heard = Recorder(name)
-        client = ChatClient(
-            REACTOR,
-            listener=heard,
-            servers=servers,
-            delivery=True,
-            request_timeout=WAIT,
-            first_retry_delay=0.1,
-            max_retry_delay=0.3,
-        )
-        self.addCleanup(client.leave)
-        return Person(client, heard)
+        return Person(*client_with_servers(self, servers, name))
 
     def address(self, service: ChatService) -> ServerAddress:
         return ServerAddress(HOST, service.tcp_port, service.udp_port)

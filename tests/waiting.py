@@ -7,7 +7,7 @@ not happen, never in a hang.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
@@ -16,8 +16,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
-from chatd.client.chat_client import IChatListener
+from chatd.client.chat_client import ChatClient, IChatListener
 from chatd.client.events import ChatEvent, MessageReceived
+
+if TYPE_CHECKING:
+    from twisted.trial.unittest import SynchronousTestCase
+
+    from chatd.client.servers import ServerAddress
 
 CLOCK = cast(IReactorTime, _reactor)
 WAIT = 5.0
@@ -91,3 +96,26 @@ class Recorder:
 
     async def message(self, sender: str, text: str, timeout: float = WAIT) -> MessageReceived:
         return await self.next(MessageReceived, lambda m: (m.sender, m.text) == (sender, text), timeout)
+
+
+def client_with_servers(
+    case: SynchronousTestCase, servers: list[ServerAddress], name: str, **options: Any
+) -> tuple[ChatClient, Recorder]:
+    """
+    chatd's client with a list of servers and reliable delivery, on the real
+    reactor, retrying quickly (0.1 s, at most 0.3 s apart: tests check logic,
+    not pacing), and left at C{case}'s cleanup; C{options} override any of
+    ChatClient's (C{reconnect=False}, C{delivery=False}, ...). The resume and
+    cluster tests' member.
+    """
+    heard = Recorder(name)
+    settings: dict[str, Any] = {
+        "delivery": True,
+        "request_timeout": WAIT,
+        "first_retry_delay": 0.1,
+        "max_retry_delay": 0.3,
+        **options,
+    }
+    client = ChatClient(CLOCK, listener=heard, servers=servers, **settings)
+    case.addCleanup(client.leave)
+    return client, heard

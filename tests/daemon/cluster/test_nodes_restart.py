@@ -23,9 +23,9 @@ from chatd.client.events import (
     ServerStopping,
 )
 from chatd.client.servers import ServerAddress
-from tests.cluster_nodes import HOST, REACTOR, ClusterCase, TestNode
+from tests.cluster_nodes import HOST, ClusterCase, TestNode
 from tests.loopback_clients import free_ports
-from tests.waiting import WAIT, Recorder, bounded, sleep, until
+from tests.waiting import Recorder, bounded, client_with_servers, sleep, until
 
 GRACE = 5.0
 """
@@ -41,19 +41,7 @@ class RestartTests(ClusterCase):
     def client_of(
         self, servers: list[ServerAddress], name: str, *, reconnect: bool = True
     ) -> tuple[ChatClient, Recorder]:
-        heard = Recorder(name)
-        client = ChatClient(
-            REACTOR,
-            listener=heard,
-            servers=servers,
-            delivery=True,
-            request_timeout=WAIT,
-            first_retry_delay=0.1,
-            max_retry_delay=0.3,
-            reconnect=reconnect,
-        )
-        self.addCleanup(client.leave)
-        return client, heard
+        return client_with_servers(self, servers, name, reconnect=reconnect)
 
     async def start(self, name: str, ports: tuple[int, int]) -> TestNode:
         return await self.service_node(name, tcp_port=ports[0], udp_port=ports[1], reap_grace=GRACE)

@@ -28,9 +28,9 @@ from chatd.client.servers import ServerAddress
 from chatd.daemon.history import Duplicate
 from chatd.daemon.rooms import Room
 from chatd.protocol.datagrams import FrameType
-from tests.cluster_nodes import HOST, REACTOR, ClusterCase, TestNode
+from tests.cluster_nodes import HOST, ClusterCase, TestNode
 from tests.test_resume_e2e import TcpProxy
-from tests.waiting import WAIT, Recorder, bounded, sleep, until
+from tests.waiting import Recorder, bounded, client_with_servers, sleep, until
 
 
 class RefusingProxy(TcpProxy):
@@ -58,18 +58,7 @@ class ResumeAcrossNodesTests(ClusterCase):
     timeout = 60
 
     def client_of(self, servers: list[ServerAddress], name: str) -> tuple[ChatClient, Recorder]:
-        heard = Recorder(name)
-        client = ChatClient(
-            REACTOR,
-            listener=heard,
-            servers=servers,
-            delivery=True,
-            request_timeout=WAIT,
-            first_retry_delay=0.1,
-            max_retry_delay=0.3,
-        )
-        self.addCleanup(client.leave)
-        return client, heard
+        return client_with_servers(self, servers, name)
 
     async def test_the_host_resumes_on_another_node_while_the_first_lives(self) -> None:
         a, b = await self.nodes("a", "b")
