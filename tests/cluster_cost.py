@@ -42,8 +42,8 @@ from twisted.internet.endpoints import HostnameEndpoint
 from chatd.daemon.cluster.bus import ClusterBus
 from chatd.daemon.cluster.envelope import Envelope, Posted, TemplateFramer
 from chatd.daemon.cluster.log import RoomBatch, RoomLog
-from chatd.daemon.cluster.records import new_epoch
 from chatd.daemon.cluster.redis_url import connect
+from chatd.daemon.history import new_epoch
 from tests.redis_server import RedisServer
 
 TEXT = b"x" * 100

@@ -65,11 +65,6 @@ def new_credential() -> str:
     return secrets.token_urlsafe(CREDENTIAL_BYTES)
 
 
-def new_epoch() -> str:
-    """A fresh room epoch: 16 random hexadecimal characters."""
-    return secrets.token_hex(8)
-
-
 def _malformed(what: str, why: str) -> ClusterUnavailableError:
     return ClusterUnavailableError(f"the room directory in Redis holds a malformed {what}: {why}")
 

@@ -61,8 +61,8 @@ from chatd.daemon.cluster.envelope import Notice as NoticeEnvelope
 from chatd.daemon.cluster.envelope import NoticeKind as EnvelopeNoticeKind
 from chatd.daemon.cluster.envelope import Posted, RoomClosed
 from chatd.daemon.cluster.log import ClusterHistory, RedisUnavailableError, RoomLog, StaleEpochError
-from chatd.daemon.cluster.records import MemberRecord, RoomRecord, new_epoch
-from chatd.daemon.history import DEFAULT_HISTORY_MESSAGES, UNNUMBERED, Held, IHistory
+from chatd.daemon.cluster.records import MemberRecord, RoomRecord
+from chatd.daemon.history import DEFAULT_HISTORY_MESSAGES, UNNUMBERED, Held, IHistory, new_epoch
 from chatd.daemon.interfaces import INumberedLater, IRoomClaims, Replica, Resumption
 from chatd.protocol.errors import (
     ClusterUnavailableError,

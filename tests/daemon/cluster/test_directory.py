@@ -19,7 +19,8 @@ from chatd.daemon.cluster.directory import (
     Spending,
     TakeOverOutcome,
 )
-from chatd.daemon.cluster.records import RoomRecord, member_entry, new_epoch
+from chatd.daemon.cluster.records import RoomRecord, member_entry
+from chatd.daemon.history import new_epoch
 from chatd.daemon.passwords import hash_password
 from chatd.protocol.errors import ClusterUnavailableError
 from tests.daemon.cluster.test_directory_support import PREFIX, DirectoryTestCase, member_record, room_record

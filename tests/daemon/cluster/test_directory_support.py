@@ -12,8 +12,9 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from chatd.daemon.cluster.directory import RoomDirectory
-from chatd.daemon.cluster.records import MemberRecord, RoomRecord, new_epoch, secret_hash
+from chatd.daemon.cluster.records import MemberRecord, RoomRecord, secret_hash
 from chatd.daemon.cluster.redis_url import RedisConnection, connect
+from chatd.daemon.history import new_epoch
 from tests.redis_server import RedisServer
 from tests.waiting import CLOCK, bounded
 

@@ -20,11 +20,11 @@ from chatd.daemon.cluster.records import (
     encode_room,
     member_entry,
     new_credential,
-    new_epoch,
     pairs,
     secret_hash,
     split_member_entry,
 )
+from chatd.daemon.history import new_epoch
 from chatd.daemon.passwords import PasswordHash
 from chatd.protocol.errors import ClusterUnavailableError, Status
 

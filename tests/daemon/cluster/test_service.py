@@ -16,9 +16,10 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from chatd.daemon.cluster.directory import RoomDirectory
-from chatd.daemon.cluster.records import MemberRecord, RoomRecord, new_epoch
+from chatd.daemon.cluster.records import MemberRecord, RoomRecord
 from chatd.daemon.cluster.redis_url import connect, parse_redis_url, probe_redis
 from chatd.daemon.cluster.service import ClusterService
+from chatd.daemon.history import new_epoch
 from chatd.daemon.service import make_service
 from chatd.daemon.settings import Settings
 from tests.daemon.test_twistd import run_twistd
