@@ -392,7 +392,9 @@ def make_service(settings: Settings, reactor: Any = None, log_observer: ILogObse
         # First to start and last to stop: the node is in the cluster before
         # it takes requests, and stays in it while members are told goodbye.
         url = parse_redis_url(settings.redis)
-        cluster_service = ClusterService(url, settings.node_name, reactor, cluster_node=node)
+        cluster_service = ClusterService(
+            url, settings.node_name, reactor, cluster_node=node, reap_grace=settings.node_grace
+        )
         children.insert(0, ("cluster", cluster_service))
     if tls is not None:
         options = tls.options

@@ -20,6 +20,7 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any, TypeVar, get_type_hints
 
 from chatd.daemon import ratelimit
+from chatd.daemon.cluster.directory import DEFAULT_NODE_TTL, DEFAULT_REAP_GRACE
 from chatd.daemon.cluster.redis_url import parse_redis_url
 from chatd.daemon.fastudp import HAVE_MMSG
 from chatd.daemon.history import DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_MESSAGES, DEFAULT_HISTORY_ON_JOIN
@@ -366,6 +367,13 @@ class Settings:
         None, "This node's name in the cluster (with --redis); HOST:PID unless given.", check=node_name
     )
     """This node's name in Redis; None means the host name and the process id (L{Settings.node_name})."""
+    node_grace: float = setting(
+        DEFAULT_REAP_GRACE,
+        "Seconds a node of the cluster may go without a heartbeat before its members are removed"
+        " and the rooms it hosted released (with --redis).",
+        check=positive_number,
+    )
+    """How long a dead node's members keep their places, for their clients to resume elsewhere (docs/cluster.md 3)."""
 
     web_port: int | None = setting(
         None,
@@ -436,6 +444,11 @@ class Settings:
             )
         if self.node is not None and self.redis is None:
             return "--node names this daemon in a cluster: it needs --redis"
+        if self.node_grace < DEFAULT_NODE_TTL:
+            return (
+                f"--node-grace {self.node_grace:g} is shorter than a heartbeat's lifetime ({DEFAULT_NODE_TTL:g} s):"
+                " live nodes would be taken for dead and their members removed; raise --node-grace"
+            )
         if self.message_burst < 1:
             return f"--message-burst {self.message_burst:g} is less than 1: no member could ever send a message"
         if self.byte_burst < MAX_DATAGRAM:

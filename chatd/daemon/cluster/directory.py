@@ -105,6 +105,13 @@ from chatd.protocol.errors import ClusterUnavailableError
 DEFAULT_PREFIX = "chatd"
 DEFAULT_NODE_TTL = 10.0
 """Seconds a heartbeat keeps a node alive; it is refreshed every third of it."""
+DEFAULT_REAP_GRACE = 3 * DEFAULT_NODE_TTL
+"""
+Seconds a node may go without a heartbeat before its members are removed
+(--node-grace): long enough for a node restarting under the same name, or
+Redis failing over, not to cost every member its place; short enough that
+a dead node's names and rooms come free within a minute.
+"""
 DEFAULT_TIMEOUT = 5.0
 """Seconds any one Redis command may take before the directory says Redis is unavailable."""
 REAP_BATCH = 200

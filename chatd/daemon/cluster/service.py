@@ -27,7 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from typing_extensions import override
 
-from chatd.daemon.cluster.directory import DEFAULT_NODE_TTL, Liveness, RoomDirectory
+from chatd.daemon.cluster.directory import DEFAULT_NODE_TTL, DEFAULT_REAP_GRACE, Liveness, RoomDirectory
 from chatd.daemon.cluster.node import ClusterNode
 from chatd.daemon.cluster.redis_url import RedisConnection, RedisURL, connect
 from chatd.protocol.errors import ClusterUnavailableError
@@ -36,13 +36,8 @@ REDIS_TIMEOUT = 5.0
 """Seconds to connect to Redis, and for any one command to be answered."""
 REAP_INTERVAL = DEFAULT_NODE_TTL
 """Seconds between two looks for dead nodes."""
-REAP_GRACE = 3 * DEFAULT_NODE_TTL
-"""
-Seconds a node may go without a heartbeat before its members are removed:
-long enough for a node restarting under the same name, or Redis failing
-over, not to cost every member its place; short enough that a dead node's
-names and rooms come free within a minute.
-"""
+REAP_GRACE = DEFAULT_REAP_GRACE
+"""The default of --node-grace (chatd.daemon.cluster.directory.DEFAULT_REAP_GRACE)."""
 
 
 class ClusterStats:

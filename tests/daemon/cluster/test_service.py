@@ -52,6 +52,7 @@ class StartTests(SynchronousTestCase):
             (["--redis", "http://127.0.0.1:6379"], "it must start with redis://"),
             (["--node", "n1"], "--node names this daemon in a cluster: it needs --redis"),
             (["--redis", "redis://127.0.0.1", "--node", "two words"], "printable characters without spaces"),
+            (["--redis", "redis://127.0.0.1", "--node-grace", "5"], "shorter than a heartbeat's lifetime"),
         ]:
             result = run_twistd(*arguments)
             output = result.stdout + result.stderr
@@ -94,6 +95,15 @@ class ClusterServiceTests(TestCase):
         self.assertTrue(await bounded(ensureDeferred(directory_alive(directory, "n1")), "the node's heartbeat"))
         self.assertTrue(cluster.stats.redis_up)
         self.assertEqual(cluster.stats.registrations, 1)
+
+    def test_the_grace_period_is_the_settings(self) -> None:
+        for settings, grace in (
+            (Settings(tcp_port=0, udp_port=0, redis="redis://127.0.0.1:1/0"), 30.0),
+            (Settings(tcp_port=0, udp_port=0, redis="redis://127.0.0.1:1/0", node_grace=120.0), 120.0),
+        ):
+            cluster = make_service(settings, reactor).cluster
+            assert cluster is not None
+            self.assertEqual(cluster.reap_grace, grace)
 
     def test_without_redis_there_is_no_cluster(self) -> None:
         daemon = make_service(Settings(tcp_port=0, udp_port=0), reactor)
