@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -157,3 +157,20 @@ class SimulatedRoom(ABC):
         for at, name, i in schedule:
             self.step_until(at)
             self.post(name, f"{name} {i}")
+
+
+def expected_shown(
+    room: Sequence[tuple[str, str]], name: str, skip: int, shown_seqs: Collection[int]
+) -> list[tuple[int, str, str]]:
+    """
+    What member C{name} should have shown of C{room} (the room's messages as
+    (sender, text), sequence numbers from 1), as (seq, sender, text): every
+    other member's message, in room order; of the first C{skip} (before it
+    entered, beyond the history it was offered), only those it did show.
+    The simulations' check that every message was shown once and in order.
+    """
+    return [
+        (seq, sender, text)
+        for seq, (sender, text) in enumerate(room, 1)
+        if sender != name and (seq > skip or seq in shown_seqs)
+    ]

@@ -45,7 +45,7 @@ from chatd.protocol.errors import ConnectionFailedError, ProtocolError
 from chatd.protocol.seal import Channel, Direction, peek_header
 from chatd.protocol.wire import Frame, FrameDecoder, Operation, State, encode_frame
 from tests.delivery_model import ServerModel
-from tests.lossy_network import LossyNetwork, SimulatedRoom
+from tests.lossy_network import LossyNetwork, SimulatedRoom, expected_shown
 
 SERVER = "server"
 SERVER_UDP = ("192.0.2.1", 9002)
@@ -336,10 +336,9 @@ class CoreDeliverySimulationTests(SynchronousTestCase):
                 assert state.seq is not None
                 self.assertEqual(room[state.seq - 1], (name, client.posted[state.message_id]))
             seqs = [m.seq for m in client.received]
-            self.assertEqual(seqs, sorted(set(s for s in seqs if s is not None)), "out of order or twice")
-            skip = (history or {}).get(name, 0)
-            expected = [(seq, sender, text) for seq, (sender, text) in enumerate(room, 1) if sender != name]
-            expected = [e for e in expected if e[0] > skip or e[0] in seqs]
+            numbered = {seq for seq in seqs if seq is not None}
+            self.assertEqual(seqs, sorted(numbered), "out of order or twice")
+            expected = expected_shown(room, name, (history or {}).get(name, 0), numbered)
             self.assertEqual([(m.seq, m.sender, m.text) for m in client.received], expected)
             self.assertLessEqual(max(client.udp_sizes, default=0), MAX_NATIVE_DATAGRAM)
 

@@ -31,7 +31,7 @@ from chatd.protocol.delivery import (
     encode_send,
 )
 from tests.delivery_model import ModelFrame, ServerModel
-from tests.lossy_network import LossyNetwork, SimulatedRoom
+from tests.lossy_network import LossyNetwork, SimulatedRoom, expected_shown
 
 SERVER = "server"
 Frame = ModelFrame
@@ -169,9 +169,7 @@ class DeliverySimulationTests(SynchronousTestCase):
                 self.assertEqual(room[sent.seq - 1], (name, client.posted[sent.message_id]))
             shown = client.shown()
             self.assertEqual([s.seq for s in shown], sorted({s.seq for s in shown}), "out of order or twice")
-            skip = (history or {}).get(name, 0)
-            expected = [(seq, sender, text) for seq, (sender, text) in enumerate(room, 1) if sender != name]
-            expected = [e for e in expected if e[0] > skip or any(s.seq == e[0] for s in shown)]
+            expected = expected_shown(room, name, (history or {}).get(name, 0), {s.seq for s in shown})
             self.assertEqual([(s.seq, s.sender, s.text) for s in shown], expected)
 
     def test_three_clients_thousand_messages_each(self) -> None:
