@@ -53,6 +53,9 @@ class NodesTests(ClusterCase):
         ann, ann_heard = await self.native(a, "ann", create=True, delivery=True)
         dee, dee_heard = await self.native(b, "dee", delivery=True)
         nat, nat_heard = await self.native(b, "nat")
+        # Node a learns of b's joins from the bus, after their answers: until it has, a member joining
+        # on a would be told of them too (docs/cluster.md 5). mo is to hear of sid's join alone.
+        await until(lambda: len(ann_heard.of(MemberJoined)) == 2, "a knows of dee and nat")
         mo = await self.legacy(a, Dialect.MODEL, "mo")
         sid = await self.legacy(b, Dialect.SEED, "sid")
         # The notices of the joins, before any message.
