@@ -113,6 +113,12 @@ class ClusterNode:
         """Whether this node's members were told the server is degraded (Redis lost), and not yet that it recovered."""
         self._forgetting: IDelayedCall | None = None
         """When the members of this node's previous life that did not come back are removed."""
+        self._reading_members: dict[Room, list[set[str]]] = {}
+        """
+        For each room whose member list L{refresh_members} is reading, a set
+        per read of the names a notice told of meanwhile: the read's answer
+        may be older than those notices, so it does not undo them.
+        """
 
     @property
     def directory(self) -> RoomDirectory:
@@ -295,12 +301,21 @@ class ClusterNode:
         the members here of the differences as of joins and leaves (after
         Redis was away, when the notices of the outage were lost).
         """
-        records = await self.directory.members(room.name)
+        told_meanwhile: set[str] = set()
+        self._reading_members.setdefault(room, []).append(told_meanwhile)
+        try:
+            records = await self.directory.members(room.name)
+        finally:
+            reads = [read for read in self._reading_members.pop(room) if read is not told_meanwhile]
+            if reads:
+                self._reading_members[room] = reads
         server = self._server
         if server is None or room.closed or self._watched.get(room.name) is not room:
             return
-        elsewhere = {record.name for record in records if record.node != self.name}
-        for name in [name for name in room.remote_members if name not in elsewhere]:
+        # The bus and the directory's reads go over different connections:
+        # a notice that arrived during the read may be newer than its answer.
+        elsewhere = {record.name for record in records if record.node != self.name} - told_meanwhile
+        for name in [name for name in room.remote_members if name not in elsewhere and name not in told_meanwhile]:
             gone = room.remote_left(name)
             if gone is not None:
                 server.presence_elsewhere(gone, joined=False)
@@ -425,6 +440,8 @@ class ClusterNode:
             self._closed(server, room, envelope)
 
     def _presence(self, server: ChatServer, room: Room, notice: NoticeEnvelope) -> None:
+        for told_meanwhile in self._reading_members.get(room, ()):
+            told_meanwhile.add(notice.member)
         if notice.kind is EnvelopeNoticeKind.JOINED:
             came = room.remote_joined(notice.member)
             if came is not None:

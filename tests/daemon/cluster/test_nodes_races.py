@@ -2,19 +2,22 @@
 The races the cluster store settles through Redis, with real nodes and real
 clients: the same room name created on two nodes at once (every request sent
 before any answer) has exactly one winner, every time; an invitation
-presented on two nodes at once is spent exactly once.
+presented on two nodes at once is spent exactly once; a read of the member
+list answered after a newer notice does not undo that notice.
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 
+from chatd.client.events import MemberJoined, MemberLeft
+from chatd.daemon.cluster.records import MemberRecord
 from chatd.protocol.errors import Status
 from chatd.protocol.payloads import Dialect
 from chatd.protocol.wire import Frame, Operation
 from tests.cluster_nodes import ClusterCase, TestNode, refusal
 from tests.loopback_clients import ChatClient as RawClient
-from tests.waiting import bounded, until
+from tests.waiting import bounded, sleep, until
 
 ROUNDS = 20
 
@@ -80,3 +83,24 @@ class RaceTests(ClusterCase):
         await until(lambda: not b.server.store.rooms() and not c.server.store.rooms(), "b and c drop their replicas")
         await bounded(gatherResults([b.cluster.claims.settle(), c.cluster.claims.settle()]), "the departures")
         self.assertEqual([m.name for m in await a.cluster.directory.members("vault")], ["ann"])
+
+    async def test_a_member_list_read_older_than_a_notice_does_not_undo_it(self) -> None:
+        a, b = await self.nodes("a", "b")
+        ann, ann_heard = await self.native(a, "ann", create=True)
+        cat, _ = await self.native(b, "cat")
+        await ann_heard.next(MemberJoined, lambda event: event.user == "cat")
+        [room] = a.server.store.rooms()
+        # The read of the member list (after Redis came back) is answered as
+        # of before cat left; cat's leaving reaches a over the bus meanwhile.
+        stale = await a.cluster.directory.members("lobby")
+        answer: Deferred[list[MemberRecord]] = Deferred()
+        self.patch(a.cluster.directory, "members", lambda name: answer)
+        refreshing = Deferred.fromCoroutine(a.cluster.refresh_members(room))
+        await cat.leave()
+        await ann_heard.next(MemberLeft, lambda event: event.user == "cat")
+        answer.callback(stale)
+        await bounded(refreshing, "the read")
+        self.assertNotIn("cat", list(room.remote_members))
+        await sleep(0.2)
+        self.assertEqual([event.user for event in ann_heard.of(MemberJoined)], ["cat"])
+        self.assertEqual(set(await ann.refresh_members()), {"ann"})
