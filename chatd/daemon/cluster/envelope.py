@@ -82,6 +82,8 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _BATCH_HEADER = struct.Struct(">BBH")
 _FRAMED_POSTED_FIXED = struct.Struct(">IBBQ8sQQ")
+_POSTED_HEAD = struct.Struct(">BBQ8sQQH")
+"""A POSTED's fixed fields and its room's length."""
 
 
 class EnvelopeError(ChatError):
@@ -117,9 +119,15 @@ class NoticeKind(Enum):
     """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Posted:
-    """A message numbered by the room log: what every node relays to its members, and what the log keeps."""
+    """
+    A message numbered by the room log: what every node relays to its
+    members, and what the log keeps. Not frozen, unlike the other envelopes:
+    the bus makes one for every message of every room, and a frozen
+    dataclass takes five times as long to make (0.9 against 0.17 µs);
+    nothing changes one once made.
+    """
 
     room: str
     epoch: str
@@ -346,6 +354,11 @@ def decode(data: bytes) -> Envelope:
         raise EnvelopeError(f"envelope of {len(data)} bytes is too short for its version and kind")
     if data[0] != VERSION:
         raise EnvelopeError(f"envelope version {data[0]} is not {VERSION}, the one this node reads")
+    if data[1] == _POSTED_KIND:
+        try:
+            return _read_posted(data, 0, len(data), {})
+        except struct.error:
+            raise EnvelopeError(f"POSTED envelope of {len(data)} bytes is truncated") from None
     try:
         kind = Kind(data[1])
     except ValueError:
@@ -354,10 +367,8 @@ def decode(data: bytes) -> Envelope:
         raise EnvelopeError("a POSTED_BATCH holds several envelopes: read it with decode_all")
     reader = _Reader(data)
     try:
-        if kind is Kind.POSTED:
-            envelope: Envelope = _decode_posted(reader)
-        elif kind is Kind.NOTICE:
-            envelope = _decode_notice(reader)
+        if kind is Kind.NOTICE:
+            envelope: Envelope = _decode_notice(reader)
         else:
             envelope = _decode_closed(reader)
     except struct.error:
@@ -380,16 +391,21 @@ def decode_all(data: bytes) -> list[Envelope]:
     if len(data) < _BATCH_HEADER.size:
         raise EnvelopeError(f"POSTED_BATCH envelope of {len(data)} bytes is truncated")
     _, _, count = _BATCH_HEADER.unpack_from(data)
-    reader = _Reader(data)
-    reader.offset = _BATCH_HEADER.size
+    at = _BATCH_HEADER.size
     envelopes: list[Envelope] = []
+    texts: dict[bytes, str] = {}
     try:
         for _ in range(count):
-            envelopes.append(decode(reader.bytes32()))
+            (length,) = _U32.unpack_from(data, at)
+            start = at + _U32.size
+            at = start + length
+            if at > len(data):
+                raise struct.error("past the end")
+            envelopes.append(_posted_in(data, start, at, texts))
     except struct.error:
         raise EnvelopeError(f"POSTED_BATCH envelope of {len(data)} bytes is truncated") from None
-    if reader.offset != len(data):
-        raise EnvelopeError(f"POSTED_BATCH envelope has {len(data) - reader.offset} bytes after its end")
+    if at != len(data):
+        raise EnvelopeError(f"POSTED_BATCH envelope has {len(data) - at} bytes after its end")
     if not envelopes:
         raise EnvelopeError("POSTED_BATCH envelope holds no envelope")
     first = envelopes[0]
@@ -397,6 +413,63 @@ def decode_all(data: bytes) -> list[Envelope]:
         if not isinstance(envelope, Posted) or envelope.room != first.room or envelope.epoch != first.epoch:
             raise EnvelopeError("POSTED_BATCH envelope holds what is not a POSTED of its first one's room")
     return envelopes
+
+
+def _posted_in(data: bytes, start: int, end: int, names: dict[bytes, str]) -> Envelope:
+    """
+    The envelope in C{data[start:end]}, one of a batch: a POSTED is read in
+    place (L{_read_posted}); anything else is L{decode}'s to read or refuse.
+    """
+    if end - start < 2 or data[start] != VERSION or data[start + 1] != _POSTED_KIND:
+        return decode(data[start:end])
+    return _read_posted(data, start, end, names)
+
+
+def _read_posted(data: bytes, start: int, end: int, names: dict[bytes, str]) -> Posted:
+    """
+    The POSTED envelope in C{data[start:end]} (its version and kind checked),
+    read field by field in place. The bus reads every message of every room
+    this way, so this is on the cross-node path: no copy of the envelope, no
+    reader object, and the room's, origin's and client's names, the same in
+    every message of a batch, decoded once into C{names}. struct.error when
+    the fields pass C{end}; L{EnvelopeError} for bytes after them, or names
+    that are not UTF-8.
+    """
+    _, _, seq, epoch, time_ms, message_id, length = _POSTED_HEAD.unpack_from(data, start)
+    at = start + _POSTED_HEAD.size
+    room = data[at : at + length]
+    at += length
+    (length,) = _U16.unpack_from(data, at)
+    at += 2
+    origin = data[at : at + length]
+    at += length
+    (length,) = _U16.unpack_from(data, at)
+    at += 2
+    client = data[at : at + length]
+    at += length
+    (length,) = _U16.unpack_from(data, at)
+    at += 2
+    name = data[at : at + length]
+    at += length
+    (length,) = _U32.unpack_from(data, at)
+    at += 4
+    text = data[at : at + length]
+    at += length
+    if at > end:
+        raise struct.error("past the end")
+    if at != end:
+        raise EnvelopeError(f"POSTED envelope has {end - at} bytes after its end")
+    room_name = names.get(room)
+    origin_name = names.get(origin)
+    client_id = names.get(client)
+    if room_name is None or origin_name is None or client_id is None:
+        try:
+            room_name = names[room] = room.decode()
+            origin_name = names[origin] = origin.decode()
+            client_id = names[client] = client.decode()
+        except UnicodeDecodeError as error:
+            raise EnvelopeError(f"POSTED envelope has text that is not UTF-8: {error.reason}") from None
+    return Posted(room_name, epoch.hex(), seq, time_ms, name, text, origin_name, client_id, message_id)
 
 
 class _Reader:
@@ -436,15 +509,6 @@ class _Reader:
         (value,) = _U16.unpack_from(self.data, self.offset)
         self.offset += _U16.size
         return int(value)
-
-
-def _decode_posted(reader: _Reader) -> Posted:
-    _, _, seq, epoch, time_ms, message_id = reader.fixed(_POSTED_FIXED)
-    assert isinstance(seq, int) and isinstance(epoch, bytes) and isinstance(time_ms, int)
-    assert isinstance(message_id, int)
-    room, origin, client = reader.str16(), reader.str16(), reader.str16()
-    name, text = reader.bytes16(), reader.bytes32()
-    return Posted(room, epoch.hex(), seq, time_ms, name, text, origin, client, message_id)
 
 
 def _decode_notice(reader: _Reader) -> Notice:

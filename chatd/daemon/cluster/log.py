@@ -54,6 +54,7 @@ join are answered without Redis. Its numbering comes from L{RoomLog.post}.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -104,6 +105,11 @@ not acknowledged, sends again under the same message id, and the duplicate
 windows (fed by the bus, whose envelopes carry the id) recognise it.
 """
 
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_MAX_POST_REFS = 4096
+"""The most rooms whose keys L{RoomLog.post_batch} keeps encoded (past it, it starts again)."""
+
 _STATE_MARK = "epoch="
 # The log's scripts return the epoch behind this mark: a bare epoch of 16
 # digits would be turned into a number by txredisapi's convertNumbers.
@@ -111,11 +117,10 @@ _STATE_MARK = "epoch="
 _POST_BATCH = f"""
 local size, expiry = ARGV[1], tonumber(ARGV[2])
 local result = {{}}
-local at = 3
 for room = 1, #KEYS / 2 do
   local meta, entries = KEYS[2 * room - 1], KEYS[2 * room]
-  local epoch, channel, count, blob = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]), ARGV[at + 3]
-  at = at + 4
+  local blob = ARGV[room + 2]
+  local epoch, channel, count, position = struct.unpack('>I2c0I2c0I4', blob)
   local current = redis.call('HGET', meta, 'epoch')
   if current ~= epoch then
     table.insert(result, 0)
@@ -123,7 +128,6 @@ for room = 1, #KEYS / 2 do
   else
     local first = redis.call('HINCRBY', meta, 'seq', count) - count + 1
     local numbered = {{}}
-    local position = 1
     for index = 1, count do
       local length = struct.unpack('>I4', blob, position)
       local start = position + 4
@@ -158,8 +162,11 @@ return result
 """
 """
 KEYS: each room's meta and entries. ARGV: history size, expiry in ms (0: none),
-then for each room its epoch, channel, message count and framed templates
-(envelope.framed: each POSTED numbered 0 behind its u32 length). Returns,
+then for each room one argument: its epoch and its channel (each behind a
+u16 length), its message count (u32), and its framed templates
+(envelope.framed: each POSTED numbered 0 behind its u32 length). One
+argument, not four: txredisapi encodes a command's arguments one by one in
+Python, and a node's batches mostly hold one message per room. Returns,
 per room, 1 and its first number, or 0 and the current epoch when the log is
 not the epoch's (nothing done for that room). A batch of an earlier room is
 kept when a later one is malformed: Redis does not roll a script back.
@@ -320,6 +327,8 @@ class RoomLog:
         self.stats = BusStats() if stats is None else stats
         self.command_timeout = command_timeout
         self._expiry_ms = 0 if idle_expiry is None else max(1, round(idle_expiry * 1000))
+        self._post_refs: dict[tuple[str, str], tuple[bytes, bytes, bytes]] = {}
+        """Per (room, epoch): L{_refs}, made once, not at every post."""
 
     def keys(self, room: str) -> list[str]:
         """The room's meta hash and entries stream (for operators and tests)."""
@@ -378,11 +387,18 @@ class RoomLog:
         message got, or the L{StaleEpochError} of a room whose log is not the
         batch's epoch (its messages were not stored; the other rooms' were).
         """
-        keys: list[str] = []
+        keys: list[bytes] = []
         args: list[Any] = [self.max_messages, self._expiry_ms]
+        refs = self._post_refs
         for batch in batches:
-            keys += self.keys(batch.room)
-            args += [batch.epoch, room_channel(self.prefix, batch.room), batch.messages, batch.framed]
+            known = refs.get((batch.room, batch.epoch))
+            if known is None:
+                if len(refs) >= _MAX_POST_REFS:
+                    refs.clear()
+                known = refs[(batch.room, batch.epoch)] = self._refs(batch.room, batch.epoch)
+            meta, entries, head = known
+            keys += (meta, entries)
+            args.append(b"".join((head, _U32.pack(batch.messages), batch.framed)))
         reply = timed(self._redis.eval(_POST_BATCH, keys, args), self._clock, self.stats, self.command_timeout)
 
         def numbered(answer: list[Any]) -> list[int | StaleEpochError]:
@@ -397,6 +413,12 @@ class RoomLog:
             return results
 
         return reply.addCallback(numbered)
+
+    def _refs(self, room: str, epoch: str) -> tuple[bytes, bytes, bytes]:
+        """A room's keys for L{post_batch}, and the head of its argument: its epoch and channel."""
+        meta, entries = (key.encode() for key in self.keys(room))
+        epoch_bytes, channel = epoch.encode(), room_channel(self.prefix, room)
+        return meta, entries, b"".join((_U16.pack(len(epoch_bytes)), epoch_bytes, _U16.pack(len(channel)), channel))
 
     def delete(self, room: str, epoch: str) -> Deferred[bool]:
         """
@@ -640,18 +662,22 @@ class ClusterHistory:
         """
         if posted.epoch != self._ring.epoch:
             return False
-        return self.receive_entry(posted.entry())
+        # The fields, not posted.entry(): every message from the bus comes this way.
+        return self._hold(posted.seq, posted.time_ms, posted.name, posted.text)
 
     def receive_entry(self, entry: HistoryEntry) -> bool:
         """L{receive} for an entry known to be this incarnation's."""
+        return self._hold(entry.seq, entry.time_ms, entry.name, entry.text)
+
+    def _hold(self, seq: int, time_ms: int, name: bytes, text: bytes) -> bool:
         ring = self._ring
-        if entry.seq <= ring.latest:
+        if seq <= ring.latest:
             return False
-        if entry.seq > ring.latest + 1:
+        if seq > ring.latest + 1:
             self.gaps += 1
-            self._restart_at(entry.seq)
+            self._restart_at(seq)
             ring = self._ring
-        ring.append(entry.name, entry.text, entry.time_ms)
+        ring.append(name, text, time_ms)
         return True
 
     def _restart_at(self, seq: int) -> None:
