@@ -33,13 +33,14 @@ more than a room's history holds); what is left goes in the next call.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from chatd.daemon.cluster.envelope import TemplateFramer
+from chatd.daemon.cluster.envelope import TemplateFramer, is_echo
 from chatd.daemon.cluster.log import RoomBatch, RoomLog, StaleEpochError
 
 DEFAULT_MAX_BATCH = 64
@@ -85,13 +86,28 @@ class Outgoing:
                 waiting.callback(seq)
 
 
+MAX_UNECHOED = 16
+"""
+The most batches of a room kept for recognising them when they come back
+on the bus (L{RoomQueue.echoed}); one comes back within a round trip, so
+more than a few waiting means they went another way (a catch-up): the
+oldest is let go, and the node decodes what comes back instead.
+"""
+
+
 class RoomQueue:
     """
     One room's messages waiting for the batcher (a cluster room's
     SharedHistory owns one), and whom to tell how its calls went.
+
+    It also keeps the batches sent and not yet back on the bus (the log's
+    script publishes each to every node following the room, this one
+    included), so that the node knows its own messages when they come back
+    by comparing bytes (L{echoed}) instead of decoding each: the room's
+    cache and its delivery members take them from here.
     """
 
-    __slots__ = ("epoch", "framer", "report", "room", "waiting")
+    __slots__ = ("epoch", "framer", "report", "room", "unechoed", "waiting")
 
     def __init__(self, room: str, epoch: str, origin: str, report: Callable[[Failure | None], None]) -> None:
         """
@@ -103,8 +119,11 @@ class RoomQueue:
         self.framer = TemplateFramer(room, epoch, origin)
         self.report = report
         self.waiting: list[Outgoing] = []
+        self.unechoed: deque[tuple[list[Outgoing], bytes]] = deque()
+        """The batches sent, oldest first, with their templates as sent: what comes back on the bus."""
 
     def batch(self, messages: list[Outgoing]) -> RoomBatch:
+        """C{messages} framed for the log, and kept to be known again when they come back (L{echoed})."""
         frame = self.framer.frame
         framed = b"".join(
             [
@@ -112,7 +131,28 @@ class RoomQueue:
                 for message in messages
             ]
         )
+        unechoed = self.unechoed
+        unechoed.append((messages, framed))
+        if len(unechoed) > MAX_UNECHOED:
+            unechoed.popleft()
         return RoomBatch(self.room, self.epoch, framed, len(messages))
+
+    def echoed(self, data: bytes, count: int) -> list[Outgoing] | None:
+        """
+        The messages of the oldest batch sent, when C{data} (a message on the
+        room's channel naming this node as its origin, C{count} POSTED) is
+        that batch coming back, numbered; None otherwise. Then nothing sent
+        before is waited for any more (what did not come back this way came
+        another way, or never will): what comes next is decoded.
+        """
+        unechoed = self.unechoed
+        if unechoed:
+            messages, framed = unechoed[0]
+            if len(messages) == count and is_echo(data, framed, count):
+                unechoed.popleft()
+                return messages
+            unechoed.clear()
+        return None
 
 
 class PostBatcher:
@@ -193,6 +233,7 @@ class PostBatcher:
             if isinstance(answer, StaleEpochError):
                 for message in messages:
                     message.settle(None)
+                queue.unechoed.clear()
                 queue.report(Failure(answer))
                 continue
             for offset, message in enumerate(messages):
@@ -206,5 +247,7 @@ class PostBatcher:
         for queue, messages in taken:
             for message in messages:
                 message.settle(None)
+            # Stored or not, it is not known: what comes back is decoded.
+            queue.unechoed.clear()
             queue.report(failure)
         self.flush()

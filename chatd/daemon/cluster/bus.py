@@ -53,11 +53,28 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatd.daemon.cluster.bus_stats import BusStats
-from chatd.daemon.cluster.envelope import Envelope, EnvelopeError, Posted, RoomClosed, decode_all, encode, room_channel
+from chatd.daemon.cluster.envelope import (
+    Envelope,
+    EnvelopeError,
+    Posted,
+    RoomClosed,
+    decode_all,
+    encode,
+    origin_field,
+    own_posted,
+    room_channel,
+)
 from chatd.daemon.cluster.log import Catchup, LogState, RedisConnection, RedisUnavailableError, RoomLog, timed
 
 Handler = Callable[[Envelope], None]
 """What a room's envelopes are handed to, one at a time, in order."""
+OwnHandler = Callable[[bytes, int, int], bool]
+"""
+What a room's messages from this node are offered to first, undecoded
+(the message's bytes, its first sequence number, how many POSTED it holds),
+when they come next in order: True when it took them all (they are handed
+to nobody else), False to have them decoded and handed over as any other.
+"""
 StateListener = Callable[[bool], None]
 """Told True when the bus is connected (subscriptions made), False when it lost Redis."""
 
@@ -86,15 +103,25 @@ class _Subscription:
         "handler",
         "held_back",
         "last_seq",
+        "own",
         "placed",
         "room",
         "waiters",
     )
 
-    def __init__(self, room: str, channel: bytes, handler: Handler, epoch: str | None, since: int | None) -> None:
+    def __init__(
+        self,
+        room: str,
+        channel: bytes,
+        handler: Handler,
+        epoch: str | None,
+        since: int | None,
+        own: OwnHandler | None = None,
+    ) -> None:
         self.room = room
         self.channel = channel
         self.handler = handler
+        self.own = own
         self.epoch = epoch
         """The incarnation of the last POSTED handed over (or given with C{since})."""
         self.last_seq = since
@@ -150,6 +177,7 @@ class ClusterBus(Service):
         self._log = log
         self.prefix = prefix
         self.node = node
+        self._origin = origin_field(node)
         self.stats = (log.stats if log is not None else BusStats()) if stats is None else stats
         self.command_timeout = command_timeout
         self._ping_interval = ping_interval
@@ -213,10 +241,17 @@ class ClusterBus(Service):
         return waiting.addTimeout(timeout, self._clock).addErrback(gave_up)
 
     def subscribe(
-        self, room: str, handler: Handler, *, epoch: str | None = None, since: int | None = None
+        self,
+        room: str,
+        handler: Handler,
+        *,
+        epoch: str | None = None,
+        since: int | None = None,
+        own: OwnHandler | None = None,
     ) -> Deferred[None]:
         """
-        Hand C{room}'s envelopes to C{handler} from now on. Fires once Redis
+        Hand C{room}'s envelopes to C{handler} from now on (offering what
+        this node posted to C{own} first, when given). Fires once Redis
         confirmed the subscription (on this connection, or on the next one
         when Redis is away), or once it is unsubscribed, if that comes first.
         With C{epoch} and C{since} (the cache's latest, L{ClusterHistory.load}),
@@ -234,7 +269,7 @@ class ClusterBus(Service):
         channel = room_channel(self.prefix, room)
         if channel in self._subscriptions:
             raise ValueError(f"room {room!r} is subscribed already")
-        subscription = _Subscription(room, channel, handler, epoch, since)
+        subscription = _Subscription(room, channel, handler, epoch, since, own)
         self._subscriptions[channel] = subscription
         confirmed: Deferred[None] = Deferred()
         subscription.waiters.append(confirmed)
@@ -416,8 +451,13 @@ class ClusterBus(Service):
         """
         A message on a channel: decoded (a POSTED_BATCH into its POSTED, in
         order), and each envelope handed over (or held back while its room
-        catches up), as if each had come on its own.
+        catches up), as if each had come on its own. This node's own
+        messages, next in order, are offered undecoded to the room's C{own}
+        first (L{_took_own}).
         """
+        subscription = self._subscriptions.get(channel)
+        if subscription is not None and subscription.own is not None and self._took_own(subscription, data):
+            return
         try:
             envelopes = decode_all(data)
         except EnvelopeError as error:
@@ -445,6 +485,34 @@ class ClusterBus(Service):
                 subscription.held_back.append(envelope)
             else:
                 self._accept(subscription, envelope, may_catch_up=True)
+
+    def _took_own(self, subscription: _Subscription, data: bytes) -> bool:
+        """
+        Whether the room's C{own} took C{data}: this node's POSTED (or batch
+        of them) that come next in the room's order, the feed not catching
+        up. Anything else, and what C{own} declines, is decoded as usual.
+        """
+        if subscription.catching_up:
+            return False
+        head = own_posted(data, self._origin)
+        if head is None:
+            return False
+        epoch, first, count = head
+        last = subscription.last_seq
+        if epoch != subscription.epoch or last is None or first != last + 1:
+            return False
+        own = subscription.own
+        assert own is not None
+        try:
+            if not own(data, first, count):
+                return False
+        except Exception:
+            # As a handler's failure: logged, counted, and the messages dropped (not handed over twice).
+            self.stats.handler_errors += 1
+            _log.failure("the handler of room {room} failed", room=subscription.room)
+        subscription.last_seq = first + count - 1
+        self.stats.received += count
+        return True
 
     def _accept(self, subscription: _Subscription, envelope: Envelope, *, may_catch_up: bool) -> None:
         """Hand C{envelope} over unless it is a POSTED handed over already; a gap in the POSTED starts a catch-up."""

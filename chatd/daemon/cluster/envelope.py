@@ -100,6 +100,7 @@ class Kind(Enum):
 
 
 _POSTED_KIND = Kind.POSTED.value
+_BATCH_KIND = Kind.POSTED_BATCH.value
 
 
 class NoticeKind(Enum):
@@ -343,6 +344,77 @@ def _bytes32(data: bytes) -> bytes:
     if len(data) > 0xFFFFFFFF:
         raise ValueError(f"{len(data)} bytes do not fit a u32 length")
     return _U32.pack(len(data)) + data
+
+
+# -- a node's own messages, coming back ------------------------------------------
+
+
+def origin_field(node: str) -> bytes:
+    """Node C{node}'s name as a POSTED carries it (a str16): what L{own_posted} looks for."""
+    return _str16(node)
+
+
+def own_posted(data: bytes, origin: bytes) -> tuple[str, int, int] | None:
+    """
+    The epoch, first sequence number and count of a POSTED or POSTED_BATCH
+    whose (first) POSTED names C{origin} (an L{origin_field}), read from its
+    head alone; None for anything else. The bus's test for a node's own
+    messages coming back to it, before any decoding: what it finds is only a
+    candidate, which the node checks whole (L{is_echo}).
+    """
+    if len(data) < 2 or data[0] != VERSION:
+        return None
+    if data[1] == _POSTED_KIND:
+        start, count = 0, 1
+    elif data[1] == _BATCH_KIND:
+        if len(data) < _BATCH_HEADER.size + _U32.size:
+            return None
+        start, count = _BATCH_HEADER.size + _U32.size, _U16.unpack_from(data, SEQ_OFFSET)[0]
+    else:
+        return None
+    at = start + _POSTED_FIXED.size
+    if len(data) < at + _U16.size:
+        return None
+    at += _U16.size + _U16.unpack_from(data, at)[0]
+    if not data.startswith(origin, at):
+        return None
+    _, _, seq, epoch, _, _ = _POSTED_FIXED.unpack_from(data, start)
+    return epoch.hex(), seq, count
+
+
+_SEQ_END = SEQ_OFFSET + SEQ_SIZE
+_NO_SEQ = bytes(SEQ_SIZE)
+
+
+def is_echo(data: bytes, framed: bytes, count: int) -> bool:
+    """
+    Whether C{data}, a message on a room's channel, is the POSTED (C{count}
+    1) or POSTED_BATCH of exactly the C{count} templates in C{framed} (a
+    batch's body: L{framed} of L{posted_template}s, as the log's script
+    read them), byte for byte but for the sequence numbers the script wrote:
+    a node's own messages come back, and it needs no decoding to know them.
+    """
+    if count == 1:
+        return (
+            len(data) == len(framed) - _U32.size
+            and data[:SEQ_OFFSET] == framed[_U32.size : _U32.size + SEQ_OFFSET]
+            and data[_SEQ_END:] == framed[_U32.size + _SEQ_END :]
+        )
+    if len(data) != _BATCH_HEADER.size + len(framed) or data[: _BATCH_HEADER.size] != _BATCH_HEADER.pack(
+        VERSION, _BATCH_KIND, count
+    ):
+        return False
+    # The batch's body with each sequence number put back to 0: the templates, if it is theirs.
+    body = bytearray(data)
+    del body[: _BATCH_HEADER.size]
+    at = 0
+    for _ in range(count):
+        if at + _U32.size > len(body):
+            return False
+        start = at + _U32.size
+        body[start + SEQ_OFFSET : start + _SEQ_END] = _NO_SEQ
+        at = start + _U32.unpack_from(body, at)[0]
+    return body == framed
 
 
 # -- decoding -----------------------------------------------------------------

@@ -123,8 +123,7 @@ for room = 1, #KEYS / 2 do
   local epoch, channel, count, position = struct.unpack('>I2c0I2c0I4', blob)
   local current = redis.call('HGET', meta, 'epoch')
   if current ~= epoch then
-    table.insert(result, 0)
-    table.insert(result, '{_STATE_MARK}' .. (current or ''))
+    table.insert(result, '0:{_STATE_MARK}' .. (current or ''))
   else
     local first = redis.call('HINCRBY', meta, 'seq', count) - count + 1
     local numbered = {{}}
@@ -154,11 +153,10 @@ for room = 1, #KEYS / 2 do
       redis.call('PEXPIRE', meta, expiry)
       redis.call('PEXPIRE', entries, expiry)
     end
-    table.insert(result, 1)
-    table.insert(result, first)
+    table.insert(result, string.format('1:%d', first))
   end
 end
-return result
+return table.concat(result, ',')
 """
 """
 KEYS: each room's meta and entries. ARGV: history size, expiry in ms (0: none),
@@ -166,10 +164,12 @@ then for each room one argument: its epoch and its channel (each behind a
 u16 length), its message count (u32), and its framed templates
 (envelope.framed: each POSTED numbered 0 behind its u32 length). One
 argument, not four: txredisapi encodes a command's arguments one by one in
-Python, and a node's batches mostly hold one message per room. Returns,
-per room, 1 and its first number, or 0 and the current epoch when the log is
-not the epoch's (nothing done for that room). A batch of an earlier room is
-kept when a later one is malformed: Redis does not roll a script back.
+Python, and a node's batches mostly hold one message per room. Returns one
+string, for the same reason (txredisapi parses a list's elements one by
+one): per room, comma-separated, "1:" and its first number, or "0:" and the
+current epoch (behind its mark) when the log is not the epoch's (nothing
+done for that room). A batch of an earlier room is kept when a later one
+is malformed: Redis does not roll a script back.
 """
 
 _READ = f"""
@@ -401,15 +401,16 @@ class RoomLog:
             args.append(b"".join((head, _U32.pack(batch.messages), batch.framed)))
         reply = timed(self._redis.eval(_POST_BATCH, keys, args), self._clock, self.stats, self.command_timeout)
 
-        def numbered(answer: list[Any]) -> list[int | StaleEpochError]:
+        def numbered(answer: object) -> list[int | StaleEpochError]:
             results: list[int | StaleEpochError] = []
-            for index, batch in enumerate(batches):
-                if answer[2 * index] == 0:
+            for batch, result in zip(batches, _as_bytes(answer).split(b","), strict=True):
+                stored, _, value = result.partition(b":")
+                if stored == b"0":
                     self.stats.stale_epochs += 1
-                    results.append(StaleEpochError(batch.room, batch.epoch, _epoch_of(answer[2 * index + 1])))
+                    results.append(StaleEpochError(batch.room, batch.epoch, _epoch_of(value)))
                 else:
                     self.stats.publishes += 1
-                    results.append(int(answer[2 * index + 1]))
+                    results.append(int(value))
             return results
 
         return reply.addCallback(numbered)
@@ -663,13 +664,14 @@ class ClusterHistory:
         if posted.epoch != self._ring.epoch:
             return False
         # The fields, not posted.entry(): every message from the bus comes this way.
-        return self._hold(posted.seq, posted.time_ms, posted.name, posted.text)
+        return self.hold(posted.seq, posted.time_ms, posted.name, posted.text)
 
     def receive_entry(self, entry: HistoryEntry) -> bool:
         """L{receive} for an entry known to be this incarnation's."""
-        return self._hold(entry.seq, entry.time_ms, entry.name, entry.text)
+        return self.hold(entry.seq, entry.time_ms, entry.name, entry.text)
 
-    def _hold(self, seq: int, time_ms: int, name: bytes, text: bytes) -> bool:
+    def hold(self, seq: int, time_ms: int, name: bytes, text: bytes) -> bool:
+        """L{receive} for a message known to be this incarnation's, by its fields."""
         ring = self._ring
         if seq <= ring.latest:
             return False

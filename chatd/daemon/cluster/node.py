@@ -256,7 +256,11 @@ class ClusterNode:
         history = room.history
         assert isinstance(history, SharedHistory)
         subscribing = self._the_bus.subscribe(
-            room.name, lambda envelope: self._received(room, envelope), epoch=history.epoch, since=history.latest
+            room.name,
+            lambda envelope: self._received(room, envelope),
+            epoch=history.epoch,
+            since=history.latest,
+            own=lambda data, first, count: self._own_came_back(room, data, first, count),
         )
         subscribing.addCallback(lambda _: self._confirmed.add(room) if self._watched.get(room.name) is room else None)
         subscribing.addErrback(
@@ -438,6 +442,30 @@ class ClusterNode:
                 self._presence(server, room, envelope)
         else:
             self._closed(server, room, envelope)
+
+    def _own_came_back(self, room: Room, data: bytes, first: int, count: int) -> bool:
+        """
+        C{count} of C{room}'s messages numbered from C{first}, which this node
+        posted, back from the bus undecoded: when they are the batch it sent
+        (SharedHistory.echoed), what L{_received} does with each, from the
+        messages it sent (the bus then hands them to nobody else). False
+        otherwise: the bus decodes them.
+        """
+        history = room.history
+        if room.closed or not isinstance(history, SharedHistory):
+            return False
+        messages = history.echoed(data, count)
+        if messages is None:
+            return False
+        server = self._server
+        assert server is not None
+        hold, relay_posted = history.cache.hold, server.relay.relay_posted
+        seq = first
+        for message in messages:
+            if hold(seq, message.time_ms, message.name, message.text):
+                relay_posted(room, message.name, message.text, seq, message.time_ms, relayed_here=True)
+            seq += 1
+        return True
 
     def _presence(self, server: ChatServer, room: Room, notice: NoticeEnvelope) -> None:
         for told_meanwhile in self._reading_members.get(room, ()):

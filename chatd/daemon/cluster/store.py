@@ -246,6 +246,10 @@ class SharedHistory:
         """A message from the bus (this node's own included): held in order; False for one held already."""
         return self.cache.receive(posted)
 
+    def echoed(self, data: bytes, count: int) -> list[Outgoing] | None:
+        """This node's oldest batch of the room's messages sent, if C{data} from the bus is it (RoomQueue.echoed)."""
+        return self._queue.echoed(data, count)
+
     def _report(self, failure: Failure | None) -> None:
         """How a call with this room's messages went: None, stored; else why they were not."""
         if failure is None:

@@ -7,7 +7,8 @@ publishes several rooms' messages at once (a POSTED_BATCH for several of a
 room), what was held while Redis was away is posted in order in one call,
 and members on two nodes saying many messages at once see one order, each
 SENT with its own number; and the bus's reader of pub/sub messages hands
-every message over once, in order, however the bytes are cut.
+every message over once, in order, however the bytes are cut; a node knows
+the batches it sent when they come back (RoomQueue.echoed).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from chatd.client.events import MessageReceived, MessageStateChanged
-from chatd.daemon.cluster.batch import PENDING, Outgoing, PostBatcher, RoomQueue
-from chatd.daemon.cluster.envelope import Kind, Posted, TemplateFramer, decode, decode_all
+from chatd.daemon.cluster.batch import MAX_UNECHOED, PENDING, Outgoing, PostBatcher, RoomQueue
+from chatd.daemon.cluster.envelope import Kind, Posted, TemplateFramer, decode, decode_all, encode_batch, with_seq
 from chatd.daemon.cluster.log import ClusterHistory, RedisUnavailableError, RoomBatch, RoomLog, StaleEpochError
 from chatd.daemon.cluster.store import SharedHistory
 from chatd.daemon.history import UNNUMBERED
@@ -173,6 +174,67 @@ class BatcherTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual([message.seq for message in said], [None, None])
         self.assertFalse(self.batcher.busy)
+
+    def back(self, batch: RoomBatch, first: int) -> bytes:
+        """What the log's script publishes for C{batch}, numbered from C{first} (the Python model of it)."""
+        data, at = batch.framed, 0
+        templates: list[bytes] = []
+        while at < len(data):
+            length = int.from_bytes(data[at : at + 4], "big")
+            templates.append(with_seq(data[at + 4 : at + 4 + length], first + len(templates)))
+            at += 4 + length
+        return templates[0] if len(templates) == 1 else encode_batch(templates)
+
+    def test_the_batches_sent_are_known_when_they_come_back_in_order(self) -> None:
+        queue = self.queues["lobby"]
+        first = self.say("lobby", 3)
+        self.clock.advance(0)
+        second = self.say("lobby", 1, start=3)
+        self.log.calls[0][1].callback([1])
+        [one], [two] = self.log.calls[0][0], self.log.calls[1][0]
+        self.assertIsNone(queue.echoed(self.back(two, 4), 1), "not the oldest batch sent")
+        # Then nothing is waited for: what comes back is decoded.
+        self.assertIsNone(queue.echoed(self.back(one, 1), 3))
+        third = self.say("lobby", 2, start=4)
+        self.log.calls[1][1].callback([4])
+        [three] = self.log.calls[2][0]
+        self.assertIsNone(queue.echoed(self.back(three, 5)[:-1], 2), "damaged")
+        self.assertEqual(len(queue.unechoed), 0)
+        fourth = self.say("lobby", 1, start=6)
+        self.log.calls[2][1].callback([5])
+        [four] = self.log.calls[3][0]
+        self.assertEqual(queue.echoed(self.back(four, 7), 1), fourth)
+        self.assertEqual((first[0].seq, second[0].seq, third[0].seq), (1, 4, 5))
+
+    def test_a_batch_back_before_its_answer_is_known(self) -> None:
+        said = self.say("den", 2)
+        self.clock.advance(0)
+        [batch] = self.log.calls[0][0]
+        self.assertEqual(self.queues["den"].echoed(self.back(batch, 9), 2), said)
+        self.assertEqual(said[0].seq, PENDING)
+
+    def test_a_failed_or_stale_call_is_not_waited_for(self) -> None:
+        self.say("lobby", 1)
+        self.say("den", 1)
+        self.clock.advance(0)
+        self.log.calls[0][1].callback([StaleEpochError("lobby", EPOCH, None), 3])
+        self.assertEqual(len(self.queues["lobby"].unechoed), 0)
+        self.assertEqual(len(self.queues["den"].unechoed), 1)
+        self.say("den", 1, start=1)
+        self.clock.advance(0)
+        self.log.calls[1][1].errback(RedisUnavailableError("Redis did not answer within 2 s"))
+        self.assertEqual(len(self.queues["den"].unechoed), 0)
+
+    def test_what_never_comes_back_is_let_go(self) -> None:
+        queue = self.queues["lobby"]
+        for index in range(MAX_UNECHOED + 5):
+            self.say("lobby", 1, start=index)
+            self.clock.advance(0)
+            self.log.calls[-1][1].callback([index + 1])
+        self.assertEqual(len(queue.unechoed), MAX_UNECHOED)
+        [latest] = self.log.calls[-1][0]
+        self.assertIsNone(queue.echoed(self.back(latest, MAX_UNECHOED + 5), 1))
+        self.assertEqual(len(queue.unechoed), 0)
 
     def test_a_batch_is_at_least_one(self) -> None:
         with self.assertRaises(ValueError):

@@ -5,7 +5,8 @@ room in room order; unsubscribing stops the feed; envelopes that do not
 decode and handlers that raise are counted, not raised; Redis stopped and
 started again: the bus says it is down, then up, subscribes again by
 itself, and what was posted while a node's bus was away is caught up from
-the log, once each and in order.
+the log, once each and in order; a node's own messages are offered to the
+room's own handler undecoded when they come next in order.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from chatd.daemon.cluster.envelope import (
     NoticeKind,
     Posted,
     RoomClosed,
+    decode,
     posted_template,
     room_channel,
     with_seq,
@@ -316,3 +318,52 @@ class BusTests(TestCase):
             await bounded(bus.when_connected(timeout=0.3), "the refusal", 2.0)
         self.assertIn("0.3 s", str(caught.exception))
         self.assertFalse(bus.connected)
+
+    async def test_a_nodes_own_messages_are_offered_undecoded_when_next_in_order(self) -> None:
+        offered: list[tuple[bytes, int, int]] = []
+        take = [True]
+
+        def own(data: bytes, first: int, count: int) -> bool:
+            offered.append((data, first, count))
+            return take[0]
+
+        await self.a.subscribe(own=own)
+        # b's first message: a's subscription has caught up (what comes while it does is decoded).
+        await bounded(self.b.post("hello"), "b's post")
+        await until(lambda: self.a.posted() == [1], "a hears b's first message")
+        await bounded(self.a.post("mine"), "a's post")
+        await bounded(self.b.post("theirs"), "b's post")
+        await until(lambda: self.a.posted() == [1, 3], f"a hears b's message: {self.a.posted()}")
+        # Its own was offered and taken: handed to nobody else, but counted and in the room's order.
+        self.assertEqual([(first, count) for _, first, count in offered], [(2, 1)])
+        mine = decode(offered[0][0])
+        assert isinstance(mine, Posted)
+        self.assertEqual((mine.seq, mine.name, mine.text, mine.origin), (2, b"a", b"mine", "a"))
+        self.assertEqual(self.a.bus.stats.received, 3)
+        # Declined: decoded and handed over as any other.
+        take[0] = False
+        await bounded(self.a.post("declined"), "a's post")
+        await until(lambda: self.a.posted() == [1, 3, 4], "a's declined message handed over")
+        self.assertEqual(self.a.texts(), [b"hello", b"theirs", b"declined"])
+        # Not next in order (a gap: 5 is lost): not offered; the catch-up hands 5 and 6 over decoded.
+        take[0] = True
+        meta, entries = self.a.log.keys("lobby")
+        await bounded(self.a.connection.execute_command("HINCRBY", meta, "seq", 1), "HINCRBY")
+        template = posted_template(Posted("lobby", EPOCH, 0, 0, b"a", b"lost", "a"))
+        await bounded(self.a.connection.execute_command("XADD", entries, "5-0", "e", with_seq(template, 5)), "XADD")
+        await bounded(self.a.post("after the gap"), "a's post")
+        await until(lambda: self.a.posted() == [1, 3, 4, 5, 6], f"a fills the gap: {self.a.posted()}")
+        self.assertEqual([(first, count) for _, first, count in offered], [(2, 1), (4, 1)])
+
+    async def test_an_own_handler_that_raises_is_counted_and_nothing_is_handed_over_twice(self) -> None:
+        def own(data: bytes, first: int, count: int) -> bool:
+            raise RuntimeError("boom")
+
+        await self.a.subscribe(own=own)
+        await bounded(self.b.post("hello"), "b's post")
+        await until(lambda: self.a.posted() == [1], "a hears b's first message")
+        await bounded(self.a.post("mine"), "a's post")
+        await bounded(self.b.post("theirs"), "b's post")
+        await until(lambda: self.a.posted() == [1, 3], "a hears b's message")
+        self.assertEqual(self.a.bus.stats.handler_errors, 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -4,7 +4,9 @@ round trip (hypothesis), the log's sequence-number splice is the encoding
 with that number, and bytes that are not an envelope of this version give
 one clear EnvelopeError, never another exception; a POSTED_BATCH (what
 the log's script publishes for several messages of a room) splits into its
-POSTED in order, and the batcher's templates are the codec's.
+POSTED in order, and the batcher's templates are the codec's; a node's own
+messages coming back are known from their bytes (own_posted, is_echo), and
+nothing else is taken for them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from chatd.daemon.cluster.envelope import (
     encode,
     encode_batch,
     framed,
+    is_echo,
+    origin_field,
+    own_posted,
     posted_template,
     room_channel,
     with_seq,
@@ -221,3 +226,60 @@ class Batches(SynchronousTestCase):
         framer = TemplateFramer(message.room, message.epoch, message.origin)
         made = framer.frame(message.time_ms, message.name, message.text, message.client, message.message_id)
         self.assertEqual(made, framed([posted_template(message)]))
+
+
+def sent_and_back(messages: list[Posted], first: int) -> tuple[bytes, bytes]:
+    """One room's messages as a node sends them (framed templates) and as the log's script publishes them."""
+    batch = one_room(messages)
+    sent = framed([posted_template(message) for message in batch])
+    numbered = [with_seq(posted_template(message), first + index) for index, message in enumerate(batch)]
+    back = numbered[0] if len(numbered) == 1 else encode_batch(numbered)
+    return sent, back
+
+
+class Echoes(SynchronousTestCase):
+    """A node knows its own messages coming back on the bus from their bytes, without decoding them."""
+
+    @given(st.lists(posted, min_size=1, max_size=6), st.integers(1, 2**40))
+    def test_what_the_script_publishes_is_the_echo_of_what_was_sent(self, messages: list[Posted], first: int) -> None:
+        sent, back = sent_and_back(messages, first)
+        self.assertTrue(is_echo(back, sent, len(messages)))
+        origin = one_room(messages)[0].origin
+        self.assertEqual(own_posted(back, origin_field(origin)), (EPOCH, first, len(messages)))
+
+    @given(st.lists(posted, min_size=1, max_size=4), st.data())
+    def test_any_byte_changed_but_the_numbers_is_not_the_echo(
+        self, messages: list[Posted], data: st.DataObject
+    ) -> None:
+        sent, back = sent_and_back(messages, 5)
+        numbers: set[int] = set()
+        if len(messages) == 1:
+            numbers = set(range(SEQ_OFFSET, SEQ_OFFSET + SEQ_SIZE))
+        else:
+            at = 4
+            while at < len(back):
+                length = int.from_bytes(back[at : at + 4], "big")
+                numbers |= set(range(at + 4 + SEQ_OFFSET, at + 4 + SEQ_OFFSET + SEQ_SIZE))
+                at += 4 + length
+        where = data.draw(st.integers(0, len(back) - 1).filter(lambda index: index not in numbers))
+        damaged = bytearray(back)
+        damaged[where] ^= data.draw(st.integers(1, 255))
+        self.assertFalse(is_echo(bytes(damaged), sent, len(messages)))
+        self.assertFalse(is_echo(back + b"x", sent, len(messages)))
+        self.assertFalse(is_echo(back[:-1], sent, len(messages)))
+
+    def test_another_nodes_or_what_is_not_posted_is_no_candidate(self) -> None:
+        sent, back = sent_and_back([a_message(), a_message()], 1)
+        self.assertIsNone(own_posted(back, origin_field("node-b")))
+        self.assertIsNone(own_posted(back, origin_field("node")))
+        self.assertIsNone(own_posted(encode(RoomClosed("lobby", EPOCH, "node-a")), origin_field("node-a")))
+        for length in range(len(back)):
+            own_posted(back[:length], origin_field("node-a"))
+        self.assertFalse(is_echo(back, sent, 3))
+
+    @given(st.binary(max_size=300), st.integers(1, 4))
+    def test_any_bytes_are_a_candidate_or_not_never_an_error(self, data: bytes, count: int) -> None:
+        sent, _ = sent_and_back([a_message()] * count, 1)
+        for head in (b"", bytes([VERSION, Kind.POSTED.value]), bytes([VERSION, Kind.POSTED_BATCH.value, 0, count])):
+            own_posted(head + data, origin_field("node-a"))
+            is_echo(head + data, sent, count)
