@@ -693,6 +693,9 @@ class RelayProtocol(DatagramProtocol):
         here, and L{_message} sent their copies at once). Never on the
         single-node path: a node without a cluster never calls it.
         """
+        if relayed_here and not room.delivery_members and not room.streamed_members:
+            # Everyone here had it on the fast path: this node's own message, back from the cluster.
+            return
         sender = room.members.get(name.decode("utf-8", "replace")) if relayed_here else None
         if room.delivery_members:
             self.delivery.fan_out(room.delivery_members, sender, seq, time_ms, message, name)
