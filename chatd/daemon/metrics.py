@@ -214,12 +214,7 @@ class ChatCollector:
 
     def _latency(self) -> HistogramMetricFamily:
         histogram = self._server.relay.stats.latency
-        counts = list(histogram.counts)
-        buckets: list[tuple[str, float]] = []
-        total = 0
-        for bound, count in zip((*histogram.bounds, float("inf")), counts, strict=True):
-            total += count
-            buckets.append((floatToGoString(bound), total))
+        buckets = [(floatToGoString(bound), count) for bound, count in histogram.cumulative()]
         return HistogramMetricFamily(
             "chatd_relay_latency_seconds",
             f"Seconds from a datagram's arrival to the end of its fan-out; sampled: one datagram in"

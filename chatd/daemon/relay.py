@@ -20,7 +20,6 @@ C{auth_failures_per_s}: past that it is dropped unopened
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections.abc import Callable
 from time import perf_counter
 from typing import ClassVar, TypeVar
@@ -47,7 +46,7 @@ from chatd.daemon.ratelimit import KeyedLimiter, MemberRateLimit
 from chatd.daemon.rooms import LeaveReason, Member, Recipient, Room
 from chatd.daemon.settings import Settings
 from chatd.daemon.sockaddr import Address
-from chatd.daemon.stats import DeliveryStats
+from chatd.daemon.stats import DeliveryStats, LatencyHistogram
 from chatd.protocol.datagrams import (
     CLIENT_FRAME_TYPES,
     DELIVERY_CLIENT_FRAME_TYPES,
@@ -140,30 +139,6 @@ class DropCounter(CountedWarnings):
         self.record(reason, source_host=source[0], source_port=source[1])
 
 
-class LatencyHistogram:
-    """
-    Seconds spent on sampled datagrams, in fixed buckets: what the metrics
-    endpoint turns into a Prometheus histogram at scrape time.
-
-    C{counts[i]} holds the observations at most C{bounds[i]} and above the
-    bound before it; the last holds those above every bound. Not cumulative,
-    so an observation is one bisection and one list increment.
-    """
-
-    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-
 class RelayStats:
     """
     The relay's counters, updated by the relay (and corrected by the port's
@@ -189,7 +164,7 @@ class RelayStats:
         """Datagrams that could not be sent: refused by the socket, a port already closed, or a spent key."""
         self.drops = DropCounter(clock)
         """Datagrams dropped, by reason (one of L{drop_reasons})."""
-        self.latency = LatencyHistogram()
+        self.latency = LatencyHistogram(LATENCY_BUCKETS)
         """Seconds from arrival to the end of the fan-out, for one datagram in LATENCY_SAMPLE_EVERY."""
         self.delivery = DeliveryStats()
         """Reliable delivery's counters: duplicates, repairs, GONEs, operation 8 frames in and out."""

@@ -1,6 +1,8 @@
 """
 The counters of the TCP side (L{TcpStats}) and of the room store
-(L{StoreStats}), as C{RelayStats} (chatd.daemon.relay) holds the UDP side's.
+(L{StoreStats}), as C{RelayStats} (chatd.daemon.relay) holds the UDP side's;
+and the L{LatencyHistogram} that the relay and a cluster node's bus
+(chatd.daemon.cluster.bus_stats) keep their latencies in.
 
 Each is owned by what updates it: the RoomFactory's C{stats} (its
 connections update it too), the IRoomStore's C{stats}. The C{stats} log line
@@ -15,6 +17,7 @@ Counters, which a reader copies in one step (safe under the GIL).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from typing import ClassVar
 
@@ -203,3 +206,39 @@ class DeliveryStats:
         """Operation 8 frames received from members (each a sealed frame), dropped ones included."""
         self.tunneled_out = 0
         """Sealed frames sent to members as operation 8 frames (their path is TCP, or the frame is over 1,200 bytes)."""
+
+
+class LatencyHistogram:
+    """
+    Seconds, in fixed buckets: what a metrics endpoint turns into a
+    Prometheus histogram at scrape time.
+
+    C{counts[i]} holds the observations at most C{bounds[i]} and above the
+    bound before it; the last holds those above every bound. Not cumulative,
+    so an observation is one bisection and one list increment.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        """The sum of the observations, in seconds."""
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(le, observations at most le) for each bucket, +Inf last (as float('inf')): what a scrape exposes."""
+        running = 0
+        result: list[tuple[float, int]] = []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            result.append((bound, running))
+        return result

@@ -8,8 +8,9 @@ and the bus measure them. Plain counters: no I/O, no clock of its own.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
+
+from chatd.daemon.stats import LatencyHistogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """
@@ -17,31 +18,6 @@ Upper bounds, in seconds, of the latency histograms' buckets (Prometheus's
 C{le}): from half a millisecond (a round trip to a Redis on the same host)
 to seconds (a Redis that is struggling); anything slower lands in +Inf.
 """
-
-
-@dataclass(slots=True)
-class LatencyHistogram:
-    """Observations in L{LATENCY_BUCKETS}, with their count and sum: a Prometheus histogram's parts."""
-
-    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
-    """Per bucket, not cumulative; the last one is +Inf."""
-    count: int = 0
-    total: float = 0.0
-    """The sum of the observations, in seconds."""
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.count += 1
-        self.total += seconds
-
-    def cumulative(self) -> list[tuple[float, int]]:
-        """(le, observations at most le) for each bucket, +Inf last (as float('inf')): what a scrape exposes."""
-        running = 0
-        result: list[tuple[float, int]] = []
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
-            running += count
-            result.append((bound, running))
-        return result
 
 
 @dataclass(slots=True)
@@ -75,9 +51,9 @@ class BusStats:
     """Redis commands (or scripts) answered, over the log and the bus."""
     round_trip_errors: int = 0
     """Redis commands that failed (refused, or the connection lost)."""
-    round_trip_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    round_trip_latency: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(LATENCY_BUCKETS))
     """Seconds from a command's sending to its answer."""
-    relay_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    relay_latency: LatencyHistogram = field(default_factory=lambda: LatencyHistogram(LATENCY_BUCKETS))
     """
     Seconds from a message's time at its origin node to its arrival on this
     node's bus, for messages from other nodes: the cross-node latency (as good

@@ -32,8 +32,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from chatd.daemon.cluster.bus_stats import LatencyHistogram
 from chatd.daemon.cluster.service import ClusterService
+from chatd.daemon.stats import LatencyHistogram
 from chatd.protocol.errors import ClusterUnavailableError
 
 Metric = GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily
@@ -41,7 +41,7 @@ Metric = GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily
 
 def _histogram(name: str, documentation: str, histogram: LatencyHistogram) -> HistogramMetricFamily:
     buckets = [(floatToGoString(bound), count) for bound, count in histogram.cumulative()]
-    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=histogram.total)
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=histogram.sum)
 
 
 class ClusterCollector(Collector):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -181,6 +182,7 @@ async def connect(url: str | RedisURL, reactor: IReactorTime, timeout: float) ->
         # Names such as "0042" must stay text: the records decode every value.
         convertNumbers=False,
     )
+    factory.protocol = command_protocol()
     factory.reconnect = True
     factory.startConnecting(HostnameEndpoint(reactor, where.host, where.port, timeout=max(timeout, 0.001)))
     ready: Deferred[Any] = factory.deferred
@@ -191,3 +193,28 @@ async def connect(url: str | RedisURL, reactor: IReactorTime, timeout: float) ->
         await factory.disconnect()
         raise ClusterUnavailableError(f"cannot use Redis at {where}: {_reason(error, timeout)}") from None
     return connection
+
+
+@cache
+def command_protocol() -> type[Any]:
+    """
+    txredisapi's protocol for commands, writing them faster: every message
+    a node relays in a cluster room goes to Redis as part of a script call
+    whose arguments txredisapi encodes one by one, each value and each
+    length through a chain of type tests and bytearray extends; here, one
+    formatting per argument and one join, the same bytes (a test compares
+    them with txredisapi's own). Made on first use: importing txredisapi
+    installs the global reactor.
+    """
+    import txredisapi
+
+    class CommandProtocol(txredisapi.RedisProtocol):
+        def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+            encode = self._encode_value
+            parts = [b"*%d\r\n" % len(args)]
+            for arg in args:
+                value = arg if type(arg) is bytes else encode(arg)
+                parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
+            return b"".join(parts)
+
+    return CommandProtocol

@@ -1,14 +1,20 @@
-"""redis:// URLs, and connecting: a real redis-server, a port where nothing listens, a server that never answers."""
+"""
+redis:// URLs, and connecting: a real redis-server, a port where nothing
+listens, a server that never answers; the command connection writes every
+command as txredisapi would, byte for byte.
+"""
 
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, cast
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from chatd.daemon.cluster.redis_url import RedisURL, connect, parse_redis_url
+from chatd.daemon.cluster.redis_url import RedisURL, command_protocol, connect, parse_redis_url
 from chatd.protocol.errors import ClusterUnavailableError
 from tests.redis_server import RedisServer
 from tests.waiting import CLOCK, bounded
@@ -62,11 +68,31 @@ def _unused_port() -> int:
         return port
 
 
+arguments = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=50),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.binary(max_size=20).map(bytearray),
+)
+
+
+class CommandTests(SynchronousTestCase):
+    @given(st.lists(arguments, min_size=1, max_size=12))
+    def test_every_command_is_written_as_txredisapi_writes_it(self, args: list[Any]) -> None:
+        import txredisapi
+
+        ours = command_protocol()(charset="utf-8", convertNumbers=False)
+        theirs = txredisapi.RedisProtocol(charset="utf-8", convertNumbers=False)
+        self.assertEqual(ours._build_command(*args), theirs._build_command(*args))
+
+
 class ConnectTests(TestCase):
     async def test_connects(self) -> None:
         server = RedisServer.start_for(self, persistent=False)
         redis = await bounded(ensureDeferred(connect(server.url, CLOCK, 5.0)), "connected")
         self.addCleanup(redis.disconnect)
+        self.assertIsInstance(cast(Any, redis)._factory.pool[0], command_protocol())
         self.assertEqual(await bounded(redis.execute_command("PING"), "PONG"), "PONG")
         # Numbers stay text: the records decode every value themselves.
         await redis.execute_command("SET", "k", "0042")
