@@ -86,12 +86,14 @@ class Outgoing:
                 waiting.callback(seq)
 
 
-MAX_UNECHOED = 16
+MAX_UNECHOED = 4
 """
 The most batches of a room kept for recognising them when they come back
-on the bus (L{RoomQueue.echoed}); one comes back within a round trip, so
-more than a few waiting means they went another way (a catch-up): the
-oldest is let go, and the node decodes what comes back instead.
+on the bus (L{RoomQueue.echoed}). With one call in flight per node, a room
+has at most two out normally (one on its way back, one in the call), so
+more means they went another way (a catch-up, a bus away): the oldest is
+let go, and the node decodes what comes back instead. It bounds what a
+room keeps for this to 4 batches of at most 64 messages of at most 4 KiB.
 """
 
 
