@@ -4,7 +4,8 @@ Several chatd nodes serving one room through a real redis-server
 dialect get every message once and in room order, the same sequence numbers
 everywhere for delivery members; joins, leaves and the member list are
 cluster-wide; the host's leave closes the room on every node; a node that
-stops leaves its rooms and members in the cluster.
+stops leaves its rooms and members in the cluster; each node's cache of the
+room log, its own messages included, is the log's.
 """
 
 from __future__ import annotations
@@ -193,3 +194,30 @@ class NodesTests(ClusterCase):
         bob.send("and back")
         received = await ann_heard.message("bob", "and back")
         self.assertEqual(received.seq, 2)
+
+    async def test_each_nodes_cache_of_the_log_holds_every_message_its_own_included(self) -> None:
+        # A node takes its own messages back from what it sent (not decoded): its cache must be the log's.
+        a, b = await self.nodes("a", "b")
+        ann, _ = await self.native(a, "ann", create=True, delivery=True)
+        _, bob_heard = await self.native(b, "bob")
+        mo = await self.legacy(a, Dialect.MODEL, "mo")
+        for index in range(20):
+            ann.send(f"ann {index}")
+            mo.say(f"mo {index}")
+        await until(lambda: len(shown(bob_heard)) == 40, "bob hears all 40")
+        [room_a], [room_b] = a.server.store.rooms(), b.server.store.rooms()
+        await until(lambda: room_a.history.latest == room_b.history.latest == 40, "both caches at 40")
+        held_a, held_b = room_a.history.range(1, 40), room_b.history.range(1, 40)
+        self.assertEqual(held_a, held_b)
+        self.assertEqual([entry.seq for entry in held_a.entries], list(range(1, 41)))
+        texts = [entry.text.decode() for entry in held_a.entries]
+        self.assertEqual([text for text in texts if text.startswith("ann")], [f"ann {i}" for i in range(20)])
+        self.assertEqual([text for text in texts if text.startswith("mo")], [f"mo {i}" for i in range(20)])
+        logged = await a.cluster.log.range("lobby", room_a.history.epoch, 1, 40)
+        self.assertEqual(logged, held_a)
+        # A member joining on a is shown them from there, as the log has them.
+        _, cy_heard = await self.native(a, "cy", delivery=True)
+        await until(lambda: len([e for e in cy_heard.of(MessageReceived) if e.history]) > 0, "cy's history")
+        history = [(e.sender, e.text) for e in cy_heard.of(MessageReceived) if e.history]
+        held = [(entry.name.decode(), entry.text.decode()) for entry in held_a.entries]
+        self.assertEqual(history, held[-len(history) :])
