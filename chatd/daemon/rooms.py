@@ -629,6 +629,7 @@ class RoomRegistry:
         to the observer as a resume (nobody came or went).
         """
         name = request.username
+        elsewhere = dict(room.remote_members)
         stand_in = room.remote_members.pop(name, None) or Member(name, "", room, Dialect.NATIVE, 0.0)
         member = self._new_member(room, request, dialect, credential)
         room.members[name] = member
@@ -639,21 +640,19 @@ class RoomRegistry:
             room.remote_host = None
             room.replica = False
         self._register_member(member)
-        self._refresh_recipients(room)
-        try:
-            if self.observer is not None:
-                self.observer.member_resumed(member, stand_in)
-        except BaseException:
+
+        def undo() -> None:
             self._unregister_member(member)
             del room.members[name]
             if was_host:
                 room.host = None
                 room.remote_host = name
                 room.replica = True
-            room.remote_members[name] = stand_in
-            self._refresh_recipients(room)
-            raise
-        return member
+            # Its place in the list too.
+            room.remote_members.clear()
+            room.remote_members.update(elsewhere)
+
+        return self._resumed(member, stand_in, undo)
 
     def moved_away(self, room: Room, name: str) -> None:
         """
@@ -705,18 +704,31 @@ class RoomRegistry:
         room.members[member.name] = member
         if room.host is previous:
             room.host = member
-        self._refresh_recipients(room)
-        try:
-            if self.observer is not None:
-                self.observer.member_resumed(member, previous)
-        except BaseException:
-            # As a join undoes itself: the old membership stands, its
-            # credential still good, and the new one never was.
+
+        def undo() -> None:
             self._register_member(previous)
             self._unregister_member(member)
             room.members[previous.name] = previous
             if room.host is member:
                 room.host = previous
+
+        return self._resumed(member, previous, undo)
+
+    def _resumed(self, member: Member, replaced: Member, undo: Callable[[], None]) -> Member:
+        """
+        The last step of a resume (L{take_over}, L{_arrive}), C{member} now in
+        C{replaced}'s place: the recipients follow, and the observer is told.
+        If telling it raises, the resume undoes itself as a join does: C{undo}
+        puts the old membership back (its credential still good), and the new
+        one never was.
+        """
+        room = member.room
+        self._refresh_recipients(room)
+        try:
+            if self.observer is not None:
+                self.observer.member_resumed(member, replaced)
+        except BaseException:
+            undo()
             self._refresh_recipients(room)
             raise
         return member

@@ -89,6 +89,30 @@ class ClusterResumeTests(SynchronousTestCase):
         self.store.leave(zed, LeaveReason.EXITED)
         self.assertEqual(self.claims.calls[-1], ("closed", "far", ("bob", "zed"), CloseReason.HOST_CLOSED))
 
+    def test_an_observer_that_fails_undoes_an_arrival(self) -> None:
+        bob = self.enter(self.store.join_room("far", RoomRequest("bob"), Dialect.NATIVE))
+        self.store.bind_address(bob, ("127.0.0.1", 40000))
+        room = bob.room
+
+        def broken(member: Member, previous: Member) -> None:
+            raise RuntimeError("injected")
+
+        self.patch(self.observed, "member_resumed", broken)
+        arriving = self.store.join_room("far", RoomRequest("zed", resume="old-credential"), Dialect.NATIVE)
+        self.failureResultOf(arriving, RuntimeError)
+        # The room is as it was: a replica, zed its host elsewhere, in its place in the list.
+        self.assertTrue(room.replica)
+        self.assertIsNone(room.host)
+        self.assertEqual(room.remote_host, "zed")
+        self.assertNotIn("zed", room.members)
+        self.assertEqual(list(room.remote_members), ["zed", "amy"])
+        self.assertEqual(room.names(), ("zed", "amy", "bob"))
+        self.assertEqual([recipient[0] for recipient in room.recipients], [bob])
+        self.assertEqual(self.claims.calls[-1], ("abandoned", "far", "zed"))
+        self.patch(self.observed, "member_resumed", Observed.member_resumed.__get__(self.observed))
+        zed = self.enter(self.store.join_room("far", RoomRequest("zed", resume="old-credential"), Dialect.NATIVE))
+        self.assertIs(room.host, zed)
+
     def test_a_member_resumes_on_a_node_without_the_room(self) -> None:
         amy = self.enter(self.store.join_room("far", RoomRequest("amy", resume="c"), Dialect.NATIVE))
         room = amy.room
