@@ -512,6 +512,7 @@ class ClusterBus(Service):
             _log.failure("the handler of room {room} failed", room=subscription.room)
         subscription.last_seq = first + count - 1
         self.stats.received += count
+        self.stats.own_recognised += count
         return True
 
     def _accept(self, subscription: _Subscription, envelope: Envelope, *, may_catch_up: bool) -> None:

@@ -30,7 +30,9 @@ class BusStats:
     publishes: int = 0
     """Envelopes published: notices by the bus, messages by the log's post (one PUBLISH each, inside the script)."""
     received: int = 0
-    """Envelopes received on the bus and decoded."""
+    """Envelopes received on the bus and decoded (or, this node's own, known from their bytes)."""
+    own_recognised: int = 0
+    """This node's own messages back on the bus known from their bytes, not decoded (bus.ClusterBus._took_own)."""
     decode_errors: int = 0
     """Messages received that were not envelopes this node reads: dropped."""
     handler_errors: int = 0

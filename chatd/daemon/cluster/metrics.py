@@ -13,6 +13,8 @@ traffic (the room log's and the bus's BusStats). The names are stable:
   - C{chatd_cluster_published_total} (counter): envelopes published (messages by the
     room log's post, notices by the bus).
   - C{chatd_cluster_received_total} (counter): envelopes received on the bus from any node.
+  - C{chatd_cluster_own_recognised_total} (counter): of those, this node's own messages known
+    from their bytes (the batch it sent) instead of decoded.
   - C{chatd_cluster_bus_dropped_total{reason}} (counter): received and dropped: C{undecodable},
     C{handler_failed}, C{duplicate} (a catch-up's overlap).
   - C{chatd_cluster_resynced_total} (counter): messages read back from the log after a gap or an outage.
@@ -71,6 +73,11 @@ class ClusterCollector(Collector):
             return
         yield CounterMetricFamily("chatd_cluster_published", "Envelopes published.", value=bus.publishes)
         yield CounterMetricFamily("chatd_cluster_received", "Envelopes received on the bus.", value=bus.received)
+        yield CounterMetricFamily(
+            "chatd_cluster_own_recognised",
+            "This node's own messages back on the bus, known from their bytes instead of decoded.",
+            value=bus.own_recognised,
+        )
         dropped = CounterMetricFamily("chatd_cluster_bus_dropped", "Envelopes received and dropped.", labels=["reason"])
         for reason, count in (
             ("undecodable", bus.decode_errors),
