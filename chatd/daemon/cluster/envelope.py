@@ -369,7 +369,7 @@ def own_posted(data: bytes, origin: bytes) -> tuple[str, int, int] | None:
     elif data[1] == _BATCH_KIND:
         if len(data) < _BATCH_HEADER.size + _U32.size:
             return None
-        start, count = _BATCH_HEADER.size + _U32.size, _U16.unpack_from(data, SEQ_OFFSET)[0]
+        start, count = _BATCH_HEADER.size + _U32.size, _BATCH_HEADER.unpack_from(data)[2]
     else:
         return None
     at = start + _POSTED_FIXED.size
