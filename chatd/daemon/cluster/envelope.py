@@ -465,7 +465,7 @@ def decode_all(data: bytes) -> list[Envelope]:
     _, _, count = _BATCH_HEADER.unpack_from(data)
     at = _BATCH_HEADER.size
     envelopes: list[Envelope] = []
-    texts: dict[bytes, str] = {}
+    names: dict[bytes, str] = {}
     try:
         for _ in range(count):
             (length,) = _U32.unpack_from(data, at)
@@ -473,7 +473,7 @@ def decode_all(data: bytes) -> list[Envelope]:
             at = start + length
             if at > len(data):
                 raise struct.error("past the end")
-            envelopes.append(_posted_in(data, start, at, texts))
+            envelopes.append(_posted_in(data, start, at, names))
     except struct.error:
         raise EnvelopeError(f"POSTED_BATCH envelope of {len(data)} bytes is truncated") from None
     if at != len(data):
