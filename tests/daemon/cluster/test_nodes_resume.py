@@ -60,14 +60,19 @@ class ResumeAcrossNodesTests(ClusterCase):
     def client_of(self, servers: list[ServerAddress], name: str) -> tuple[ChatClient, Recorder]:
         return client_with_servers(self, servers, name)
 
-    async def test_the_host_resumes_on_another_node_while_the_first_lives(self) -> None:
-        a, b = await self.nodes("a", "b")
+    async def host_behind_proxy(self, a: TestNode, b: TestNode) -> tuple[RefusingProxy, ChatClient, Recorder]:
+        """ann, who created lobby on node a through a proxy that can refuse her, with node b as her next server."""
         proxy = await RefusingProxy.start(self, a.tcp_port)  # type: ignore[arg-type]
         assert isinstance(proxy, RefusingProxy)
         on_b = ServerAddress(HOST, b.tcp_port, b.udp_port)
         ann, ann_heard = self.client_of([ServerAddress(HOST, proxy.port, a.udp_port), on_b], "ann")
         await bounded(ann.create("lobby", "ann"), "ann creates lobby on node a")
         await until(lambda: ann.udp_confirmed, "node a answers ann's keepalive")
+        return proxy, ann, ann_heard
+
+    async def test_the_host_resumes_on_another_node_while_the_first_lives(self) -> None:
+        a, b = await self.nodes("a", "b")
+        proxy, ann, ann_heard = await self.host_behind_proxy(a, b)
         bob, bob_heard = await self.native(b, "bob", delivery=True)
         _cy, cy_heard = await self.native(a, "cy", delivery=True)
         await until(lambda: ann.members == ("ann", "bob", "cy"), "ann hears of bob and cy")
@@ -95,7 +100,7 @@ class ResumeAcrossNodesTests(ClusterCase):
         back = await ann_heard.next(Reconnected, timeout=10)
         self.assertTrue(back.resumed, back)
         self.assertTrue(back.as_host, back)
-        self.assertEqual(back.server, on_b.label)
+        self.assertEqual(back.server, ServerAddress(HOST, b.tcp_port, b.udp_port).label)
 
         # Node b serves the room now, ann its host; the same incarnation.
         room_b = lobby(b)
@@ -169,12 +174,7 @@ class ResumeAcrossNodesTests(ClusterCase):
         SENT with their numbers instead of relaying them a second time.
         """
         a, b = await self.nodes("a", "b")
-        proxy = await RefusingProxy.start(self, a.tcp_port)  # type: ignore[arg-type]
-        assert isinstance(proxy, RefusingProxy)
-        on_b = ServerAddress(HOST, b.tcp_port, b.udp_port)
-        ann, ann_heard = self.client_of([ServerAddress(HOST, proxy.port, a.udp_port), on_b], "ann")
-        await bounded(ann.create("lobby", "ann"), "ann creates lobby on node a")
-        await until(lambda: ann.udp_confirmed, "node a answers ann's keepalive")
+        proxy, ann, ann_heard = await self.host_behind_proxy(a, b)
         _bob, bob_heard = await self.native(b, "bob", delivery=True)
         await until(lambda: ann.members == ("ann", "bob"), "ann hears of bob")
         delivery = a.server.relay.delivery
