@@ -14,9 +14,6 @@ from twisted.internet.defer import Deferred
 
 from chatd.client.chat_client import ChatClient
 from chatd.client.events import (
-    MemberJoined,
-    MemberLeft,
-    MessageReceived,
     Reconnected,
     RoomClosed,
     RoomRecreated,
@@ -53,10 +50,6 @@ class Node:
             if time.monotonic() > deadline:
                 self.daemon.case.fail(f"node {self.name} did not join the cluster:\n{self.daemon.log()}")
             time.sleep(0.05)
-
-
-def seqs(heard: Recorder) -> list[int]:
-    return [event.seq for event in heard.of(MessageReceived) if event.seq is not None]
 
 
 class ClusterProcessTests(ClusterCase):
@@ -128,12 +121,12 @@ class ClusterProcessTests(ClusterCase):
             self.assertEqual(len(shown), len(set(shown)), f"cy saw one of {sender}'s messages twice")
             self.assertEqual(shown, [text for text in expected if text in shown], f"cy's order of {sender}'s")
         for heard in (ann_heard, bob_heard):
-            self.assertEqual(seqs(heard), sorted(set(seqs(heard))), f"{heard.name} saw a message twice or out of order")
+            self.assertEqual(
+                heard.seqs(), sorted(set(heard.seqs())), f"{heard.name} saw a message twice or out of order"
+            )
         # The room did not close, nobody came or went, ann is its host on her new node.
         for heard in (bob_heard, cy_heard):
-            since = heard.events[heard_before[heard.name] :]
-            told = [e for e in since if isinstance(e, MemberJoined | MemberLeft | RoomClosed)]
-            self.assertEqual(told, [], heard.name)
+            self.assertEqual(heard.comings_and_goings(heard_before[heard.name]), [], heard.name)
         self.assertEqual(bob.members, ("ann", "bob", "cy"))
         after = await bounded(Deferred.fromCoroutine(directory.room("lobby")), "the room's record")
         assert after is not None
@@ -182,7 +175,7 @@ class ClusterProcessTests(ClusterCase):
         for heard in (ann_heard, bob_heard):
             self.assertEqual(heard.of(RoomRecreated), [], heard.name)
             self.assertEqual(heard.of(RoomClosed), [], heard.name)
-            self.assertEqual(seqs(heard), sorted(set(seqs(heard))), heard.name)
+            self.assertEqual(heard.seqs(), sorted(set(heard.seqs())), heard.name)
         after = await bounded(Deferred.fromCoroutine(directory.room("lobby")), "the room's record")
         assert after is not None
         self.assertEqual((after.epoch, after.host), (before.epoch, "ann"))

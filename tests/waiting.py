@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from chatd.client.chat_client import ChatClient, IChatListener
-from chatd.client.events import ChatEvent, MessageReceived
+from chatd.client.events import ChatEvent, MemberJoined, MemberLeft, MessageReceived, RoomClosed
 
 if TYPE_CHECKING:
     from twisted.trial.unittest import SynchronousTestCase
@@ -75,6 +75,14 @@ class Recorder:
 
     def messages_from(self, sender: str) -> list[str]:
         return [event.text for event in self.of(MessageReceived) if event.sender == sender]
+
+    def seqs(self) -> list[int]:
+        """The room's numbers of the messages heard with one (reliable delivery's), in the order shown."""
+        return [event.seq for event in self.of(MessageReceived) if event.seq is not None]
+
+    def comings_and_goings(self, since: int) -> list[ChatEvent]:
+        """The joins, leaves and closes heard from event number C{since} on (C{len(events)} before a step)."""
+        return [event for event in self.events[since:] if isinstance(event, MemberJoined | MemberLeft | RoomClosed)]
 
     async def next(self, kind: type[E], where: Callable[[E], bool] = lambda _: True, timeout: float = WAIT) -> E:
         """The first event of C{kind} that satisfies C{where}: already heard, or within C{timeout}."""

@@ -18,9 +18,6 @@ from twisted.internet.defer import Deferred
 from chatd.client.chat_client import ChatClient
 from chatd.client.events import (
     ConnectionLost,
-    MemberJoined,
-    MemberLeft,
-    MessageReceived,
     Reconnected,
     RoomClosed,
 )
@@ -48,10 +45,6 @@ class RefusingProxy(TcpProxy):
 def lobby(node: TestNode) -> Room:
     (room,) = [room for room in node.server.store.rooms() if room.name == "lobby"]
     return room
-
-
-def seqs(heard: Recorder) -> list[int]:
-    return [event.seq for event in heard.of(MessageReceived) if event.seq is not None]
 
 
 class ResumeAcrossNodesTests(ClusterCase):
@@ -142,12 +135,12 @@ class ResumeAcrossNodesTests(ClusterCase):
         await until(lambda: cy_heard.messages_from("ann") == expected_from_ann, "cy hears ann's every message")
         self.assertEqual(ann_heard.messages_from("bob"), [f"b{number}" for number in range(6)] + ["welcome back"])
         for heard in (ann_heard, bob_heard, cy_heard):
-            self.assertEqual(seqs(heard), sorted(set(seqs(heard))), f"{heard.name} saw a message twice or out of order")
+            self.assertEqual(
+                heard.seqs(), sorted(set(heard.seqs())), f"{heard.name} saw a message twice or out of order"
+            )
         # For bob and cy nobody came or went.
         for heard in (bob_heard, cy_heard):
-            since = heard.events[heard_before[heard.name] :]
-            told = [e for e in since if isinstance(e, MemberJoined | MemberLeft | RoomClosed)]
-            self.assertEqual(told, [], heard.name)
+            self.assertEqual(heard.comings_and_goings(heard_before[heard.name]), [], heard.name)
         self.assertEqual(bob.members, ("ann", "bob", "cy"))
 
         # The host is on node b now: her leaving closes the room everywhere.
@@ -199,5 +192,5 @@ class ResumeAcrossNodesTests(ClusterCase):
         await bob_heard.message("ann", "after")
         await sleep(0.3)
         self.assertEqual(bob_heard.messages_from("ann"), ["lost ack 0", "lost ack 1", "lost ack 2", "after"])
-        self.assertEqual(seqs(bob_heard), sorted(set(seqs(bob_heard))))
+        self.assertEqual(bob_heard.seqs(), sorted(set(bob_heard.seqs())))
         self.assertGreaterEqual(b.server.relay.stats.delivery.duplicates, 3)
