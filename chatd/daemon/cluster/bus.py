@@ -475,7 +475,6 @@ class ClusterBus(Service):
         if isinstance(first, Posted) and first.origin != self.node:
             latency = self._clock.seconds() - first.time_ms / 1000
             self.stats.relay_latency.observe(max(latency, 0.0))
-        subscription = self._subscriptions.get(channel)
         if subscription is None:
             return
         for envelope in envelopes:
